@@ -1,0 +1,56 @@
+# Two entry points for a fresh Debian machine with Python 3.11 and root:
+#   make demo   installs what it needs and serves the seed scenario (no GPU needed)
+#   make test   installs everything the tests need (Python and Debian packages) and runs every test
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LISTEN ?= :9845
+# Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium.
+DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test venv debian-deps fixtures golden clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv is missing: installing Debian's python3-venv"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv \
+	  && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+demo: venv
+	@echo
+	@echo "vram-exporter demo: replaying the seed scenario (RTX A2000, 6138 MiB) from examples/seed/"
+	@echo "  browser:    http://localhost$(LISTEN)/"
+	@echo "  metrics:    curl http://localhost$(LISTEN)/metrics"
+	@echo "  Prometheus: scrape localhost$(LISTEN) (copy examples/prometheus.yml)"
+	@echo "  stop:       Ctrl-C"
+	@echo
+	$(VENV)/bin/vram-exporter --nvml.fixture examples/seed/fixture.yaml --web.listen-address $(LISTEN)
+
+debian-deps:
+	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+test: debian-deps venv
+	$(PY) -m pytest
+
+# Regenerate the synthetic fixtures and the golden /metrics files (review the diff before committing).
+fixtures: venv
+	$(PY) tools/make_fixtures.py
+	$(PY) tools/convert_h100_probe.py ../shared/fixtures/real/h100-nvml-probe.json tests/fixtures
+
+golden: venv
+	$(PY) -m pytest tests/test_golden_metrics.py --update-golden
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

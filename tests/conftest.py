@@ -1,0 +1,111 @@
+"""Shared test helpers: the real exporter process, free ports, and required external tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/*.prom from the current exporter output")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool the tests need. Missing is a failure, never a skip:
+    `make test` installs every one of them."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; `make test` installs it (Debian package list in Makefile)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def exporter_command() -> list[str]:
+    script = Path(sys.executable).parent / "vram-exporter"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vram_exporter.cli"]
+
+
+class ExporterProcess:
+    """A real `vram-exporter` process on a free loopback port."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [*exporter_command(), *args, "--web.listen-address", f"127.0.0.1:{self.port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(self.url + "/-/healthy", timeout=1):
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("exporter did not become healthy in time")
+
+    def get(self, path: str, headers: dict[str, str] | None = None):
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        return urllib.request.urlopen(request, timeout=10)
+
+    def text(self, path: str = "/metrics", headers: dict[str, str] | None = None) -> str:
+        with self.get(path, headers) as response:
+            return response.read().decode()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+@pytest.fixture
+def start_exporter():
+    started: list[ExporterProcess] = []
+
+    def start(*args: str) -> ExporterProcess:
+        process = ExporterProcess(*args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

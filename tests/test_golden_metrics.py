@@ -1,0 +1,47 @@
+"""End to end: the real exporter process replays each fixture; /metrics must equal its golden file.
+
+Regenerate after an intended change with `pytest tests/test_golden_metrics.py --update-golden`
+and review the diff. Every golden file must also pass `promtool check metrics`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import FIXTURES, GOLDEN, require_tool
+
+FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.yaml"))
+# Timings differ on every scrape; everything else must be byte-for-byte stable.
+_DURATION = re.compile(r"^(vram_exporter_collect_duration_seconds\{[^}]*\}) \S+$", re.M)
+
+
+def normalise(exposition: str) -> str:
+    return _DURATION.sub(r"\1 <duration>", exposition)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_metrics_match_golden(name, start_exporter, update_golden):
+    exporter = start_exporter("--nvml.fixture", str(FIXTURES / f"{name}.yaml"))
+    body = normalise(exporter.text("/metrics"))
+    golden = GOLDEN / f"{name}.prom"
+    if update_golden:
+        golden.write_text(body)
+    assert golden.exists(), f"no golden file for {name}: run pytest --update-golden"
+    assert body == golden.read_text(), f"/metrics for {name} differs from {golden}"
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_golden_passes_promtool_lint(name):
+    promtool = require_tool("promtool")
+    text = (GOLDEN / f"{name}.prom").read_text().replace("<duration>", "0.001")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+def test_every_fixture_has_a_golden_file_and_no_stale_ones():
+    assert FIXTURE_NAMES, "no fixtures found"
+    assert sorted(p.stem for p in GOLDEN.glob("*.prom")) == FIXTURE_NAMES

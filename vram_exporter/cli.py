@@ -1,0 +1,144 @@
+"""Command line: ``vram-exporter [serve]``, ``vram-exporter capture``.
+
+Flags follow node_exporter's dotted style (``--web.listen-address``). Exit codes:
+0 success, 2 bad input (a flag, a fixture or a manifest that cannot be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .yamlfile import InputFileError
+
+COMMANDS = ("serve", "capture")
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vram-exporter",
+        description="Prometheus exporter: will each model fit on these GPUs under GPUStack's "
+        "scheduler and vLLM's memory rules?",
+    )
+    parser.add_argument("--version", action="version", version=f"vram-exporter {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve /metrics (the default command)")
+    serve.add_argument("--web.listen-address", dest="listen_address", default=":9845",
+                       metavar="[HOST]:PORT", help="address to listen on (default :9845)")
+    serve.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                       metavar="PATH", help="path under which to expose metrics (default /metrics)")
+    _add_nvml_flags(serve)
+    _add_log_flag(serve)
+
+    capture = commands.add_parser(
+        "capture", help="record this node's NVML readings as a fixture (for --nvml.fixture)")
+    capture.add_argument("--output", "-o", type=Path, metavar="FILE",
+                         help="write the fixture here (default: standard output)")
+    _add_nvml_flags(capture)
+    _add_log_flag(capture)
+    return parser
+
+
+def _add_nvml_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nvml.fixture", dest="nvml_fixture", type=Path, metavar="FILE",
+                        help="replay a recorded NVML snapshot (YAML/JSON) instead of the driver")
+    parser.add_argument("--nvml.timeout", dest="nvml_timeout", type=_positive_seconds, default=5.0,
+                        metavar="SECONDS", help="time limit for one NVML collection (default 5)")
+
+
+def _add_log_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=["debug", "info", "warn", "error"], help="log level (default info)")
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")  # `vram-exporter --flags` means `vram-exporter serve --flags`
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        if args.command == "capture":
+            return _capture(args)
+        return _serve(args)
+    except (InputFileError, ValueError) as exc:
+        print(f"vram-exporter: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _reader(args: argparse.Namespace):
+    from .nvml import NvmlReader
+
+    if args.nvml_fixture is None:
+        return NvmlReader()
+    from . import fixture
+    from .fake_nvml import FakeNvml
+
+    recorded = fixture.load(args.nvml_fixture)
+    return NvmlReader(FakeNvml(recorded), proc_root=None, source=f"fixture:{args.nvml_fixture}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .exporter import Exporter
+    from .server import create_app, parse_listen_address, serve
+
+    if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
+        raise ValueError(f"--web.telemetry-path {args.telemetry_path!r}: must start with / and not be /")
+    parse_listen_address(args.listen_address)  # bad input is exit 2, before anything starts
+    exporter = Exporter(_reader(args), nvml_timeout=args.nvml_timeout)
+    serve(create_app(exporter, telemetry_path=args.telemetry_path), args.listen_address)
+    return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from . import fixture
+
+    snapshot = _reader(args).read()
+    text = f"# captured by vram-exporter {__version__} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+    text += fixture.dump(fixture.from_snapshot(snapshot))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+        logging.getLogger(__name__).info("wrote %s (%d GPUs)", args.output, len(snapshot.gpus))
+    return 0 if snapshot.ok else 1
+
+
+class _LogfmtFormatter(logging.Formatter):
+    """``ts=... level=info source=nvml msg="..."``, like the Go exporters' logfmt."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts += f".{int(record.msecs):03d}Z"
+        msg = record.getMessage().replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        level = {"WARNING": "warn"}.get(record.levelname, record.levelname.lower())
+        source = record.name.removeprefix("vram_exporter.")
+        line = f'ts={ts} level={level} source={source} msg="{msg}"'
+        if record.exc_info:
+            line += ' err="' + self.formatException(record.exc_info).replace("\n", "\\n") + '"'
+        return line
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": "WARNING"}.get(level, level.upper()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

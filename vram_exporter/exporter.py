@@ -1,0 +1,91 @@
+"""One scrape, start to finish, without any HTTP: read NVML off the event loop, build families, render.
+
+The HTTP edge (server.py) calls ``Exporter.scrape()``; tests and benchmarks can
+call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from prometheus_client.exposition import choose_encoder
+
+from .collector import CollectResult, FamiliesCollector, GpuBooking, exporter_families, gpu_families
+from .fit import gpustack
+from .nvml import NvmlReader
+from .snapshot import GpuReading, NodeSnapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    body: bytes
+    content_type: str
+    snapshot: NodeSnapshot
+
+
+class Exporter:
+    """Owns the NVML reader and turns each scrape into an exposition body."""
+
+    def __init__(self, reader: NvmlReader, *, nvml_timeout: float = 5.0) -> None:
+        self._reader = reader
+        self._timeout = nvml_timeout
+        # One thread: a hung NVML call holds it, and every scrape meanwhile joins
+        # the read in flight instead of piling more threads onto the driver.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._inflight: asyncio.Future[NodeSnapshot] | None = None
+        self._last_gpus: tuple[GpuReading, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return self._reader.source
+
+    async def snapshot(self) -> NodeSnapshot:
+        """A fresh snapshot; on timeout or NVML failure, the last known GPUs marked down."""
+        started = time.perf_counter()
+        if self._inflight is None or self._inflight.done():
+            loop = asyncio.get_running_loop()
+            self._inflight = asyncio.ensure_future(loop.run_in_executor(self._pool, self._reader.read))
+        try:
+            snap = await asyncio.wait_for(asyncio.shield(self._inflight), self._timeout)
+        except TimeoutError:
+            log.warning("NVML read did not finish within %.1fs", self._timeout)
+            snap = NodeSnapshot(driver_version="", error="TIMEOUT", source=self.source)
+        snap = replace(snap, duration_seconds=time.perf_counter() - started)
+        return self._remember(snap)
+
+    def _remember(self, snap: NodeSnapshot) -> NodeSnapshot:
+        if snap.ok:
+            self._last_gpus = snap.gpus
+            return snap
+        # Keep GPUs seen before on the page as down, so vram_gpu_up goes to 0
+        # instead of the series vanishing when the driver stops answering.
+        down = tuple(replace(g, memory=None, processes=(), error=snap.error) for g in self._last_gpus)
+        return replace(snap, gpus=down)
+
+    async def scrape(self, accept: str | None = None) -> Scrape:
+        snap = await self.snapshot()
+        encoder, content_type = choose_encoder(accept or "")
+        body = encoder(FamiliesCollector(self.families(snap)))
+        return Scrape(body, content_type, snap)
+
+    def families(self, snap: NodeSnapshot):
+        bookings = {gpu.index: GpuBooking() for gpu in snap.gpus}
+        allocatable = {
+            gpu.index: gpustack.allocatable_bytes(gpu.memory.total, b.claimed, b.system_reserved)
+            for gpu in snap.gpus
+            if gpu.memory is not None
+            for b in (bookings[gpu.index],)
+        }
+        results = {"nvml": CollectResult(snap.ok, snap.duration_seconds)}
+        yield from gpu_families(snap, bookings, allocatable)
+        yield from exporter_families(results)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
