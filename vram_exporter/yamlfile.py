@@ -11,7 +11,7 @@ line it came from. JSON is a subset of YAML, so one loader serves both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,15 +36,24 @@ class InputFileError(ValueError):
 
 def load_model(model: type[Model], path: Path | str) -> Model:
     """Read ``path`` and validate it as ``model``; raise InputFileError naming file, line, field."""
+    return load_located(model, path)[0]
+
+
+def load_located(model: type[Model], path: Path | str) -> tuple[Model, Callable[[Sequence[str | int]], int | None]]:
+    """Like load_model, plus a function giving the line of any key path (for errors found later)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(path, [(None, "", f"cannot read: {exc}")]) from None
-    return parse_model(model, text, path)
+    return parse_located(model, text, path)
 
 
 def parse_model(model: type[Model], text: str, path: Path | str) -> Model:
+    return parse_located(model, text, path)[0]
+
+
+def parse_located(model: type[Model], text: str, path: Path | str):
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -56,9 +65,10 @@ def parse_model(model: type[Model], text: str, path: Path | str) -> Model:
     if data is None:
         data = {}
     try:
-        return model.model_validate(data)
+        value = model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise InputFileError(path, [_problem(root, err) for err in exc.errors()]) from None
+    return value, lambda loc: _line_of(root, loc)[0]
 
 
 def field_path(loc: Sequence[str | int]) -> str:

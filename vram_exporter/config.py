@@ -1,0 +1,187 @@
+"""The manifest: the models a team runs or wants to run, and the cluster's settings (DESIGN.md section 5).
+
+Validated by pydantic with unknown keys rejected; every error names the file, the
+line and the field. ``load_manifest`` also resolves each model given by ``path``
+(a local Hugging Face directory: config.json and the weight files' sizes, counted
+exactly as GPUStack counts them), so the rulebooks receive plain values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from .fit.gpustack import ENV_CLAIM
+from .fit.model import Architecture, Cluster, ModelSpec
+from .fit.params import parse_model_len
+from .units import parse_size
+from .yamlfile import InputFileError, field_path, load_located
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Utilization = Annotated[float, Field(gt=0, le=1)]
+
+# gpustack 2.3.0 gpustack/utils/hub.py::get_model_weight_size: root-level files with these
+# extensions, except consolidated.safetensors (usually a duplicate of the other files).
+WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_EXCLUDED = ("consolidated.safetensors",)
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class ClusterSettings(_Strict):
+    scheduler: Literal["gpustack", "gpustack-0.6"] = "gpustack"
+    system_reserved_vram: Size = 0
+    vllm_default_gpu_memory_utilization: Utilization = 0.92
+    vllm_context_overhead: Size = 512 * 2**20
+    vllm_runtime_overhead: Size = 2**30
+
+    @field_validator("system_reserved_vram")
+    @classmethod
+    def _whole_gib(cls, value: int) -> int:
+        # GPUStack's --system-reserved takes whole GiB for VRAM.
+        if value % 2**30:
+            raise ValueError("GPUStack reserves VRAM in whole GiB (--system-reserved '{\"vram\": N}')")
+        return value
+
+    def to_cluster(self) -> Cluster:
+        return Cluster(**self.model_dump())
+
+class ModelEntry(_Strict):
+    name: str = Field(min_length=1)
+    path: str | None = None
+    weights_bytes: Size | None = None
+    config: dict[str, Any] | None = None
+    max_model_len: int | str | None = None
+    backend_parameters: list[str] = []
+    env: dict[str, str] = {}
+    placed_on: list[Annotated[int, Field(ge=0)]] | None = None
+    pinned_gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    replicas: int = Field(default=1, ge=1)
+    runtime_overhead: Size | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                    for k, v in value.items()}
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _claim_is_bytes(cls, env: dict[str, str]) -> dict[str, str]:
+        claim = env.get(ENV_CLAIM)
+        if claim is not None and not claim.strip().isdigit():
+            raise ValueError(f"{ENV_CLAIM} must be a whole number of bytes, as GPUStack reads it "
+                             f"(it silently ignores anything else), got {claim!r}")
+        return env
+
+    @field_validator("max_model_len")
+    @classmethod
+    def _model_len(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str):
+            parse_model_len(value)
+        elif isinstance(value, int) and value <= 0 and value != -1:
+            raise ValueError("max_model_len must be positive (or -1 / 'auto')")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        inline = self.weights_bytes is not None or self.config is not None
+        if self.path is not None and inline:
+            raise ValueError("give either path (a local model directory) or weights_bytes with config, not both")
+        if self.path is None and (self.weights_bytes is None or self.config is None):
+            raise ValueError("a model needs path (a local model directory), or both weights_bytes and config")
+        if self.placed_on is not None and self.pinned_gpus is not None:
+            raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
+        return self
+
+class Manifest(_Strict):
+    cluster: ClusterSettings = ClusterSettings()
+    models: list[ModelEntry] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Manifest:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} appears twice")
+            seen.add(model.name)
+        return self
+
+@dataclass(frozen=True, slots=True)
+class LoadedManifest:
+    path: Path
+    cluster: Cluster
+    models: tuple[ModelSpec, ...]
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    """Validate and resolve a manifest; InputFileError lists every problem with its line."""
+    path = Path(path)
+    manifest, line_of = load_located(Manifest, path)
+    problems: list[tuple[int | None, str, str]] = []
+    models = []
+    for i, entry in enumerate(manifest.models):
+        try:
+            models.append(_resolve(entry, path.parent))
+        except _FieldError as exc:
+            loc = ("models", i, exc.field)
+            problems.append((line_of(loc), field_path(loc), str(exc)))
+    if problems:
+        raise InputFileError(path, problems)
+    return LoadedManifest(path, manifest.cluster.to_cluster(), tuple(models))
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
+    if entry.path is not None:
+        directory = (base / entry.path).expanduser()
+        config, weights = _read_model_directory(directory)
+        source_field = "path"
+    else:
+        config, weights, source_field = entry.config, entry.weights_bytes, "config"
+    try:
+        arch = Architecture.from_config(config)
+    except ValueError as exc:
+        raise _FieldError(source_field, str(exc)) from None
+    max_len = parse_model_len(entry.max_model_len) if isinstance(entry.max_model_len, str) else entry.max_model_len
+    return ModelSpec(
+        name=entry.name, weights_bytes=weights, arch=arch,
+        backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
+        placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
+        runtime_overhead=entry.runtime_overhead,
+    )
+
+def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
+
+def _read_model_directory(directory: Path) -> tuple[dict[str, Any], int]:
+    config_file = directory / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _FieldError("path", f"{config_file} does not exist (path must be a Hugging Face model directory)") from None
+    except (OSError, ValueError) as exc:
+        raise _FieldError("path", f"cannot read {config_file}: {exc}") from None
+    if not isinstance(config, dict):
+        raise _FieldError("path", f"{config_file} is not a JSON object")
+    weights = weight_files_size(directory)
+    if weights == 0:
+        raise _FieldError("path", f"{directory} has no weight files ({', '.join(WEIGHT_EXTENSIONS)}) at its root")
+    return config, weights
+
+def weight_files_size(directory: Path) -> int:
+    """Sum of the root-level weight files' sizes, as GPUStack counts them (sparse files count in full)."""
+    return sum(
+        entry.stat().st_size
+        for entry in directory.iterdir()
+        if entry.is_file() and entry.name.endswith(WEIGHT_EXTENSIONS) and entry.name not in WEIGHT_EXCLUDED
+    )

@@ -1,0 +1,120 @@
+"""What the rulebooks know about a model and the cluster: plain frozen values, no I/O.
+
+``Architecture.from_config`` reads a Hugging Face config.json mapping the way vLLM
+0.33 and GPUStack 2.3.0 read the fields they need (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .params import GpuStackParams, VllmParams, gpustack_params, vllm_params
+
+GIB = 2**30
+Scheduler = Literal["gpustack", "gpustack-0.6"]
+
+# torch_dtype / dtype -> bytes per element (vLLM resolves "auto" to the config's dtype).
+_DTYPE_BYTES = {
+    "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
+    "float32": 4, "fp32": 4, "float": 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Architecture:
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int
+    vocab_size: int | None
+    max_position_embeddings: int | None
+    kv_lora_rank: int | None = None  # set: MLA (DeepSeek-style) attention
+    qk_rope_head_dim: int = 0
+    sliding_window: int | None = None  # applies to every layer when set
+    vision_attention_heads: int | None = None
+
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Architecture:
+        """Raises ValueError naming the config.json field that is missing or wrong."""
+        text = config.get("text_config") or config  # multimodal models keep the LLM here
+        heads = _positive_int(text, "num_attention_heads")
+        kv_heads = next(
+            (int(text[k]) for k in ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num")
+             if text.get(k)),
+            heads,
+        )
+        head_dim = text.get("head_dim") or (_positive_int(text, "hidden_size") // heads)
+        dtype = str(text.get("torch_dtype") or text.get("dtype") or config.get("torch_dtype") or "bfloat16")
+        if dtype not in _DTYPE_BYTES:
+            raise ValueError(f"torch_dtype {dtype!r} is not one of {', '.join(sorted(_DTYPE_BYTES))}")
+        window = text.get("sliding_window")
+        if text.get("use_sliding_window") is False or isinstance(text.get("layer_types"), list):
+            window = None  # Qwen2 ships the field switched off; mixed layer types: treat all as full
+        vision = config.get("vision_config") or {}
+        return cls(
+            layers=_positive_int(text, "num_hidden_layers"),
+            attention_heads=heads,
+            kv_heads=kv_heads,
+            head_dim=int(head_dim),
+            dtype_bytes=_DTYPE_BYTES[dtype],
+            vocab_size=text.get("vocab_size") or config.get("vocab_size"),
+            max_position_embeddings=text.get("max_position_embeddings"),
+            kv_lora_rank=text.get("kv_lora_rank"),
+            qk_rope_head_dim=int(text.get("qk_rope_head_dim") or 0),
+            sliding_window=int(window) if window else None,
+            vision_attention_heads=vision.get("num_attention_heads") or vision.get("num_heads"),
+        )
+
+
+def _positive_int(config: Mapping[str, Any], key: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"config field {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model of the manifest, resolved: sizes in bytes, parameters parsed."""
+
+    name: str
+    weights_bytes: int
+    arch: Architecture
+    backend_parameters: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    max_model_len: int | None = None  # manifest's value; else from backend_parameters; else the model's
+    placed_on: tuple[int, ...] | None = None  # GPUs it already holds; None: a candidate
+    pinned_gpus: tuple[int, ...] | None = None  # manual GPU selection (gpu_selector)
+    replicas: int = 1
+    runtime_overhead: int | None = None  # O for this model; None: the cluster's
+
+    @property
+    def gpustack(self) -> GpuStackParams:
+        return gpustack_params(self.backend_parameters)
+
+    @property
+    def vllm(self) -> VllmParams:
+        return vllm_params(self.backend_parameters)
+
+    @property
+    def placed(self) -> bool:
+        return self.placed_on is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Cluster-wide settings of the manifest (DESIGN.md section 5)."""
+
+    scheduler: Scheduler = "gpustack"
+    # GPUStack >= 2.0.2 reserves no VRAM by default; v0.5.1-v2.0.1 reserved 1 GiB.
+    system_reserved_vram: int = 0
+    vllm_default_gpu_memory_utilization: float = 0.92  # vLLM >= 0.20 (0.9 before)
+    vllm_context_overhead: int = 512 * 2**20  # C_pre: CUDA context + cuBLAS of the new process
+    vllm_runtime_overhead: int = GIB  # O: activation peak + CUDA graphs + non-torch memory

@@ -1,0 +1,366 @@
+"""Both rulebooks applied to one node: which models GPUStack places, where, and whether vLLM starts.
+
+``fit_node(snapshot, cluster, models)`` is a pure function. Models already placed
+(``placed_on``) book their claims first; then the candidates are placed one at a
+time in manifest order, each seeing the claims (GPUStack) and the memory (vLLM)
+of those placed before it, as GPUStack's scheduler does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from ..snapshot import GpuReading, NodeSnapshot
+from ..units import gib
+from . import gpustack, vllm
+from .model import Cluster, ModelSpec
+
+CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuBooking:
+    """A GPU as GPUStack books it after every model of the manifest has been placed."""
+
+    index: int
+    uuid: str
+    total: int  # T, whole MiB in bytes
+    system_reserved: int
+    claimed: int
+    allocatable: int
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a model sees at its turn: bytes claimed (GPUStack) and committed (vLLM) per GPU."""
+
+    claims: Mapping[int, int] = field(default_factory=dict)
+    committed: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuFit:
+    """One model on one GPU: every check's headroom in bytes (>= 0 passes) and the working window."""
+
+    index: int
+    uuid: str
+    budget: int  # vLLM's R on this GPU
+    headroom: Mapping[str, float]  # check name -> bytes; a check that does not apply is absent
+    gmu_min: float
+    gmu_max: float
+    max_model_len: int
+
+    @property
+    def window_open(self) -> bool:
+        return self.gmu_min <= self.gmu_max
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFit:
+    name: str
+    error: str | None = None  # the model cannot be evaluated (bad world size, bad parameter...)
+    placed: bool = False
+    weights: int = 0
+    estimate: int = 0
+    bytes_per_token: int = 0
+    kv_required: int = 0
+    max_model_len: int = 0
+    block_tokens: int = 0
+    gmu_gpustack: float = 0.0
+    gmu_vllm: float = 0.0
+    schedulable: bool = False
+    startable: bool = False
+    gpus: tuple[int, ...] = ()  # where GPUStack puts (or has put) the first instance
+    overcommit: bool = False
+    replicas_placed: int = 0
+    replicas: int = 1
+    per_gpu: tuple[GpuFit, ...] = ()
+    reasons: tuple[str, ...] = ()
+    context: Context = field(default_factory=Context, compare=False)
+
+    @property
+    def fits(self) -> bool:
+        return self.schedulable and self.startable
+
+    @property
+    def gmu_mismatch(self) -> bool:
+        return abs(self.gmu_gpustack - self.gmu_vllm) > 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFit:
+    gpus: tuple[GpuBooking, ...]
+    models: tuple[ModelFit, ...]
+    cluster: Cluster
+
+
+def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpec]) -> NodeFit:
+    gpus = [gpu for gpu in snapshot.gpus if gpu.up]
+    claims: dict[int, int] = {gpu.index: 0 for gpu in gpus}
+    committed: dict[int, int] = {gpu.index: 0 for gpu in gpus}
+    results: dict[str, ModelFit] = {}
+    for model in models:  # running instances book first, whatever their place in the manifest
+        if model.placed:
+            results[model.name] = _book_placed(model, cluster, gpus, claims)
+    for model in models:
+        if not model.placed:
+            fit = evaluate(model, cluster, gpus, Context(dict(claims), dict(committed)))
+            results[model.name] = fit
+            _commit(model, fit, cluster, gpus, claims, committed)
+    bookings = tuple(
+        GpuBooking(gpu.index, gpu.uuid, gpustack.total_whole_mib(gpu.memory.total), cluster.system_reserved_vram,
+                   claims[gpu.index],
+                   gpustack.allocatable_bytes(gpu.memory.total, claims[gpu.index], cluster.system_reserved_vram))
+        for gpu in gpus
+    )
+    return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)
+
+
+def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: dict[int, int]) -> ModelFit:
+    by_index = {gpu.index: gpu for gpu in gpus}
+    missing = [i for i in model.placed_on if i not in by_index]
+    try:
+        gmu = model.gpustack.gpu_memory_utilization
+    except ValueError as exc:
+        return ModelFit(model.name, error=str(exc), placed=True)
+    own = {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
+    context = Context(dict(claims), {})
+    for index, claim in own.items():
+        claims[index] += claim
+    if missing:
+        return ModelFit(model.name, placed=True,
+                        error=f"placed_on names GPU {missing} which this node does not have (or is down)")
+    # Judge the running instance as GPUStack would on a fresh placement: without its own claim.
+    return evaluate(model, cluster, gpus, context, placed_on=model.placed_on)
+
+
+def _commit(model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: Sequence[GpuReading],
+            claims: dict[int, int], committed: dict[int, int]) -> None:
+    """Book every replica GPUStack can place, one at a time."""
+    if fit.error or not fit.schedulable:
+        return
+    by_index = {gpu.index: gpu for gpu in gpus}
+    params = model.gpustack
+    for _ in range(fit.replicas_placed):
+        placement = _placement(model, cluster, gpus, claims, params)
+        if placement is None:
+            break
+        for index, claim in placement.claims.items():
+            claims[index] += claim
+            gpu = by_index[index]
+            committed[index] += vllm.budget_bytes(vllm.cuda_total(gpu.memory.total, gpu.memory.reserved),
+                                                  _vllm_gmu(model, cluster)) + cluster.vllm_context_overhead
+
+
+def _views(gpus: Sequence[GpuReading], claims: Mapping[int, int], cluster: Cluster) -> list[gpustack.GpuView]:
+    return [
+        gpustack.GpuView(gpu.index, gpustack.total_whole_mib(gpu.memory.total),
+                         gpustack.allocatable_bytes(gpu.memory.total, claims.get(gpu.index, 0),
+                                                    cluster.system_reserved_vram))
+        for gpu in gpus
+    ]
+
+
+def _placement(model, cluster, gpus, claims, params, replica_count=None):
+    return gpustack.place(
+        _views(gpus, claims, cluster),
+        estimate=gpustack.estimate_bytes(model.weights_bytes, model.env),
+        gmu=params.gpu_memory_utilization,
+        world_size=params.world_size,
+        arch=model.arch,
+        scheduler=cluster.scheduler,
+        pinned=model.pinned_gpus,
+        replica_count=model.replicas if replica_count is None else replica_count,
+    )
+
+
+def _vllm_gmu(model: ModelSpec, cluster: Cluster) -> float:
+    given = model.vllm.gpu_memory_utilization
+    return cluster.vllm_default_gpu_memory_utilization if given is None else given
+
+
+def evaluate(
+    model: ModelSpec,
+    cluster: Cluster,
+    gpus: Sequence[GpuReading],
+    context: Context,
+    placed_on: Sequence[int] | None = None,
+) -> ModelFit:
+    """One model against the node as it stands at its turn. Pure; used again by the fix search."""
+    try:
+        return _evaluate(model, cluster, gpus, context, placed_on)
+    except ValueError as exc:
+        return ModelFit(model.name, error=str(exc), placed=placed_on is not None, weights=model.weights_bytes,
+                        context=context)
+
+
+def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
+    gs, vp = model.gpustack, model.vllm
+    gmu_v = _vllm_gmu(model, cluster)
+    for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
+        if not 0 < value <= 1:
+            raise ValueError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
+    if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(model.arch, gs.tensor_parallel_size)):
+        raise ValueError(problem + " Consider adjusting your tensor-parallel-size value.")
+    estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
+
+    placement = None
+    if placed_on is not None:
+        chosen = tuple(placed_on)
+    else:
+        placement = _placement(model, cluster, gpus, context.claims, gs)
+        chosen = placement.gpus if placement else ()
+    replicas_placed = _count_replicas(model, cluster, gpus, context, gs) if placement else 0
+
+    tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
+    dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
+    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
+    block = vllm.block_tokens(model.arch, vp.block_size)
+    cap = model.arch.max_position_embeddings
+    target_len = _target_len(model, vp, cap)
+    required = vllm.required_kv_bytes(model.arch, target_len, block, per_token) if target_len > 0 else 0
+    weights_per_gpu = math.ceil(model.weights_bytes / (tp * pp))
+    overhead = cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead
+    n_gpus = len(chosen) or gs.world_size or 1
+
+    per_gpu = []
+    views = {v.index: v for v in _views(gpus, context.claims, cluster)}
+    shown = [g for g in gpus if placed_on is None or g.index in placed_on]
+    for gpu in shown:
+        per_gpu.append(_gpu_fit(
+            gpu, views[gpu.index], context, running=placed_on is not None, estimate=estimate, n_gpus=n_gpus,
+            gmu_g=gs.gpu_memory_utilization, gmu_v=gmu_v, scheduler=cluster.scheduler, cluster=cluster,
+            weights_per_gpu=weights_per_gpu, overhead=overhead, required=required, target_len=target_len,
+            model=model, block=block, per_token=per_token, cap=cap,
+        ))
+    on_chosen = [f for f in per_gpu if f.index in chosen]
+    startable = bool(chosen) and all(
+        f.headroom["vllm_kv_cache"] >= 0 and f.headroom.get("vllm_free_memory", 0) >= 0 for f in on_chosen)
+    schedulable = placed_on is not None or placement is not None
+    fit = ModelFit(
+        name=model.name, placed=placed_on is not None, weights=model.weights_bytes, estimate=estimate,
+        bytes_per_token=per_token, kv_required=required, max_model_len=target_len, block_tokens=block,
+        gmu_gpustack=gs.gpu_memory_utilization, gmu_vllm=gmu_v, schedulable=schedulable, startable=startable,
+        gpus=chosen, overcommit=bool(placement and placement.overcommit),
+        replicas_placed=replicas_placed if placed_on is None else model.replicas, replicas=model.replicas,
+        per_gpu=tuple(per_gpu), context=context,
+    )
+    return _with_reasons(fit, model, views, cluster, gpus)
+
+
+def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
+    wanted = model.max_model_len if model.max_model_len is not None else vp.max_model_len
+    if wanted is None:
+        if cap is None:
+            raise ValueError("max_model_len is not given and config has no max_position_embeddings")
+        return cap
+    if wanted == -1:  # auto: the longest that fits; the check is that at least one block fits
+        return 1
+    if wanted <= 0:
+        raise ValueError(f"max_model_len must be positive, got {wanted}")
+    return wanted
+
+
+def _count_replicas(model, cluster, gpus, context, params) -> int:
+    claims = dict(context.claims)
+    placed = 0
+    for _ in range(model.replicas):
+        placement = _placement(model, cluster, gpus, claims, params)
+        if placement is None:
+            break
+        placed += 1
+        for index, claim in placement.claims.items():
+            claims[index] += claim
+    return placed
+
+
+def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, running: bool, estimate: int,
+             n_gpus: int, gmu_g: float, gmu_v: float, scheduler: str, cluster: Cluster, weights_per_gpu: int,
+             overhead: int, required: int, target_len: int, model: ModelSpec, block: int, per_token: int,
+             cap: int | None) -> GpuFit:
+    t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
+    free = gpu.memory.free - context.committed.get(gpu.index, 0)
+    check = vllm.check_gpu(
+        cuda_total_bytes=t_cuda, free_bytes=free, gmu=gmu_v, weights_per_gpu=weights_per_gpu,
+        runtime_overhead=overhead, context_overhead=cluster.vllm_context_overhead, required_kv=required,
+        arch=model.arch, block=block, per_token=per_token, max_len_cap=cap,
+    )
+    total = view.total
+    if n_gpus == 1:
+        tests = gpustack.single_gpu_tests(view, estimate, gmu_g, scheduler)
+        est_headroom, alloc_headroom = tests.estimate_headroom, tests.allocatable_headroom
+    else:  # each GPU of a multi-GPU instance contributes int(g * T) towards E
+        est_headroom = gpustack.claim_bytes(total, gmu_g) - estimate / n_gpus
+        alloc_headroom = view.allocatable - total * gmu_g
+    headroom = {"gpustack_estimate": est_headroom, "gpustack_allocatable": alloc_headroom,
+                "vllm_kv_cache": check.kv_cache_headroom}
+    if not running:  # a running instance passed its start-up check long ago
+        headroom["vllm_free_memory"] = check.free_memory_headroom
+    lo, hi = _window(view, estimate, n_gpus, scheduler, t_cuda, free, cluster, weights_per_gpu, overhead,
+                     required, running)
+    return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi, check.max_model_len)
+
+
+def _window(view, estimate, n_gpus, scheduler, t_cuda, free, cluster, weights_per_gpu, overhead, required,
+            running) -> tuple[float, float]:
+    """[min, max] of a --gpu-memory-utilization (read alike by both) that passes every check here."""
+    lows = [(required + weights_per_gpu + overhead) / t_cuda]
+    highs = [1.0, view.allocatable / view.total if view.total else 0.0]
+    if scheduler == "gpustack-0.6":
+        if estimate > view.allocatable * (n_gpus if n_gpus > 1 else 1):
+            highs.append(0.0)  # E <= A does not depend on g: nothing works
+    else:
+        lows.append(estimate / (n_gpus * view.total) if view.total else 1.0)
+    if not running:
+        highs.append((free - cluster.vllm_context_overhead) / t_cuda)
+    # Round inwards so that the ends themselves pass.
+    lo = math.ceil(max(lows) * 10_000 - 1e-9) / 10_000
+    hi = math.floor(min(highs) * 10_000 + 1e-9) / 10_000
+    return lo, max(hi, 0.0)
+
+
+def _with_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster, gpus) -> ModelFit:
+    reasons = []
+    if not fit.schedulable:
+        reasons.append(_pending_reason(fit, model, views, cluster))
+    elif fit.overcommit:
+        reasons.append("GPUStack accepts the manual GPU selection as overcommit: its own tests fail there.")
+    by_gpu = {f.index: f for f in fit.per_gpu}
+    totals = {gpu.index: gpu for gpu in gpus}
+    for index in fit.gpus:
+        f = by_gpu.get(index)
+        if f is None:
+            continue
+        if f.headroom.get("vllm_free_memory", 0) < 0:
+            gpu = totals[index]
+            free = gpu.memory.free - fit.context.committed.get(index, 0)
+            reasons.append(f"GPU {index}: vLLM will not start: " + vllm.startup_error(
+                free - cluster.vllm_context_overhead, vllm.cuda_total(gpu.memory.total, gpu.memory.reserved),
+                fit.gmu_vllm, f.budget))
+        if f.headroom["vllm_kv_cache"] < 0:
+            reasons.append(f"GPU {index}: " + _kv_reason(fit, f))
+    return replace(fit, reasons=tuple(reasons))
+
+
+def _pending_reason(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) -> str:
+    largest = max(views.values(), key=lambda v: v.allocatable, default=None)
+    text = "GPUStack leaves it Pending (No suitable workers):\n" + gpustack.pending_message(
+        fit.estimate, fit.gmu_gpustack, largest)
+    if fit.per_gpu and all(not f.window_open for f in fit.per_gpu):
+        f = fit.per_gpu[0]
+        text += (f"\nNo value of --gpu-memory-utilization places it on this node: it needs at least "
+                 f"{f.gmu_min:.4f} but at most {f.gmu_max:.4f} works.")
+    return text
+
+
+def _kv_reason(fit: ModelFit, f: GpuFit) -> str:
+    kv = f.headroom["vllm_kv_cache"] + fit.kv_required
+    if kv <= 0:
+        return ("vLLM fails: No available memory for the cache blocks "
+                f"(budget {gib(f.budget)} minus weights and overhead leaves {gib(kv)}).")
+    return (f"vLLM fails: To serve at least one request with the model's max seq len ({fit.max_model_len}), "
+            f"{gib(fit.kv_required)} KV cache is needed, which is larger than the available KV cache memory "
+            f"({gib(kv)}); the longest context that fits is {f.max_model_len} tokens.")
+

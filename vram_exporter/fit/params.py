@@ -1,0 +1,186 @@
+"""backend_parameters read twice: the way GPUStack reads them, and the way vLLM does.
+
+The two readers disagree on purpose, because the real programs do:
+- GPUStack (gpustack 2.3.0 ``gpustack/utils/command.py``: ``flatten_to_argv``,
+  ``_iter_param_pairs``, ``find_parameter``) matches keys exactly after stripping
+  leading dashes, and the FIRST occurrence wins. ``--gpu_memory_utilization`` is
+  therefore invisible to it: it keeps its default 0.9.
+- vLLM (argparse via ``FlexibleArgumentParser``) accepts dashes or underscores,
+  aliases (``-tp``, ``--device-memory-utilization``), and the LAST occurrence wins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+GPUSTACK_DEFAULT_GMU = 0.9  # vllm_resource_fit_selector.py::_set_gpu_memory_utilization
+
+
+def _is_key(token: str) -> bool:
+    """gpustack ``is_parameter_key``: starts with '-', is not a number, is not '--'."""
+    if not token.startswith("-") or len(token) <= 1 or token == "--":
+        return False
+    try:
+        float(token)
+    except ValueError:
+        return True
+    return False
+
+
+def argv_tokens(parameters: Sequence[str] | None) -> list[str]:
+    """gpustack ``flatten_to_argv``: an entry that starts with a key is shell-split, others kept whole."""
+    tokens: list[str] = []
+    for entry in parameters or ():
+        stripped = (entry or "").strip()
+        if not stripped:
+            continue
+        if _is_key(stripped.split(None, 1)[0]):
+            tokens.extend(shlex.split(stripped))
+        else:
+            tokens.append(stripped)
+    return tokens
+
+
+def param_pairs(parameters: Sequence[str] | None) -> Iterator[tuple[str, str | None]]:
+    """(key without leading dashes, value or None) in order, as GPUStack pairs them."""
+    tokens = argv_tokens(parameters)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not _is_key(token):
+            i += 1
+        elif "=" in token:
+            key, _, value = token.partition("=")
+            yield key.lstrip("-"), value
+            i += 1
+        elif i + 1 < len(tokens) and not _is_key(tokens[i + 1]):
+            yield token.lstrip("-"), tokens[i + 1]
+            i += 2
+        else:
+            yield token.lstrip("-"), None
+            i += 1
+
+
+# --- GPUStack's reading -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStackParams:
+    gpu_memory_utilization: float
+    gmu_given: bool
+    world_size: int | None  # tp * pp * pcp * dp as requested; None: not requested
+    tensor_parallel_size: int | None
+
+
+def _first(parameters: Sequence[str] | None, names: Sequence[str]) -> str | None:
+    for key, value in param_pairs(parameters):
+        if key in names and value is not None:
+            return value
+    return None
+
+
+def _first_int(parameters: Sequence[str] | None, names: Sequence[str]) -> int | None:
+    value = _first(parameters, names)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # GPUStack's find_int_parameter ignores what it cannot parse
+
+
+def gpustack_params(parameters: Sequence[str] | None) -> GpuStackParams:
+    """Raises ValueError where GPUStack would refuse the model (bad float, non-positive sizes)."""
+    raw_gmu = _first(parameters, ["gpu-memory-utilization"])
+    gmu = GPUSTACK_DEFAULT_GMU
+    if raw_gmu is not None:
+        try:
+            gmu = float(raw_gmu)
+        except ValueError:
+            raise ValueError(f"GPUStack cannot read --gpu-memory-utilization={raw_gmu!r} as a number") from None
+    sizes = {
+        "tensor-parallel-size": _first_int(parameters, ["tensor-parallel-size", "tp"]),
+        "pipeline-parallel-size": _first_int(parameters, ["pipeline-parallel-size", "pp"]),
+        "prefill-context-parallel-size": _first_int(parameters, ["prefill-context-parallel-size", "pcp"]),
+        "data-parallel-size": _first_int(parameters, ["data-parallel-size", "dp"]),
+    }
+    for name, value in sizes.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"vLLM: --{name} {value} must be positive.")  # GPUStack's own words
+    world = None
+    if any(sizes.values()):
+        world = math.prod(v for v in sizes.values() if v)
+    return GpuStackParams(gmu, raw_gmu is not None, world, sizes["tensor-parallel-size"])
+
+
+# --- vLLM's reading -----------------------------------------------------------------------
+
+_VLLM_ALIASES = {
+    "tp": "tensor-parallel-size",
+    "pp": "pipeline-parallel-size",
+    "dp": "data-parallel-size",
+    "device-memory-utilization": "gpu-memory-utilization",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VllmParams:
+    gpu_memory_utilization: float | None  # None: not given, vLLM's default applies
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    max_model_len: int | None  # None: the model's own (max_position_embeddings); -1: "auto"
+    kv_cache_dtype: str
+    dtype: str
+    block_size: int | None
+    spelled_with_underscore: bool  # --gpu_memory_utilization: vLLM reads it, GPUStack does not
+
+
+def _vllm_key(key: str) -> str:
+    key = key.replace("_", "-")
+    return _VLLM_ALIASES.get(key, key)
+
+
+def parse_model_len(text: str) -> int:
+    """vLLM's ``--max-model-len``: 4k = 4000, 1K = 1024, 128K = 131072; auto or -1 = longest that fits (-1)."""
+    text = text.strip()
+    if text.lower() == "auto" or text == "-1":
+        return -1
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgG]?)", text)
+    if not match:
+        raise ValueError(f"--max-model-len {text!r}: expected tokens like 32768, 4k, 128K or auto")
+    number, suffix = float(match.group(1)), match.group(2)
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}[suffix]
+    return int(number * scale)
+
+
+def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
+    last: dict[str, str | None] = {}
+    underscore = False
+    for key, value in param_pairs(parameters):
+        name = _vllm_key(key)
+        if name == "gpu-memory-utilization" and "_" in key:
+            underscore = True
+        last[name] = value  # argparse: the last one wins
+
+    def number(name: str, kind, default):
+        raw = last.get(name)
+        if raw is None:
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"vLLM cannot read --{name} {raw!r}") from None
+
+    raw_len = last.get("max-model-len")
+    return VllmParams(
+        gpu_memory_utilization=number("gpu-memory-utilization", float, None),
+        tensor_parallel_size=number("tensor-parallel-size", int, 1),
+        pipeline_parallel_size=number("pipeline-parallel-size", int, 1),
+        max_model_len=parse_model_len(raw_len) if raw_len is not None else None,
+        kv_cache_dtype=(last.get("kv-cache-dtype") or "auto"),
+        dtype=(last.get("dtype") or "auto"),
+        block_size=number("block-size", int, None),
+        spelled_with_underscore=underscore,
+    )

@@ -1,0 +1,130 @@
+"""Rulebook B: vLLM's start-up check and KV cache (V1 engine, vLLM 0.33; DESIGN.md section 3).
+
+Sources, vllm 0.33.0 on PyPI:
+- ``vllm/v1/worker/utils.py::request_memory``: the budget R = ceil(total * gpu_memory_utilization),
+  where total is CUDA's (NVML total - NVML reserved), and the start-up error when free memory
+  is less than R ("Free memory on device cuda:0 ... on startup is less than desired GPU memory
+  utilization ...").
+- ``vllm/v1/worker/gpu_worker.py``, ``vllm/utils/mem_utils.py``: KV = R - weights - peak activation
+  - CUDA graphs - non-torch memory (our O).
+- ``vllm/v1/core/kv_cache_planning.py``, ``vllm/v1/kv_cache_interface.py``: page size per token
+  (2 * layers * kv_heads/TP * head_dim * dtype bytes; MLA: layers * (kv_lora_rank +
+  qk_rope_head_dim) * dtype bytes, not split by TP) and the minimum of
+  (ceil(max_model_len / block) + 1) blocks: one block is held back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .model import Architecture
+
+# Block sizes in tokens: FlashAttention, Triton and FlashInfer use 16; the MLA backends
+# FLASHMLA 64 (the default for MLA on Hopper) and CUTLASS_MLA 128.
+BLOCK_TOKENS = 16
+MLA_BLOCK_TOKENS = 64
+# Sliding-window layers keep window - 1 + one batch of tokens (max_num_batched_tokens; 2048 is
+# vLLM's default for online serving), not max_model_len: SlidingWindowSpec.max_memory_usage_bytes.
+SLIDING_BATCH_TOKENS = 2048
+
+
+def cuda_total(nvml_total: int, nvml_reserved: int | None) -> int:
+    """CUDA's total memory = NVML total - driver-reserved (measured equal on an H100, 480 MiB)."""
+    return nvml_total - (nvml_reserved or 0)
+
+
+def budget_bytes(cuda_total_bytes: int, gmu: float) -> int:
+    """R = ceil(T_cuda * u): the instance's budget, not counting its own CUDA context."""
+    return math.ceil(cuda_total_bytes * gmu)
+
+
+def kv_dtype_bytes(arch: Architecture, kv_cache_dtype: str, dtype: str) -> int:
+    if kv_cache_dtype.startswith("fp8"):
+        return 1
+    if dtype in ("float32", "fp32", "float"):
+        return 4
+    if dtype in ("bfloat16", "float16", "half", "bf16", "fp16"):
+        return 2
+    return arch.dtype_bytes
+
+
+def bytes_per_token(arch: Architecture, *, tp: int, pp: int, dtype_bytes: int) -> int:
+    """KV bytes one token needs on one GPU."""
+    layers = math.ceil(arch.layers / pp)
+    if arch.mla:
+        return layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * dtype_bytes
+    # With more TP ranks than KV heads, vLLM replicates heads: at least one per rank.
+    return 2 * layers * max(1, arch.kv_heads // tp) * arch.head_dim * dtype_bytes
+
+
+def block_tokens(arch: Architecture, requested: int | None) -> int:
+    if requested:
+        return requested
+    return MLA_BLOCK_TOKENS if arch.mla else BLOCK_TOKENS
+
+
+def tokens_held(arch: Architecture, max_model_len: int) -> int:
+    """Tokens of KV one max-length request keeps per layer."""
+    if arch.sliding_window:
+        return min(max_model_len, arch.sliding_window - 1 + SLIDING_BATCH_TOKENS)
+    return max_model_len
+
+
+def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int) -> int:
+    """vLLM's minimum: (ceil(max_model_len / B) + 1) blocks of B tokens."""
+    return (math.ceil(tokens_held(arch, max_model_len) / block) + 1) * block * per_token
+
+
+def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None) -> int:
+    """The longest max_model_len whose minimum fits in kv_bytes (capped at the model's own maximum)."""
+    blocks = kv_bytes // (block * per_token) if kv_bytes > 0 else 0
+    if blocks < 2:
+        return 0
+    fits = (blocks - 1) * block
+    if arch.sliding_window and fits >= arch.sliding_window - 1 + SLIDING_BATCH_TOKENS:
+        fits = cap or fits  # the window, not the context, bounds what is kept
+    return min(fits, cap) if cap else fits
+
+
+@dataclass(frozen=True, slots=True)
+class VllmGpuCheck:
+    """vLLM's arithmetic on one GPU; headroom >= 0 passes."""
+
+    budget: int  # R
+    free_memory_headroom: int  # free - C_pre - R
+    kv_cache_bytes: int  # R - W_gpu - O
+    kv_cache_headroom: int  # KV - required
+    max_model_len: int  # longest context that fits
+
+
+def check_gpu(
+    *,
+    cuda_total_bytes: int,
+    free_bytes: int,
+    gmu: float,
+    weights_per_gpu: int,
+    runtime_overhead: int,
+    context_overhead: int,
+    required_kv: int,
+    arch: Architecture,
+    block: int,
+    per_token: int,
+    max_len_cap: int | None,
+) -> VllmGpuCheck:
+    budget = budget_bytes(cuda_total_bytes, gmu)
+    kv = budget - weights_per_gpu - runtime_overhead
+    return VllmGpuCheck(
+        budget=budget,
+        free_memory_headroom=free_bytes - context_overhead - budget,
+        kv_cache_bytes=kv,
+        kv_cache_headroom=kv - required_kv,  # KV <= 0 fails too: required is never 0
+        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap),
+    )
+
+
+def startup_error(free: int, total: int, gmu: float, budget: int) -> str:
+    """vLLM's start-up error, verbatim in form."""
+    return (f"Free memory on device cuda:0 ({free / 2**30:.2f}/{total / 2**30:.2f} GiB) on startup is less "
+            f"than desired GPU memory utilization ({gmu}, {budget / 2**30:.2f} GiB). Decrease GPU memory "
+            "utilization or reduce GPU memory used by other processes.")
