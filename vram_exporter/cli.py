@@ -15,7 +15,8 @@ from pathlib import Path
 from . import __version__
 from .yamlfile import InputFileError
 
-COMMANDS = ("serve", "capture")
+COMMANDS = ("serve", "check", "capture")
+EXIT_SOME_DO_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -33,8 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="[HOST]:PORT", help="address to listen on (default :9845)")
     serve.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                        metavar="PATH", help="path under which to expose metrics (default /metrics)")
+    serve.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="models to judge against this node's GPUs (YAML, see examples/)")
     _add_nvml_flags(serve)
     _add_log_flag(serve)
+
+    check = commands.add_parser(
+        "check", help="print each model's verdicts, reasons and fixes; exit 0 all fit, 1 some do not, 2 bad input")
+    check.add_argument("--manifest", type=Path, metavar="FILE", required=True, help="the models (YAML)")
+    check.add_argument("--format", choices=["text", "json"], default="text", help="output format (default text)")
+    _add_nvml_flags(check)
+    _add_log_flag(check)
 
     capture = commands.add_parser(
         "capture", help="record this node's NVML readings as a fixture (for --nvml.fixture)")
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "capture":
             return _capture(args)
+        if args.command == "check":
+            return _check(args)
         return _serve(args)
     except (InputFileError, ValueError) as exc:
         print(f"vram-exporter: {exc}", file=sys.stderr)
@@ -98,9 +110,31 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
         raise ValueError(f"--web.telemetry-path {args.telemetry_path!r}: must start with / and not be /")
     parse_listen_address(args.listen_address)  # bad input is exit 2, before anything starts
-    exporter = Exporter(_reader(args), nvml_timeout=args.nvml_timeout)
+    manifest = None
+    if args.manifest is not None:
+        from .config import load_manifest
+
+        manifest = load_manifest(args.manifest)
+    exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout)
     serve(create_app(exporter, telemetry_path=args.telemetry_path), args.listen_address)
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_manifest
+    from .fit.node import fit_node
+    from .report import all_fit, fit_report, render_text
+
+    manifest = load_manifest(args.manifest)
+    snapshot = _reader(args).read()
+    report = fit_report(snapshot, fit_node(snapshot, manifest.cluster, manifest.models), manifest.models)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(render_text(report, str(args.manifest)))
+    return 0 if all_fit(report) else EXIT_SOME_DO_NOT_FIT
 
 
 def _capture(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from . import __version__
+from .fit.node import CHECKS, GpuBooking, NodeFit
 from .snapshot import GpuReading, NodeSnapshot
 
 GPU_LABELS = ("gpu", "uuid")
@@ -26,25 +27,19 @@ class CollectResult:
 
 
 @dataclass(frozen=True, slots=True)
-class GpuBooking:
-    """What GPUStack books on a GPU besides the model being placed (Rulebook A)."""
+class ManifestStatus:
+    """The outcome of the last manifest (re)load."""
 
-    system_reserved: int = 0
-    claimed: int = 0
+    successful: bool
+    success_timestamp: float  # 0: never loaded successfully
 
 
 def gpu_labels(gpu: GpuReading) -> list[str]:
     return [str(gpu.index), gpu.uuid]
 
 
-def gpu_families(
-    snapshot: NodeSnapshot,
-    bookings: Mapping[int, GpuBooking] | None = None,
-    allocatable: Mapping[int, int] | None = None,
-) -> Iterator[Metric]:
-    """The per-GPU metrics. ``bookings``/``allocatable`` are keyed by GPU index."""
-    bookings = bookings or {}
-    allocatable = allocatable or {}
+def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> Iterator[Metric]:
+    """The per-GPU metrics; ``bookings`` (GPUStack's view, by GPU index) come from the fit model."""
     info = InfoMetricFamily(
         "vram_gpu", "GPU identity as NVML reports it; value is always 1.",
         labels=[*GPU_LABELS, "name", "pci_bus_id", "driver_version"],
@@ -100,15 +95,80 @@ def gpu_families(
         for process in gpu.processes:
             if process.used_bytes is not None:
                 proc.add_metric([*labels, str(process.pid), process.name], process.used_bytes)
-        booking = bookings.get(gpu.index, GpuBooking())
-        sys_reserved.add_metric(labels, booking.system_reserved)
-        claimed.add_metric(labels, booking.claimed)
-        if gpu.index in allocatable:
-            alloc.add_metric(labels, allocatable[gpu.index])
+        booking = bookings.get(gpu.index)
+        if booking is not None:
+            sys_reserved.add_metric(labels, booking.system_reserved)
+            claimed.add_metric(labels, booking.claimed)
+            alloc.add_metric(labels, booking.allocatable)
     yield from (info, up, total, reserved, used, free, api, proc, sys_reserved, claimed, alloc)
 
 
-def exporter_families(results: Mapping[str, CollectResult]) -> Iterator[Metric]:
+def model_families(node: NodeFit) -> Iterator[Metric]:
+    """The per-model metrics of the catalogue (DESIGN.md section 5)."""
+    def model_gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=["model", *extra])
+
+    weights = model_gauge("vram_model_weights_bytes", "Model weights: root-level weight files, as GPUStack sums them.")
+    estimate = model_gauge("vram_model_estimate_bytes",
+                           "GPUStack's estimate E: GPUSTACK_MODEL_VRAM_CLAIM, else int(weights * 1.2) + 2 GiB.")
+    per_token = model_gauge("vram_model_kv_cache_bytes_per_token",
+                            "KV cache bytes one token needs on one GPU (vLLM page size per token).")
+    required = model_gauge("vram_model_kv_cache_required_bytes",
+                           "vLLM's minimum KV cache for max_model_len: (ceil(len / block) + 1) blocks.")
+    gmu = model_gauge("vram_model_gpu_memory_utilization",
+                      "gpu_memory_utilization as each reader sees it (GPUStack ignores the underscore spelling).",
+                      "reader")
+    budget = model_gauge("vram_model_vllm_budget_bytes", "vLLM's budget R = ceil((total - reserved) * u).",
+                         *GPU_LABELS)
+    headroom = model_gauge("vram_model_headroom_bytes", "Room left by each check; negative means it fails.",
+                           *GPU_LABELS, "check")
+    lo = model_gauge("vram_model_gpu_memory_utilization_min",
+                     "Smallest gpu_memory_utilization passing every check on this GPU (min > max: none).", *GPU_LABELS)
+    hi = model_gauge("vram_model_gpu_memory_utilization_max",
+                     "Largest gpu_memory_utilization passing every check on this GPU.", *GPU_LABELS)
+    max_len = model_gauge("vram_model_max_model_len_tokens", "Longest context whose KV cache fits on this GPU.",
+                          *GPU_LABELS)
+    assigned = model_gauge("vram_model_assigned_gpu",
+                           "1 for each GPU GPUStack places (or has placed) the model's first instance on.", *GPU_LABELS)
+    schedulable = model_gauge("vram_model_schedulable", "1 if GPUStack would place the model on this node.")
+    startable = model_gauge("vram_model_startable",
+                            "1 if vLLM would start and serve max_model_len on the GPUs the scheduler picks.")
+    replicas = model_gauge("vram_model_replicas_placeable", "How many of the model's replicas this node can place.")
+    invalid = model_gauge("vram_model_config_error",
+                          "1 if the model cannot be judged (e.g. a tensor-parallel size GPUStack refuses).")
+    uuids = {b.index: b.uuid for b in node.gpus}
+    for fit in node.models:
+        m = [fit.name]
+        invalid.add_metric(m, 1 if fit.error else 0)
+        schedulable.add_metric(m, 1 if fit.schedulable and not fit.error else 0)
+        startable.add_metric(m, 1 if fit.startable and not fit.error else 0)
+        if fit.error:
+            continue
+        weights.add_metric(m, fit.weights)
+        estimate.add_metric(m, fit.estimate)
+        per_token.add_metric(m, fit.bytes_per_token)
+        required.add_metric(m, fit.kv_required)
+        gmu.add_metric([*m, "gpustack"], fit.gmu_gpustack)
+        gmu.add_metric([*m, "vllm"], fit.gmu_vllm)
+        replicas.add_metric(m, fit.replicas_placed)
+        for index in fit.gpus:
+            assigned.add_metric([*m, str(index), uuids.get(index, "")], 1)
+        for f in fit.per_gpu:
+            labels = [*m, str(f.index), f.uuid]
+            budget.add_metric(labels, f.budget)
+            for check in CHECKS:
+                if check in f.headroom:
+                    headroom.add_metric([*labels, check], f.headroom[check])
+            lo.add_metric(labels, f.gmu_min)
+            hi.add_metric(labels, f.gmu_max)
+            max_len.add_metric(labels, f.max_model_len)
+    yield from (weights, estimate, per_token, required, gmu, budget, headroom, lo, hi, max_len, assigned,
+                schedulable, startable, replicas, invalid)
+
+
+def exporter_families(
+    results: Mapping[str, CollectResult], manifest: ManifestStatus | None = None
+) -> Iterator[Metric]:
     build = InfoMetricFamily(
         "vram_exporter_build", "vram-exporter build information; value is always 1.",
         labels=["version"],
@@ -126,6 +186,14 @@ def exporter_families(results: Mapping[str, CollectResult]) -> Iterator[Metric]:
         success.add_metric([name], 1 if result.success else 0)
         duration.add_metric([name], result.duration_seconds)
     yield from (build, success, duration)
+    if manifest is not None:
+        ok = GaugeMetricFamily("vram_exporter_manifest_last_reload_successful",
+                               "1 if the last manifest (re)load succeeded, 0 if it failed.")
+        ok.add_metric([], 1 if manifest.successful else 0)
+        when = GaugeMetricFamily("vram_exporter_manifest_last_reload_success_timestamp_seconds",
+                                 "When the manifest was last loaded successfully (Unix time).")
+        when.add_metric([], manifest.success_timestamp)
+        yield from (ok, when)
 
 
 class FamiliesCollector:

@@ -14,9 +14,19 @@ from dataclasses import dataclass, replace
 
 from prometheus_client.exposition import choose_encoder
 
-from .collector import CollectResult, FamiliesCollector, GpuBooking, exporter_families, gpu_families
-from .fit import gpustack
+from .collector import (
+    CollectResult,
+    FamiliesCollector,
+    ManifestStatus,
+    exporter_families,
+    gpu_families,
+    model_families,
+)
+from .config import LoadedManifest
+from .fit.model import Cluster
+from .fit.node import NodeFit, fit_node
 from .nvml import NvmlReader
+from .report import fit_report
 from .snapshot import GpuReading, NodeSnapshot
 
 log = logging.getLogger(__name__)
@@ -32,8 +42,12 @@ class Scrape:
 class Exporter:
     """Owns the NVML reader and turns each scrape into an exposition body."""
 
-    def __init__(self, reader: NvmlReader, *, nvml_timeout: float = 5.0) -> None:
+    def __init__(
+        self, reader: NvmlReader, *, manifest: LoadedManifest | None = None, nvml_timeout: float = 5.0
+    ) -> None:
         self._reader = reader
+        self._manifest = manifest
+        self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
         self._timeout = nvml_timeout
         # One thread: a hung NVML call holds it, and every scrape meanwhile joins
         # the read in flight instead of piling more threads onto the driver.
@@ -74,17 +88,35 @@ class Exporter:
         body = encoder(FamiliesCollector(self.families(snap)))
         return Scrape(body, content_type, snap)
 
+    @property
+    def manifest(self) -> LoadedManifest | None:
+        return self._manifest
+
+    def fit(self, snap: NodeSnapshot) -> NodeFit:
+        """Both rulebooks on this snapshot; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
+        if self._manifest is None:
+            return fit_node(snap, Cluster(), ())
+        return fit_node(snap, self._manifest.cluster, self._manifest.models)
+
+    def report(self, snap: NodeSnapshot) -> dict:
+        models = self._manifest.models if self._manifest else ()
+        return fit_report(snap, self.fit(snap), models)
+
     def families(self, snap: NodeSnapshot):
-        bookings = {gpu.index: GpuBooking() for gpu in snap.gpus}
-        allocatable = {
-            gpu.index: gpustack.allocatable_bytes(gpu.memory.total, b.claimed, b.system_reserved)
-            for gpu in snap.gpus
-            if gpu.memory is not None
-            for b in (bookings[gpu.index],)
-        }
+        started = time.perf_counter()
         results = {"nvml": CollectResult(snap.ok, snap.duration_seconds)}
-        yield from gpu_families(snap, bookings, allocatable)
-        yield from exporter_families(results)
+        try:
+            node = self.fit(snap)
+            results["fit"] = CollectResult(True, time.perf_counter() - started)
+        except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
+            log.exception("fit model failed on this snapshot")
+            node = None
+            results["fit"] = CollectResult(False, time.perf_counter() - started)
+        bookings = {b.index: b for b in node.gpus} if node else {}
+        yield from gpu_families(snap, bookings)
+        if node is not None and self._manifest is not None:
+            yield from model_families(node)
+        yield from exporter_families(results, self._manifest_status)
 
     def close(self) -> None:
         self._reader.close()

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from .exporter import Exporter
-from .pages import landing_page
+from .pages import explain_page
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,19 @@ def create_app(exporter: Exporter, *, telemetry_path: str = "/metrics") -> web.A
         return web.Response(body=scrape.body, headers={"Content-Type": scrape.content_type})
 
     async def landing(request: web.Request) -> web.Response:
-        snapshot = await exporter.snapshot()
-        return web.Response(text=landing_page(snapshot, telemetry_path), content_type="text/html")
+        report = exporter.report(await exporter.snapshot())
+        manifest = str(exporter.manifest.path) if exporter.manifest else None
+        return web.Response(text=explain_page(report, telemetry_path, manifest), content_type="text/html")
+
+    async def fit(request: web.Request) -> web.Response:
+        return web.json_response(exporter.report(await exporter.snapshot()))
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
 
     app.router.add_get(telemetry_path, metrics)
     app.router.add_get("/", landing)
+    app.router.add_get("/api/v1/fit", fit)
     app.router.add_get("/-/healthy", healthy)
 
     async def close_exporter(app: web.Application) -> None:

@@ -180,16 +180,23 @@ def _place_pinned(
     return Placement(tuple(pinned), {g.index: claim_bytes(g.total, gmu) for g in views}, "pinned", not fits)
 
 
-def pending_message(estimate: int, gmu: float, largest: GpuView | None) -> str:
-    """GPUStack's own "No suitable workers" details, for the single-GPU case."""
+def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_size: int | None) -> str:
+    """GPUStack's own "No suitable workers" details (vllm_resource_fit_selector.py): the multi-GPU
+    line when that path was tried (two or more GPUs and no world size of 1), else the single-GPU one."""
     lines = [
         f"The model requires approximately {gib(estimate)} of VRAM.",
         f"With --gpu-memory-utilization={gmu}, all GPUs combined need to provide at least "
         f"{gib(int(estimate / gmu))} of total VRAM and each GPU needs {int(gmu * 100)}% of allocatable VRAM.",
     ]
-    if largest is not None and largest.total:
-        lines.append(
-            f"The current available GPU only has {gib(largest.allocatable)} allocatable VRAM "
-            f"({largest.allocatable / largest.total * 100:.2f}%)."
-        )
+    if len(gpus) >= 2 and world_size != 1:
+        eligible = [g for g in gpus if g.total and g.allocatable / g.total > gmu]
+        total = sum(g.allocatable for g in gpus)
+        effective = total / GIB * gmu * len(eligible) / len(gpus)
+        lines.append(f"The largest available worker has {gib(total)} allocatable VRAM, {len(eligible)}/{len(gpus)} "
+                     f"of GPUs meet the VRAM utilization ratio, providing {effective:.2f} GiB of allocatable VRAM.")
+    elif gpus:
+        largest = max(gpus, key=lambda g: g.allocatable)
+        if largest.total:
+            lines.append(f"The current available GPU only has {gib(largest.allocatable)} allocatable VRAM "
+                         f"({largest.allocatable / largest.total * 100:.2f}%).")
     return "\n".join(lines)

@@ -341,13 +341,21 @@ def _with_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster, gpus
                 fit.gmu_vllm, f.budget))
         if f.headroom["vllm_kv_cache"] < 0:
             reasons.append(f"GPU {index}: " + _kv_reason(fit, f))
+    if fit.schedulable and not fit.startable and len(fit.gpus) == 1 and not fit.placed:
+        others = [f.index for f in fit.per_gpu if f.index not in fit.gpus and _passes_all(f)]
+        if others:
+            reasons.append(f"GPUStack may pick GPU {', '.join(map(str, others))} instead (it passes GPUStack's tests "
+                           "too; the placement strategy decides between them), and vLLM would start there.")
     return replace(fit, reasons=tuple(reasons))
 
 
+def _passes_all(f: GpuFit) -> bool:
+    return all(value >= 0 for value in f.headroom.values())
+
+
 def _pending_reason(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) -> str:
-    largest = max(views.values(), key=lambda v: v.allocatable, default=None)
     text = "GPUStack leaves it Pending (No suitable workers):\n" + gpustack.pending_message(
-        fit.estimate, fit.gmu_gpustack, largest)
+        fit.estimate, fit.gmu_gpustack, list(views.values()), model.gpustack.world_size)
     if fit.per_gpu and all(not f.window_open for f in fit.per_gpu):
         f = fit.per_gpu[0]
         text += (f"\nNo value of --gpu-memory-utilization places it on this node: it needs at least "

@@ -184,3 +184,22 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
         block_size=number("block-size", int, None),
         spelled_with_underscore=underscore,
     )
+
+
+def with_param(parameters: Sequence[str], name: str, value: object) -> tuple[str, ...]:
+    """``parameters`` with every spelling of ``--name`` removed and ``--name=value`` appended.
+
+    Written with dashes so that GPUStack and vLLM both read it (see the module docstring).
+    """
+    tokens = argv_tokens(parameters)
+    kept: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if _is_key(token) and _vllm_key(token.partition("=")[0].lstrip("-")) == name:
+            has_separate_value = "=" not in token and i + 1 < len(tokens) and not _is_key(tokens[i + 1])
+            i += 2 if has_separate_value else 1
+            continue
+        kept.append(token)
+        i += 1
+    return (*kept, f"--{name}={value}")

@@ -1,0 +1,168 @@
+"""The fit verdicts as one JSON-able document (``check --format json``, ``/api/v1/fit``, the explain
+page) and as text for a person in a terminal (``check``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .fit.fixes import find_fixes
+from .fit.model import ModelSpec
+from .fit.node import CHECKS, ModelFit, NodeFit
+from .snapshot import NodeSnapshot
+from .units import GIB
+
+EXPLAIN = {
+    "gpustack_estimate": "GPUStack test 1: estimate E <= g x total (v0.6: E <= allocatable)",
+    "gpustack_allocatable": "GPUStack test 2: allocatable / total >= g",
+    "vllm_free_memory": "vLLM start-up: free - context overhead >= budget R",
+    "vllm_kv_cache": "vLLM KV cache: R - weights - overhead >= KV for max_model_len",
+}
+
+
+def fit_report(snapshot: NodeSnapshot, node: NodeFit, specs: Sequence[ModelSpec]) -> dict[str, Any]:
+    bookings = {b.index: b for b in node.gpus}
+    return {
+        "source": snapshot.source,
+        "scheduler": node.cluster.scheduler,
+        "nvml_error": snapshot.error,
+        "gpus": [_gpu(gpu, bookings.get(gpu.index)) for gpu in snapshot.gpus],
+        "models": [_model(spec, fit, node, snapshot) for spec, fit in zip(specs, node.models, strict=True)],
+    }
+
+
+def _gpu(gpu, booking) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": gpu.index, "uuid": gpu.uuid, "name": gpu.name, "up": gpu.up,
+                           "error": gpu.error}
+    if gpu.memory is not None:
+        out["memory"] = {"total": gpu.memory.total, "reserved": gpu.memory.reserved,
+                         "used": gpu.memory.used, "free": gpu.memory.free}
+        out["processes"] = [{"pid": p.pid, "name": p.name, "used": p.used_bytes} for p in gpu.processes]
+    if booking is not None:
+        out["gpustack"] = {"total": booking.total, "system_reserved": booking.system_reserved,
+                           "claimed": booking.claimed, "allocatable": booking.allocatable}
+    return out
+
+
+def _model(spec: ModelSpec, fit: ModelFit, node: NodeFit, snapshot: NodeSnapshot) -> dict[str, Any]:
+    return {
+        "name": fit.name,
+        "schedulable": fit.schedulable,
+        "startable": fit.startable,
+        "gpus": list(fit.gpus),
+        "placed": fit.placed,
+        "overcommit": fit.overcommit,
+        "error": fit.error,
+        "replicas": {"requested": fit.replicas, "placeable": fit.replicas_placed},
+        "weights_bytes": fit.weights,
+        "estimate_bytes": fit.estimate,
+        "kv_cache_bytes_per_token": fit.bytes_per_token,
+        "kv_cache_required_bytes": fit.kv_required,
+        "max_model_len": fit.max_model_len,
+        # GPUs where vLLM on its own (`vllm serve`, no scheduler) would start and serve max_model_len.
+        "vllm_alone_gpus": [f.index for f in fit.per_gpu
+                            if f.headroom["vllm_kv_cache"] >= 0 and f.headroom.get("vllm_free_memory", 0) >= 0],
+        "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, "vllm": fit.gmu_vllm,
+                                   "mismatch": fit.gmu_mismatch},
+        "checks": {
+            str(f.index): {
+                **{name: {"headroom_bytes": f.headroom[name], "passed": f.headroom[name] >= 0}
+                   for name in CHECKS if name in f.headroom},
+                "vllm_budget_bytes": f.budget,
+                "gpu_memory_utilization_window": [f.gmu_min, f.gmu_max],
+                "max_model_len_tokens": f.max_model_len,
+            }
+            for f in fit.per_gpu
+        },
+        "reasons": list(fit.reasons) + _mismatch_reason(fit),
+        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works}
+                  for x in find_fixes(spec, fit, node, snapshot.gpus)],
+    }
+
+
+def _mismatch_reason(fit: ModelFit) -> list[str]:
+    if fit.error or not fit.gmu_mismatch:
+        return []
+    return [f"GPUStack books with gpu_memory_utilization {fit.gmu_gpustack} but vLLM runs with {fit.gmu_vllm}: "
+            "write --gpu-memory-utilization=X with dashes so that both read the same value."]
+
+
+def all_fit(report: dict[str, Any]) -> bool:
+    return all(m["schedulable"] and m["startable"] and not m["error"] for m in report["models"])
+
+
+# --- text --------------------------------------------------------------------------------
+
+
+def _g(n: float | None) -> str:
+    return "-" if n is None else f"{n / GIB:.2f} GiB"
+
+
+def render_text(report: dict[str, Any], manifest: str) -> str:
+    rules = "GPUStack >= 0.7 rules" if report["scheduler"] == "gpustack" else "GPUStack 0.4-0.6 rules"
+    lines = [f"vram-exporter check: {manifest} against {report['source']} ({rules})", ""]
+    if report["nvml_error"]:
+        lines += [f"NVML is not answering: {report['nvml_error']}", ""]
+    for gpu in report["gpus"]:
+        lines.append(_gpu_line(gpu))
+    lines.append("")
+    for model in report["models"]:
+        lines += _model_lines(model) + [""]
+    fit = sum(1 for m in report["models"] if m["schedulable"] and m["startable"] and not m["error"])
+    lines.append(f"{fit} of {len(report['models'])} models fit.")
+    return "\n".join(lines) + "\n"
+
+
+def _gpu_line(gpu: dict[str, Any]) -> str:
+    if not gpu["up"]:
+        return f"GPU {gpu['index']}  {gpu['name'] or '?'}  DOWN ({gpu['error']})"
+    mem, gs = gpu["memory"], gpu["gpustack"]
+    return (f"GPU {gpu['index']}  {gpu['name']}  total {_g(mem['total'])}, free {_g(mem['free'])}; GPUStack: "
+            f"system-reserved {_g(gs['system_reserved'])}, claimed {_g(gs['claimed'])}, "
+            f"allocatable {_g(gs['allocatable'])} ({gs['allocatable'] / gs['total'] * 100:.2f}%)")
+
+
+def _verdict(model: dict[str, Any]) -> str:
+    if model["error"]:
+        return "ERROR"
+    where = f" on GPU {','.join(map(str, model['gpus']))}" if model["gpus"] else ""
+    if model["placed"]:
+        return f"RUNNING{where}" + ("" if model["startable"] else ", but vLLM's KV check fails")
+    if not model["schedulable"]:
+        alone = model["vllm_alone_gpus"]
+        return "PENDING: GPUStack will not place it" + (
+            f" (vLLM alone would start on GPU {','.join(map(str, alone))})" if alone else "")
+    if not model["startable"]:
+        return f"SCHEDULED{where}, but vLLM will not start"
+    return f"FITS{where}" + (" (overcommit)" if model["overcommit"] else "")
+
+
+def _model_lines(model: dict[str, Any]) -> list[str]:
+    ok = model["schedulable"] and model["startable"] and not model["error"]
+    lines = [f"{'ok ' if ok else 'NO '} {model['name']}: {_verdict(model)}"]
+    if model["error"]:
+        return lines + [f"    {model['error']}"]
+    gmu = model["gpu_memory_utilization"]
+    lines.append(f"    weights {_g(model['weights_bytes'])}, GPUStack estimate {_g(model['estimate_bytes'])}, "
+                 f"KV {model['kv_cache_bytes_per_token']} B/token, {_g(model['kv_cache_required_bytes'])} for "
+                 f"{model['max_model_len']} tokens; gpu_memory_utilization: GPUStack {gmu['gpustack']}, "
+                 f"vLLM {gmu['vllm']}")
+    for index, checks in model["checks"].items():
+        lo, hi = checks["gpu_memory_utilization_window"]
+        window = f"{lo:.4f}..{hi:.4f}" if lo <= hi else f"empty (needs >= {lo:.4f}, allows <= {hi:.4f})"
+        lines.append(f"    GPU {index}: budget {_g(checks['vllm_budget_bytes'])}, longest context "
+                     f"{checks['max_model_len_tokens']} tokens, working gpu_memory_utilization {window}")
+        for name in CHECKS:
+            if name in checks:
+                c = checks[name]
+                lines.append(f"      {'pass' if c['passed'] else 'FAIL'}  {name:21s} headroom "
+                             f"{c['headroom_bytes'] / GIB:+.2f} GiB   {EXPLAIN[name]}")
+    if model["reasons"]:
+        lines.append("    why:")
+        for reason in model["reasons"]:
+            lines += [f"      {line}" for line in reason.splitlines()]
+    if model["fixes"]:
+        lines.append("    fixes:")
+        for fix in model["fixes"]:
+            lines.append(f"      {'->' if fix['works'] else 'x '} {fix['action']}")
+    return lines
