@@ -11,20 +11,26 @@ import subprocess
 
 import pytest
 
-from conftest import FIXTURES, GOLDEN, require_tool
+from conftest import FIXTURES, GOLDEN, ROOT, require_tool
 
-FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.yaml"))
+# Every fixture alone (GPU metrics), and the examples with their manifests (model metrics too).
+CASES = {p.stem: ["--nvml.fixture", str(p)] for p in FIXTURES.glob("*.yaml")}
+for example in ("seed", "node-8xh100"):
+    CASES[f"example-{example}"] = ["--nvml.fixture", str(ROOT / f"examples/{example}/fixture.yaml"),
+                                   "--manifest", str(ROOT / f"examples/{example}/manifest.yaml")]
+FIXTURE_NAMES = sorted(CASES)
 # Timings differ on every scrape; everything else must be byte-for-byte stable.
-_DURATION = re.compile(r"^(vram_exporter_collect_duration_seconds\{[^}]*\}) \S+$", re.M)
+_VOLATILE = re.compile(r"^((?:vram_exporter_collect_duration_seconds|"
+                       r"vram_exporter_manifest_last_reload_success_timestamp_seconds)(?:\{[^}]*\})?) \S+$", re.M)
 
 
 def normalise(exposition: str) -> str:
-    return _DURATION.sub(r"\1 <duration>", exposition)
+    return _VOLATILE.sub(r"\1 <volatile>", exposition)
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_metrics_match_golden(name, start_exporter, update_golden):
-    exporter = start_exporter("--nvml.fixture", str(FIXTURES / f"{name}.yaml"))
+    exporter = start_exporter(*CASES[name])
     body = normalise(exporter.text("/metrics"))
     golden = GOLDEN / f"{name}.prom"
     if update_golden:
@@ -36,7 +42,7 @@ def test_metrics_match_golden(name, start_exporter, update_golden):
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_golden_passes_promtool_lint(name):
     promtool = require_tool("promtool")
-    text = (GOLDEN / f"{name}.prom").read_text().replace("<duration>", "0.001")
+    text = (GOLDEN / f"{name}.prom").read_text().replace("<volatile>", "1")
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr

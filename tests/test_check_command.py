@@ -1,0 +1,121 @@
+"""`vram-exporter check` as a user runs it: verdicts, GPUStack's numbers, computed fixes, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import ROOT, exporter_command
+
+SEED = ["--manifest", str(ROOT / "examples/seed/manifest.yaml"),
+        "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml")]
+NODE8 = ["--manifest", str(ROOT / "examples/node-8xh100/manifest.yaml"),
+         "--nvml.fixture", str(ROOT / "examples/node-8xh100/fixture.yaml")]
+
+
+def check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*exporter_command(), "check", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_seed_text_shows_pending_with_gpustacks_numbers_and_fixes():
+    result = check(*SEED)
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "PENDING: GPUStack will not place it (vLLM alone would start on GPU 0)" in out
+    for figure in ("5.45 GiB", "4.99 GiB", "83.32%", "6.06 GiB"):
+        assert figure in out
+    assert "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit" in out
+    assert "lowering the worker's --system-reserved vram alone does not help, even to 0" in out
+    assert "-> lower --system-reserved vram to 0 GiB and set --gpu-memory-utilization=0.91" in out
+    assert "-> pin it to GPU 0 (gpu_selector)" in out
+    assert "0 of 1 models fit." in out
+
+
+def test_seed_json_follows_the_design_shape():
+    result = check(*SEED, "--format", "json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert set(report) >= {"gpus", "models"}
+    (model,) = report["models"]
+    assert set(model) >= {"name", "schedulable", "startable", "gpus", "checks", "reasons", "fixes"}
+    assert (model["schedulable"], model["startable"], model["gpus"]) == (False, False, [])
+    checks = model["checks"]["0"]
+    assert not checks["gpustack_estimate"]["passed"] and not checks["gpustack_allocatable"]["passed"]
+    assert checks["vllm_free_memory"]["passed"] and checks["vllm_kv_cache"]["passed"]
+    assert model["estimate_bytes"] == 5_852_444_220 and model["kv_cache_required_bytes"] == 939_982_848
+    working = [f["action"] for f in model["fixes"] if f["works"]]
+    assert any("GPUSTACK_MODEL_VRAM_CLAIM=" in a for a in working)
+
+
+def test_exit_0_when_everything_fits(tmp_path):
+    fixed = (ROOT / "examples/seed/manifest.yaml").read_text().replace(
+        "system_reserved_vram: 1GiB", "system_reserved_vram: 0").replace(
+        '"--gpu-memory-utilization=0.9"', '"--gpu-memory-utilization=0.91"')
+    manifest = tmp_path / "fixed.yaml"
+    manifest.write_text(fixed)
+    result = check("--manifest", str(manifest), "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"))
+    assert result.returncode == 0, result.stdout
+    assert "FITS on GPU 0" in result.stdout and "1 of 1 models fit." in result.stdout
+
+
+def test_exit_2_on_a_bad_manifest_naming_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: x\n    weights_byte: 1\n")
+    result = check("--manifest", str(bad), "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"))
+    assert result.returncode == 2
+    assert f"{bad}:3: models[0].weights_byte: unknown key" in result.stderr
+
+
+def test_eight_gpu_node_verdicts():
+    report = json.loads(check(*NODE8, "--format", "json").stdout)
+    by_name = {m["name"]: m for m in report["models"]}
+    assert by_name["llama-3.1-70b-instruct"]["placed"] and by_name["llama-3.1-70b-instruct"]["gpus"] == [0, 1]
+    assert not by_name["qwen2.5-72b-instruct"]["schedulable"]
+    deepseek = by_name["deepseek-v2-lite-chat"]
+    assert deepseek["schedulable"] and not deepseek["startable"]  # the notebook on GPU 5 holds memory
+    assert deepseek["kv_cache_bytes_per_token"] == 27 * (512 + 64) * 2
+    phi = by_name["phi-3.5-mini-instruct"]
+    assert phi["gpu_memory_utilization"] == {"gpustack": 0.9, "vllm": 0.3, "mismatch": True}
+    assert by_name["llama-3.1-8b-long-context"]["kv_cache_bytes_per_token"] == 2 * 32 * 8 * 128 * 1
+
+
+def test_every_working_fix_really_works(tmp_path):
+    """Apply each fix the check proposes for the seed and run check again: it must then fit."""
+    import yaml
+
+    report = json.loads(check(*SEED, "--format", "json").stdout)
+    fixes = {f["knob"]: f for f in report["models"][0]["fixes"] if f["works"]}
+    base = yaml.safe_load((ROOT / "examples/seed/manifest.yaml").read_text())
+    applied = {
+        "system_reserved_vram+gpu_memory_utilization": _apply(base, reserved=0, gmu=_number_after(
+            fixes["system_reserved_vram+gpu_memory_utilization"]["action"], "--gpu-memory-utilization=")),
+        "vram_claim": _apply(base, env_claim=int(_number_after(fixes["vram_claim"]["action"], "CLAIM=")),
+                             gmu=_number_after(fixes["vram_claim"]["action"], "--gpu-memory-utilization=")),
+        "gpu_selector": _apply(base, pinned=[0]),
+    }
+    for knob, manifest in applied.items():
+        path = tmp_path / f"{knob}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        result = check("--manifest", str(path), "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"))
+        assert result.returncode == 0, (knob, result.stdout)
+
+
+def _number_after(text: str, marker: str) -> float:
+    tail = text.split(marker, 1)[1]
+    return float(tail.split()[0].rstrip(",)"))
+
+
+def _apply(base, *, reserved=None, gmu=None, env_claim=None, pinned=None):
+    import copy
+
+    manifest = copy.deepcopy(base)
+    model = manifest["models"][0]
+    if reserved is not None:
+        manifest["cluster"]["system_reserved_vram"] = reserved
+    if gmu is not None:
+        model["backend_parameters"] = [f"--gpu-memory-utilization={gmu}"]
+    if env_claim is not None:
+        model["env"] = {"GPUSTACK_MODEL_VRAM_CLAIM": str(env_claim)}
+    if pinned is not None:
+        model["pinned_gpus"] = pinned
+    return manifest
