@@ -10,7 +10,7 @@ DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv debian-deps fixtures golden clean
+.PHONY: demo test venv debian-deps fixtures golden conformance clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ debian-deps:
 test: debian-deps venv
 	$(PY) -m pytest
 
+# Differential test against GPUStack's own scheduler code: gpustack==2.3.0 in a throwaway venv
+# (about 900 MB, 2-3 minutes the first time), then random scenarios decided by both.
+GPUSTACK_VENV ?= .venv-gpustack
+SCENARIOS ?= 500
+conformance: venv $(GPUSTACK_VENV)/.installed
+	$(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS)
+
+$(GPUSTACK_VENV)/.installed:
+	$(PYTHON) -m venv $(GPUSTACK_VENV)
+	$(GPUSTACK_VENV)/bin/pip install -q --disable-pip-version-check gpustack==2.3.0
+	@touch $@
+
 # Regenerate the synthetic fixtures and the golden /metrics files (review the diff before committing).
 fixtures: venv
 	$(PY) tools/make_fixtures.py
@@ -53,4 +65,4 @@ golden: venv
 	$(PY) -m pytest tests/test_golden_metrics.py --update-golden
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(GPUSTACK_VENV) .pytest_cache *.egg-info

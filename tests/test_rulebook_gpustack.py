@@ -158,3 +158,11 @@ def test_down_gpus_are_not_placement_targets():
 
 def test_qwen_architecture_is_read_from_config():
     assert (QWEN_1_5B.layers, QWEN_1_5B.kv_heads, QWEN_1_5B.head_dim, QWEN_1_5B.dtype_bytes) == (28, 2, 128, 2)
+
+
+def test_pinned_gpus_must_match_the_requested_world_size():
+    two = node(gpu(0, 24 * GIB), gpu(1, 24 * GIB))
+    fit = fit_node(two, Cluster(), [seed_model("--tensor-parallel-size=2", pinned_gpus=(0,))]).models[0]
+    assert "does not match the world size (2)" in fit.error
+    skip = seed_model("--tensor-parallel-size=2", pinned_gpus=(0,), env={"GPUSTACK_SKIP_GPU_COUNT_CHECK": "1"})
+    assert fit_node(two, Cluster(), [skip]).models[0].error is None

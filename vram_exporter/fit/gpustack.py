@@ -68,6 +68,15 @@ def tp_divisibility_problem(arch: Architecture, size: int) -> str | None:
     return None
 
 
+def pinned_count_problem(pinned: Sequence[int] | None, world_size: int | None, env: Mapping[str, str]) -> str | None:
+    """base_candidate_selector.py::_set_gpu_count: selected GPUs must match the parallelism's world size."""
+    if not pinned or not world_size or len(pinned) == world_size or env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK"):
+        return None
+    return (f"the selected gpu count ({len(pinned)}) does not match the world size ({world_size}): GPUStack "
+            "refuses the model. Adjust the selected GPUs or the parallelism backend parameters so they match, "
+            "or set GPUSTACK_SKIP_GPU_COUNT_CHECK=1.")
+
+
 @dataclass(frozen=True, slots=True)
 class GpuView:
     """One GPU as the scheduler sees it when this instance is placed."""

@@ -204,6 +204,8 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
             raise ValueError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
     if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(model.arch, gs.tensor_parallel_size)):
         raise ValueError(problem + " Consider adjusting your tensor-parallel-size value.")
+    if problem := gpustack.pinned_count_problem(model.pinned_gpus, gs.world_size, model.env):
+        raise ValueError(problem)
     estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
 
     placement = None
