@@ -6,12 +6,13 @@ module for fresh families at scrape time, the way client_python collectors do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from . import __version__
+from .fit.fixes import Fix
 from .fit.node import CHECKS, GpuBooking, NodeFit
 from .snapshot import GpuReading, NodeSnapshot
 
@@ -103,7 +104,7 @@ def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> 
     yield from (info, up, total, reserved, used, free, api, proc, sys_reserved, claimed, alloc)
 
 
-def model_families(node: NodeFit) -> Iterator[Metric]:
+def model_families(node: NodeFit, fixes: Mapping[str, Sequence[Fix]] | None = None) -> Iterator[Metric]:
     """The per-model metrics of the catalogue (DESIGN.md section 5)."""
     def model_gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["model", *extra])
@@ -136,6 +137,12 @@ def model_families(node: NodeFit) -> Iterator[Metric]:
     replicas = model_gauge("vram_model_replicas_placeable", "How many of the model's replicas this node can place.")
     invalid = model_gauge("vram_model_config_error",
                           "1 if the model cannot be judged (e.g. a tensor-parallel size GPUStack refuses).")
+    fix_info = model_gauge("vram_model_fix_info",
+                           "A change that would make the model fit on this node (value always 1).", "knob", "action")
+    for name, found in (fixes or {}).items():
+        for fix in found:
+            if fix.works:
+                fix_info.add_metric([name, fix.knob, fix.action], 1)
     uuids = {b.index: b.uuid for b in node.gpus}
     for fit in node.models:
         m = [fit.name]
@@ -163,7 +170,7 @@ def model_families(node: NodeFit) -> Iterator[Metric]:
             hi.add_metric(labels, f.gmu_max)
             max_len.add_metric(labels, f.max_model_len)
     yield from (weights, estimate, per_token, required, gmu, budget, headroom, lo, hi, max_len, assigned,
-                schedulable, startable, replicas, invalid)
+                schedulable, startable, replicas, invalid, fix_info)
 
 
 def exporter_families(

@@ -23,6 +23,7 @@ from .collector import (
     model_families,
 )
 from .config import LoadedManifest
+from .fit.fixes import Fix, find_fixes
 from .fit.model import Cluster
 from .fit.node import NodeFit, fit_node
 from .nvml import NvmlReader
@@ -54,6 +55,7 @@ class Exporter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
+        self._fixes = FixCache()
 
     @property
     def source(self) -> str:
@@ -115,9 +117,39 @@ class Exporter:
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if node is not None and self._manifest is not None:
-            yield from model_families(node)
+            fixes = {spec.name: self._fixes.get(spec, fit, node, snap)
+                     for spec, fit in zip(self._manifest.models, node.models, strict=True) if not fit.fits}
+            yield from model_families(node, fixes)
         yield from exporter_families(results, self._manifest_status)
 
     def close(self) -> None:
         self._reader.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class FixCache:
+    """Fixes for models that do not fit, recomputed only when what they depend on changes.
+
+    The search re-runs the rulebooks dozens of times per model, too much for every scrape. Its
+    inputs change rarely: the manifest, the GPUs, the claims, and free memory, which is keyed in
+    steps of FREE_QUANTUM so that a few MiB of drift do not start a new search.
+    """
+
+    FREE_QUANTUM = 256 * 2**20
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, list[Fix]] = {}
+
+    def get(self, spec, fit, node: NodeFit, snap: NodeSnapshot) -> list[Fix]:
+        key = (
+            id(spec), node.cluster, tuple(sorted(fit.context.claims.items())),
+            tuple(sorted(fit.context.committed.items())),
+            tuple((g.index, g.memory.total, g.memory.reserved, g.memory.free // self.FREE_QUANTUM)
+                  for g in snap.gpus if g.up),
+        )
+        if key not in self._cache:
+            if len(self._cache) >= self.LIMIT:
+                self._cache.clear()
+            self._cache[key] = find_fixes(spec, fit, node, snap.gpus)
+        return self._cache[key]
