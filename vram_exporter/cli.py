@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                        metavar="PATH", help="path under which to expose metrics (default /metrics)")
     serve.add_argument("--manifest", type=Path, metavar="FILE",
-                       help="models to judge against this node's GPUs (YAML, see examples/)")
+                       help="models to judge against this node's GPUs (YAML, see examples/); reloaded on "
+                       "SIGHUP and when the file changes")
+    serve.add_argument("--manifest.check-interval", dest="manifest_check_interval", type=_positive_seconds,
+                       default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
     _add_log_flag(serve)
 
@@ -116,7 +119,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         manifest = load_manifest(args.manifest)
     exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout)
-    serve(create_app(exporter, telemetry_path=args.telemetry_path), args.listen_address)
+    app = create_app(exporter, telemetry_path=args.telemetry_path,
+                     manifest_check_interval=args.manifest_check_interval)
+    serve(app, args.listen_address)
     return 0
 
 

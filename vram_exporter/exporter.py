@@ -22,13 +22,14 @@ from .collector import (
     gpu_families,
     model_families,
 )
-from .config import LoadedManifest
+from .config import LoadedManifest, load_manifest
 from .fit.fixes import Fix, find_fixes
 from .fit.model import Cluster
 from .fit.node import NodeFit, fit_node
 from .nvml import NvmlReader
 from .report import fit_report
 from .snapshot import GpuReading, NodeSnapshot
+from .yamlfile import InputFileError
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +95,39 @@ class Exporter:
     def manifest(self) -> LoadedManifest | None:
         return self._manifest
 
-    def fit(self, snap: NodeSnapshot) -> NodeFit:
-        """Both rulebooks on this snapshot; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
+    def reload_manifest(self) -> bool:
+        """Load the manifest file again; a bad one keeps the last good one serving. True on success."""
         if self._manifest is None:
+            return False
+        path = self._manifest.path
+        try:
+            manifest = load_manifest(path)
+        except (InputFileError, OSError) as exc:
+            log.error("manifest reload failed, keeping the last good one: %s", exc)
+            self._manifest_status = ManifestStatus(False, self._manifest_status.success_timestamp)
+            return False
+        self._manifest = manifest  # one assignment: a scrape sees the old manifest or the new, never a mix
+        self._manifest_status = ManifestStatus(True, time.time())
+        log.info("manifest reloaded from %s (%d models)", path, len(manifest.models))
+        return True
+
+    @staticmethod
+    def fit_with(manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit:
+        """Both rulebooks on this snapshot; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
+        if manifest is None:
             return fit_node(snap, Cluster(), ())
-        return fit_node(snap, self._manifest.cluster, self._manifest.models)
+        return fit_node(snap, manifest.cluster, manifest.models)
 
     def report(self, snap: NodeSnapshot) -> dict:
-        models = self._manifest.models if self._manifest else ()
-        return fit_report(snap, self.fit(snap), models)
+        manifest = self._manifest
+        return fit_report(snap, self.fit_with(manifest, snap), manifest.models if manifest else ())
 
     def families(self, snap: NodeSnapshot):
+        manifest = self._manifest  # one manifest for the whole scrape, even if a reload lands meanwhile
         started = time.perf_counter()
         results = {"nvml": CollectResult(snap.ok, snap.duration_seconds)}
         try:
-            node = self.fit(snap)
+            node = self.fit_with(manifest, snap)
             results["fit"] = CollectResult(True, time.perf_counter() - started)
         except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
             log.exception("fit model failed on this snapshot")
@@ -116,9 +135,9 @@ class Exporter:
             results["fit"] = CollectResult(False, time.perf_counter() - started)
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
-        if node is not None and self._manifest is not None:
+        if node is not None and manifest is not None:
             fixes = {spec.name: self._fixes.get(spec, fit, node, snap)
-                     for spec, fit in zip(self._manifest.models, node.models, strict=True) if not fit.fits}
+                     for spec, fit in zip(manifest.models, node.models, strict=True) if not fit.fits}
             yield from model_families(node, fixes)
         yield from exporter_families(results, self._manifest_status)
 

@@ -3,7 +3,10 @@ GPUStack client, at the other edge) imports aiohttp."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 
 from aiohttp import web
 
@@ -15,7 +18,9 @@ log = logging.getLogger(__name__)
 EXPORTER_KEY: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
 
 
-def create_app(exporter: Exporter, *, telemetry_path: str = "/metrics") -> web.Application:
+def create_app(
+    exporter: Exporter, *, telemetry_path: str = "/metrics", manifest_check_interval: float = 10.0
+) -> web.Application:
     app = web.Application()
     app[EXPORTER_KEY] = exporter
 
@@ -45,7 +50,43 @@ def create_app(exporter: Exporter, *, telemetry_path: str = "/metrics") -> web.A
         exporter.close()
 
     app.on_cleanup.append(close_exporter)
+    if exporter.manifest is not None:
+        app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
     return app
+
+
+def _manifest_watcher(exporter: Exporter, interval: float):
+    """Reload the manifest on SIGHUP and whenever the file changes (checked every ``interval`` s)."""
+
+    async def watch(app: web.Application):
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, exporter.reload_manifest)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            log.debug("SIGHUP reload unavailable")
+        task = asyncio.create_task(_poll(exporter, interval))
+        yield
+        task.cancel()
+
+    return watch
+
+
+async def _poll(exporter: Exporter, interval: float) -> None:
+    last = _stamp(exporter.manifest.path)
+    while True:
+        await asyncio.sleep(interval)
+        current = _stamp(exporter.manifest.path)
+        if current != last:
+            last = current
+            exporter.reload_manifest()
+
+
+def _stamp(path) -> tuple[float, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
