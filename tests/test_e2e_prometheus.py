@@ -9,6 +9,7 @@ at 1s, Alertmanager's group waits at 1s. Expressions, labels and annotations are
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -190,6 +191,44 @@ def test_a_model_that_fits_somewhere_does_not_fire(stack):
     assert models == {"seed"}
     assert not [a for a in stack["receiver"].alerts() if a["labels"].get("model") == "small-coder"
                 and a["labels"]["alertname"] == "VRAMModelUnschedulable"]
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    out = []
+    for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                out.append((path.name, panel["title"], target["expr"]))
+    return out
+
+
+def substitute(expr: str) -> str:
+    # Grafana's "All" for a multi-value variable with allValue ".*".
+    return re.sub(r"\$(job|instance|gpu|model)\b", ".*", expr)
+
+
+def test_every_dashboard_panel_returns_data(stack):
+    prom = stack["prometheus"]
+    wait_for(lambda: firing(stack, "VRAMModelUnschedulable"), 60, "alerts never fired (ALERTS panel needs them)")
+    empty = []
+    for board, title, expr in dashboard_queries():
+        result = prom.get_json("/api/v1/query", query=substitute(expr))
+        assert result["status"] == "success", (board, title, expr)
+        if not result["data"]["result"]:
+            empty.append(f"{board}: {title}: {expr}")
+    assert empty == []
+
+
+def test_every_dashboard_variable_has_values(stack):
+    prom = stack["prometheus"]
+    for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        for variable in json.loads(path.read_text())["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
+            metric, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]).groups()
+            values = prom.get_json(f"/api/v1/label/{label}/values", **{"match[]": substitute(metric)})["data"]
+            assert values, f"{path.name}: ${variable['name']} would be empty"
 
 
 def test_fixing_the_manifest_resolves_the_alert(stack):
