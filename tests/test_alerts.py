@@ -66,3 +66,16 @@ def test_rules_only_use_metrics_the_exporter_exports():
         exported |= set(re.findall(r"^(vram_\w+)", golden.read_text(), re.M))
     used = set(re.findall(r"(?<![:\w])vram_[a-z_]+(?![:\w])", RULES.read_text()))  # not recorded names
     assert used - exported == set()
+
+
+def test_example_configs_are_valid_for_the_real_tools(tmp_path):
+    import shutil
+
+    shutil.copy(ROOT / "examples" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(RULES, tmp_path / "vram-exporter.rules.yml")
+    result = subprocess.run([require_tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    result = subprocess.run([require_tool("amtool"), "check-config", str(ROOT / "examples" / "alertmanager.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
