@@ -52,24 +52,37 @@ def exporter_command() -> list[str]:
 class ExporterProcess:
     """A real `vram-exporter` process on a free loopback port."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [*exporter_command(), *args, "--web.listen-address", f"127.0.0.1:{self.port}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )
-        self._wait_ready()
+        if ready:
+            self.wait_ready()
 
-    def _wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 20.0, *, scheme: str = "http", cafile=None, client_cert=None,
+                   auth: str | None = None) -> None:
+        import base64
+        import ssl
+
+        context = None
+        if scheme == "https":
+            context = ssl.create_default_context(cafile=str(cafile))
+            if client_cert is not None:
+                context.load_cert_chain(str(client_cert / "client.crt"), str(client_cert / "client.key"))
+        headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+        url = f"{scheme}://127.0.0.1:{self.port}/-/healthy"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.proc.stdout.read()}")
             try:
-                with urllib.request.urlopen(self.url + "/-/healthy", timeout=1):
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=1,
+                                            context=context):
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError("exporter did not become healthy in time")

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="[HOST]:PORT", help="address to listen on (default :9845)")
     serve.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                        metavar="PATH", help="path under which to expose metrics (default /metrics)")
+    serve.add_argument("--web.config.file", dest="web_config_file", type=Path, metavar="FILE",
+                       help="TLS and basic auth, in Prometheus exporter-toolkit's format")
+    serve.add_argument("--web.max-requests", dest="max_requests", type=int, default=40, metavar="N",
+                       help="requests served at once; more get 503 (0: no limit; default 40)")
     serve.add_argument("--manifest", type=Path, metavar="FILE",
                        help="models to judge against this node's GPUs (YAML, see examples/); reloaded on "
                        "SIGHUP and when the file changes")
@@ -99,11 +103,9 @@ def _reader(args: argparse.Namespace):
 
     if args.nvml_fixture is None:
         return NvmlReader()
-    from . import fixture
     from .fake_nvml import FakeNvml
 
-    recorded = fixture.load(args.nvml_fixture)
-    return NvmlReader(FakeNvml(recorded), proc_root=None, source=f"fixture:{args.nvml_fixture}")
+    return NvmlReader(FakeNvml.watching(args.nvml_fixture), proc_root=None, source=f"fixture:{args.nvml_fixture}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -119,9 +121,16 @@ def _serve(args: argparse.Namespace) -> int:
 
         manifest = load_manifest(args.manifest)
     exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout)
-    app = create_app(exporter, telemetry_path=args.telemetry_path,
-                     manifest_check_interval=args.manifest_check_interval)
-    serve(app, args.listen_address)
+    web_config = None
+    if args.web_config_file is not None:
+        from .webconfig import WebConfig
+
+        web_config = WebConfig.load(args.web_config_file)
+    if args.max_requests < 0:
+        raise ValueError("--web.max-requests must be 0 (no limit) or more")
+    app = create_app(exporter, telemetry_path=args.telemetry_path, web_config=web_config,
+                     manifest_check_interval=args.manifest_check_interval, max_requests=args.max_requests)
+    serve(app, args.listen_address, ssl_context=web_config.ssl_context if web_config else None)
     return 0
 
 

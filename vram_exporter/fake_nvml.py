@@ -6,16 +6,26 @@ classes where the fixture says so. It is injected (``NvmlReader(FakeNvml(f))``),
 never patched over the real module.
 
 ``replace_fixture()`` swaps the recorded state while it runs, so tests can lose a
-GPU mid-run or make NVML appear later, the way a real driver does.
+GPU mid-run or make NVML appear later, the way a real driver does. ``FakeNvml.watching(path)``
+does the same from the fixture file: edit or replace the file and the next collection replays
+the new state (an invalid new file is logged and the old state kept).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import fixture as fixture_format
 from . import nvml
 from .fixture import Fixture, FixtureGpu
+from .yamlfile import InputFileError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +58,40 @@ class FakeNvml:
 
     nvmlMemory_v2 = nvml.MEMORY_V2  # noqa: N815 - pynvml's name
 
-    def __init__(self, fixture: Fixture) -> None:
+    def __init__(self, fixture: Fixture, path: Path | None = None) -> None:
         self._fixture = fixture
         self._initialized = False
         self._lock = threading.Lock()
+        self._path = path
+        self._stamp = _stamp(path) if path else None
         self.init_calls = 0
+
+    @classmethod
+    def watching(cls, path: Path) -> FakeNvml:
+        """Replay ``path``, and whatever it holds later on."""
+        return cls(fixture_format.load(path), path)
 
     def replace_fixture(self, fixture: Fixture) -> None:
         with self._lock:
             self._fixture = fixture
 
+    def _follow_file(self) -> None:
+        if self._path is None:
+            return
+        stamp = _stamp(self._path)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.replace_fixture(fixture_format.load(self._path))
+            log.info("fixture %s changed: replaying the new state", self._path)
+        except InputFileError as exc:
+            log.error("fixture %s changed but is invalid, keeping the old state: %s", self._path, exc)
+
     # --- library life cycle -------------------------------------------------
     def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names from here on
         self.init_calls += 1
+        self._follow_file()
         if self._fixture.nvml_error:
             raise nvml.error_class(self._fixture.nvml_error)()
         self._initialized = True
@@ -83,7 +114,10 @@ class FakeNvml:
 
     # --- devices ------------------------------------------------------------
     def nvmlDeviceGetCount(self) -> int:
+        self._follow_file()  # once per collection: the reader counts GPUs first
         self._require_init()
+        if self._fixture.nvml_error:  # the driver went away under a running exporter
+            raise nvml.error_class(self._fixture.nvml_error)()
         return len(self._fixture.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
@@ -102,6 +136,8 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None) -> _Memory:
         gpu = self._gpu(handle)
         mem = gpu.memory
+        if self._fixture.call_delay_seconds:
+            time.sleep(self._fixture.call_delay_seconds)
         if not version:
             # NVML v1: "used" includes the driver-reserved memory.
             return _Memory(total=mem.total, used=mem.used + mem.reserved, free=mem.free)
@@ -135,3 +171,11 @@ class FakeNvml:
     def _require_init(self) -> None:
         if not self._initialized:
             raise nvml.error_class("UNINITIALIZED")()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

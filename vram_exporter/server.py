@@ -4,24 +4,39 @@ GPUStack client, at the other edge) imports aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import os
 import signal
+import time
 
 from aiohttp import web
 
 from .exporter import Exporter
 from .pages import explain_page
+from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
 EXPORTER_KEY: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
 
 
+MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
+MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
+
+
 def create_app(
-    exporter: Exporter, *, telemetry_path: str = "/metrics", manifest_check_interval: float = 10.0
+    exporter: Exporter,
+    *,
+    telemetry_path: str = "/metrics",
+    manifest_check_interval: float = 10.0,
+    web_config: WebConfig | None = None,
+    max_requests: int = 40,
 ) -> web.Application:
-    app = web.Application()
+    """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[_guard(web_config), _limit(max_requests)])
     app[EXPORTER_KEY] = exporter
 
     async def metrics(request: web.Request) -> web.Response:
@@ -41,7 +56,7 @@ def create_app(
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
 
-    app.router.add_get(telemetry_path, metrics)
+    app.router.add_get(telemetry_path, metrics)  # add_get also answers HEAD
     app.router.add_get("/", landing)
     app.router.add_get("/api/v1/fit", fit)
     app.router.add_get("/-/healthy", healthy)
@@ -53,6 +68,58 @@ def create_app(
     if exporter.manifest is not None:
         app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
     return app
+
+
+def _guard(web_config: WebConfig | None):
+    """Basic auth and the configured response headers, exporter-toolkit style."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if web_config is None:
+            return await handler(request)
+        web_config.refresh(time.monotonic())
+        headers = dict(web_config.headers)
+        if web_config.auth_required and not await _authorised(web_config, request):
+            headers["WWW-Authenticate"] = 'Basic realm="vram-exporter"'
+            return web.Response(status=401, text="Unauthorized\n", headers=headers)
+        response = await handler(request)
+        response.headers.update(headers)
+        return response
+
+    return guard
+
+
+async def _authorised(web_config: WebConfig, request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    if not sep:
+        return False
+    # bcrypt takes tens of milliseconds by design: keep it off the event loop.
+    return await asyncio.get_running_loop().run_in_executor(None, web_config.check_password, user, password)
+
+
+def _limit(max_requests: int):
+    in_flight = 0
+
+    @web.middleware
+    async def limit(request: web.Request, handler):
+        nonlocal in_flight
+        if max_requests and in_flight >= max_requests:
+            return web.Response(status=503, text=f"too many concurrent requests (limit {max_requests})\n",
+                                headers={"Retry-After": "1"})
+        in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    return limit
 
 
 def _manifest_watcher(exporter: Exporter, interval: float):
@@ -98,7 +165,10 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-def serve(app: web.Application, listen_address: str) -> None:
+def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_timeout: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` seconds to finish."""
     host, port = parse_listen_address(listen_address)
-    log.info("listening on %s", listen_address)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
+    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,
+                shutdown_timeout=shutdown_timeout,
+                handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
