@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
 _UNITS = {
@@ -36,7 +37,8 @@ def parse_size(value: int | float | str) -> int:
         raise ValueError(
             f"not a size: {value!r} (use bytes, or a number with KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    # Decimal, not float: '4611686019GB' must be exact, and floats stop being exact past 2**53.
+    return int(Decimal(match.group(1)) * _UNITS[unit])
 
 
 def gib(n: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from decimal import Decimal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -150,7 +151,7 @@ def parse_model_len(text: str) -> int:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgG]?)", text)
     if not match:
         raise ValueError(f"--max-model-len {text!r}: expected tokens like 32768, 4k, 128K or auto")
-    number, suffix = float(match.group(1)), match.group(2)
+    number, suffix = Decimal(match.group(1)), match.group(2)
     scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}[suffix]
     return int(number * scale)
 
