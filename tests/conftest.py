@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,9 +56,11 @@ class ExporterProcess:
     def __init__(self, *args: str, ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the exporter.
+        self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [*exporter_command(), *args, "--web.listen-address", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )
         if ready:
             self.wait_ready()
@@ -77,7 +80,7 @@ class ExporterProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.proc.stdout.read()}")
+                raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
             try:
                 with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=1,
                                             context=context):
@@ -95,6 +98,11 @@ class ExporterProcess:
         with self.get(path, headers) as response:
             return response.read().decode()
 
+    def output(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
     def stop(self) -> str:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -103,7 +111,7 @@ class ExporterProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.stdout.read() if self.proc.stdout else ""
+        return self.output()
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ def create_app(
     max_requests: int = 40,
 ) -> web.Application:
     """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
-    app = web.Application(client_max_size=MAX_BODY,
-                          middlewares=[_guard(web_config), _limit(max_requests)])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard(web_config), _limit(max_requests)],
+                          handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
     app[EXPORTER_KEY] = exporter
 
     async def metrics(request: web.Request) -> web.Response:
@@ -170,5 +170,4 @@ def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_
     host, port = parse_listen_address(listen_address)
     log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
     web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,
-                shutdown_timeout=shutdown_timeout,
-                handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
+                shutdown_timeout=shutdown_timeout)
