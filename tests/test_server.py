@@ -135,3 +135,30 @@ def test_a_hanging_nvml_call_times_out_and_known_gpus_are_marked_down():
         assert [g.uuid for g in snap.gpus] == [g.uuid for g in first.gpus]
         assert not any(g.up for g in snap.gpus)
     assert recovered.ok and all(g.up for g in recovered.gpus)
+
+
+def test_gzip_when_the_scraper_accepts_it(start_exporter):
+    import gzip
+
+    exporter = start_exporter("--nvml.fixture", str(FIXTURES / "node-8xh100.yaml"))
+    with exporter.get("/metrics", {"Accept-Encoding": "gzip"}) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(response.read()).decode()
+    parsed = samples(parse_text(body))
+    assert parsed[("vram_gpu_up", (("gpu", "3"), ("uuid", "GPU-00000003-5eed-4a11-9c00-0000000a2003")))] == 1
+
+
+def test_cardinality_control_drops_per_gpu_series_of_fitting_models(start_exporter):
+    from conftest import ROOT
+
+    args = ["--nvml.fixture", str(ROOT / "examples/node-8xh100/fixture.yaml"),
+            "--manifest", str(ROOT / "examples/node-8xh100/manifest.yaml")]
+    counts = {}
+    for detail in ("all", "relevant", "failing"):
+        text = start_exporter(*args, "--model.gpu-detail", detail).text()
+        per_gpu = [s for s in samples(parse_text(text)) if s[0] == "vram_model_headroom_bytes"]
+        counts[detail] = len(per_gpu)
+        fitting = {dict(lab)["model"] for (name, lab) in samples(parse_text(text))
+                   if name == "vram_model_schedulable"}
+        assert fitting  # the verdicts themselves are always there
+    assert counts["all"] > counts["relevant"] > counts["failing"] > 0

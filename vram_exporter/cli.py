@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--manifest", type=Path, metavar="FILE",
                        help="models to judge against this node's GPUs (YAML, see examples/); reloaded on "
                        "SIGHUP and when the file changes")
+    serve.add_argument("--model.gpu-detail", dest="gpu_detail", choices=["all", "relevant", "failing"],
+                       default="all", help="per-GPU model series: for every model on every GPU (all, default); "
+                       "for models that do not fit and the GPUs fitting ones are assigned to (relevant); only for "
+                       "models that do not fit (failing). See README: cardinality")
     serve.add_argument("--manifest.check-interval", dest="manifest_check_interval", type=_positive_seconds,
                        default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
@@ -120,7 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
         from .config import load_manifest
 
         manifest = load_manifest(args.manifest)
-    exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout)
+    exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
+                        gpu_detail=args.gpu_detail)
     web_config = None
     if args.web_config_file is not None:
         from .webconfig import WebConfig

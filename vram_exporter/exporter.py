@@ -12,20 +12,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from prometheus_client.exposition import choose_encoder
-
-from .collector import (
-    CollectResult,
-    FamiliesCollector,
-    ManifestStatus,
-    exporter_families,
-    gpu_families,
-    model_families,
-)
+from .collector import CollectResult, GpuDetail, ManifestStatus, ModelFamilies, exporter_families, gpu_families
 from .config import LoadedManifest, load_manifest
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
 from .fit.fixes import Fix, find_fixes
 from .fit.model import Cluster
-from .fit.node import NodeFit, fit_node
+from .fit.node import NodeFit, fit_node, with_free_memory
 from .nvml import NvmlReader
 from .report import fit_report
 from .snapshot import GpuReading, NodeSnapshot
@@ -45,7 +37,12 @@ class Exporter:
     """Owns the NVML reader and turns each scrape into an exposition body."""
 
     def __init__(
-        self, reader: NvmlReader, *, manifest: LoadedManifest | None = None, nvml_timeout: float = 5.0
+        self,
+        reader: NvmlReader,
+        *,
+        manifest: LoadedManifest | None = None,
+        nvml_timeout: float = 5.0,
+        gpu_detail: GpuDetail = "all",
     ) -> None:
         self._reader = reader
         self._manifest = manifest
@@ -57,6 +54,9 @@ class Exporter:
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
         self._fixes = FixCache()
+        self._fits = FitCache()
+        self._model_families = ModelFamilies(gpu_detail)
+        self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
 
     @property
     def source(self) -> str:
@@ -87,9 +87,9 @@ class Exporter:
 
     async def scrape(self, accept: str | None = None) -> Scrape:
         snap = await self.snapshot()
-        encoder, content_type = choose_encoder(accept or "")
-        body = encoder(FamiliesCollector(self.families(snap)))
-        return Scrape(body, content_type, snap)
+        openmetrics = wants_openmetrics(accept)
+        body = self._renderers[openmetrics].render(self.families(snap), openmetrics)
+        return Scrape(body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property
     def manifest(self) -> LoadedManifest | None:
@@ -127,7 +127,7 @@ class Exporter:
         started = time.perf_counter()
         results = {"nvml": CollectResult(snap.ok, snap.duration_seconds)}
         try:
-            node = self.fit_with(manifest, snap)
+            node = self._fits.get(manifest, snap)
             results["fit"] = CollectResult(True, time.perf_counter() - started)
         except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
             log.exception("fit model failed on this snapshot")
@@ -138,7 +138,7 @@ class Exporter:
         if node is not None and manifest is not None:
             fixes = {spec.name: self._fixes.get(spec, fit, node, snap)
                      for spec, fit in zip(manifest.models, node.models, strict=True) if not fit.fits}
-            yield from model_families(node, fixes)
+            yield from self._model_families.families(node, fixes)
         yield from exporter_families(results, self._manifest_status)
 
     def close(self) -> None:
@@ -172,3 +172,27 @@ class FixCache:
                 self._cache.clear()
             self._cache[key] = find_fixes(spec, fit, node, snap.gpus)
         return self._cache[key]
+
+
+class FitCache:
+    """The fit model for the metrics, redone only as far as the snapshot requires.
+
+    Placement (GPUStack) and vLLM's KV check depend on the manifest and the GPUs' sizes, which change
+    rarely; free memory changes at every scrape and only moves vLLM's start-up check. So: same
+    manifest and GPUs -> ``with_free_memory`` patches the last fit; anything else -> ``fit_node``.
+    """
+
+    def __init__(self) -> None:
+        self._manifest: LoadedManifest | None = None  # held, so that identity means "the same manifest"
+        self._key: tuple | None = None
+        self._node: NodeFit | None = None
+
+    def get(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit:
+        key = tuple((g.index, g.uuid, g.up, g.memory.total if g.memory else None,
+                     g.memory.reserved if g.memory else None) for g in snap.gpus)
+        if manifest is self._manifest and key == self._key and self._node is not None:
+            self._node = with_free_memory(self._node, snap)
+        else:
+            self._node = Exporter.fit_with(manifest, snap)
+            self._manifest, self._key = manifest, key
+        return self._node

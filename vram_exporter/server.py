@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import gzip
 import logging
 import os
 import signal
@@ -39,11 +40,17 @@ def create_app(
                           handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
     app[EXPORTER_KEY] = exporter
 
+    gzipped = _GzipCache()
+
     async def metrics(request: web.Request) -> web.Response:
         scrape = await exporter.scrape(request.headers.get("Accept"))
-        # content_type from prometheus_client carries parameters (version, charset):
-        # set the header whole rather than through aiohttp's content_type argument.
-        return web.Response(body=scrape.body, headers={"Content-Type": scrape.content_type})
+        # The content type carries parameters (version, charset): set the header whole.
+        headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
+        body = scrape.body
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzipped.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     async def landing(request: web.Request) -> web.Response:
         report = exporter.report(await exporter.snapshot())
@@ -68,6 +75,20 @@ def create_app(
     if exporter.manifest is not None:
         app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
     return app
+
+
+class _GzipCache:
+    """gzip of the last body: Prometheus asks for gzip, and an unchanged body is not compressed twice."""
+
+    def __init__(self) -> None:
+        self._body = b""
+        self._gzip = gzip.compress(b"", compresslevel=1)
+
+    def compress(self, body: bytes) -> bytes:
+        if body != self._body:
+            # Level 1: most of the size gain for a fraction of the CPU (exposition text compresses well).
+            self._body, self._gzip = body, gzip.compress(body, compresslevel=1)
+        return self._gzip
 
 
 def _guard(web_config: WebConfig | None):

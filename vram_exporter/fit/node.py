@@ -51,6 +51,11 @@ class GpuFit:
     gmu_min: float
     gmu_max: float
     max_model_len: int
+    # What the free-memory dependent values are derived from (see with_free_memory).
+    cuda_total: int = 0
+    committed: int = 0  # memory candidates placed before this one will take on this GPU
+    gmu_max_static: float = 1.0  # the window's top from every check but free memory
+    running: bool = False
 
     @property
     def window_open(self) -> bool:
@@ -116,6 +121,48 @@ def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpe
         for gpu in gpus
     )
     return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)
+
+
+def with_free_memory(node: NodeFit, snapshot: NodeSnapshot) -> NodeFit:
+    """``node`` brought up to date with the free memory of a newer ``snapshot`` of the same GPUs.
+
+    Placement and the KV check never look at free memory; only vLLM's start-up check, the top of the
+    window and ``startable`` do. This recomputes just those, and returns the very same ModelFit
+    objects for the models they do not change (the collector relies on that identity). The
+    metric-relevant fields equal what ``fit_node`` gives for ``snapshot``; ``reasons`` are not
+    refreshed (the check command and the explain page use ``fit_node``).
+    """
+    free = {gpu.index: gpu.memory.free for gpu in snapshot.gpus if gpu.up}
+    overhead = node.cluster.vllm_context_overhead
+    models = tuple(_refreshed(fit, free, overhead) for fit in node.models)
+    if all(new is old for new, old in zip(models, node.models)):
+        return node
+    return replace(node, models=models)
+
+
+def _refreshed(fit: ModelFit, free: Mapping[int, int], overhead: int) -> ModelFit:
+    if fit.error or fit.placed:
+        return fit
+    per_gpu = []
+    changed = False
+    for f in fit.per_gpu:
+        available = free[f.index] - f.committed
+        headroom = available - overhead - f.budget
+        if headroom == f.headroom.get("vllm_free_memory"):
+            per_gpu.append(f)
+            continue
+        changed = True
+        per_gpu.append(replace(f, headroom={**f.headroom, "vllm_free_memory": headroom},
+                               gmu_max=_free_limited(f.gmu_max_static, available, overhead, f.cuda_total)))
+    if not changed:
+        return fit
+    by_index = {f.index: f for f in per_gpu}
+    startable = bool(fit.gpus) and all(_vllm_passes(by_index[i]) for i in fit.gpus if i in by_index)
+    return replace(fit, per_gpu=tuple(per_gpu), startable=startable)
+
+
+def _vllm_passes(f: GpuFit) -> bool:
+    return f.headroom["vllm_kv_cache"] >= 0 and f.headroom.get("vllm_free_memory", 0) >= 0
 
 
 def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: dict[int, int]) -> ModelFit:
@@ -237,9 +284,7 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
             weights_per_gpu=weights_per_gpu, overhead=overhead, required=required, target_len=target_len,
             model=model, block=block, per_token=per_token, cap=cap,
         ))
-    on_chosen = [f for f in per_gpu if f.index in chosen]
-    startable = bool(chosen) and all(
-        f.headroom["vllm_kv_cache"] >= 0 and f.headroom.get("vllm_free_memory", 0) >= 0 for f in on_chosen)
+    startable = bool(chosen) and all(_vllm_passes(f) for f in per_gpu if f.index in chosen)
     schedulable = placed_on is not None or placement is not None
     fit = ModelFit(
         name=model.name, placed=placed_on is not None, weights=model.weights_bytes, estimate=estimate,
@@ -300,14 +345,26 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
                 "vllm_kv_cache": check.kv_cache_headroom}
     if not running:  # a running instance passed its start-up check long ago
         headroom["vllm_free_memory"] = check.free_memory_headroom
-    lo, hi = _window(view, estimate, n_gpus, scheduler, t_cuda, free, cluster, weights_per_gpu, overhead,
-                     required, running)
-    return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi, check.max_model_len)
+    lo, hi_static = _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required)
+    hi = hi_static if running else _free_limited(hi_static, free, cluster.vllm_context_overhead, t_cuda)
+    return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi, check.max_model_len,
+                  cuda_total=t_cuda, committed=context.committed.get(gpu.index, 0), gmu_max_static=hi_static,
+                  running=running)
 
 
-def _window(view, estimate, n_gpus, scheduler, t_cuda, free, cluster, weights_per_gpu, overhead, required,
-            running) -> tuple[float, float]:
-    """[min, max] of a --gpu-memory-utilization (read alike by both) that passes every check here."""
+def _free_limited(hi_static: float, free: int, context_overhead: int, t_cuda: int) -> float:
+    """The window's top once vLLM's start-up check (free - C_pre >= R) is counted too."""
+    return max(min(hi_static, _round_down((free - context_overhead) / t_cuda)), 0.0)
+
+
+def _round_down(x: float) -> float:
+    return math.floor(x * 10_000 + 1e-9) / 10_000
+
+
+def _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required) -> tuple[float, float]:
+    """[min, max] of a --gpu-memory-utilization (read alike by both) passing every check here but
+    vLLM's start-up one, which depends on free memory (``_free_limited``). Ends are rounded inwards
+    so that they themselves pass."""
     lows = [(required + weights_per_gpu + overhead) / t_cuda]
     highs = [1.0, view.allocatable / view.total if view.total else 0.0]
     if scheduler == "gpustack-0.6":
@@ -315,12 +372,8 @@ def _window(view, estimate, n_gpus, scheduler, t_cuda, free, cluster, weights_pe
             highs.append(0.0)  # E <= A does not depend on g: nothing works
     else:
         lows.append(estimate / (n_gpus * view.total) if view.total else 1.0)
-    if not running:
-        highs.append((free - cluster.vllm_context_overhead) / t_cuda)
-    # Round inwards so that the ends themselves pass.
     lo = math.ceil(max(lows) * 10_000 - 1e-9) / 10_000
-    hi = math.floor(min(highs) * 10_000 + 1e-9) / 10_000
-    return lo, max(hi, 0.0)
+    return lo, max(_round_down(min(highs)), 0.0)
 
 
 def _with_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster, gpus) -> ModelFit:
