@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -28,10 +29,23 @@ def normalise(exposition: str) -> str:
     return _VOLATILE.sub(r"\1 <volatile>", exposition)
 
 
+def stable_body(exporter, timeout: float = 20.0) -> str:
+    """Fixes are searched in the background: wait until two scrapes in a row agree."""
+    deadline = time.monotonic() + timeout
+    previous = normalise(exporter.text("/metrics"))
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        current = normalise(exporter.text("/metrics"))
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError("/metrics never settled")
+
+
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_metrics_match_golden(name, start_exporter, update_golden):
     exporter = start_exporter(*CASES[name])
-    body = normalise(exporter.text("/metrics"))
+    body = stable_body(exporter)
     golden = GOLDEN / f"{name}.prom"
     if update_golden:
         golden.write_text(body)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from .collector import CollectResult, GpuDetail, ManifestStatus, ModelFamilies, exporter_families, gpu_families
 from .config import LoadedManifest, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
-from .fit.fixes import Fix, find_fixes
+from .fixworker import FixWorker
 from .fit.model import Cluster
 from .fit.node import NodeFit, fit_node, with_free_memory
 from .nvml import NvmlReader
@@ -53,7 +53,7 @@ class Exporter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
-        self._fixes = FixCache()
+        self._fixes = FixWorker()
         self._fits = FitCache()
         self._model_families = ModelFamilies(gpu_detail)
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
@@ -138,40 +138,14 @@ class Exporter:
         if node is not None and manifest is not None:
             fixes = {spec.name: self._fixes.get(spec, fit, node, snap)
                      for spec, fit in zip(manifest.models, node.models, strict=True) if not fit.fits}
+            self._fixes.forget_except(set(fixes))
             yield from self._model_families.families(node, fixes)
         yield from exporter_families(results, self._manifest_status)
 
     def close(self) -> None:
+        self._fixes.close()
         self._reader.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class FixCache:
-    """Fixes for models that do not fit, recomputed only when what they depend on changes.
-
-    The search re-runs the rulebooks dozens of times per model, too much for every scrape. Its
-    inputs change rarely: the manifest, the GPUs, the claims, and free memory, which is keyed in
-    steps of FREE_QUANTUM so that a few MiB of drift do not start a new search.
-    """
-
-    FREE_QUANTUM = 256 * 2**20
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, list[Fix]] = {}
-
-    def get(self, spec, fit, node: NodeFit, snap: NodeSnapshot) -> list[Fix]:
-        key = (
-            id(spec), node.cluster, tuple(sorted(fit.context.claims.items())),
-            tuple(sorted(fit.context.committed.items())),
-            tuple((g.index, g.memory.total, g.memory.reserved, g.memory.free // self.FREE_QUANTUM)
-                  for g in snap.gpus if g.up),
-        )
-        if key not in self._cache:
-            if len(self._cache) >= self.LIMIT:
-                self._cache.clear()
-            self._cache[key] = find_fixes(spec, fit, node, snap.gpus)
-        return self._cache[key]
 
 
 class FitCache:

@@ -65,6 +65,7 @@ class FakeNvml:
         self._path = path
         self._stamp = _stamp(path) if path else None
         self.init_calls = 0
+        self._reads = 0
 
     @classmethod
     def watching(cls, path: Path) -> FakeNvml:
@@ -138,6 +139,10 @@ class FakeNvml:
         mem = gpu.memory
         if self._fixture.call_delay_seconds:
             time.sleep(self._fixture.call_delay_seconds)
+        if self._fixture.memory_jitter_bytes:  # readings that move at every scrape, like a real GPU's
+            self._reads += 1
+            shift = min(self._reads * 7919 * 2**20 % (self._fixture.memory_jitter_bytes + 1), mem.free)
+            mem = mem.model_copy(update={"used": mem.used + shift, "free": mem.free - shift})
         if not version:
             # NVML v1: "used" includes the driver-reserved memory.
             return _Memory(total=mem.total, used=mem.used + mem.reserved, free=mem.free)

@@ -6,6 +6,7 @@ Format (DESIGN.md section 5), with the optional keys this project adds::
     nvml_error: null          # an NVML error name raised by nvmlInit (e.g. DRIVER_NOT_LOADED)
     memory_v2: true           # false: a driver without nvmlDeviceGetMemoryInfo_v2
     call_delay_seconds: 0     # the fake sleeps this long in each memory call (a slow or hung driver)
+    memory_jitter_bytes: 0    # the fake moves up to this much between used and free at every read
     gpus:
       - {index: 0, name: "NVIDIA RTX A2000", uuid: "GPU-...", pci_bus_id: "00000000:01:00.0",
          memory: {total: 6436159488, reserved: 0, used: 0, free: 6436159488},
@@ -80,6 +81,7 @@ class Fixture(_Strict):
     nvml_error: str | None = None
     memory_v2: bool = True
     call_delay_seconds: float = Field(default=0.0, ge=0, le=3600)
+    memory_jitter_bytes: NonNegativeInt = 0
     gpus: tuple[FixtureGpu, ...] = Field(default=())
 
     _error_known = field_validator("nvml_error")(_check_error_name)

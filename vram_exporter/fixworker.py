@@ -1,0 +1,82 @@
+"""Fixes for the metrics (``vram_model_fix_info``), found in a background thread, never on the scrape path.
+
+The fix search re-runs both rulebooks dozens of times per model (about 40 ms for a model on 8
+GPUs); 200 failing models would make a scrape take seconds. So a scrape exports the fixes found so
+far and asks for the ones that are missing or out of date; one worker thread searches, pausing
+between models so that scrapes keep the interpreter. A model's fixes are searched again when what
+placement depends on changes (the manifest, the GPUs, the claims before it), and otherwise at most
+once every REFRESH_SECONDS as free memory drifts. `vram-exporter check` and the explain page search
+synchronously and are always current.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .fit.fixes import Fix, find_fixes
+from .fit.model import ModelSpec
+from .fit.node import ModelFit, NodeFit
+from .snapshot import NodeSnapshot
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 60.0
+PAUSE_SECONDS = 0.005  # between two models' searches: let the event loop in
+
+
+class FixWorker:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._found: dict[str, tuple[tuple, float, list[Fix]]] = {}  # model -> (key, when, fixes)
+        self._wanted: dict[str, tuple[tuple, ModelSpec, ModelFit, NodeFit, NodeSnapshot]] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fixes", daemon=True)
+        self._thread.start()
+
+    def get(self, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: NodeSnapshot) -> list[Fix]:
+        """The fixes known for this model now (possibly a little stale; empty until first found)."""
+        key = _placement_key(spec, fit, node)
+        with self._lock:
+            found = self._found.get(fit.name)
+            fresh = found is not None and found[0] == key and time.monotonic() - found[1] < REFRESH_SECONDS
+            if not fresh and fit.name not in self._wanted:
+                self._wanted[fit.name] = (key, spec, fit, node, snap)
+                self._lock.notify()
+            return found[2] if found is not None and found[0] == key else []
+
+    def forget_except(self, names: set[str]) -> None:
+        with self._lock:
+            for name in set(self._found) - names:
+                del self._found[name]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._wanted and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                name, (key, spec, fit, node, snap) = next(iter(self._wanted.items()))
+            try:
+                fixes = find_fixes(spec, fit, node, snap.gpus)
+            except Exception:  # noqa: BLE001 - a bug in the search must not stop the others
+                log.exception("fix search failed for model %s", name)
+                fixes = []
+            with self._lock:
+                self._found[name] = (key, time.monotonic(), fixes)
+                self._wanted.pop(name, None)
+            time.sleep(PAUSE_SECONDS)
+
+
+def _placement_key(spec: ModelSpec, fit: ModelFit, node: NodeFit) -> tuple:
+    # The spec itself, compared by value: a reload that leaves a model unchanged keeps its fixes.
+    return (spec, node.cluster, tuple(sorted(fit.context.claims.items())),
+            tuple(sorted(fit.context.committed.items())), tuple((b.index, b.total) for b in node.gpus),
+            fit.schedulable, fit.startable)
