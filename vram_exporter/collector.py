@@ -15,7 +15,7 @@ from typing import Literal
 from . import __version__
 from .exposition import Family
 from .fit.fixes import Fix
-from .fit.node import CHECKS, GpuBooking, ModelFit, NodeFit
+from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit
 from .snapshot import NodeSnapshot
 
 GPU_LABELS = ("gpu", "uuid")
@@ -91,36 +91,62 @@ def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> 
 
 
 class ModelFamilies:
-    """Builds the per-model families, memoising each model's segments on its ModelFit object."""
+    """Builds the per-model families from a fit computed once per manifest and set of GPUs.
+
+    Everything but what free memory moves is memoised per model on its ModelFit object (the fit
+    cache hands back the same object until the manifest or the GPUs change), so it is neither
+    computed nor rendered again. What free memory moves (vLLM's start-up headroom, the window's
+    top, ``startable``) is recomputed at every scrape and rendered as one segment per family.
+    """
 
     def __init__(self, gpu_detail: GpuDetail = "all") -> None:
         self.gpu_detail = gpu_detail
-        self._memo: dict[str, tuple[ModelFit, tuple, dict]] = {}
+        self._memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
 
-    def families(self, node: NodeFit, fixes: Mapping[str, Sequence[Fix]] | None = None) -> list[Family]:
+    def families(self, node: NodeFit, lives: Mapping[str, LiveValues],
+                 fixes: Mapping[str, Sequence[Fix]] | None = None) -> list[Family]:
+        """The families; ``lives`` holds each model's values of the moment (``live_values``)."""
         fams = {name: _gauge(name, help_text, labels) for name, (help_text, labels) in _MODEL_FAMILIES.items()}
         uuids = tuple((b.index, b.uuid) for b in node.gpus)
-        memo: dict[str, tuple[ModelFit, tuple, dict]] = {}
+        memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
+        live_labels: dict[str, list] = {"headroom": [], "top": [], "startable": []}
+        live_numbers: dict[str, list] = {"headroom": [], "top": [], "startable": []}
         for fit in node.models:
             cached = self._memo.get(fit.name)
             if cached is None or cached[0] is not fit or cached[1] != uuids:
-                cached = (fit, uuids, self._segments(fit, dict(uuids)))
+                shown = self._shown_gpus(fit)
+                cached = (fit, uuids, self._static_segments(fit, shown, dict(uuids)), shown)
             memo[fit.name] = cached
             for family, (labels, values) in cached[2].items():
                 fams[family].add(fit.name, labels, values)
+            live = lives[fit.name]
+            live_labels["startable"].append((fit.name,))
+            live_numbers["startable"].append(1 if live.startable else 0)
+            if fit.error:
+                continue
+            position = {f.index: n for n, f in enumerate(fit.per_gpu)}
+            for f in cached[3]:
+                n = position[f.index]
+                live_labels["top"].append((fit.name, str(f.index), f.uuid))
+                live_numbers["top"].append(live.gmu_max[n])
+                if live.free_headroom[n] is not None:
+                    live_labels["headroom"].append((fit.name, str(f.index), f.uuid, "vllm_free_memory"))
+                    live_numbers["headroom"].append(live.free_headroom[n])
         self._memo = memo  # models gone from the manifest are forgotten
+        for family, kind in (("vram_model_headroom_bytes", "headroom"), ("vram_model_gpu_memory_utilization_max", "top"),
+                             ("vram_model_startable", "startable")):
+            fams[family].add("live", live_labels[kind], live_numbers[kind])
         fix_info = fams["vram_model_fix_info"]
         for name, found in (fixes or {}).items():
             working = [f for f in found if f.works]
             fix_info.add(("fix", name), [(name, f.knob, f.action) for f in working], [1] * len(working))
         return list(fams.values())
 
-    def _segments(self, fit: ModelFit, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
+    def _static_segments(self, fit: ModelFit, shown, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
         m = fit.name
         out: dict[str, tuple[list, list]] = {
             "vram_model_config_error": ([(m,)], [1 if fit.error else 0]),
             "vram_model_schedulable": ([(m,)], [1 if fit.schedulable and not fit.error else 0]),
-            "vram_model_startable": ([(m,)], [1 if fit.startable and not fit.error else 0]),
         }
         if fit.error:
             return out
@@ -131,33 +157,32 @@ class ModelFamilies:
         out["vram_model_gpu_memory_utilization"] = ([(m, "gpustack"), (m, "vllm")], [fit.gmu_gpustack, fit.gmu_vllm])
         out["vram_model_replicas_placeable"] = ([(m,)], [fit.replicas_placed])
         out["vram_model_assigned_gpu"] = ([(m, str(i), uuids.get(i, "")) for i in fit.gpus], [1] * len(fit.gpus))
-        shown = self._shown_gpus(fit)
-        per_gpu = {name: ([], []) for name in _PER_GPU}
+        per_gpu = {name: ([], []) for name in _STATIC_PER_GPU}
         for f in shown:
             labels = (m, str(f.index), f.uuid)
             for name, value in ((("vram_model_vllm_budget_bytes", f.budget),
                                  ("vram_model_gpu_memory_utilization_min", f.gmu_min),
-                                 ("vram_model_gpu_memory_utilization_max", f.gmu_max),
                                  ("vram_model_max_model_len_tokens", f.max_model_len))):
                 per_gpu[name][0].append(labels)
                 per_gpu[name][1].append(value)
             for check in CHECKS:
-                if check in f.headroom:
+                if check in f.headroom and check != "vllm_free_memory":  # that one is live
                     per_gpu["vram_model_headroom_bytes"][0].append((*labels, check))
                     per_gpu["vram_model_headroom_bytes"][1].append(f.headroom[check])
         out.update(per_gpu)
         return out
 
     def _shown_gpus(self, fit: ModelFit):
-        if self.gpu_detail == "all" or not fit.fits:
+        """--model.gpu-detail. A model that fits is judged on the fit of the moment it was computed."""
+        if self.gpu_detail == "all" or not (fit.schedulable and fit.startable):
             return fit.per_gpu
         if self.gpu_detail == "relevant":
             return [f for f in fit.per_gpu if f.index in fit.gpus]
         return []
 
 
-_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes", "vram_model_gpu_memory_utilization_min",
-            "vram_model_gpu_memory_utilization_max", "vram_model_max_model_len_tokens")
+_STATIC_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes",
+                   "vram_model_gpu_memory_utilization_min", "vram_model_max_model_len_tokens")
 _MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vram_model_weights_bytes": ("Model weights: root-level weight files, as GPUStack sums them.", ("model",)),
     "vram_model_estimate_bytes": (

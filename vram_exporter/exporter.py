@@ -17,13 +17,17 @@ from .config import LoadedManifest, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
 from .fixworker import FixWorker
 from .fit.model import Cluster
-from .fit.node import NodeFit, fit_node, with_free_memory
+from .fit.node import NodeFit, fit_node, live_values, refreshed
 from .nvml import NvmlReader
 from .report import fit_report
 from .snapshot import GpuReading, NodeSnapshot
 from .yamlfile import InputFileError
 
 log = logging.getLogger(__name__)
+
+# Fix searches missing for a model may run on the scrape itself for this long (a small manifest's
+# fixes then show in its first scrape); whatever does not fit in it is searched in the background.
+FIX_BUDGET_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +140,15 @@ class Exporter:
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if node is not None and manifest is not None:
-            fixes = {spec.name: self._fixes.get(spec, fit, node, snap)
-                     for spec, fit in zip(manifest.models, node.models, strict=True) if not fit.fits}
+            free = {gpu.index: gpu.memory.free for gpu in snap.gpus if gpu.up}
+            overhead = node.cluster.vllm_context_overhead
+            lives = {fit.name: live_values(fit, free, overhead) for fit in node.models}
+            budget = time.perf_counter() + FIX_BUDGET_SECONDS
+            fixes = {spec.name: self._fixes.get(spec, refreshed(fit, lives[fit.name]), node, snap, budget)
+                     for spec, fit in zip(manifest.models, node.models, strict=True)
+                     if not (fit.schedulable and lives[fit.name].startable)}
             self._fixes.forget_except(set(fixes))
-            yield from self._model_families.families(node, fixes)
+            yield from self._model_families.families(node, lives, fixes)
         yield from exporter_families(results, self._manifest_status)
 
     def close(self) -> None:
@@ -149,11 +158,11 @@ class Exporter:
 
 
 class FitCache:
-    """The fit model for the metrics, redone only as far as the snapshot requires.
+    """The fit model for the metrics, computed once per manifest and set of GPUs.
 
     Placement (GPUStack) and vLLM's KV check depend on the manifest and the GPUs' sizes, which change
-    rarely; free memory changes at every scrape and only moves vLLM's start-up check. So: same
-    manifest and GPUs -> ``with_free_memory`` patches the last fit; anything else -> ``fit_node``.
+    rarely; free memory changes at every scrape and only moves vLLM's start-up check, which the
+    collector refreshes from the cached fit (``live_values``).
     """
 
     def __init__(self) -> None:
@@ -164,9 +173,7 @@ class FitCache:
     def get(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit:
         key = tuple((g.index, g.uuid, g.up, g.memory.total if g.memory else None,
                      g.memory.reserved if g.memory else None) for g in snap.gpus)
-        if manifest is self._manifest and key == self._key and self._node is not None:
-            self._node = with_free_memory(self._node, snap)
-        else:
+        if manifest is not self._manifest or key != self._key or self._node is None:
             self._node = Exporter.fit_with(manifest, snap)
             self._manifest, self._key = manifest, key
         return self._node

@@ -35,9 +35,20 @@ class FixWorker:
         self._thread = threading.Thread(target=self._run, name="fixes", daemon=True)
         self._thread.start()
 
-    def get(self, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: NodeSnapshot) -> list[Fix]:
-        """The fixes known for this model now (possibly a little stale; empty until first found)."""
+    def get(self, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: NodeSnapshot,
+            sync_until: float = 0.0) -> list[Fix]:
+        """The fixes known for this model now (possibly a little stale). One never searched for this
+        placement is searched right here while ``time.perf_counter() < sync_until``, else queued."""
         key = _placement_key(spec, fit, node)
+        with self._lock:
+            found = self._found.get(fit.name)
+            unknown = found is None or found[0] != key
+        if unknown and time.perf_counter() < sync_until:
+            fixes = _search(fit.name, spec, fit, node, snap)
+            with self._lock:
+                self._found[fit.name] = (key, time.monotonic(), fixes)
+                self._wanted.pop(fit.name, None)
+            return fixes
         with self._lock:
             found = self._found.get(fit.name)
             fresh = found is not None and found[0] == key and time.monotonic() - found[1] < REFRESH_SECONDS
@@ -64,15 +75,19 @@ class FixWorker:
                 if self._closed:
                     return
                 name, (key, spec, fit, node, snap) = next(iter(self._wanted.items()))
-            try:
-                fixes = find_fixes(spec, fit, node, snap.gpus)
-            except Exception:  # noqa: BLE001 - a bug in the search must not stop the others
-                log.exception("fix search failed for model %s", name)
-                fixes = []
+            fixes = _search(name, spec, fit, node, snap)
             with self._lock:
                 self._found[name] = (key, time.monotonic(), fixes)
                 self._wanted.pop(name, None)
             time.sleep(PAUSE_SECONDS)
+
+
+def _search(name: str, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: NodeSnapshot) -> list[Fix]:
+    try:
+        return find_fixes(spec, fit, node, snap.gpus)
+    except Exception:  # noqa: BLE001 - a bug in the search must not stop the others or the scrape
+        log.exception("fix search failed for model %s", name)
+        return []
 
 
 def _placement_key(spec: ModelSpec, fit: ModelFit, node: NodeFit) -> tuple:

@@ -123,42 +123,61 @@ def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpe
     return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)
 
 
-def with_free_memory(node: NodeFit, snapshot: NodeSnapshot) -> NodeFit:
-    """``node`` brought up to date with the free memory of a newer ``snapshot`` of the same GPUs.
+@dataclass(frozen=True, slots=True)
+class LiveValues:
+    """What free memory moves for one model, in the order of its ``per_gpu``."""
 
-    Placement and the KV check never look at free memory; only vLLM's start-up check, the top of the
-    window and ``startable`` do. This recomputes just those, and returns the very same ModelFit
-    objects for the models they do not change (the collector relies on that identity). The
-    metric-relevant fields equal what ``fit_node`` gives for ``snapshot``; ``reasons`` are not
-    refreshed (the check command and the explain page use ``fit_node``).
+    free_headroom: tuple[int | None, ...]  # None: a running instance, not held to the start-up check
+    gmu_max: tuple[float, ...]
+    startable: bool
+
+
+def live_values(fit: ModelFit, free: Mapping[int, int], overhead: int) -> LiveValues:
+    """vLLM's start-up headroom, the window's top and ``startable`` for the free memory of now.
+
+    Placement and the KV check never look at free memory, so a fit can be computed once for a
+    manifest and a set of GPUs and these few numbers refreshed at every scrape.
     """
+    headrooms, tops = [], []
+    passes = {}
+    for f in fit.per_gpu:
+        if f.running:
+            headrooms.append(None)
+            tops.append(f.gmu_max)
+            passes[f.index] = f.headroom["vllm_kv_cache"] >= 0
+            continue
+        available = free[f.index] - f.committed
+        headroom = available - overhead - f.budget
+        headrooms.append(headroom)
+        tops.append(_free_limited(f.gmu_max_static, available, overhead, f.cuda_total))
+        passes[f.index] = headroom >= 0 and f.headroom["vllm_kv_cache"] >= 0
+    startable = bool(fit.gpus) and all(passes[i] for i in fit.gpus if i in passes)
+    return LiveValues(tuple(headrooms), tuple(tops), startable and not fit.error)
+
+
+def with_free_memory(node: NodeFit, snapshot: NodeSnapshot) -> NodeFit:
+    """``node`` brought up to date with the free memory of a newer ``snapshot`` of the same GPUs:
+    the metric-relevant fields then equal what ``fit_node`` gives for ``snapshot`` (``reasons`` are
+    not refreshed). Models whose numbers do not move are returned as the very same objects."""
     free = {gpu.index: gpu.memory.free for gpu in snapshot.gpus if gpu.up}
     overhead = node.cluster.vllm_context_overhead
-    models = tuple(_refreshed(fit, free, overhead) for fit in node.models)
+    models = tuple(refreshed(fit, live_values(fit, free, overhead)) for fit in node.models)
     if all(new is old for new, old in zip(models, node.models)):
         return node
     return replace(node, models=models)
 
 
-def _refreshed(fit: ModelFit, free: Mapping[int, int], overhead: int) -> ModelFit:
+def refreshed(fit: ModelFit, live: LiveValues) -> ModelFit:
+    """``fit`` with the free-memory dependent values of ``live``."""
     if fit.error or fit.placed:
         return fit
-    per_gpu = []
-    changed = False
-    for f in fit.per_gpu:
-        available = free[f.index] - f.committed
-        headroom = available - overhead - f.budget
-        if headroom == f.headroom.get("vllm_free_memory"):
-            per_gpu.append(f)
-            continue
-        changed = True
-        per_gpu.append(replace(f, headroom={**f.headroom, "vllm_free_memory": headroom},
-                               gmu_max=_free_limited(f.gmu_max_static, available, overhead, f.cuda_total)))
-    if not changed:
+    per_gpu = tuple(
+        f if headroom == f.headroom.get("vllm_free_memory") else
+        replace(f, headroom={**f.headroom, "vllm_free_memory": headroom}, gmu_max=top)
+        for f, headroom, top in zip(fit.per_gpu, live.free_headroom, live.gmu_max))
+    if all(new is old for new, old in zip(per_gpu, fit.per_gpu)):
         return fit
-    by_index = {f.index: f for f in per_gpu}
-    startable = bool(fit.gpus) and all(_vllm_passes(by_index[i]) for i in fit.gpus if i in by_index)
-    return replace(fit, per_gpu=tuple(per_gpu), startable=startable)
+    return replace(fit, per_gpu=per_gpu, startable=live.startable)
 
 
 def _vllm_passes(f: GpuFit) -> bool:
