@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import __version__
-from .exposition import Family
+from .exposition import Family, Segment
 from .fit.fixes import Fix
 from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit
 from .snapshot import NodeSnapshot
@@ -102,45 +102,64 @@ class ModelFamilies:
     def __init__(self, gpu_detail: GpuDetail = "all") -> None:
         self.gpu_detail = gpu_detail
         self._memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
+        self._static: tuple[NodeFit | None, dict[str, list[Segment]], list[tuple[ModelFit, list]]] = (None, {}, [])
 
     def families(self, node: NodeFit, lives: Mapping[str, LiveValues],
                  fixes: Mapping[str, Sequence[Fix]] | None = None) -> list[Family]:
         """The families; ``lives`` holds each model's values of the moment (``live_values``)."""
-        fams = {name: _gauge(name, help_text, labels) for name, (help_text, labels) in _MODEL_FAMILIES.items()}
-        uuids = tuple((b.index, b.uuid) for b in node.gpus)
-        memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
+        static, shown = self._static_part(node)
         live_labels: dict[str, list] = {"headroom": [], "top": [], "startable": []}
         live_numbers: dict[str, list] = {"headroom": [], "top": [], "startable": []}
-        for fit in node.models:
-            cached = self._memo.get(fit.name)
-            if cached is None or cached[0] is not fit or cached[1] != uuids:
-                shown = self._shown_gpus(fit)
-                cached = (fit, uuids, self._static_segments(fit, shown, dict(uuids)), shown)
-            memo[fit.name] = cached
-            for family, (labels, values) in cached[2].items():
-                fams[family].add(fit.name, labels, values)
+        for fit, gpus in shown:
             live = lives[fit.name]
             live_labels["startable"].append((fit.name,))
             live_numbers["startable"].append(1 if live.startable else 0)
-            if fit.error:
-                continue
-            position = {f.index: n for n, f in enumerate(fit.per_gpu)}
-            for f in cached[3]:
-                n = position[f.index]
+            for n, f in gpus:
                 live_labels["top"].append((fit.name, str(f.index), f.uuid))
                 live_numbers["top"].append(live.gmu_max[n])
                 if live.free_headroom[n] is not None:
                     live_labels["headroom"].append((fit.name, str(f.index), f.uuid, "vllm_free_memory"))
                     live_numbers["headroom"].append(live.free_headroom[n])
+        live_segments = {
+            "vram_model_headroom_bytes": Segment("live", live_labels["headroom"], live_numbers["headroom"]),
+            "vram_model_gpu_memory_utilization_max": Segment("live", live_labels["top"], live_numbers["top"]),
+            "vram_model_startable": Segment("live", live_labels["startable"], live_numbers["startable"]),
+        }
+        fixes_segments = [Segment(("fix", name), [(name, f.knob, f.action) for f in found if f.works],
+                                  [1] * sum(1 for f in found if f.works)) for name, found in (fixes or {}).items()]
+        out = []
+        for name, (help_text, labels) in _MODEL_FAMILIES.items():
+            family = _gauge(name, help_text, labels)
+            segments = static.get(name, [])
+            if name in live_segments:
+                segments = [*segments, live_segments[name]]
+            elif name == "vram_model_fix_info":
+                segments = fixes_segments
+            family.segments = segments  # the cached list itself when nothing is live: rendered once
+            out.append(family)
+        return out
+
+    def _static_part(self, node: NodeFit):
+        """Per family, the segments that only change with the fit; and per model, its shown GPUs."""
+        if self._static[0] is node:
+            return self._static[1], self._static[2]
+        uuids = tuple((b.index, b.uuid) for b in node.gpus)
+        memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
+        static: dict[str, list[Segment]] = {}
+        shown_all = []
+        for fit in node.models:
+            cached = self._memo.get(fit.name)
+            if cached is None or cached[0] is not fit or cached[1] != uuids:
+                shown = [] if fit.error else self._shown_gpus(fit)
+                cached = (fit, uuids, self._static_segments(fit, shown, dict(uuids)), shown)
+            memo[fit.name] = cached
+            for family, (labels, values) in cached[2].items():
+                static.setdefault(family, []).append(Segment(fit.name, labels, values))
+            position = {f.index: n for n, f in enumerate(fit.per_gpu)}
+            shown_all.append((fit, [(position[f.index], f) for f in cached[3]]))
         self._memo = memo  # models gone from the manifest are forgotten
-        for family, kind in (("vram_model_headroom_bytes", "headroom"), ("vram_model_gpu_memory_utilization_max", "top"),
-                             ("vram_model_startable", "startable")):
-            fams[family].add("live", live_labels[kind], live_numbers[kind])
-        fix_info = fams["vram_model_fix_info"]
-        for name, found in (fixes or {}).items():
-            working = [f for f in found if f.works]
-            fix_info.add(("fix", name), [(name, f.knob, f.action) for f in working], [1] * len(working))
-        return list(fams.values())
+        self._static = (node, static, shown_all)
+        return static, shown_all
 
     def _static_segments(self, fit: ModelFit, shown, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
         m = fit.name

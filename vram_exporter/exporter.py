@@ -17,7 +17,7 @@ from .config import LoadedManifest, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
 from .fixworker import FixWorker
 from .fit.model import Cluster
-from .fit.node import NodeFit, fit_node, live_values, refreshed
+from .fit.node import NodeFit, fit_node, live_values
 from .nvml import NvmlReader
 from .report import fit_report
 from .snapshot import GpuReading, NodeSnapshot
@@ -144,7 +144,7 @@ class Exporter:
             overhead = node.cluster.vllm_context_overhead
             lives = {fit.name: live_values(fit, free, overhead) for fit in node.models}
             budget = time.perf_counter() + FIX_BUDGET_SECONDS
-            fixes = {spec.name: self._fixes.get(spec, refreshed(fit, lives[fit.name]), node, snap, budget)
+            fixes = {spec.name: self._fixes.get(spec, fit, lives[fit.name], node, snap, budget)
                      for spec, fit in zip(manifest.models, node.models, strict=True)
                      if not (fit.schedulable and lives[fit.name].startable)}
             self._fixes.forget_except(set(fixes))

@@ -71,14 +71,24 @@ class Renderer:
     def __init__(self) -> None:
         # (openmetrics, family name, segment key) -> (labels object, values object, rendered text)
         self._cache: dict[tuple, tuple[object, object, str]] = {}
+        # (openmetrics, family name) -> (segments list object, rendered text): a producer that hands
+        # over the very same list of segments again gets the whole family back without a look inside.
+        self._families: dict[tuple, tuple[object, str]] = {}
         self._prefixes: dict[tuple, str] = {}
 
     def render(self, families: Iterable[Family], openmetrics: bool = False) -> bytes:
         parts: list[str] = []
         seen: dict[tuple, tuple[object, object, str]] = {}
+        families_seen: dict[tuple, tuple[object, str]] = {}
         for family in families:
             if not family.segments:
                 continue
+            whole = self._families.get((openmetrics, family.name))
+            if whole is not None and whole[0] is family.segments:
+                parts.append(whole[1])
+                families_seen[(openmetrics, family.name)] = whole
+                continue
+            start = len(parts)
             parts.append(self._header(family, openmetrics))
             for segment in family.segments:
                 key = (openmetrics, family.name, segment.key)
@@ -91,9 +101,15 @@ class Renderer:
                     text = self._segment(family, segment)
                 seen[key] = (segment.labels, segment.values, text)
                 parts.append(text)
+            families_seen[(openmetrics, family.name)] = (family.segments, "".join(parts[start:]))
         if openmetrics:
             parts.append("# EOF\n")
-        self._cache = seen  # what no longer exists is forgotten
+        # Forget what no longer exists, but only now and then: segments of families reused whole
+        # were not looked at, and stay useful for when their family changes.
+        self._cache.update(seen)
+        if len(self._cache) > 4 * len(seen) + 10_000:
+            self._cache = seen
+        self._families = families_seen
         return "".join(parts).encode()
 
     def _header(self, family: Family, openmetrics: bool) -> str:

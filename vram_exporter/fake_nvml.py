@@ -60,6 +60,7 @@ class FakeNvml:
 
     def __init__(self, fixture: Fixture, path: Path | None = None) -> None:
         self._fixture = fixture
+        self._names = {p.pid: p.name for gpu in fixture.gpus for p in gpu.processes}
         self._initialized = False
         self._lock = threading.Lock()
         self._path = path
@@ -75,6 +76,7 @@ class FakeNvml:
     def replace_fixture(self, fixture: Fixture) -> None:
         with self._lock:
             self._fixture = fixture
+            self._names = {p.pid: p.name for gpu in fixture.gpus for p in gpu.processes}
 
     def _follow_file(self) -> None:
         if self._path is None:
@@ -107,11 +109,10 @@ class FakeNvml:
 
     def nvmlSystemGetProcessName(self, pid: int) -> str:
         self._require_init()
-        for gpu in self._fixture.gpus:
-            for proc in gpu.processes:
-                if proc.pid == pid:
-                    return proc.name
-        raise nvml.error_class("NOT_FOUND")()
+        try:
+            return self._names[pid]
+        except KeyError:
+            raise nvml.error_class("NOT_FOUND")() from None
 
     # --- devices ------------------------------------------------------------
     def nvmlDeviceGetCount(self) -> int:
@@ -139,18 +140,19 @@ class FakeNvml:
         mem = gpu.memory
         if self._fixture.call_delay_seconds:
             time.sleep(self._fixture.call_delay_seconds)
+        used, free = mem.used, mem.free
         if self._fixture.memory_jitter_bytes:  # readings that move at every scrape, like a real GPU's
             self._reads += 1
-            shift = min(self._reads * 7919 * 2**20 % (self._fixture.memory_jitter_bytes + 1), mem.free)
-            mem = mem.model_copy(update={"used": mem.used + shift, "free": mem.free - shift})
+            shift = min(self._reads * 7919 * 2**20 % (self._fixture.memory_jitter_bytes + 1), free)
+            used, free = used + shift, free - shift
         if not version:
             # NVML v1: "used" includes the driver-reserved memory.
-            return _Memory(total=mem.total, used=mem.used + mem.reserved, free=mem.free)
+            return _Memory(total=mem.total, used=used + mem.reserved, free=free)
         if not self._fixture.memory_v2:
             raise nvml.error_class("FUNCTION_NOT_FOUND")()
         if version != nvml.MEMORY_V2:
             raise nvml.error_class("ARGUMENT_VERSION_MISMATCH")()
-        return _Memory(mem.total, mem.used, mem.free, mem.reserved, version)
+        return _Memory(mem.total, used, free, mem.reserved, version)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:
         return self._processes(handle, "compute")

@@ -17,7 +17,7 @@ import time
 
 from .fit.fixes import Fix, find_fixes
 from .fit.model import ModelSpec
-from .fit.node import ModelFit, NodeFit
+from .fit.node import LiveValues, ModelFit, NodeFit, refreshed
 from .snapshot import NodeSnapshot
 
 log = logging.getLogger(__name__)
@@ -30,21 +30,22 @@ class FixWorker:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._found: dict[str, tuple[tuple, float, list[Fix]]] = {}  # model -> (key, when, fixes)
-        self._wanted: dict[str, tuple[tuple, ModelSpec, ModelFit, NodeFit, NodeSnapshot]] = {}
+        self._wanted: dict[str, tuple] = {}  # model -> (key, spec, (fit, live), node, snapshot)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="fixes", daemon=True)
         self._thread.start()
 
-    def get(self, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: NodeSnapshot,
+    def get(self, spec: ModelSpec, fit: ModelFit, live: LiveValues, node: NodeFit, snap: NodeSnapshot,
             sync_until: float = 0.0) -> list[Fix]:
         """The fixes known for this model now (possibly a little stale). One never searched for this
-        placement is searched right here while ``time.perf_counter() < sync_until``, else queued."""
-        key = _placement_key(spec, fit, node)
+        placement is searched right here while ``time.perf_counter() < sync_until``, else queued.
+        ``fit`` is the cached fit, ``live`` its values of the moment."""
+        key = _placement_key(spec, fit, live, node)
         with self._lock:
             found = self._found.get(fit.name)
             unknown = found is None or found[0] != key
         if unknown and time.perf_counter() < sync_until:
-            fixes = _search(fit.name, spec, fit, node, snap)
+            fixes = _search(fit.name, spec, refreshed(fit, live), node, snap)
             with self._lock:
                 self._found[fit.name] = (key, time.monotonic(), fixes)
                 self._wanted.pop(fit.name, None)
@@ -53,7 +54,7 @@ class FixWorker:
             found = self._found.get(fit.name)
             fresh = found is not None and found[0] == key and time.monotonic() - found[1] < REFRESH_SECONDS
             if not fresh and fit.name not in self._wanted:
-                self._wanted[fit.name] = (key, spec, fit, node, snap)
+                self._wanted[fit.name] = (key, spec, (fit, live), node, snap)
                 self._lock.notify()
             return found[2] if found is not None and found[0] == key else []
 
@@ -74,8 +75,8 @@ class FixWorker:
                     self._lock.wait()
                 if self._closed:
                     return
-                name, (key, spec, fit, node, snap) = next(iter(self._wanted.items()))
-            fixes = _search(name, spec, fit, node, snap)
+                name, (key, spec, (fit, live), node, snap) = next(iter(self._wanted.items()))
+            fixes = _search(name, spec, refreshed(fit, live), node, snap)
             with self._lock:
                 self._found[name] = (key, time.monotonic(), fixes)
                 self._wanted.pop(name, None)
@@ -90,8 +91,8 @@ def _search(name: str, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: Node
         return []
 
 
-def _placement_key(spec: ModelSpec, fit: ModelFit, node: NodeFit) -> tuple:
+def _placement_key(spec: ModelSpec, fit: ModelFit, live: LiveValues, node: NodeFit) -> tuple:
     # The spec itself, compared by value: a reload that leaves a model unchanged keeps its fixes.
     return (spec, node.cluster, tuple(sorted(fit.context.claims.items())),
             tuple(sorted(fit.context.committed.items())), tuple((b.index, b.total) for b in node.gpus),
-            fit.schedulable, fit.startable)
+            fit.schedulable, live.startable)

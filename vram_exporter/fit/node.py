@@ -140,7 +140,8 @@ def live_values(fit: ModelFit, free: Mapping[int, int], overhead: int) -> LiveVa
     """
     headrooms, tops = [], []
     passes = {}
-    for f in fit.per_gpu:
+    floor = math.floor
+    for f in fit.per_gpu:  # runs for every model and GPU at every scrape: kept lean on purpose
         if f.running:
             headrooms.append(None)
             tops.append(f.gmu_max)
@@ -149,7 +150,9 @@ def live_values(fit: ModelFit, free: Mapping[int, int], overhead: int) -> LiveVa
         available = free[f.index] - f.committed
         headroom = available - overhead - f.budget
         headrooms.append(headroom)
-        tops.append(_free_limited(f.gmu_max_static, available, overhead, f.cuda_total))
+        top = floor((available - overhead) / f.cuda_total * 10_000 + 1e-9) / 10_000  # as _free_limited
+        static = f.gmu_max_static
+        tops.append(static if static < top else (top if top > 0 else 0.0))
         passes[f.index] = headroom >= 0 and f.headroom["vllm_kv_cache"] >= 0
     startable = bool(fit.gpus) and all(passes[i] for i in fit.gpus if i in passes)
     return LiveValues(tuple(headrooms), tuple(tops), startable and not fit.error)
