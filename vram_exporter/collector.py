@@ -233,7 +233,8 @@ _MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestStatus | None = None) -> Iterator[Family]:
+def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestStatus | None = None,
+                      fix_searches_pending: int | None = None) -> Iterator[Family]:
     build = Family("vram_exporter_build_info", "vram-exporter build information; value is always 1.", "info",
                    ("version",))
     build.sample(__version__, 1)
@@ -253,3 +254,8 @@ def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestSt
                       "When the manifest was last loaded successfully (Unix time).", ())
         when.sample(manifest.success_timestamp)
         yield from (ok, when)
+    if fix_searches_pending is not None:
+        pending = _gauge("vram_exporter_fix_searches_pending",
+                         "Models whose fixes wait for the background search (vram_model_fix_info lags meanwhile).", ())
+        pending.sample(fix_searches_pending)
+        yield pending

@@ -61,6 +61,8 @@ class Exporter:
         self._fits = FitCache()
         self._model_families = ModelFamilies(gpu_detail)
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
+        self._tail_renderer = Renderer()
+        self._last_content: tuple | None = None
 
     @property
     def source(self) -> str:
@@ -92,8 +94,23 @@ class Exporter:
     async def scrape(self, accept: str | None = None) -> Scrape:
         snap = await self.snapshot()
         openmetrics = wants_openmetrics(accept)
-        body = self._renderers[openmetrics].render(self.families(snap), openmetrics)
-        return Scrape(body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
+        manifest = self._manifest  # one manifest for the whole scrape, even if a reload lands meanwhile
+        started = time.perf_counter()
+        node = self._fit_or_none(manifest, snap)
+        results = {"nvml": CollectResult(snap.ok, snap.duration_seconds),
+                   "fit": CollectResult(node is not None, time.perf_counter() - started)}
+        # Nothing read or decided has changed since the last scrape: its bytes are the answer.
+        last = self._last_content
+        if (last is not None and last[0] == openmetrics and last[1] is node and last[2] is manifest
+                and last[3] == self._fixes.version and last[4] == snap):
+            content = last[5]
+        else:
+            version = self._fixes.version
+            content = self._renderers[openmetrics].render(self._content(snap, manifest, node), openmetrics, eof=False)
+            self._last_content = (openmetrics, node, manifest, version, snap, content)
+        tail = self._tail_renderer.render(
+            exporter_families(results, self._manifest_status, self._fixes.pending if manifest else None), openmetrics)
+        return Scrape(content + tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property
     def manifest(self) -> LoadedManifest | None:
@@ -126,17 +143,15 @@ class Exporter:
         manifest = self._manifest
         return fit_report(snap, self.fit_with(manifest, snap), manifest.models if manifest else ())
 
-    def families(self, snap: NodeSnapshot):
-        manifest = self._manifest  # one manifest for the whole scrape, even if a reload lands meanwhile
-        started = time.perf_counter()
-        results = {"nvml": CollectResult(snap.ok, snap.duration_seconds)}
+    def _fit_or_none(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit | None:
         try:
-            node = self._fits.get(manifest, snap)
-            results["fit"] = CollectResult(True, time.perf_counter() - started)
+            return self._fits.get(manifest, snap)
         except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
             log.exception("fit model failed on this snapshot")
-            node = None
-            results["fit"] = CollectResult(False, time.perf_counter() - started)
+            return None
+
+    def _content(self, snap: NodeSnapshot, manifest: LoadedManifest | None, node: NodeFit | None):
+        """Every family but the exporter's own (those change at every scrape)."""
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if node is not None and manifest is not None:
@@ -149,7 +164,10 @@ class Exporter:
                      if not (fit.schedulable and lives[fit.name].startable)}
             self._fixes.forget_except(set(fixes))
             yield from self._model_families.families(node, lives, fixes)
-        yield from exporter_families(results, self._manifest_status)
+
+    @property
+    def fixes(self) -> FixWorker:
+        return self._fixes
 
     def close(self) -> None:
         self._fixes.close()

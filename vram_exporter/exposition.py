@@ -76,7 +76,9 @@ class Renderer:
         self._families: dict[tuple, tuple[object, str]] = {}
         self._prefixes: dict[tuple, str] = {}
 
-    def render(self, families: Iterable[Family], openmetrics: bool = False) -> bytes:
+    def render(self, families: Iterable[Family], openmetrics: bool = False, eof: bool = True) -> bytes:
+        """The exposition of ``families``; ``eof=False`` leaves out OpenMetrics' closing line (for a
+        body assembled from several renders, the last of which closes it)."""
         parts: list[str] = []
         seen: dict[tuple, tuple[object, object, str]] = {}
         families_seen: dict[tuple, tuple[object, str]] = {}
@@ -102,7 +104,7 @@ class Renderer:
                 seen[key] = (segment.labels, segment.values, text)
                 parts.append(text)
             families_seen[(openmetrics, family.name)] = (family.segments, "".join(parts[start:]))
-        if openmetrics:
+        if openmetrics and eof:
             parts.append("# EOF\n")
         # Forget what no longer exists, but only now and then: segments of families reused whole
         # were not looked at, and stay useful for when their family changes.

@@ -32,6 +32,8 @@ class FixWorker:
         self._found: dict[str, tuple[tuple, float, list[Fix]]] = {}  # model -> (key, when, fixes)
         self._wanted: dict[str, tuple] = {}  # model -> (key, spec, (fit, live), node, snapshot)
         self._closed = False
+        self.version = 0  # goes up whenever a search result is stored
+        self._keys: dict[str, tuple] = {}  # model -> (fit, spec, key): keys are worth computing once per fit
         self._thread = threading.Thread(target=self._run, name="fixes", daemon=True)
         self._thread.start()
 
@@ -40,7 +42,7 @@ class FixWorker:
         """The fixes known for this model now (possibly a little stale). One never searched for this
         placement is searched right here while ``time.perf_counter() < sync_until``, else queued.
         ``fit`` is the cached fit, ``live`` its values of the moment."""
-        key = _placement_key(spec, fit, live, node)
+        key = self._key(spec, fit, node)
         with self._lock:
             found = self._found.get(fit.name)
             unknown = found is None or found[0] != key
@@ -49,6 +51,7 @@ class FixWorker:
             with self._lock:
                 self._found[fit.name] = (key, time.monotonic(), fixes)
                 self._wanted.pop(fit.name, None)
+                self.version += 1
             return fixes
         with self._lock:
             found = self._found.get(fit.name)
@@ -58,10 +61,35 @@ class FixWorker:
                 self._lock.notify()
             return found[2] if found is not None and found[0] == key else []
 
+    def _key(self, spec: ModelSpec, fit: ModelFit, node: NodeFit) -> tuple:
+        memo = self._keys.get(fit.name)
+        if memo is None or memo[0] is not fit or memo[1] is not spec:
+            memo = (fit, spec, _placement_key(spec, fit, node))
+            self._keys[fit.name] = memo
+        return memo[2]
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._wanted)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued (benchmarks and tests); True if it got there in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._wanted:
+                    return True
+            time.sleep(0.05)
+        return False
+
     def forget_except(self, names: set[str]) -> None:
         with self._lock:
             for name in set(self._found) - names:
                 del self._found[name]
+                self.version += 1
+            for name in set(self._keys) - names:
+                del self._keys[name]
 
     def close(self) -> None:
         with self._lock:
@@ -80,6 +108,7 @@ class FixWorker:
             with self._lock:
                 self._found[name] = (key, time.monotonic(), fixes)
                 self._wanted.pop(name, None)
+                self.version += 1
             time.sleep(PAUSE_SECONDS)
 
 
@@ -91,8 +120,9 @@ def _search(name: str, spec: ModelSpec, fit: ModelFit, node: NodeFit, snap: Node
         return []
 
 
-def _placement_key(spec: ModelSpec, fit: ModelFit, live: LiveValues, node: NodeFit) -> tuple:
+def _placement_key(spec: ModelSpec, fit: ModelFit, node: NodeFit) -> tuple:
     # The spec itself, compared by value: a reload that leaves a model unchanged keeps its fixes.
     return (spec, node.cluster, tuple(sorted(fit.context.claims.items())),
             tuple(sorted(fit.context.committed.items())), tuple((b.index, b.total) for b in node.gpus),
-            fit.schedulable, live.startable)
+            fit.schedulable)  # not live.startable: a model flapping around its start-up limit would
+    # otherwise be searched again at every flap; free memory drift is what REFRESH_SECONDS covers
