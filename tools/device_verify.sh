@@ -19,8 +19,9 @@ smi() {  # $1 = label
 snap() { curl -s localhost:$PORT/metrics >"$OUT/$1.prom"; smi "$1"; curl -s localhost:$PORT/metrics >"$OUT/$1-after.prom"; }
 
 snap idle
-HOLDERS=""
-python3 - 20 0 >"$OUT/holder1.log" 2>&1 <<'PY' &
+# Two processes holding memory: 20 GiB, and 4 GiB plus cuBLAS handles (what vLLM creates early).
+hold() {  # $1 = GiB, $2 = 1 to create cuBLAS handles, $3 = log file
+  python3 - "$1" "$2" >"$3" 2>&1 <<'PY' &
 import sys, time, torch
 gib, cublas = int(sys.argv[1]), int(sys.argv[2])
 x = torch.empty(gib * 2**30, dtype=torch.uint8, device="cuda")
@@ -28,16 +29,10 @@ if cublas:
     a = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16); (a @ a).sum().item()
 print("ready", torch.cuda.mem_get_info(), flush=True); time.sleep(600)
 PY
-HOLDERS="$HOLDERS $!"
-python3 - 4 1 >"$OUT/holder2.log" 2>&1 <<'PY' &
-import sys, time, torch
-gib, cublas = int(sys.argv[1]), int(sys.argv[2])
-x = torch.empty(gib * 2**30, dtype=torch.uint8, device="cuda")
-if cublas:
-    a = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16); (a @ a).sum().item()
-print("ready", torch.cuda.mem_get_info(), flush=True); time.sleep(600)
-PY
-HOLDERS="$HOLDERS $!"
+  HOLDERS="${HOLDERS:-} $!"
+}
+hold 20 0 "$OUT/holder1.log"
+hold 4 1 "$OUT/holder2.log"
 for _ in $(seq 300); do grep -q ready "$OUT/holder1.log" && grep -q ready "$OUT/holder2.log" && break; sleep 0.2; done
 sleep 1
 snap loaded

@@ -14,7 +14,6 @@ the new state (an invalid new file is logged and the old state kept).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from . import fixture as fixture_format
 from . import nvml
 from .fixture import Fixture, FixtureGpu
+from .filestamp import file_stamp
 from .yamlfile import InputFileError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class FakeNvml:
         self._initialized = False
         self._lock = threading.Lock()
         self._path = path
-        self._stamp = _stamp(path) if path else None
+        self._stamp = file_stamp(path) if path else None
         self.init_calls = 0
         self._reads = 0
 
@@ -81,7 +81,7 @@ class FakeNvml:
     def _follow_file(self) -> None:
         if self._path is None:
             return
-        stamp = _stamp(self._path)
+        stamp = file_stamp(self._path)
         if stamp == self._stamp:
             return
         self._stamp = stamp
@@ -178,11 +178,3 @@ class FakeNvml:
     def _require_init(self) -> None:
         if not self._initialized:
             raise nvml.error_class("UNINITIALIZED")()
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size

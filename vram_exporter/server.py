@@ -8,7 +8,6 @@ import base64
 import binascii
 import gzip
 import logging
-import os
 import signal
 import time
 
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from .exporter import Exporter
 from .pages import explain_page
+from .filestamp import file_stamp
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -160,21 +160,14 @@ def _manifest_watcher(exporter: Exporter, interval: float):
 
 
 async def _poll(exporter: Exporter, interval: float) -> None:
-    last = _stamp(exporter.manifest.path)
+    last = file_stamp(exporter.manifest.path)
     while True:
         await asyncio.sleep(interval)
-        current = _stamp(exporter.manifest.path)
+        current = file_stamp(exporter.manifest.path)
         if current != last:
             last = current
             exporter.reload_manifest()
 
-
-def _stamp(path) -> tuple[float, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:

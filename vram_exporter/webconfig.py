@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Literal
 import bcrypt
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from .filestamp import file_stamp
 from .yamlfile import InputFileError, load_model
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class WebConfig:
     @classmethod
     def load(cls, path: Path) -> WebConfig:
         config = load_web_config(path)
-        web = cls(path, config, _stamp=_file_stamp(path))
+        web = cls(path, config, _stamp=file_stamp(path))
         if config.tls_server_config is not None:
             web.ssl_context = _tls_context(config.tls_server_config, path.parent)
         return web
@@ -186,7 +186,7 @@ class WebConfig:
         if now - self._checked < 1.0:
             return
         self._checked = now
-        stamp = _file_stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp == self._stamp:
             return
         self._stamp = stamp
@@ -220,11 +220,3 @@ class WebConfig:
                     self._verified.clear()
                 self._verified[key] = True
         return ok
-
-
-def _file_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
