@@ -11,6 +11,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .collector import CollectResult, GpuDetail, ManifestStatus, ModelFamilies, exporter_families, gpu_families
 from .config import LoadedManifest, load_manifest
@@ -28,6 +29,17 @@ log = logging.getLogger(__name__)
 # Fix searches missing for a model may run on the scrape itself for this long (a small manifest's
 # fixes then show in its first scrape); whatever does not fit in it is searched in the background.
 FIX_BUDGET_SECONDS = 0.05
+
+
+class _Rendered(NamedTuple):
+    """The last scrape's body but the exporter's own series, and what it was made from."""
+
+    openmetrics: bool
+    node: NodeFit | None
+    manifest: LoadedManifest | None
+    fixes_version: int
+    snapshot: NodeSnapshot
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +74,7 @@ class Exporter:
         self._model_families = ModelFamilies(gpu_detail)
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
         self._tail_renderer = Renderer()
-        self._last_content: tuple | None = None
+        self._last_content: _Rendered | None = None
 
     @property
     def source(self) -> str:
@@ -101,13 +113,13 @@ class Exporter:
                    "fit": CollectResult(node is not None, time.perf_counter() - started)}
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
         last = self._last_content
-        if (last is not None and last[0] == openmetrics and last[1] is node and last[2] is manifest
-                and last[3] == self._fixes.version and last[4] == snap):
-            content = last[5]
+        if (last is not None and last.openmetrics == openmetrics and last.node is node and last.manifest is manifest
+                and last.fixes_version == self._fixes.version and last.snapshot == snap):
+            content = last.body
         else:
             version = self._fixes.version
             content = self._renderers[openmetrics].render(self._content(snap, manifest, node), openmetrics, eof=False)
-            self._last_content = (openmetrics, node, manifest, version, snap, content)
+            self._last_content = _Rendered(openmetrics, node, manifest, version, snap, content)
         tail = self._tail_renderer.render(
             exporter_families(results, self._manifest_status, self._fixes.pending if manifest else None), openmetrics)
         return Scrape(content + tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
