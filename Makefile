@@ -25,13 +25,16 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	@echo
-	@echo "vram-exporter demo: replaying the seed scenario (RTX A2000, 6138 MiB) from examples/seed/"
-	@echo "  browser:    http://localhost$(LISTEN)/"
+	@echo "vram-exporter demo: the seed scenario of DESIGN.md (Qwen2.5-1.5B on a 6 GiB RTX A2000, 1 GiB"
+	@echo "reserved) replayed from examples/seed/: GPUStack would leave the model Pending."
+	@echo "  browser:    http://localhost$(LISTEN)/   (the explain page: why, and which knob fixes it)"
 	@echo "  metrics:    curl http://localhost$(LISTEN)/metrics"
-	@echo "  Prometheus: scrape localhost$(LISTEN) (copy examples/prometheus.yml)"
+	@echo "  Prometheus: scrape localhost$(LISTEN) (examples/prometheus.yml, with alerts/ and grafana/)"
+	@echo "  terminal:   $(VENV)/bin/vram-exporter check --manifest examples/seed/manifest.yaml --nvml.fixture examples/seed/fixture.yaml"
 	@echo "  stop:       Ctrl-C"
 	@echo
-	$(VENV)/bin/vram-exporter --nvml.fixture examples/seed/fixture.yaml --web.listen-address $(LISTEN)
+	$(VENV)/bin/vram-exporter --nvml.fixture examples/seed/fixture.yaml --manifest examples/seed/manifest.yaml \
+	  --web.listen-address $(LISTEN)
 
 debian-deps:
 	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
