@@ -7,6 +7,7 @@ call it directly.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -206,4 +207,8 @@ class FitCache:
         if manifest is not self._manifest or key != self._key or self._node is None:
             self._node = Exporter.fit_with(manifest, snap)
             self._manifest, self._key = manifest, key
+            # The manifest, the fit and the caches built from them live until the next change:
+            # keep them out of the cyclic collector, whose full passes over them showed up as
+            # 20-30 ms pauses in scrape latency.
+            gc.freeze()
         return self._node
