@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from fitcases import GIB, MIB, gpu, node, seed_model
 from vram_exporter.exposition import Family, Renderer, format_value, wants_openmetrics
 from vram_exporter.fit.model import Cluster
-from vram_exporter.fit.node import fit_node, with_free_memory
+from vram_exporter.fit.node import fit_node, live_values, refreshed
 
 
 def samples(text: str, openmetrics: bool = False) -> list[tuple[str, dict, float]]:
@@ -90,9 +90,11 @@ def test_patching_free_memory_equals_a_full_fit(before, after):
     cluster = Cluster()
     snap_before = node(*(gpu(i, 24 * GIB, used=u * MIB) for i, u in enumerate(before)))
     snap_after = node(*(gpu(i, 24 * GIB, used=u * MIB) for i, u in enumerate(after)))
-    patched = with_free_memory(fit_node(snap_before, cluster, models), snap_after)
+    free = {g.index: g.memory.free for g in snap_after.gpus}
+    patched = [refreshed(fit, live_values(fit, free, cluster.vllm_context_overhead))
+               for fit in fit_node(snap_before, cluster, models).models]
     fresh = fit_node(snap_after, cluster, models)
-    for p, f in zip(patched.models, fresh.models):
+    for p, f in zip(patched, fresh.models):
         assert (p.schedulable, p.startable, p.gpus) == (f.schedulable, f.startable, f.gpus)
         assert [(g.headroom, g.gmu_min, g.gmu_max, g.max_model_len) for g in p.per_gpu] == \
                [(g.headroom, g.gmu_min, g.gmu_max, g.max_model_len) for g in f.per_gpu]

@@ -12,6 +12,7 @@ from typing import Any
 from . import __version__
 from .fit.node import CHECKS
 from .report import EXPLAIN
+from .units import gib
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:78rem;color:#1d2330;background:#fff}
@@ -25,10 +26,6 @@ pre{white-space:pre-wrap;background:#fafafc;border-left:3px solid #ccd;padding:.
 _COLOURS = {"driver-reserved": "#7a7a8c", "processes": "#d9822b", "used (other)": "#e8b07a", "free": "#cfe8cf",
             "system-reserved": "#5b5b9a", "claimed": "#3f7fbf", "allocatable": "#bfe0f5"}
 _BAR_WIDTH = 640
-
-
-def gib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
 def explain_page(report: dict[str, Any], telemetry_path: str, manifest: str | None) -> str:

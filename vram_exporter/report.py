@@ -10,7 +10,7 @@ from .fit.fixes import find_fixes
 from .fit.model import ModelSpec
 from .fit.node import CHECKS, ModelFit, NodeFit
 from .snapshot import NodeSnapshot
-from .units import GIB
+from .units import GIB, gib
 
 EXPLAIN = {
     "gpustack_estimate": "GPUStack test 1: estimate E <= g x total (v0.6: E <= allocatable)",
@@ -94,10 +94,6 @@ def all_fit(report: dict[str, Any]) -> bool:
 # --- text --------------------------------------------------------------------------------
 
 
-def _g(n: float | None) -> str:
-    return "-" if n is None else f"{n / GIB:.2f} GiB"
-
-
 def render_text(report: dict[str, Any], manifest: str) -> str:
     rules = "GPUStack >= 0.7 rules" if report["scheduler"] == "gpustack" else "GPUStack 0.4-0.6 rules"
     lines = [f"vram-exporter check: {manifest} against {report['source']} ({rules})", ""]
@@ -117,9 +113,9 @@ def _gpu_line(gpu: dict[str, Any]) -> str:
     if not gpu["up"]:
         return f"GPU {gpu['index']}  {gpu['name'] or '?'}  DOWN ({gpu['error']})"
     mem, gs = gpu["memory"], gpu["gpustack"]
-    return (f"GPU {gpu['index']}  {gpu['name']}  total {_g(mem['total'])}, free {_g(mem['free'])}; GPUStack: "
-            f"system-reserved {_g(gs['system_reserved'])}, claimed {_g(gs['claimed'])}, "
-            f"allocatable {_g(gs['allocatable'])} ({gs['allocatable'] / gs['total'] * 100:.2f}%)")
+    return (f"GPU {gpu['index']}  {gpu['name']}  total {gib(mem['total'])}, free {gib(mem['free'])}; GPUStack: "
+            f"system-reserved {gib(gs['system_reserved'])}, claimed {gib(gs['claimed'])}, "
+            f"allocatable {gib(gs['allocatable'])} ({gs['allocatable'] / gs['total'] * 100:.2f}%)")
 
 
 def _verdict(model: dict[str, Any]) -> str:
@@ -143,14 +139,14 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
     if model["error"]:
         return lines + [f"    {model['error']}"]
     gmu = model["gpu_memory_utilization"]
-    lines.append(f"    weights {_g(model['weights_bytes'])}, GPUStack estimate {_g(model['estimate_bytes'])}, "
-                 f"KV {model['kv_cache_bytes_per_token']} B/token, {_g(model['kv_cache_required_bytes'])} for "
+    lines.append(f"    weights {gib(model['weights_bytes'])}, GPUStack estimate {gib(model['estimate_bytes'])}, "
+                 f"KV {model['kv_cache_bytes_per_token']} B/token, {gib(model['kv_cache_required_bytes'])} for "
                  f"{model['max_model_len']} tokens; gpu_memory_utilization: GPUStack {gmu['gpustack']}, "
                  f"vLLM {gmu['vllm']}")
     for index, checks in model["checks"].items():
         lo, hi = checks["gpu_memory_utilization_window"]
         window = f"{lo:.4f}..{hi:.4f}" if lo <= hi else f"empty (needs >= {lo:.4f}, allows <= {hi:.4f})"
-        lines.append(f"    GPU {index}: budget {_g(checks['vllm_budget_bytes'])}, longest context "
+        lines.append(f"    GPU {index}: budget {gib(checks['vllm_budget_bytes'])}, longest context "
                      f"{checks['max_model_len_tokens']} tokens, working gpu_memory_utilization {window}")
         for name in CHECKS:
             if name in checks:

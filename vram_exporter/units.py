@@ -41,6 +41,6 @@ def parse_size(value: int | float | str) -> int:
     return int(Decimal(match.group(1)) * _UNITS[unit])
 
 
-def gib(n: float) -> str:
+def gib(n: float | None) -> str:
     """GPUStack's way of printing sizes: GiB with two decimals."""
-    return f"{n / GIB:.2f} GiB"
+    return "-" if n is None else f"{n / GIB:.2f} GiB"

@@ -51,7 +51,7 @@ class GpuFit:
     gmu_min: float
     gmu_max: float
     max_model_len: int
-    # What the free-memory dependent values are derived from (see with_free_memory).
+    # What the free-memory dependent values are derived from (see live_values).
     cuda_total: int = 0
     committed: int = 0  # memory candidates placed before this one will take on this GPU
     gmu_max_static: float = 1.0  # the window's top from every check but free memory
@@ -156,18 +156,6 @@ def live_values(fit: ModelFit, free: Mapping[int, int], overhead: int) -> LiveVa
         passes[f.index] = headroom >= 0 and f.headroom["vllm_kv_cache"] >= 0
     startable = bool(fit.gpus) and all(passes[i] for i in fit.gpus if i in passes)
     return LiveValues(tuple(headrooms), tuple(tops), startable and not fit.error)
-
-
-def with_free_memory(node: NodeFit, snapshot: NodeSnapshot) -> NodeFit:
-    """``node`` brought up to date with the free memory of a newer ``snapshot`` of the same GPUs:
-    the metric-relevant fields then equal what ``fit_node`` gives for ``snapshot`` (``reasons`` are
-    not refreshed). Models whose numbers do not move are returned as the very same objects."""
-    free = {gpu.index: gpu.memory.free for gpu in snapshot.gpus if gpu.up}
-    overhead = node.cluster.vllm_context_overhead
-    models = tuple(refreshed(fit, live_values(fit, free, overhead)) for fit in node.models)
-    if all(new is old for new, old in zip(models, node.models)):
-        return node
-    return replace(node, models=models)
 
 
 def refreshed(fit: ModelFit, live: LiveValues) -> ModelFit:
