@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.max-requests", dest="max_requests", type=int, default=40, metavar="N",
                        help="requests served at once; more get 503 (0: no limit; default 40)")
     serve.add_argument("--manifest", type=Path, metavar="FILE",
-                       help="models to judge against this node's GPUs (YAML, see examples/); reloaded on "
-                       "SIGHUP and when the file changes")
+                       help="models to judge against this node's GPUs (YAML, see examples/); with --gpustack.url, "
+                       "an overlay giving the sizes GPUStack's API lacks. Reloaded on SIGHUP and when the file changes")
     serve.add_argument("--model.gpu-detail", dest="gpu_detail", choices=["all", "relevant", "failing"],
                        default="all", help="per-GPU model series: for every model on every GPU (all, default); "
                        "for models that do not fit and the GPUs fitting ones are assigned to (relevant); only for "
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--manifest.check-interval", dest="manifest_check_interval", type=_positive_seconds,
                        default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
+    _add_gpustack_flags(serve)
     _add_log_flag(serve)
 
     check = commands.add_parser(
@@ -71,6 +72,47 @@ def _add_nvml_flags(parser: argparse.ArgumentParser) -> None:
                         help="replay a recorded NVML snapshot (YAML/JSON) instead of the driver")
     parser.add_argument("--nvml.timeout", dest="nvml_timeout", type=_positive_seconds, default=5.0,
                         metavar="SECONDS", help="time limit for one NVML collection (default 5)")
+
+
+def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("GPUStack as the source of the models")
+    group.add_argument("--gpustack.url", dest="gpustack_url", metavar="URL",
+                       help="read workers, models and instances from this GPUStack server (2.x, e.g. "
+                       "https://gpustack.example:443) instead of listing models in --manifest")
+    group.add_argument("--gpustack.api-key-file", dest="gpustack_api_key_file", type=Path, metavar="FILE",
+                       help="file holding a GPUStack API key (management scope), sent as a Bearer token")
+    group.add_argument("--gpustack.worker-name", dest="gpustack_worker_name", metavar="NAME",
+                       help="this node's GPUStack worker, by name or hostname (default: this host's name)")
+    group.add_argument("--gpustack.refresh-interval", dest="gpustack_refresh_interval", type=_positive_seconds,
+                       default=30.0, metavar="SECONDS", help="how often to read GPUStack's API (default 30)")
+    group.add_argument("--gpustack.timeout", dest="gpustack_timeout", type=_positive_seconds, default=10.0,
+                       metavar="SECONDS", help="time limit for each request to GPUStack (default 10)")
+    group.add_argument("--gpustack.tls.ca-file", dest="gpustack_ca_file", metavar="FILE",
+                       help="CA certificates to trust for GPUStack's TLS certificate (default: the system's)")
+    group.add_argument("--gpustack.tls.insecure-skip-verify", dest="gpustack_insecure", action="store_true",
+                       help="do not verify GPUStack's TLS certificate (verification is on by default)")
+
+
+def _gpustack_source(args: argparse.Namespace, overlay):
+    """The GPUStack source of ``serve`` and ``check``, or None without --gpustack.url."""
+    if args.gpustack_url is None:
+        for dest, flag in (("gpustack_api_key_file", "api-key-file"), ("gpustack_worker_name", "worker-name"),
+                           ("gpustack_ca_file", "tls.ca-file")):
+            if getattr(args, dest) is not None:
+                raise ValueError(f"--gpustack.{flag} needs --gpustack.url")
+        return None
+    import socket
+
+    from .gpustack_client import GpuStackClient, read_api_key
+    from .gpustack_source import GpuStackSource
+
+    if not args.gpustack_url.startswith(("http://", "https://")):
+        raise ValueError(f"--gpustack.url {args.gpustack_url!r}: expected http(s)://HOST[:PORT]")
+    api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
+    client = GpuStackClient(args.gpustack_url, api_key=api_key, timeout=args.gpustack_timeout,
+                            verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
+    return GpuStackSource(client, worker_name=args.gpustack_worker_name or socket.gethostname(),
+                          source=args.gpustack_url, overlay=overlay)
 
 
 def _add_log_flag(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +166,9 @@ def _serve(args: argparse.Namespace) -> int:
         from .config import load_manifest
 
         manifest = load_manifest(args.manifest)
+    gpustack = _gpustack_source(args, overlay=lambda: exporter.manifest)
     exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
-                        gpu_detail=args.gpu_detail)
+                        gpu_detail=args.gpu_detail, gpustack=gpustack)
     web_config = None
     if args.web_config_file is not None:
         from .webconfig import WebConfig
@@ -134,7 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_requests < 0:
         raise ValueError("--web.max-requests must be 0 (no limit) or more")
     app = create_app(exporter, telemetry_path=args.telemetry_path, web_config=web_config,
-                     manifest_check_interval=args.manifest_check_interval, max_requests=args.max_requests)
+                     manifest_check_interval=args.manifest_check_interval, max_requests=args.max_requests,
+                     gpustack_refresh_interval=args.gpustack_refresh_interval)
     serve(app, args.listen_address, ssl_context=web_config.ssl_context if web_config else None)
     return 0
 

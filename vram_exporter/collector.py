@@ -16,6 +16,7 @@ from . import __version__
 from .exposition import Family, Segment
 from .fit.fixes import Fix
 from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit
+from .gpustack_source import GpuStackView
 from .snapshot import NodeSnapshot
 
 GPU_LABELS = ("gpu", "uuid")
@@ -234,7 +235,8 @@ _MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestStatus | None = None,
-                      fix_searches_pending: int | None = None) -> Iterator[Family]:
+                      fix_searches_pending: int | None = None,
+                      gpustack_success_timestamp: float | None = None) -> Iterator[Family]:
     build = Family("vram_exporter_build_info", "vram-exporter build information; value is always 1.", "info",
                    ("version",))
     build.sample(__version__, 1)
@@ -259,3 +261,43 @@ def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestSt
                          "Models whose fixes wait for the background search (vram_model_fix_info lags meanwhile).", ())
         pending.sample(fix_searches_pending)
         yield pending
+    if gpustack_success_timestamp is not None:
+        when = _gauge("vram_exporter_gpustack_last_success_timestamp_seconds",
+                      "When GPUStack's API was last read successfully (Unix time; 0: never).", ())
+        when.sample(gpustack_success_timestamp)
+        yield when
+
+
+def gpustack_families(view: GpuStackView, snapshot: NodeSnapshot) -> Iterator[Family]:
+    """GPUStack's own decisions next to the rulebooks' (the source is GPUStack's API)."""
+    model = ("model",)
+    replicas = _gauge("vram_model_gpustack_replicas", "Replicas of this model GPUStack is asked to run.", model)
+    actual = _gauge("vram_model_gpustack_pending_instances",
+                    "Instances of this model GPUStack leaves Pending: its own verdict, read from its API.", model)
+    predicted = _gauge("vram_model_predicted_pending_instances",
+                       "Instances of this model the rulebooks predict GPUStack leaves Pending (its scheduler replayed "
+                       "over every worker of the model's cluster); absent where the model is not evaluated.", model)
+    known = _gauge("vram_model_size_known",
+                   "1 if the weights size and config of this vLLM model are known (local_path readable here, or the "
+                   "overlay manifest), 0 if not: the model is then not evaluated, never guessed.", model)
+    for verdict in view.verdicts:
+        replicas.sample(verdict.name, verdict.replicas)
+        actual.sample(verdict.name, verdict.gpustack_pending)
+        if verdict.predicted_pending is not None:
+            predicted.sample(verdict.name, verdict.predicted_pending)
+        if verdict.size_known is not None:
+            known.sample(verdict.name, 1 if verdict.size_known else 0)
+    yield from (replicas, actual, predicted, known)
+    if view.worker is None:
+        return
+    worker = Family("vram_gpustack_worker_info", "The GPUStack worker this node is; value is always 1.", "info",
+                    ("worker", "worker_id", "cluster_id", "state"))
+    worker.sample(view.worker.name, str(view.worker.id), str(view.worker.cluster_id or ""), view.worker.state, 1)
+    allocated = _gauge("vram_gpu_gpustack_allocated_bytes",
+                       "GPUStack's own memory.allocated for this GPU (the sum of the claims it has bound to it), "
+                       "to compare with vram_gpu_claimed_bytes.")
+    uuids = {gpu.index: gpu.uuid for gpu in snapshot.gpus}
+    api_uuids = {gpu.index: gpu.uuid or "" for gpu in view.worker.gpus}
+    for index, size in sorted(view.allocated.items()):
+        allocated.sample(str(index), uuids.get(index) or api_uuids.get(index, ""), size)
+    yield from (worker, allocated)

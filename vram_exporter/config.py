@@ -9,8 +9,8 @@ exactly as GPUStack counts them), so the rulebooks receive plain values.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -119,6 +119,7 @@ class LoadedManifest:
     path: Path
     cluster: Cluster
     models: tuple[ModelSpec, ...]
+    booked: Mapping[int, int] = field(default_factory=dict)  # claims of instances not among the models
 
 def load_manifest(path: Path | str) -> LoadedManifest:
     """Validate and resolve a manifest; InputFileError lists every problem with its line."""
@@ -144,7 +145,7 @@ class _FieldError(ValueError):
 def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
     if entry.path is not None:
         directory = (base / entry.path).expanduser()
-        config, weights = _read_model_directory(directory)
+        config, weights = read_model_directory(directory)
         source_field = "path"
     else:
         config, weights, source_field = entry.config, entry.weights_bytes, "config"
@@ -163,7 +164,7 @@ def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
 def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if values is None else tuple(values)
 
-def _read_model_directory(directory: Path) -> tuple[dict[str, Any], int]:
+def read_model_directory(directory: Path) -> tuple[dict[str, Any], int]:
     config_file = directory / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -14,14 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from .collector import CollectResult, GpuDetail, ManifestStatus, ModelFamilies, exporter_families, gpu_families
+from .collector import (CollectResult, GpuDetail, ManifestStatus, ModelFamilies, exporter_families, gpu_families,
+                        gpustack_families)
 from .config import LoadedManifest, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
 from .fixworker import FixWorker
 from .fit.model import Cluster
 from .fit.node import NodeFit, fit_node, live_values
+from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
-from .report import fit_report
+from .report import fit_report, gpustack_report
 from .snapshot import GpuReading, NodeSnapshot
 from .yamlfile import InputFileError
 
@@ -38,6 +40,7 @@ class _Rendered(NamedTuple):
     openmetrics: bool
     node: NodeFit | None
     manifest: LoadedManifest | None
+    gpustack: GpuStackView | None
     fixes_version: int
     snapshot: NodeSnapshot
     body: bytes
@@ -60,9 +63,12 @@ class Exporter:
         manifest: LoadedManifest | None = None,
         nvml_timeout: float = 5.0,
         gpu_detail: GpuDetail = "all",
+        gpustack: GpuStackSource | None = None,
     ) -> None:
+        """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes)."""
         self._reader = reader
         self._manifest = manifest
+        self._gpustack = gpustack
         self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
         self._timeout = nvml_timeout
         # One thread: a hung NVML call holds it, and every scrape meanwhile joins
@@ -107,27 +113,45 @@ class Exporter:
     async def scrape(self, accept: str | None = None) -> Scrape:
         snap = await self.snapshot()
         openmetrics = wants_openmetrics(accept)
-        manifest = self._manifest  # one manifest for the whole scrape, even if a reload lands meanwhile
+        # One manifest (and GPUStack view) for the whole scrape, even if a reload lands meanwhile.
+        view = self._gpustack.view if self._gpustack else None
+        manifest = self.node_manifest(view)
         started = time.perf_counter()
         node = self._fit_or_none(manifest, snap)
         results = {"nvml": CollectResult(snap.ok, snap.duration_seconds),
                    "fit": CollectResult(node is not None, time.perf_counter() - started)}
+        if self._gpustack is not None:
+            results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
         last = self._last_content
         if (last is not None and last.openmetrics == openmetrics and last.node is node and last.manifest is manifest
-                and last.fixes_version == self._fixes.version and last.snapshot == snap):
+                and last.gpustack is view and last.fixes_version == self._fixes.version and last.snapshot == snap):
             content = last.body
         else:
             version = self._fixes.version
-            content = self._renderers[openmetrics].render(self._content(snap, manifest, node), openmetrics, eof=False)
-            self._last_content = _Rendered(openmetrics, node, manifest, version, snap, content)
+            families = self._content(snap, manifest, node, view)
+            content = self._renderers[openmetrics].render(families, openmetrics, eof=False)
+            self._last_content = _Rendered(openmetrics, node, manifest, view, version, snap, content)
         tail = self._tail_renderer.render(
-            exporter_families(results, self._manifest_status, self._fixes.pending if manifest else None), openmetrics)
+            exporter_families(results, self._manifest_status, self._fixes.pending if manifest else None,
+                              self._gpustack.last_success_timestamp if self._gpustack else None), openmetrics)
         return Scrape(content + tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property
     def manifest(self) -> LoadedManifest | None:
+        """The manifest file as loaded (with GPUStack as the source: the overlay)."""
         return self._manifest
+
+    @property
+    def gpustack(self) -> GpuStackSource | None:
+        return self._gpustack
+
+    def node_manifest(self, view: GpuStackView | None = None) -> LoadedManifest | None:
+        """The models judged against this node: the manifest's, or GPUStack's node view."""
+        if self._gpustack is None:
+            return self._manifest
+        view = view or self._gpustack.view
+        return view.manifest if view else None
 
     def reload_manifest(self) -> bool:
         """Load the manifest file again; a bad one keeps the last good one serving. True on success."""
@@ -150,11 +174,15 @@ class Exporter:
         """Both rulebooks on this snapshot; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
         if manifest is None:
             return fit_node(snap, Cluster(), ())
-        return fit_node(snap, manifest.cluster, manifest.models)
+        return fit_node(snap, manifest.cluster, manifest.models, manifest.booked)
 
     def report(self, snap: NodeSnapshot) -> dict:
-        manifest = self._manifest
-        return fit_report(snap, self.fit_with(manifest, snap), manifest.models if manifest else ())
+        view = self._gpustack.view if self._gpustack else None
+        manifest = self.node_manifest(view)
+        report = fit_report(snap, self.fit_with(manifest, snap), manifest.models if manifest else ())
+        if self._gpustack is not None:
+            report["gpustack"] = gpustack_report(view, self._gpustack)
+        return report
 
     def _fit_or_none(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit | None:
         try:
@@ -163,10 +191,13 @@ class Exporter:
             log.exception("fit model failed on this snapshot")
             return None
 
-    def _content(self, snap: NodeSnapshot, manifest: LoadedManifest | None, node: NodeFit | None):
+    def _content(self, snap: NodeSnapshot, manifest: LoadedManifest | None, node: NodeFit | None,
+                 view: GpuStackView | None):
         """Every family but the exporter's own (those change at every scrape)."""
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
+        if view is not None:
+            yield from gpustack_families(view, snap)
         if node is not None and manifest is not None:
             free = {gpu.index: gpu.memory.free for gpu in snap.gpus if gpu.up}
             overhead = node.cluster.vllm_context_overhead

@@ -87,6 +87,21 @@ def _mismatch_reason(fit: ModelFit) -> list[str]:
             "write --gpu-memory-utilization=X with dashes so that both read the same value."]
 
 
+def gpustack_report(view, source) -> dict[str, Any]:
+    """GPUStack's verdict next to ours, per model (``view``: a GpuStackView or None before the first read)."""
+    return {
+        "refresh_success": source.success,
+        "last_success_timestamp": source.last_success_timestamp,
+        "worker": view.worker.name if view and view.worker else None,
+        "models": [{"name": v.name, "replicas": v.replicas, "gpustack_pending": v.gpustack_pending,
+                    "predicted_pending": v.predicted_pending, "size_known": v.size_known,
+                    "agree": v.predicted_pending is None or v.predicted_pending == v.gpustack_pending,
+                    "note": v.note}
+                   for v in (view.verdicts if view else ())],
+        "allocated": {str(index): size for index, size in (view.allocated if view else {}).items()},
+    }
+
+
 def all_fit(report: dict[str, Any]) -> bool:
     return all(m["schedulable"] and m["startable"] and not m["error"] for m in report["models"])
 

@@ -34,6 +34,7 @@ def create_app(
     manifest_check_interval: float = 10.0,
     web_config: WebConfig | None = None,
     max_requests: int = 40,
+    gpustack_refresh_interval: float = 30.0,
 ) -> web.Application:
     """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard(web_config), _limit(max_requests)],
@@ -74,7 +75,27 @@ def create_app(
     app.on_cleanup.append(close_exporter)
     if exporter.manifest is not None:
         app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
+    if exporter.gpustack is not None:
+        app.cleanup_ctx.append(_gpustack_refresher(exporter, gpustack_refresh_interval))
     return app
+
+
+def _gpustack_refresher(exporter: Exporter, interval: float):
+    async def refresh(app: web.Application):
+        source = exporter.gpustack
+        await source.refresh()  # before the first scrape, so that it already shows GPUStack's models
+        task = asyncio.create_task(_refresh_loop(source, interval))
+        yield
+        task.cancel()
+        await source.close()
+
+    return refresh
+
+
+async def _refresh_loop(source, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await source.refresh()
 
 
 class _GzipCache:

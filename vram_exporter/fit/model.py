@@ -91,6 +91,7 @@ class ModelSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     max_model_len: int | None = None  # manifest's value; else from backend_parameters; else the model's
     placed_on: tuple[int, ...] | None = None  # GPUs it already holds; None: a candidate
+    placed_claims: Mapping[int, int] | None = None  # its actual claims (GPUStack's); None: int(g * T) each
     pinned_gpus: tuple[int, ...] | None = None  # manual GPU selection (gpu_selector)
     replicas: int = 1
     runtime_overhead: int | None = None  # O for this model; None: the cluster's

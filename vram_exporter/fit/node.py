@@ -101,9 +101,11 @@ class NodeFit:
     cluster: Cluster
 
 
-def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpec]) -> NodeFit:
+def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpec],
+             booked: Mapping[int, int] | None = None) -> NodeFit:
+    """``booked``: claims on this node's GPUs of instances that are not among ``models``."""
     gpus = [gpu for gpu in snapshot.gpus if gpu.up]
-    claims: dict[int, int] = {gpu.index: 0 for gpu in gpus}
+    claims: dict[int, int] = {gpu.index: (booked or {}).get(gpu.index, 0) for gpu in gpus}
     committed: dict[int, int] = {gpu.index: 0 for gpu in gpus}
     results: dict[str, ModelFit] = {}
     for model in models:  # running instances book first, whatever their place in the manifest
@@ -182,7 +184,10 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
         gmu = model.gpustack.gpu_memory_utilization
     except ValueError as exc:
         return ModelFit(model.name, error=str(exc), placed=True)
-    own = {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
+    if model.placed_claims is not None:
+        own = {i: claim for i, claim in model.placed_claims.items() if i in by_index}
+    else:
+        own = {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
     context = Context(dict(claims), {})
     for index, claim in own.items():
         claims[index] += claim

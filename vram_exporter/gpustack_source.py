@@ -1,0 +1,291 @@
+"""GPUStack as the source of the models: what its API says, turned into what the rulebooks read.
+
+``build_view`` is pure but for reading model directories (injected): from one ``GpuStackState`` it
+makes
+- the node view: this node's worker (matched by name or hostname), its ``system_reserved``, the
+  claims of the instances bound to its GPUs, and the models it could take, as the same
+  ``LoadedManifest`` a manifest file gives (so every per-node metric works unchanged);
+- the cluster view: for every model, GPUStack's own verdict (its pending instances) next to ours
+  (fit/cluster.py replays the scheduler over all workers), and per GPU of this worker GPUStack's own
+  ``memory.allocated`` next to our claimed bytes.
+
+Weights sizes are not in GPUStack's API: they come from the model's ``local_path`` when this node
+can read it, or from the overlay manifest (``--manifest``: same format, matched by model name).
+A model with neither is reported with ``vram_model_size_known 0``, never guessed.
+
+``GpuStackSource`` refreshes the view in the background; a failed refresh keeps the last good view
+and shows as ``vram_exporter_collect_success{collector="gpustack"} 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import LoadedManifest, read_model_directory
+from .fit import cluster as replay
+from .fit.model import Architecture, Cluster, ModelSpec
+from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
+
+log = logging.getLogger(__name__)
+
+ModelReader = Callable[[Path], tuple[dict[str, Any], int]]  # directory -> (config.json, weights bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVerdict:
+    """One GPUStack model: GPUStack's verdict and ours."""
+
+    name: str
+    replicas: int
+    gpustack_pending: int
+    predicted_pending: int | None  # None: not evaluated (see note)
+    size_known: bool | None  # None: not a vLLM model, the rulebooks do not apply
+    note: str = ""  # why it is not evaluated, or why an instance stays pending
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStackView:
+    worker: Worker | None  # this node's worker; None: not found (node view empty)
+    manifest: LoadedManifest | None  # the node view, for fit_node
+    verdicts: tuple[ModelVerdict, ...] = ()
+    allocated: Mapping[int, int] = field(default_factory=dict)  # GPU index -> GPUStack's memory.allocated
+
+
+def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: LoadedManifest | None = None,
+               read_model: ModelReader = read_model_directory) -> GpuStackView:
+    worker = find_worker(state.workers, worker_name)
+    specs, unknown = _specs(state.models, overlay, read_model)
+    requests = {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
+    instances = [_instance(i, state.models) for i in state.instances]
+    verdicts = replay.replay([_worker_gpus(w) for w in state.workers], {k: v for k, v in requests.items() if v},
+                             [i for i in instances if i is not None],
+                             overlay.cluster.scheduler if overlay else "gpustack")
+    return GpuStackView(
+        worker=worker,
+        manifest=_node_manifest(worker, state, specs, requests, overlay, source) if worker else None,
+        verdicts=_verdicts(state, specs, unknown, requests, verdicts),
+        allocated=_allocated(worker),
+    )
+
+
+def find_worker(workers: Sequence[Worker], name: str) -> Worker | None:
+    """The worker named ``name``, else the one whose hostname it is (GPUStack names workers after
+    their hostname unless told otherwise)."""
+    return (next((w for w in workers if w.name == name), None)
+            or next((w for w in workers if w.hostname == name), None))
+
+
+def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: ModelReader,
+           ) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """Rulebook input per vLLM model, and why it is missing for the others."""
+    given = {spec.name: spec for spec in overlay.models} if overlay else {}
+    specs, unknown = {}, {}
+    for model in models:
+        if not model.is_vllm:
+            continue
+        if model.roles or model.disaggregation:
+            unknown[model.name] = "prefill/decode roles are not modelled"
+            continue
+        try:
+            specs[model.name] = _spec(model, given.get(model.name), read_model)
+        except ValueError as exc:
+            unknown[model.name] = str(exc)
+    return specs, unknown
+
+
+def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> ModelSpec:
+    if given is not None:
+        weights, arch, max_len, overhead = given.weights_bytes, given.arch, given.max_model_len, given.runtime_overhead
+    elif model.local_path:
+        config, weights = read_model(Path(model.local_path))
+        arch, max_len, overhead = Architecture.from_config(config), None, None
+    else:
+        where = model.huggingface_repo_id or model.model_scope_model_id or model.source or "its source"
+        raise ValueError(f"weights size unknown: {where} is not a local path this node can read; give the model "
+                         "in the overlay manifest (--manifest) with weights_bytes and config")
+    return ModelSpec(name=model.name, weights_bytes=weights, arch=arch,
+                     backend_parameters=tuple(model.backend_parameters or ()), env=dict(model.env or {}),
+                     max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead)
+
+
+def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request | None:
+    """The workers (and GPUs) the scheduler may use for this model; None when that is not modelled."""
+    selector = model.worker_selector or {}
+    allowed = frozenset(w.id for w in workers if w.cluster_id == model.cluster_id
+                        and all(w.labels.get(k) == v for k, v in selector.items()))
+    pinned = _pinned(model, workers)
+    if pinned is False:
+        return None
+    return replay.Request(spec, allowed, pinned)
+
+
+def _pinned(model: Model, workers: Sequence[Worker]) -> dict[int, tuple[int, ...]] | None | bool:
+    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker id; False if not modelled."""
+    selector = model.gpu_selector
+    if selector is None or not selector.gpu_ids:
+        return None
+    if selector.gpus_per_replica:
+        log.info("model %s: gpu_selector.gpus_per_replica is not modelled", model.name)
+        return False
+    ids = {w.name: w.id for w in workers if w.cluster_id == model.cluster_id}
+    pinned: dict[int, list[int]] = {}
+    for gpu_id in selector.gpu_ids:
+        worker_name, _, index = gpu_id.rpartition(":")
+        worker_name = worker_name.rpartition(":")[0]
+        if worker_name in ids and index.isdigit():
+            pinned.setdefault(ids[worker_name], []).append(int(index))
+    return {worker: tuple(indexes) for worker, indexes in pinned.items()}
+
+
+def _instance(inst: ModelInstance, models: Sequence[Model]) -> replay.Instance | None:
+    name = next((m.name for m in models if m.id == inst.model_id), None)
+    if name is None:
+        return None
+    return replay.Instance(inst.id, name, inst.placed, inst.claims(), distributed=bool(inst.subordinates))
+
+
+def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
+    return replay.WorkerGpus(
+        worker.id, worker.name, {gpu.index: gpu.memory.total if gpu.memory else 0 for gpu in worker.gpus},
+        worker.reserved_vram, worker.state == "ready")
+
+
+def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str],
+              requests: Mapping[str, replay.Request | None], verdicts: Mapping[int, replay.Verdict],
+              ) -> tuple[ModelVerdict, ...]:
+    out = []
+    predicted = replay.pending_counts(verdicts)
+    by_model: dict[str, list[replay.Verdict]] = {}
+    for verdict in verdicts.values():
+        by_model.setdefault(verdict.model, []).append(verdict)
+    for model in sorted(state.models, key=lambda m: m.name):
+        instances = [i for i in state.instances if i.model_id == model.id]
+        pending = sum(1 for i in instances if i.state == "pending")
+        size_known = model.name in specs if model.is_vllm and not (model.roles or model.disaggregation) else None
+        if not model.is_vllm:
+            note = f"backend {model.backend} is not vLLM: the rulebooks do not apply"
+        elif model.name in unknown:
+            note = unknown[model.name]
+        elif requests.get(model.name) is None:
+            note = "gpu_selector.gpus_per_replica is not modelled"
+        else:
+            note = next((v.reason for v in sorted(by_model.get(model.name, []), key=lambda v: v.instance)
+                         if not v.placed), "")
+        evaluated = model.name in specs and requests.get(model.name) is not None
+        out.append(ModelVerdict(model.name, model.replicas, pending,
+                                predicted.get(model.name, 0) if evaluated else None, size_known, note))
+    return tuple(out)
+
+
+def _allocated(worker: Worker | None) -> dict[int, int]:
+    if worker is None:
+        return {}
+    return {gpu.index: gpu.memory.allocated for gpu in worker.gpus
+            if gpu.memory is not None and gpu.memory.allocated is not None}
+
+
+def _node_manifest(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
+                   requests: Mapping[str, replay.Request | None], overlay: LoadedManifest | None,
+                   source: str) -> LoadedManifest:
+    """This worker as a manifest: the models it could take (their pending instances), the model
+    it runs (placed_on, with GPUStack's actual claims), and the claims of everything else bound here."""
+    booked: dict[int, int] = {}
+    models: list[ModelSpec] = []
+    for model in sorted(state.models, key=lambda m: m.id):
+        if model.cluster_id != worker.cluster_id:
+            continue
+        instances = sorted((i for i in state.instances if i.model_id == model.id), key=lambda i: i.id)
+        here = [(i, _claims_on(i, worker.id)) for i in instances]
+        here = [(i, claims) for i, claims in here if claims]
+        pending = [i for i in instances if not i.placed]
+        request = requests.get(model.name)
+        spec = specs.get(model.name)
+        if spec is not None and request is not None and pending and worker.id in request.workers:
+            pinned = None if request.pinned is None else request.pinned.get(worker.id)
+            if request.pinned is None or pinned:
+                models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned))
+        elif spec is not None and here and here[0][0].worker_id == worker.id and not here[0][0].subordinates:
+            _, claims = here.pop(0)
+            models.append(replace(spec, placed_on=tuple(sorted(claims)), placed_claims=claims, replicas=1))
+        for _, claims in here:  # every instance bound here that is not shown as a model above
+            for index, size in claims.items():
+                booked[index] = booked.get(index, 0) + size
+    base = overlay.cluster if overlay else Cluster()
+    cluster = replace(base, system_reserved_vram=worker.reserved_vram)
+    return LoadedManifest(Path(source), cluster, tuple(models), booked)
+
+
+def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:
+    return {index: size for (wid, index), size in inst.claims().items() if wid == worker_id}
+
+
+class StateReader(Protocol):
+    async def read(self) -> GpuStackState: ...
+
+    async def close(self) -> None: ...
+
+
+class GpuStackSource:
+    """Keeps the last good GpuStackView, refreshed every ``interval`` seconds."""
+
+    def __init__(self, client: StateReader, *, worker_name: str, source: str,
+                 overlay: Callable[[], LoadedManifest | None] = lambda: None,
+                 read_model: ModelReader = read_model_directory) -> None:
+        self._client = client
+        self._worker_name = worker_name
+        self._source = source
+        self._overlay = overlay
+        self._read_model = read_model
+        self.view: GpuStackView | None = None
+        self.success = False
+        self.duration_seconds = 0.0
+        self.last_success_timestamp = 0.0
+        self._last_error: str | None = None
+        self._worker_missing_logged = False
+
+    async def refresh(self) -> bool:
+        started = time.perf_counter()
+        try:
+            state = await self._client.read()
+            view = build_view(state, worker_name=self._worker_name, source=self._source,
+                              overlay=self._overlay(), read_model=self._read_model)
+        except Exception as exc:  # noqa: BLE001 - whatever GPUStack sends, the exporter keeps serving
+            self._failed(exc)
+            return False
+        finally:
+            self.duration_seconds = time.perf_counter() - started
+        self.view = _keep_identity(self.view, view)
+        self.success, self.last_success_timestamp = True, time.time()
+        if self._last_error is not None:
+            log.info("GPUStack read again after: %s", self._last_error)
+            self._last_error = None
+        self._log_worker(view)
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self.success = False
+        message = str(exc) or type(exc).__name__
+        if message != self._last_error:  # once per distinct problem, not at every refresh
+            log.error("GPUStack refresh failed, keeping the last good view: %s", message)
+            self._last_error = message
+
+    def _log_worker(self, view: GpuStackView) -> None:
+        if view.worker is None and not self._worker_missing_logged:
+            log.warning("no GPUStack worker is named %r or has that hostname: per-node fit metrics are off "
+                        "(set --gpustack.worker-name)", self._worker_name)
+        self._worker_missing_logged = view.worker is None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _keep_identity(old: GpuStackView | None, new: GpuStackView) -> GpuStackView:
+    """The previous node manifest object when nothing in it changed: the exporter's fit cache keys on it."""
+    if old is not None and old.manifest is not None and old.manifest == new.manifest:
+        return replace(new, manifest=old.manifest)
+    return new
