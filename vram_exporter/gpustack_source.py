@@ -129,9 +129,6 @@ def _pinned(model: Model, workers: Sequence[Worker]) -> dict[int, tuple[int, ...
     selector = model.gpu_selector
     if selector is None or not selector.gpu_ids:
         return None
-    if selector.gpus_per_replica:
-        log.info("model %s: gpu_selector.gpus_per_replica is not modelled", model.name)
-        return False
     ids = {w.name: w.id for w in workers if w.cluster_id == model.cluster_id}
     pinned: dict[int, list[int]] = {}
     for gpu_id in selector.gpu_ids:
@@ -139,6 +136,10 @@ def _pinned(model: Model, workers: Sequence[Worker]) -> dict[int, tuple[int, ...
         worker_name = worker_name.rpartition(":")[0]
         if worker_name in ids and index.isdigit():
             pinned.setdefault(ids[worker_name], []).append(int(index))
+    # GPUStack fills in gpus_per_replica itself (scheduler.py::set_model_gpus_per_replica); when it is
+    # fewer than the GPUs selected on a worker, it picks among them, which is not modelled here.
+    if selector.gpus_per_replica and any(len(indexes) != selector.gpus_per_replica for indexes in pinned.values()):
+        return False
     return {worker: tuple(indexes) for worker, indexes in pinned.items()}
 
 
@@ -172,7 +173,7 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
         elif model.name in unknown:
             note = unknown[model.name]
         elif requests.get(model.name) is None:
-            note = "gpu_selector.gpus_per_replica is not modelled"
+            note = "a gpu_selector choosing fewer GPUs per replica than it lists is not modelled"
         else:
             note = next((v.reason for v in sorted(by_model.get(model.name, []), key=lambda v: v.instance)
                          if not v.placed), "")

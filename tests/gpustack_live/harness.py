@@ -133,9 +133,10 @@ class GpuStackServer:
     def create_cluster(self, name: str) -> int:
         return self.request("POST", "/v2/clusters", {"name": name, "provider": "Docker"})["id"]
 
-    def register_worker(self, cluster_id: int, name: str, gpu_mib: list[int], reserved_gib: int = 0) -> Worker:
+    def register_worker(self, cluster_id: int, name: str, gpu_mib: list[int], reserved_gib: int = 0,
+                        port: int = 10150) -> Worker:
         token = self.request("GET", f"/v2/clusters/{cluster_id}/registration-token")["token"]
-        worker = Worker(self, name, gpu_mib, reserved_gib)
+        worker = Worker(self, name, gpu_mib, reserved_gib, port)
         answer = self.request("POST", "/v2/workers", {"name": name, "labels": {}, "worker_uuid": worker.uuid,
                                                       **worker.status_body()}, token=token)
         worker.token, worker.id = answer["token"], answer["id"]
@@ -170,8 +171,9 @@ class GpuStackServer:
 class Worker:
     """A worker with made-up NVIDIA GPUs; only its status posts keep it ``ready``."""
 
-    def __init__(self, server: GpuStackServer, name: str, gpu_mib: list[int], reserved_gib: int) -> None:
+    def __init__(self, server: GpuStackServer, name: str, gpu_mib: list[int], reserved_gib: int, port: int) -> None:
         self.server, self.name, self.gpu_mib, self.reserved_gib = server, name, gpu_mib, reserved_gib
+        self.port = port
         self.token = ""
         self.uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, name))
         self.id = 0
@@ -186,7 +188,7 @@ class Worker:
                  "core": {"total": 3328, "utilization_rate": 0.0},
                  "memory": {"total": mib * MIB, "used": 0, "utilization_rate": 0.0, "is_unified_memory": False}}
                 for i, mib in enumerate(self.gpu_mib)]
-        return {"hostname": self.name, "ip": "127.0.0.1", "ifname": "lo", "port": 10150, "state_message": None,
+        return {"hostname": self.name, "ip": "127.0.0.1", "ifname": "lo", "port": self.port, "state_message": None,
                 "system_reserved": {"ram": 0, "vram": self.reserved_gib * GIB},
                 "status": {"cpu": {"total": 8, "utilization_rate": 1.0},
                            "memory": {"total": 64 * GIB, "used": 4 * GIB, "utilization_rate": 6.0,
@@ -220,3 +222,56 @@ def model_dir(base: Path, name: str, config: dict, weights_bytes: int) -> Path:
     with open(directory / "model.safetensors", "wb") as weights:
         weights.truncate(weights_bytes)
     return directory
+
+
+class WorkerFiles:
+    """The worker's file API GPUStack's server calls for local_path models with a gpu_selector
+    (gpustack/routes/worker/filesystem.py), answered from this machine's filesystem (server and
+    workers share it here)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                from urllib.parse import parse_qs, urlparse
+
+                url = urlparse(self.path)
+                path = Path(parse_qs(url.query).get("path", [""])[0])
+                if url.path.endswith("files/file-exists"):
+                    body = {"exists": path.exists(), "path": str(path), "is_file": path.is_file(),
+                            "is_dir": path.is_dir()}
+                elif url.path.endswith("files/model-config"):
+                    body = json.loads(path.read_text())
+                elif url.path.endswith("files/model-weight-size"):
+                    body = {"size": sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".safetensors")}
+                else:
+                    body = {}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+def nvml_fixture(worker: Worker) -> str:
+    """An NVML fixture of the worker's made-up GPUs, for the exporter that plays this node."""
+    lines = ["driver_version: 580.159.04", "gpus:"]
+    for index, mib in enumerate(worker.gpu_mib):
+        total = mib * MIB
+        lines += [f"- index: {index}", "  name: NVIDIA Made-Up GPU", f"  uuid: {worker.gpu_uuid(index)}",
+                  f"  pci_bus_id: '00000000:{index + 1:02x}:00.0'",
+                  f"  memory: {{total: {total}, reserved: 0, used: 0, free: {total}}}", "  processes: []"]
+    return "\n".join(lines) + "\n"
