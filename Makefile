@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= :9845
+GPUSTACK_VENV ?= .venv-gpustack
 # Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium.
 DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv debian-deps fixtures golden conformance clean
+.PHONY: demo test test-gpustack venv debian-deps postgres-deps fixtures golden conformance clean
 
 venv: $(VENV)/.installed
 
@@ -45,11 +46,21 @@ debian-deps:
 	fi
 
 test: debian-deps venv
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not gpustack_live"
+
+# End to end against a real GPUStack 2.3.0 server (PostgreSQL 15 from Debian, gpustack in its own venv,
+# all on 127.0.0.1): about 70 s of tests, plus 2-3 minutes the first time to install gpustack.
+test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed
+	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python $(PY) -m pytest -m gpustack_live
+
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || { \
+	  echo "installing Debian's postgresql-15"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
 # Differential test against GPUStack's own scheduler code: gpustack==2.3.0 in a throwaway venv
 # (about 900 MB, 2-3 minutes the first time), then random scenarios decided by both.
-GPUSTACK_VENV ?= .venv-gpustack
 SCENARIOS ?= 500
 conformance: venv $(GPUSTACK_VENV)/.installed
 	$(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS)

@@ -58,12 +58,24 @@ def live(tmp_path_factory):
         key_file = work / "api-key"
         key_file.write_text(server.api_key() + "\n")
         yield Live(server, work, key_file, files.port)
+        if record := os.environ.get("GPUSTACK_RECORD"):  # refresh tests/fixtures/gpustack (see its README)
+            record_api(server, Path(record))
     finally:
         if server is not None:
             server.stop()
         postgres.stop()
         files.stop()
         shutil.rmtree(work / "pg", ignore_errors=True)
+
+
+def record_api(server: GpuStackServer, directory: Path) -> None:
+    """The server's answers, for the unit tests that replay them without a server."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind in ("workers", "models", "model-instances"):
+        document = server.request("GET", f"/v2/{kind}?perPage=100")
+        (directory / f"{kind}.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
 
 
 class Live:

@@ -142,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     except (InputFileError, ValueError) as exc:
         print(f"vram-exporter: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as exc:
+        from .gpustack_client import GpuStackError  # imported late: aiohttp is not needed for check/capture
+
+        if isinstance(exc, GpuStackError):
+            print(f"vram-exporter: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
 
 
 def _reader(args: argparse.Namespace):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 PENDING_STATES = frozenset({"pending", "analyzing"})  # not yet bound to a worker: no claim
 
@@ -150,22 +150,22 @@ class ApiFormatError(ValueError):
     """A page GPUStack sent that does not have the shape of its 2.x API."""
 
 
-class Page(BaseModel):
-    items: list[dict[str, Any]]
-    total_pages: int = Field(1, alias="totalPage")
-
-
 def parse_page(kind: Kind, document: Any) -> tuple[list[Any], int]:
     """The records of one page of ``/v2/<kind>`` and the number of pages."""
-    try:
-        page = Page.model_validate(document.get("pagination", {}) | {"items": document["items"]}
-                                   if isinstance(document, dict) and "items" in document else document)
-        record = RECORDS[kind]
-        return [record.model_validate(item) for item in page.items], page.total_pages
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ApiFormatError(f"/v2/{kind}: {where}: {first['msg']}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
+        raise ApiFormatError(f"/v2/{kind}: expected an object with a list of items")
+    pagination = document.get("pagination") or {}
+    record = RECORDS[kind]
+    records = []
+    for i, item in enumerate(document["items"]):
+        try:
+            records.append(record.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in ("items", i, *first["loc"]))
+            raise ApiFormatError(f"/v2/{kind}: {where}: {first['msg']}") from None
+    pages = pagination.get("totalPage", 1)
+    return records, pages if isinstance(pages, int) and pages > 0 else 1
 
 
 @dataclass(frozen=True, slots=True)
