@@ -130,3 +130,43 @@ def start_exporter():
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class RecordedGpuStack:
+    """GPUStack's API answered from tests/fixtures/gpustack (recorded from the real server)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                kind = self.path.split("?")[0].removeprefix("/v2/")
+                document = FIXTURES / "gpustack" / f"{kind}.json"
+                if "/" in kind or not document.exists():
+                    self.send_error(404)
+                    return
+                data = document.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def recorded_gpustack():
+    server = RecordedGpuStack()
+    yield server
+    server.stop()

@@ -19,10 +19,17 @@ CASES = {p.stem: ["--nvml.fixture", str(p)] for p in FIXTURES.glob("*.yaml")}
 for example in ("seed", "node-8xh100"):
     CASES[f"example-{example}"] = ["--nvml.fixture", str(ROOT / f"examples/{example}/fixture.yaml"),
                                    "--manifest", str(ROOT / f"examples/{example}/manifest.yaml")]
+# GPUStack as the source: its recorded API answers (served by the recorded_gpustack fixture), the
+# node playing worker error-node, sizes from the overlay manifest.
+RECORDED = FIXTURES / "gpustack"
+CASES["gpustack-recorded"] = ["--nvml.fixture", str(RECORDED / "nvml-error-node.yaml"),
+                              "--manifest", str(RECORDED / "overlay.yaml"), "--gpustack.url", "{gpustack_url}",
+                              "--gpustack.worker-name", "error-node"]
 FIXTURE_NAMES = sorted(CASES)
 # Timings differ on every scrape; everything else must be byte-for-byte stable.
 _VOLATILE = re.compile(r"^((?:vram_exporter_collect_duration_seconds|"
-                       r"vram_exporter_manifest_last_reload_success_timestamp_seconds)(?:\{[^}]*\})?) \S+$", re.M)
+                       r"vram_exporter_manifest_last_reload_success_timestamp_seconds|"
+                       r"vram_exporter_gpustack_last_success_timestamp_seconds)(?:\{[^}]*\})?) \S+$", re.M)
 
 
 def normalise(exposition: str) -> str:
@@ -43,8 +50,8 @@ def stable_body(exporter, timeout: float = 20.0) -> str:
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
-def test_metrics_match_golden(name, start_exporter, update_golden):
-    exporter = start_exporter(*CASES[name])
+def test_metrics_match_golden(name, start_exporter, update_golden, recorded_gpustack):
+    exporter = start_exporter(*(arg.format(gpustack_url=recorded_gpustack.url) for arg in CASES[name]))
     body = stable_body(exporter)
     golden = GOLDEN / f"{name}.prom"
     if update_golden:
