@@ -108,6 +108,14 @@ def gpu_memory_dashboard() -> dashboard.Dashboard:
                               "{{instance}} GPU {{gpu}}")))
         .with_panel(table.Panel().title("Top processes by GPU memory").unit("bytes").height(8).span(12).with_target(
             query(f"topk(20, vram_gpu_process_memory_used_bytes{{{GPU_FILTER}}})", instant=True)))
+        .with_row(dashboard.Row("GPUStack's own bookkeeping (GPUStack as the source)"))
+        .with_panel(bytes_timeseries(
+            "Claimed: ours next to GPUStack's memory.allocated",
+            query(f"vram_gpu_claimed_bytes{{{GPU_FILTER}}} and on(job, instance, gpu) "
+                  f"vram_gpu_gpustack_allocated_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} ours", ref="A"),
+            query(f"vram_gpu_gpustack_allocated_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} GPUStack", ref="B"),
+            description="The two lines should lie on each other: GPUStack's sum of claims bound to the GPU, and "
+                        "the claims the exporter books from GPUStack's instances."))
     )
 
 
@@ -137,6 +145,24 @@ def model_fit_dashboard() -> dashboard.Dashboard:
         .with_panel(table.Panel().title("Verdict per model and node").height(8).span(24).mappings(verdict_colours)
                     .with_target(query(f"vram_model_schedulable{{{MODEL_FILTER}}}", instant=True, ref="A"))
                     .with_target(query(f"vram_model_startable{{{MODEL_FILTER}}}", instant=True, ref="B")))
+        .with_row(dashboard.Row("GPUStack's verdict next to ours (GPUStack as the source)"))
+        .with_panel(stat.Panel().title("Models where GPUStack and the rulebooks disagree").height(6).span(6)
+                    .description("Pending instances as GPUStack decided minus as predicted, per model, "
+                                 "not zero (VRAMGPUStackVerdictMismatch after 4 minutes).").with_target(
+            query(f"count(max by (model) (vram_model_gpustack_pending_instances{{{MODEL_FILTER}}}) - "
+                  f"max by (model) (vram_model_predicted_pending_instances{{{MODEL_FILTER}}}) != 0) "
+                  "or vector(0)", "models")))
+        .with_panel(stat.Panel().title("Models not evaluated (size unknown)").height(6).span(6).description(
+            "vLLM models whose weights size and config the exporter cannot read: give them in the overlay "
+            "manifest.").with_target(
+            query(f"count(max by (model) (vram_model_size_known{{{MODEL_FILTER}}}) == 0) or vector(0)", "models")))
+        .with_panel(table.Panel().title("Pending instances: GPUStack's and predicted, per model").height(6).span(12)
+                    .with_target(query(f"max by (model) (vram_model_gpustack_replicas{{{MODEL_FILTER}}})",
+                                       instant=True, ref="A"))
+                    .with_target(query(f"max by (model) (vram_model_gpustack_pending_instances{{{MODEL_FILTER}}})",
+                                       instant=True, ref="B"))
+                    .with_target(query(f"max by (model) (vram_model_predicted_pending_instances{{{MODEL_FILTER}}})",
+                                       instant=True, ref="C")))
         .with_row(dashboard.Row("Headroom per check"))
         .with_panel(bargauge.Panel().title("Headroom per check (negative fails)").unit("bytes").height(10).span(24)
                     .with_target(query(f"vram_model_headroom_bytes{{{MODEL_GPU_FILTER}}}",
