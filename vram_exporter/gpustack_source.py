@@ -19,6 +19,7 @@ and shows as ``vram_exporter_collect_success{collector="gpustack"} 0``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,8 @@ def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: 
     worker = find_worker(state.workers, worker_name)
     specs, unknown = _specs(state.models, overlay, read_model)
     requests = {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
-    instances = [_instance(i, state.models) for i in state.instances]
+    names = {m.id: m.name for m in state.models}
+    instances = [_instance(i, names) for i in state.instances]
     verdicts = replay.replay([_worker_gpus(w) for w in state.workers], {k: v for k, v in requests.items() if v},
                              [i for i in instances if i is not None],
                              overlay.cluster.scheduler if overlay else "gpustack")
@@ -143,11 +145,12 @@ def _pinned(model: Model, workers: Sequence[Worker]) -> dict[int, tuple[int, ...
     return {worker: tuple(indexes) for worker, indexes in pinned.items()}
 
 
-def _instance(inst: ModelInstance, models: Sequence[Model]) -> replay.Instance | None:
-    name = next((m.name for m in models if m.id == inst.model_id), None)
+def _instance(inst: ModelInstance, names: Mapping[int, str]) -> replay.Instance | None:
+    name = names.get(inst.model_id)
     if name is None:
         return None
-    return replay.Instance(inst.id, name, inst.placed, inst.claims(), distributed=bool(inst.subordinates))
+    return replay.Instance(inst.id, name, inst.placed, inst.claims(), distributed=bool(inst.subordinates),
+                           worker=inst.worker_id)
 
 
 def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
@@ -253,8 +256,9 @@ class GpuStackSource:
         started = time.perf_counter()
         try:
             state = await self._client.read()
-            view = build_view(state, worker_name=self._worker_name, source=self._source,
-                              overlay=self._overlay(), read_model=self._read_model)
+            # Off the event loop: it reads model directories and replays the whole cluster.
+            view = await asyncio.to_thread(build_view, state, worker_name=self._worker_name, source=self._source,
+                                           overlay=self._overlay(), read_model=self._read_model)
         except Exception as exc:  # noqa: BLE001 - whatever GPUStack sends, the exporter keeps serving
             self._failed(exc)
             return False

@@ -11,7 +11,8 @@ instance as gpustack 2.3.0's scheduler does (``gpustack/scheduler/scheduler.py``
 - Pending instances are decided again every 180 s (fixed in 2.3.0) against the claims of now, in
   creation order: each is judged against every placed claim plus the pending ones before it that we
   predict placed. That is what GPUStack's next re-check will do.
-- Among several workers that fit, the lowest worker id is taken (GPUStack scores candidates by its
+- A placed instance is tried on its own worker first (any worker that fits makes it a placement
+  GPUStack could have made). Among several workers that fit, the lowest worker id is taken (GPUStack scores candidates by its
   placement strategy; the choice only matters for pending instances decided after it).
 - Not modelled: one instance spread over several workers (``distributed_servers``); such instances
   keep their claims and are taken as placed.
@@ -19,11 +20,14 @@ instance as gpustack 2.3.0's scheduler does (``gpustack/scheduler/scheduler.py``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import gpustack
 from .model import ModelSpec, Scheduler
+from .params import GpuStackParams
+from .params import gpustack_params
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,7 @@ class Instance:
     placed: bool  # GPUStack's verdict: any state but pending / analyzing
     claims: Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes, GPUStack's own
     distributed: bool = False  # spread over several workers: not judged
+    worker: int | None = None  # where GPUStack put it (tried first when judging it: the usual answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,7 @@ def decide(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus], 
     """Where GPUStack would put this instance now, trying the model's workers in id order."""
     spec = request.spec
     try:
-        params = spec.gpustack
+        params = _params(spec)
     except ValueError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(spec.arch,
@@ -115,7 +120,8 @@ def decide(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus], 
         return Verdict(inst.id, inst.model, False, reason=problem)
     estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
     reason = "no ready worker of its cluster matches its selectors"
-    for worker_id in sorted(request.workers):
+    order = sorted(request.workers, key=lambda worker_id: (worker_id != inst.worker, worker_id))
+    for worker_id in order:
         worker = workers.get(worker_id)
         if worker is None or not worker.ready:
             continue
@@ -135,6 +141,16 @@ def decide(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus], 
     return Verdict(inst.id, inst.model, False, reason=reason)
 
 
+@functools.lru_cache(maxsize=4096)
+def _gpustack_params(backend_parameters: tuple[str, ...]) -> GpuStackParams:
+    return gpustack_params(backend_parameters)
+
+
+def _params(spec: ModelSpec) -> GpuStackParams:
+    """backend_parameters parsed once per distinct list, not once per instance and worker."""
+    return _gpustack_params(tuple(spec.backend_parameters))
+
+
 def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> list[gpustack.GpuView]:
     return [
         gpustack.GpuView(index, gpustack.total_whole_mib(total),
@@ -145,7 +161,7 @@ def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> l
 
 def _predicted_claims(verdict: Verdict, request: Request, workers: Mapping[int, WorkerGpus]) -> Claims:
     worker = workers[verdict.worker]
-    gmu = request.spec.gpustack.gpu_memory_utilization
+    gmu = _params(request.spec).gpu_memory_utilization
     return {(worker.id, index): gpustack.claim_bytes(worker.totals[index], gmu) for index in verdict.gpus}
 
 
