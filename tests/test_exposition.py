@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from fitcases import GIB, MIB, gpu, node, seed_model
 from vram_exporter.exposition import Family, Renderer, format_value, wants_openmetrics
 from vram_exporter.fit.model import Cluster
-from vram_exporter.fit.node import fit_node, live_values, refreshed
+from vram_exporter.fit.node import fit_node, live_values, static_fit, with_free
 
 
 def samples(text: str, openmetrics: bool = False) -> list[tuple[str, dict, float]]:
@@ -83,7 +83,8 @@ def test_content_negotiation():
 @given(st.lists(st.integers(min_value=0, max_value=4000), min_size=2, max_size=2),
        st.lists(st.integers(min_value=0, max_value=4000), min_size=2, max_size=2))
 def test_patching_free_memory_equals_a_full_fit(before, after):
-    """The metrics path patches the last fit with new free memory; it must equal a fresh fit."""
+    """The plan's static fit, made on other readings, with new free memory applied (the report's path,
+    with_free, and the metrics', live_values) must equal a fresh fit."""
     models = [seed_model("--gpu-memory-utilization=0.45", name="a"),
               seed_model("--gpu-memory-utilization=0.3", name="b", max_model_len=8192),
               seed_model("--gpu-memory-utilization=0.45", name="c", placed_on=(1,))]
@@ -91,10 +92,14 @@ def test_patching_free_memory_equals_a_full_fit(before, after):
     snap_before = node(*(gpu(i, 24 * GIB, used=u * MIB) for i, u in enumerate(before)))
     snap_after = node(*(gpu(i, 24 * GIB, used=u * MIB) for i, u in enumerate(after)))
     free = {g.index: g.memory.free for g in snap_after.gpus}
-    patched = [refreshed(fit, live_values(fit, free, cluster.vllm_context_overhead))
-               for fit in fit_node(snap_before, cluster, models).models]
+    static = static_fit(snap_before, cluster, models).models
+    patched = [with_free(fit, free) for fit in static]
     fresh = fit_node(snap_after, cluster, models)
-    for p, f in zip(patched, fresh.models):
-        assert (p.schedulable, p.startable, p.gpus) == (f.schedulable, f.startable, f.gpus)
+    for s, p, f in zip(static, patched, fresh.models):
+        assert (p.schedulable, p.startable, p.gpus, p.reasons) == (f.schedulable, f.startable, f.gpus, f.reasons)
         assert [(g.headroom, g.gmu_min, g.gmu_max, g.max_model_len) for g in p.per_gpu] == \
                [(g.headroom, g.gmu_min, g.gmu_max, g.max_model_len) for g in f.per_gpu]
+        live = live_values(s, free)
+        assert live.startable == f.startable
+        assert list(live.gmu_max) == [g.gmu_max for g in f.per_gpu]
+        assert list(live.free_headroom) == [g.headroom.get("vllm_free_memory") for g in f.per_gpu]

@@ -194,12 +194,14 @@ def _check(args: argparse.Namespace) -> int:
     import json
 
     from .config import load_manifest
-    from .fit.node import fit_node
-    from .report import all_fit, fit_report, render_text
+    from .plan import NodeInputs, Planner
+    from .report import all_fit, plan_report, render_text
 
     manifest = load_manifest(args.manifest)
     snapshot = _reader(args).read()
-    report = fit_report(snapshot, fit_node(snapshot, manifest.cluster, manifest.models), manifest.models)
+    # The same plan the exporter serves, built here in one go.
+    inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snapshot)
+    report = plan_report(Planner().build_now(inputs, snapshot), snapshot)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

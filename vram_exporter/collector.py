@@ -1,9 +1,8 @@
 """Turns a snapshot and a fit into metric families (names from DESIGN.md section 5).
 
 Families are built fresh at every scrape, client_python style, but made of segments (one GPU, one
-model...) so that the renderer reuses what did not change. Per model, the segments are memoised on
-the ModelFit object itself: the exporter's fit cache hands back the same object while nothing that
-model depends on has changed, and then nothing about it is computed or rendered again.
+model...) so that the renderer reuses what did not change. The per-model segments that only change
+with the plan (plan.py) are built once, with it, in the planner's thread (``ModelFamilies.prepare``).
 """
 
 from __future__ import annotations
@@ -92,23 +91,21 @@ def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> 
 
 
 class ModelFamilies:
-    """Builds the per-model families from a fit computed once per manifest and set of GPUs.
+    """The per-model families of one plan's static fit.
 
-    Everything but what free memory moves is memoised per model on its ModelFit object (the fit
-    cache hands back the same object until the manifest or the GPUs change), so it is neither
-    computed nor rendered again. What free memory moves (vLLM's start-up headroom, the window's
-    top, ``startable``) is recomputed at every scrape and rendered as one segment per family.
+    Everything but what free memory moves is built once (``prepare``), so it is neither computed nor
+    rendered again while the plan holds. What free memory moves (vLLM's start-up headroom, the
+    window's top, ``startable``) comes in at every scrape as ``LiveValues``.
     """
 
     def __init__(self, gpu_detail: GpuDetail = "all") -> None:
         self.gpu_detail = gpu_detail
-        self._memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
         self._static: tuple[NodeFit | None, dict[str, list[Segment]], list[tuple[ModelFit, list]]] = (None, {}, [])
 
     def families(self, node: NodeFit, lives: Mapping[str, LiveValues],
                  fixes: Mapping[str, Sequence[Fix]] | None = None) -> list[Family]:
         """The families; ``lives`` holds each model's values of the moment (``live_values``)."""
-        static, shown = self._static_part(node)
+        static, shown = self.prepare(node)
         live_labels: dict[str, list] = {"headroom": [], "top": [], "startable": []}
         live_numbers: dict[str, list] = {"headroom": [], "top": [], "startable": []}
         for fit, gpus in shown:
@@ -140,25 +137,19 @@ class ModelFamilies:
             out.append(family)
         return out
 
-    def _static_part(self, node: NodeFit):
+    def prepare(self, node: NodeFit):
         """Per family, the segments that only change with the fit; and per model, its shown GPUs."""
         if self._static[0] is node:
             return self._static[1], self._static[2]
-        uuids = tuple((b.index, b.uuid) for b in node.gpus)
-        memo: dict[str, tuple[ModelFit, tuple, dict, list]] = {}
+        uuids = {b.index: b.uuid for b in node.gpus}
         static: dict[str, list[Segment]] = {}
         shown_all = []
         for fit in node.models:
-            cached = self._memo.get(fit.name)
-            if cached is None or cached[0] is not fit or cached[1] != uuids:
-                shown = [] if fit.error else self._shown_gpus(fit)
-                cached = (fit, uuids, self._static_segments(fit, shown, dict(uuids)), shown)
-            memo[fit.name] = cached
-            for family, (labels, values) in cached[2].items():
+            shown = [] if fit.error else self._shown_gpus(fit)
+            for family, (labels, values) in self._static_segments(fit, shown, uuids).items():
                 static.setdefault(family, []).append(Segment(fit.name, labels, values))
             position = {f.index: n for n, f in enumerate(fit.per_gpu)}
-            shown_all.append((fit, [(position[f.index], f) for f in cached[3]]))
-        self._memo = memo  # models gone from the manifest are forgotten
+            shown_all.append((fit, [(position[f.index], f) for f in shown]))
         self._static = (node, static, shown_all)
         return static, shown_all
 
@@ -193,7 +184,8 @@ class ModelFamilies:
         return out
 
     def _shown_gpus(self, fit: ModelFit):
-        """--model.gpu-detail. A model that fits is judged on the fit of the moment it was computed."""
+        """--model.gpu-detail. Whether a model fits is judged on the static fit (free memory aside), so
+        that the series shown do not come and go as readings move."""
         if self.gpu_detail == "all" or not (fit.schedulable and fit.startable):
             return fit.per_gpu
         if self.gpu_detail == "relevant":

@@ -7,41 +7,37 @@ call it directly.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from .collector import (CollectResult, GpuDetail, ManifestStatus, ModelFamilies, exporter_families, gpu_families,
-                        gpustack_families)
+from .collector import CollectResult, GpuDetail, ManifestStatus, exporter_families, gpu_families, gpustack_families
 from .config import LoadedManifest, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
-from .fixworker import FixWorker
-from .fit.model import Cluster
-from .fit.node import NodeFit, fit_node, live_values
+from .fit.fixes import Fix
+from .fit.node import free_memory, live_values, with_free
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
-from .report import fit_report, gpustack_report
+from .plan import NodeInputs, Plan, Planner
+from .report import gpustack_report, plan_report
 from .snapshot import GpuReading, NodeSnapshot
 from .yamlfile import InputFileError
 
 log = logging.getLogger(__name__)
 
-# Fix searches missing for a model may run on the scrape itself for this long (a small manifest's
-# fixes then show in its first scrape); whatever does not fit in it is searched in the background.
-FIX_BUDGET_SECONDS = 0.05
+# How long a page or /api/v1/fit waits for a new plan's fixes before answering without them.
+FIXES_WAIT_SECONDS = 10.0
 
 
 class _Rendered(NamedTuple):
     """The last scrape's body but the exporter's own series, and what it was made from."""
 
     openmetrics: bool
-    node: NodeFit | None
-    manifest: LoadedManifest | None
+    plan: Plan | None
+    fixes_known: bool
     gpustack: GpuStackView | None
-    fixes_version: int
     snapshot: NodeSnapshot
     body: bytes
 
@@ -54,7 +50,8 @@ class Scrape:
 
 
 class Exporter:
-    """Owns the NVML reader and turns each scrape into an exposition body."""
+    """Wires the parts together: the NVML reader, the model source (a manifest or GPUStack), the
+    planner that owns everything derived from them, and the renderers of a scrape."""
 
     def __init__(
         self,
@@ -76,9 +73,8 @@ class Exporter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
-        self._fixes = FixWorker()
-        self._fits = FitCache()
-        self._model_families = ModelFamilies(gpu_detail)
+        self._planner = Planner(gpu_detail)
+        self._picks = _FixPicks()
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
         self._tail_renderer = Renderer()
         self._last_content: _Rendered | None = None
@@ -115,25 +111,27 @@ class Exporter:
         openmetrics = wants_openmetrics(accept)
         # One manifest (and GPUStack view) for the whole scrape, even if a reload lands meanwhile.
         view = self._gpustack.view if self._gpustack else None
-        manifest = self.node_manifest(view)
         started = time.perf_counter()
-        node = self._fit_or_none(manifest, snap)
+        plan = await self._plan_or_none(self.node_manifest(view), snap)
         results = {"nvml": CollectResult(snap.ok, snap.duration_seconds),
-                   "fit": CollectResult(node is not None, time.perf_counter() - started)}
+                   "fit": CollectResult(plan is not None, time.perf_counter() - started)}
         if self._gpustack is not None:
             results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
+        fixes_known = plan is not None and plan.fixes is not None
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
         last = self._last_content
-        if (last is not None and last.openmetrics == openmetrics and last.node is node and last.manifest is manifest
-                and last.gpustack is view and last.fixes_version == self._fixes.version and last.snapshot == snap):
+        if (last is not None and last.openmetrics == openmetrics and last.plan is plan
+                and last.fixes_known == fixes_known and last.gpustack is view and last.snapshot == snap):
             content = last.body
         else:
-            version = self._fixes.version
-            families = self._content(snap, manifest, node, view)
+            families = self._content(snap, plan, view)
             content = self._renderers[openmetrics].render(families, openmetrics, eof=False)
-            self._last_content = _Rendered(openmetrics, node, manifest, view, version, snap, content)
+            self._last_content = _Rendered(openmetrics, plan, fixes_known, view, snap, content)
+        pending = None
+        if plan is not None and plan.specs:
+            pending = 0 if fixes_known else len(plan.specs)
         tail = self._tail_renderer.render(
-            exporter_families(results, self._manifest_status, self._fixes.pending if manifest else None,
+            exporter_families(results, self._manifest_status, pending,
                               self._gpustack.last_success_timestamp if self._gpustack else None), openmetrics)
         return Scrape(content + tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
@@ -169,77 +167,76 @@ class Exporter:
         log.info("manifest reloaded from %s (%d models)", path, len(manifest.models))
         return True
 
-    @staticmethod
-    def fit_with(manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit:
-        """Both rulebooks on this snapshot; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
+    def inputs(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeInputs:
+        """What the plan is derived from; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
         if manifest is None:
-            return fit_node(snap, Cluster(), ())
-        return fit_node(snap, manifest.cluster, manifest.models, manifest.booked)
+            return NodeInputs.of(None, (), None, snap)
+        return NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap)
 
-    def report(self, snap: NodeSnapshot) -> dict:
+    async def plan(self, snap: NodeSnapshot) -> Plan:
         view = self._gpustack.view if self._gpustack else None
-        manifest = self.node_manifest(view)
-        report = fit_report(snap, self.fit_with(manifest, snap), manifest.models if manifest else ())
+        return await self._planner.plan(self.inputs(self.node_manifest(view), snap), snap)
+
+    async def report(self, snap: NodeSnapshot) -> dict:
+        """The verdicts document (/api/v1/fit, the explain page), built off the event loop."""
+        plan = await self.plan(snap)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(plan.fixes_known), FIXES_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("fixes not known after %.0fs: the report goes without them", FIXES_WAIT_SECONDS)
+        report = await asyncio.to_thread(plan_report, plan, snap)
         if self._gpustack is not None:
-            report["gpustack"] = gpustack_report(view, self._gpustack)
+            report["gpustack"] = gpustack_report(self._gpustack.view, self._gpustack)
         return report
 
-    def _fit_or_none(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit | None:
+    async def _plan_or_none(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> Plan | None:
         try:
-            return self._fits.get(manifest, snap)
+            return await self._planner.plan(self.inputs(manifest, snap), snap)
         except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
             log.exception("fit model failed on this snapshot")
             return None
 
-    def _content(self, snap: NodeSnapshot, manifest: LoadedManifest | None, node: NodeFit | None,
-                 view: GpuStackView | None):
+    def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None):
         """Every family but the exporter's own (those change at every scrape)."""
+        node = plan.node if plan else None
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if view is not None:
             yield from gpustack_families(view, snap)
-        if node is not None and manifest is not None:
-            free = {gpu.index: gpu.memory.free for gpu in snap.gpus if gpu.up}
-            overhead = node.cluster.vllm_context_overhead
-            lives = {fit.name: live_values(fit, free, overhead) for fit in node.models}
-            budget = time.perf_counter() + FIX_BUDGET_SECONDS
-            fixes = {spec.name: self._fixes.get(spec, fit, lives[fit.name], node, snap, budget)
-                     for spec, fit in zip(manifest.models, node.models, strict=True)
-                     if not (fit.schedulable and lives[fit.name].startable)}
-            self._fixes.forget_except(set(fixes))
-            yield from self._model_families.families(node, lives, fixes)
-
-    @property
-    def fixes(self) -> FixWorker:
-        return self._fixes
+        if plan is not None and plan.specs:
+            free = free_memory(snap)
+            lives = {fit.name: live_values(fit, free) for fit in node.models}
+            fixes = self._picks.get(plan, free, lives)
+            yield from plan.families.families(node, lives, fixes)
 
     def close(self) -> None:
-        self._fixes.close()
+        self._planner.close()
         self._reader.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class FitCache:
-    """The fit model for the metrics, computed once per manifest and set of GPUs.
-
-    Placement (GPUStack) and vLLM's KV check depend on the manifest and the GPUs' sizes, which change
-    rarely; free memory changes at every scrape and only moves vLLM's start-up check, which the
-    collector refreshes from the cached fit (``live_values``).
-    """
+class _FixPicks:
+    """Each model's fixes for the free memory of the moment, picked from its plan; a model whose
+    GPUs' free memory did not move keeps its last pick."""
 
     def __init__(self) -> None:
-        self._manifest: LoadedManifest | None = None  # held, so that identity means "the same manifest"
-        self._key: tuple | None = None
-        self._node: NodeFit | None = None
+        self._plan: Plan | None = None
+        self._last: dict[str, tuple[tuple, list[Fix]]] = {}
 
-    def get(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeFit:
-        key = tuple((g.index, g.uuid, g.up, g.memory.total if g.memory else None,
-                     g.memory.reserved if g.memory else None) for g in snap.gpus)
-        if manifest is not self._manifest or key != self._key or self._node is None:
-            self._node = Exporter.fit_with(manifest, snap)
-            self._manifest, self._key = manifest, key
-            # The manifest, the fit and the caches built from them live until the next change:
-            # keep them out of the cyclic collector, whose full passes over them showed up as
-            # 20-30 ms pauses in scrape latency.
-            gc.freeze()
-        return self._node
+    def get(self, plan: Plan, free: dict[int, int], lives) -> dict[str, list[Fix]]:
+        if plan.fixes is None:
+            return {}
+        if plan is not self._plan:
+            self._plan, self._last = plan, {}
+        out = {}
+        for fit in plan.node.models:
+            fix_plan = plan.fixes.get(fit.name)
+            if fix_plan is None or fit.error or fit.placed or (fit.schedulable and lives[fit.name].startable):
+                continue
+            key = tuple(free.get(f.index) for f in fit.per_gpu)
+            last = self._last.get(fit.name)
+            if last is None or last[0] != key:
+                last = (key, fix_plan.pick(with_free(fit, free), free))
+                self._last[fit.name] = last
+            out[fit.name] = last[1]
+        return out

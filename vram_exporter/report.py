@@ -3,13 +3,16 @@ page) and as text for a person in a terminal (``check``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .fit.fixes import find_fixes
+from .fit.fixes import Fix
 from .fit.model import ModelSpec
-from .fit.node import CHECKS, ModelFit, NodeFit
+from .fit.node import CHECKS, ModelFit, NodeFit, apply_free, free_memory
 from .snapshot import NodeSnapshot
+
+if TYPE_CHECKING:
+    from .plan import Plan
 from .units import GIB, gib
 
 EXPLAIN = {
@@ -20,14 +23,27 @@ EXPLAIN = {
 }
 
 
-def fit_report(snapshot: NodeSnapshot, node: NodeFit, specs: Sequence[ModelSpec]) -> dict[str, Any]:
+def plan_report(plan: Plan, snapshot: NodeSnapshot) -> dict[str, Any]:
+    """The plan with the free memory of ``snapshot`` applied; fixes left out while not yet known."""
+    free = free_memory(snapshot)
+    node = apply_free(plan.node, free)
+    fixes = {}
+    if plan.fixes is not None:
+        fixes = {fit.name: plan.fixes[fit.name].pick(fit, free) for fit in node.models if fit.name in plan.fixes}
+    return fit_report(snapshot, node, plan.specs, fixes, fixes_known=plan.fixes is not None)
+
+
+def fit_report(snapshot: NodeSnapshot, node: NodeFit, specs: Sequence[ModelSpec],
+               fixes: Mapping[str, Sequence[Fix]], fixes_known: bool = True) -> dict[str, Any]:
+    """``node``: the fit with free memory applied."""
     bookings = {b.index: b for b in node.gpus}
     return {
         "source": snapshot.source,
         "scheduler": node.cluster.scheduler,
         "nvml_error": snapshot.error,
+        "fixes_known": fixes_known,
         "gpus": [_gpu(gpu, bookings.get(gpu.index)) for gpu in snapshot.gpus],
-        "models": [_model(spec, fit, node, snapshot) for spec, fit in zip(specs, node.models, strict=True)],
+        "models": [_model(fit, fixes.get(fit.name, ())) for spec, fit in zip(specs, node.models, strict=True)],
     }
 
 
@@ -44,7 +60,7 @@ def _gpu(gpu, booking) -> dict[str, Any]:
     return out
 
 
-def _model(spec: ModelSpec, fit: ModelFit, node: NodeFit, snapshot: NodeSnapshot) -> dict[str, Any]:
+def _model(fit: ModelFit, fixes: Sequence[Fix]) -> dict[str, Any]:
     return {
         "name": fit.name,
         "schedulable": fit.schedulable,
@@ -75,8 +91,7 @@ def _model(spec: ModelSpec, fit: ModelFit, node: NodeFit, snapshot: NodeSnapshot
             for f in fit.per_gpu
         },
         "reasons": list(fit.reasons) + _mismatch_reason(fit),
-        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works}
-                  for x in find_fixes(spec, fit, node, snapshot.gpus)],
+        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works} for x in fixes],
     }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import gzip
+import json
 import logging
 import signal
 import time
@@ -53,13 +54,16 @@ def create_app(
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 
+    # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
     async def landing(request: web.Request) -> web.Response:
-        report = exporter.report(await exporter.snapshot())
+        report = await exporter.report(await exporter.snapshot())
         manifest = str(exporter.manifest.path) if exporter.manifest else None
-        return web.Response(text=explain_page(report, telemetry_path, manifest), content_type="text/html")
+        page = await asyncio.to_thread(explain_page, report, telemetry_path, manifest)
+        return web.Response(text=page, content_type="text/html")
 
     async def fit(request: web.Request) -> web.Response:
-        return web.json_response(exporter.report(await exporter.snapshot()))
+        report = await exporter.report(await exporter.snapshot())
+        return web.Response(body=await asyncio.to_thread(_json, report), content_type="application/json")
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
@@ -96,6 +100,10 @@ async def _refresh_loop(source, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         await source.refresh()
+
+
+def _json(document: dict) -> bytes:
+    return json.dumps(document).encode()
 
 
 class _GzipCache:

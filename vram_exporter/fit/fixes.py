@@ -1,24 +1,38 @@
-"""Which knob fixes a model that will not fit, computed by re-running the rulebooks, never canned.
+"""Which knob fixes a model that will not fit, computed from the rulebooks, never canned.
 
 For each knob the smallest change that makes the model both schedulable (GPUStack) and
-startable (vLLM) on this node is searched for, holding everything else as it is; where no
-value of a knob works, that is said too (the seed scenario: with 1 GiB reserved, no
+startable (vLLM) on this node is found, holding everything else as it is; where no value of a
+knob works, that is said too (the seed scenario: with 1 GiB reserved, no
 --gpu-memory-utilization places the model).
+
+The search is split the way the fit is. ``plan_fixes`` needs the static fit only (GPU sizes, the
+manifest): for each knob it lists, in the order a person would prefer them, the values that make
+the model fit free memory aside, each with the free memory vLLM's start-up check would need on the
+GPUs it lands on. ``FixPlan.pick`` then takes the first value whose needs the free memory of the
+moment covers, so a reading that moves costs a few comparisons, not a search.
+
+Candidates come from the rulebooks' algebra: a --gpu-memory-utilization g can only work on a GPU
+inside that GPU's working window (``GpuFit.gmu_min`` .. ``gmu_max_static``, the closed form of
+every static check), a claim only at a g that GPUStack's test 2 and vLLM's KV check admit
+somewhere; each candidate left is confirmed by one ``probe`` (the rulebooks themselves, reduced to
+the verdict). tests/test_fix_search.py holds the result equal to a brute-force search over the
+whole grid with the full rulebooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..snapshot import GpuReading
 from ..units import GIB, gib
-from . import gpustack
+from . import gpustack, vllm
 from .model import Cluster, ModelSpec
-from .node import ModelFit, NodeFit, evaluate
+from .node import GpuFit, ModelFit, NodeFit, Probe, probe, with_free
 from .params import with_param
 
 GMU_GRID = tuple(round(0.50 + i / 100, 2) for i in range(50))  # 0.50 .. 0.99
+TP_SIZES = (2, 4, 8, 16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,84 +42,209 @@ class Fix:
     works: bool  # False: this knob alone cannot make it fit (the action says why)
 
 
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One value of a knob that makes the model fit while free memory covers ``needs``."""
+
+    fix: Fix
+    needs: tuple[tuple[int, int], ...]  # (GPU, free bytes vLLM's start-up check needs there)
+
+    def holds(self, free: Mapping[int, int]) -> bool:
+        return all(free.get(index, 0) >= need for index, need in self.needs)
+
+
+@dataclass(frozen=True, slots=True)
+class Knob:
+    """A knob's options in order of preference, and what to say when none holds (None: nothing)."""
+
+    options: tuple[Option, ...]
+    otherwise: Fix | None
+
+    def pick(self, free: Mapping[int, int]) -> Fix | None:
+        return next((o.fix for o in self.options if o.holds(free)), self.otherwise)
+
+
+@dataclass(frozen=True, slots=True)
+class FixPlan:
+    """A model's fixes for every free memory: static, computed once per plan."""
+
+    schedulable: bool
+    knobs: Mapping[str, Knob]
+
+    @property
+    def gpus(self) -> frozenset[int]:
+        """The GPUs whose free memory decides which options hold."""
+        return frozenset(i for knob in self.knobs.values() for o in knob.options for i, _ in o.needs)
+
+    def pick(self, live: ModelFit, free: Mapping[int, int]) -> list[Fix]:
+        """The fixes for ``live`` (the model's fit with this free memory applied)."""
+        if live.fits or live.error or live.placed:
+            return []
+        knobs = self.knobs
+        fixes: list[Fix | None] = []
+        if not self.schedulable:
+            single = [knobs["reservation"].pick(free), _utilization(knobs["utilization"], live, free)]
+            fixes += single
+            if not any(f and f.works for f in single):
+                fixes.append(knobs["reservation_and_utilization"].pick(free))
+            fixes += [knobs["claim"].pick(free), knobs["pin"].pick(free)]
+        else:
+            fixes += [_utilization(knobs["utilization"], live, free),
+                      None if live.startable else knobs["max_model_len"].pick(free),
+                      knobs["kv_cache_dtype"].pick(free), _other_processes(live)]
+        fixes.append(knobs["gpu_count"].pick(free))
+        return [f for f in fixes if f is not None]
+
+
+NO_FIXES = FixPlan(True, {})
+
+
 def find_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> list[Fix]:
-    if fit.fits or fit.error or fit.placed:
-        return []
+    """The fixes for ``fit`` on the free memory of ``gpus`` (one-shot: ``check``, tests)."""
+    free = {gpu.index: gpu.memory.free for gpu in gpus if gpu.up}
+    return plan_fixes(model, fit, node, gpus).pick(with_free(fit, free), free)
+
+
+def plan_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> FixPlan:
+    """Every knob's options for ``fit`` (static parts only are read; free memory is never)."""
+    if fit.error or fit.placed:
+        return NO_FIXES
     search = _Search(model, fit, node.cluster, [g for g in gpus if g.up])
-    fixes: list[Fix | None] = []
     if not fit.schedulable:
-        single = [search.reservation(), search.utilization()]
-        fixes += single
-        if not any(f and f.works for f in single):
-            fixes.append(search.reservation_and_utilization())
-        fixes += [search.claim(), search.pin()]
+        knobs = {"reservation": search.reservation(), "utilization": search.utilization(),
+                 "reservation_and_utilization": search.reservation_and_utilization(),
+                 "claim": search.claim(), "pin": search.pin()}
     else:
-        fixes += [search.utilization(), search.max_model_len(), search.kv_cache_dtype(), search.other_processes()]
-    fixes.append(search.gpu_count())
-    return [f for f in fixes if f is not None]
+        knobs = {"utilization": search.utilization(), "max_model_len": search.max_model_len(),
+                 "kv_cache_dtype": search.kv_cache_dtype()}
+    knobs["gpu_count"] = search.gpu_count()
+    return FixPlan(fit.schedulable, knobs)
 
 
 class _Search:
     def __init__(self, model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: list[GpuReading]):
         self.model, self.fit, self.cluster, self.gpus = model, fit, cluster, gpus
 
-    def _fits(self, model: ModelSpec | None = None, cluster: Cluster | None = None) -> ModelFit:
-        return evaluate(model or self.model, cluster or self.cluster, self.gpus, self.fit.context)
+    def _probe(self, model: ModelSpec | None = None, cluster: Cluster | None = None) -> Probe:
+        return probe(model or self.model, cluster or self.cluster, self.gpus, self.fit.context)
+
+    def _option(self, fix: Fix, model: ModelSpec | None = None, cluster: Cluster | None = None) -> Option | None:
+        verdict = self._probe(model, cluster)
+        return Option(fix, verdict.needs) if verdict.fits else None
 
     def _with(self, name: str, value: object) -> ModelSpec:
         return replace(self.model, backend_parameters=with_param(self.model.backend_parameters, name, value))
 
-    def _nearest_gmu(self, model: ModelSpec, cluster: Cluster | None = None) -> float | None:
+    def _gmu_options(self, cluster: Cluster, fix_for) -> list[Option]:
+        """Options over the grid of g, nearest the current value first, each confirmed by a probe."""
         current = self.fit.gmu_gpustack
-        working = [g for g in GMU_GRID if self._fits(_gmu(model, g), cluster).fits]
-        return min(working, key=lambda g: (abs(g - current), g)) if working else None
+        candidates = sorted(self._possible_gmus(cluster), key=lambda g: (abs(g - current), g))
+        return [o for g in candidates if (o := self._option(fix_for(g), _gmu(self.model, g), cluster))]
 
-    def utilization(self) -> Fix:
-        g = self._nearest_gmu(self.model)
-        if g is None:
-            return Fix("gpu_memory_utilization",
-                       "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit on this node"
-                       + _window_note(self.fit), False)
-        return Fix("gpu_memory_utilization",
-                   f"set --gpu-memory-utilization={g} (dashes, so GPUStack and vLLM both read it)", True)
+    def _possible_gmus(self, cluster: Cluster) -> Iterable[float]:
+        """The grid values inside some GPU's working window (GPUStack's two tests and vLLM's KV check,
+        DESIGN.md sections 2 and 3, in closed form): outside every window nothing places and starts
+        the model. Pinned or multi-GPU placements follow other rules: every grid value is tried."""
+        world = self.model.gpustack.world_size
+        if self.model.pinned_gpus or len(self.fit.per_gpu) != len(self.gpus):
+            return GMU_GRID
+        if world and world > 1:
+            return [g for g in GMU_GRID if self._multi_possible(g, cluster, world)]
+        windows = [self._window(f, cluster) for f in self.fit.per_gpu]
+        if self.model.gpustack.world_size is None and len(self.gpus) > 1:
+            return GMU_GRID if not windows else [g for g in GMU_GRID if any(lo <= g <= hi for lo, hi in windows)
+                                                 or self._multi_possible(g, cluster)]
+        return [g for g in GMU_GRID if any(lo <= g <= hi for lo, hi in windows)]
 
-    def reservation(self) -> Fix | None:
+    def _window(self, f: GpuFit, cluster: Cluster) -> tuple[float, float]:
+        """``f``'s static window with the reservation of ``cluster`` (test 2's A/T moves with it)."""
+        if cluster.system_reserved_vram == self.cluster.system_reserved_vram:
+            return f.gmu_min, f.gmu_max_static
+        total = gpustack.total_whole_mib(self._gpu(f.index).memory.total)
+        allocatable = gpustack.allocatable_bytes(total, self.fit.context.claims.get(f.index, 0),
+                                                 cluster.system_reserved_vram)
+        estimate_ok = cluster.scheduler != "gpustack-0.6" or self.fit.estimate <= allocatable
+        return f.gmu_min, min(1.0, allocatable / total) if estimate_ok else 0.0
+
+    def _multi_possible(self, g: float, cluster: Cluster, count: int = 2) -> bool:
+        """A multi-GPU placement needs ``count`` GPUs with A/T > g (vllm_resource_fit_selector.py)."""
+        eligible = 0
+        for gpu in self.gpus:
+            total = gpustack.total_whole_mib(gpu.memory.total)
+            allocatable = gpustack.allocatable_bytes(total, self.fit.context.claims.get(gpu.index, 0),
+                                                     cluster.system_reserved_vram)
+            eligible += total and allocatable / total > g
+        return eligible >= count
+
+    def _gpu(self, index: int) -> GpuReading:
+        return next(gpu for gpu in self.gpus if gpu.index == index)
+
+    def utilization(self) -> Knob:
+        options = self._gmu_options(self.cluster, lambda g: Fix(
+            "gpu_memory_utilization", f"set --gpu-memory-utilization={g} (dashes, so GPUStack and vLLM both read it)",
+            True))
+        return Knob(tuple(options), None)  # what is said otherwise depends on free memory: _utilization
+
+    def reservation(self) -> Knob:
         current = self.cluster.system_reserved_vram
         if current == 0:
-            return None
+            return Knob((), None)
+        options = []
         for reserved in range(current - GIB, -1, -GIB):
-            if self._fits(cluster=replace(self.cluster, system_reserved_vram=reserved)).fits:
-                return Fix("system_reserved_vram",
-                           f"lower the worker's --system-reserved vram from {current // GIB} to {reserved // GIB} GiB",
-                           True)
-        return Fix("system_reserved_vram",
-                   f"lowering the worker's --system-reserved vram alone does not help, even to 0 "
-                   f"(now {current // GIB} GiB)", False)
+            fix = Fix("system_reserved_vram",
+                      f"lower the worker's --system-reserved vram from {current // GIB} to {reserved // GIB} GiB", True)
+            if option := self._option(fix, cluster=replace(self.cluster, system_reserved_vram=reserved)):
+                options.append(option)
+        return Knob(tuple(options), Fix(
+            "system_reserved_vram", f"lowering the worker's --system-reserved vram alone does not help, even to 0 "
+            f"(now {current // GIB} GiB)", False))
 
-    def reservation_and_utilization(self) -> Fix | None:
+    def reservation_and_utilization(self) -> Knob:
         current = self.cluster.system_reserved_vram
+        options = []
         for reserved in range(current - GIB, -1, -GIB) if current else ():
             cluster = replace(self.cluster, system_reserved_vram=reserved)
-            g = self._nearest_gmu(self.model, cluster)
-            if g is not None:
-                return Fix("system_reserved_vram+gpu_memory_utilization",
-                           f"lower --system-reserved vram to {reserved // GIB} GiB and set "
-                           f"--gpu-memory-utilization={g}", True)
-        return None
+            options += self._gmu_options(cluster, lambda g, r=reserved: Fix(
+                "system_reserved_vram+gpu_memory_utilization",
+                f"lower --system-reserved vram to {r // GIB} GiB and set --gpu-memory-utilization={g}", True))
+        return Knob(tuple(options), None)
 
-    def claim(self) -> Fix | None:
-        # The largest claim test (1) admits on the roomiest GPU; the claim is GPUStack's
-        # bookkeeping only: vLLM still takes its budget, which the re-check includes.
-        for g in [self.fit.gmu_gpustack] + sorted(GMU_GRID, key=lambda x: abs(x - self.fit.gmu_gpustack)):
-            model = _gmu(self.model, g) if g != self.fit.gmu_gpustack else self.model
+    def claim(self) -> Knob:
+        # The largest claim test (1) admits on the roomiest GPUs; the claim is GPUStack's
+        # bookkeeping only: vLLM still takes its budget, which the probe includes.
+        current = self.fit.gmu_gpustack
+        options = []
+        for g in [current] + sorted(GMU_GRID, key=lambda x: abs(x - current)):
             claim = self._largest_claim(g)
-            if claim <= 0:
+            if claim <= 0 or not self._claim_possible(g):
                 continue
+            model = _gmu(self.model, g) if g != current else self.model
             with_claim = replace(model, env={**self.model.env, gpustack.ENV_CLAIM: str(claim)})
-            if self._fits(with_claim).fits:
-                also = "" if model is self.model else f" with --gpu-memory-utilization={g}"
-                return Fix("vram_claim", f"set {gpustack.ENV_CLAIM}={claim} ({gib(claim)}) or less{also}", True)
-        return Fix("vram_claim", f"no {gpustack.ENV_CLAIM} makes it fit on its own", False)
+            also = "" if g == current else f" with --gpu-memory-utilization={g}"
+            fix = Fix("vram_claim", f"set {gpustack.ENV_CLAIM}={claim} ({gib(claim)}) or less{also}", True)
+            if option := self._option(fix, with_claim):
+                options.append(option)
+        return Knob(tuple(options), Fix("vram_claim", f"no {gpustack.ENV_CLAIM} makes it fit on its own", False))
+
+    def _claim_possible(self, g: float) -> bool:
+        """Whatever the claim, GPUStack's test 2 (A/T >= g) and vLLM's KV check at g must pass on one
+        GPU; a pinned model is accepted as overcommit, so only the probe can say."""
+        if self.model.pinned_gpus:
+            return True
+        for f in self.fit.per_gpu:
+            total = gpustack.total_whole_mib(self._gpu(f.index).memory.total)
+            allocatable = gpustack.allocatable_bytes(total, self.fit.context.claims.get(f.index, 0),
+                                                     self.cluster.system_reserved_vram)
+            if allocatable >= total * g and self._kv_passes(f, g):
+                return True
+        return False
+
+    def _kv_passes(self, f: GpuFit, g: float) -> bool:
+        """vLLM's KV check on ``f``'s GPU once g is written with dashes (vLLM reads it too): KV = R - W - O
+        moves with R only. At the current g the model is left as it is, and so is vLLM's reading."""
+        if g == self.fit.gmu_gpustack:
+            return f.headroom["vllm_kv_cache"] >= 0
+        return f.headroom["vllm_kv_cache"] - f.budget + vllm.budget_bytes(f.cuda_total, g) >= 0
 
     def _largest_claim(self, g: float) -> int:
         """The largest E that test (1) admits: over the N GPUs the instance needs, the roomiest ones."""
@@ -117,52 +256,66 @@ class _Search:
             sizes = [gpustack.claim_bytes(gpu.memory.total, g) for gpu in self.gpus]
         return sum(sorted(sizes, reverse=True)[:n])
 
-    def pin(self) -> Fix | None:
+    def pin(self) -> Knob:
         if self.model.replicas != 1:
-            return None
+            return Knob((), None)
+        options = []
         for gpu in self.gpus:
-            pinned = replace(self.model, pinned_gpus=(gpu.index,))
-            if self._fits(pinned).fits:
-                return Fix("gpu_selector", f"pin it to GPU {gpu.index} (gpu_selector): GPUStack accepts a single "
-                           "replica as overcommit, and vLLM would start there", True)
-        return None
+            fix = Fix("gpu_selector", f"pin it to GPU {gpu.index} (gpu_selector): GPUStack accepts a single "
+                      "replica as overcommit, and vLLM would start there", True)
+            if option := self._option(fix, replace(self.model, pinned_gpus=(gpu.index,))):
+                options.append(option)
+        return Knob(tuple(options), None)
 
-    def max_model_len(self) -> Fix | None:
+    def max_model_len(self) -> Knob:
         fits_len = min((f.max_model_len for f in self.fit.per_gpu if f.index in self.fit.gpus), default=0)
-        if self.fit.startable or fits_len <= 0:
-            return None if self.fit.startable else Fix(
-                "max_model_len", "no context length fits: the KV cache has no room at all", False)
-        if self._fits(replace(self.model, max_model_len=fits_len)).fits:
-            return Fix("max_model_len", f"set --max-model-len={fits_len} (the longest that fits; now "
-                       f"{self.fit.max_model_len})", True)
-        return Fix("max_model_len", "shortening the context alone does not help", False)
+        if fits_len <= 0:
+            return Knob((), Fix("max_model_len", "no context length fits: the KV cache has no room at all", False))
+        fix = Fix("max_model_len", f"set --max-model-len={fits_len} (the longest that fits; now "
+                  f"{self.fit.max_model_len})", True)
+        option = self._option(fix, replace(self.model, max_model_len=fits_len))
+        return Knob((option,) if option else (),
+                    Fix("max_model_len", "shortening the context alone does not help", False))
 
-    def kv_cache_dtype(self) -> Fix | None:
+    def kv_cache_dtype(self) -> Knob:
         if self.model.vllm.kv_cache_dtype.startswith("fp8") or self.fit.bytes_per_token == 0:
-            return None
-        works = self._fits(self._with("kv-cache-dtype", "fp8")).fits
-        return Fix("kv_cache_dtype", "set --kv-cache-dtype=fp8 (half the KV bytes per token)" if works
-                   else "--kv-cache-dtype=fp8 alone does not make it fit", works)
+            return Knob((), None)
+        option = self._option(Fix("kv_cache_dtype", "set --kv-cache-dtype=fp8 (half the KV bytes per token)", True),
+                              self._with("kv-cache-dtype", "fp8"))
+        return Knob((option,) if option else (),
+                    Fix("kv_cache_dtype", "--kv-cache-dtype=fp8 alone does not make it fit", False))
 
-    def other_processes(self) -> Fix | None:
-        short = [(f.index, -f.headroom["vllm_free_memory"]) for f in self.fit.per_gpu
-                 if f.index in self.fit.gpus and f.headroom.get("vllm_free_memory", 0) < 0]
-        if not short:
-            return None
-        index, missing = max(short, key=lambda s: s[1])
-        return Fix("other_processes", f"free {gib(missing)} more on GPU {index} (other processes hold it), or lower "
-                   "--gpu-memory-utilization", True)
-
-    def gpu_count(self) -> Fix | None:
+    def gpu_count(self) -> Knob:
         current = self.model.vllm.tensor_parallel_size
-        for size in (2, 4, 8, 16):
+        options = []
+        for size in TP_SIZES:
             if size <= current or size > len(self.gpus):
                 continue
             if gpustack.tp_divisibility_problem(self.model.arch, size):
                 continue
-            if self._fits(self._with("tensor-parallel-size", size)).fits:
-                return Fix("tensor_parallel_size", f"spread it over {size} GPUs: --tensor-parallel-size={size}", True)
+            fix = Fix("tensor_parallel_size", f"spread it over {size} GPUs: --tensor-parallel-size={size}", True)
+            if option := self._option(fix, self._with("tensor-parallel-size", size)):
+                options.append(option)
+        return Knob(tuple(options), None)
+
+
+def _utilization(knob: Knob, live: ModelFit, free: Mapping[int, int]) -> Fix:
+    found = knob.pick(free)
+    if found is not None:
+        return found
+    return Fix("gpu_memory_utilization",
+               "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit on this node"
+               + _window_note(live), False)
+
+
+def _other_processes(live: ModelFit) -> Fix | None:
+    short = [(f.index, -f.headroom["vllm_free_memory"]) for f in live.per_gpu
+             if f.index in live.gpus and f.headroom.get("vllm_free_memory", 0) < 0]
+    if not short:
         return None
+    index, missing = max(short, key=lambda s: s[1])
+    return Fix("other_processes", f"free {gib(missing)} more on GPU {index} (other processes hold it), or lower "
+               "--gpu-memory-utilization", True)
 
 
 def _gmu(model: ModelSpec, g: float) -> ModelSpec:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from .params import GpuStackParams, VllmParams, gpustack_params, vllm_params
@@ -98,15 +99,21 @@ class ModelSpec:
 
     @property
     def gpustack(self) -> GpuStackParams:
-        return gpustack_params(self.backend_parameters)
+        return _gpustack_params(self.backend_parameters)
 
     @property
     def vllm(self) -> VllmParams:
-        return vllm_params(self.backend_parameters)
+        return _vllm_params(self.backend_parameters)
 
     @property
     def placed(self) -> bool:
         return self.placed_on is not None
+
+
+# The parameters are read at every rulebook probe: parse each distinct list once (the lists are
+# tuples, so their value is the key; a list that raises is parsed again, and raises again).
+_gpustack_params = lru_cache(maxsize=4096)(gpustack_params)
+_vllm_params = lru_cache(maxsize=4096)(vllm_params)
 
 
 @dataclass(frozen=True, slots=True)

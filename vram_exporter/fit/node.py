@@ -4,6 +4,12 @@
 (``placed_on``) book their claims first; then the candidates are placed one at a
 time in manifest order, each seeing the claims (GPUStack) and the memory (vLLM)
 of those placed before it, as GPUStack's scheduler does.
+
+It is made of two parts. ``static_fit`` needs the GPUs' sizes only: GPUStack never reads free
+memory and vLLM's KV check does not depend on it, so it is computed once per set of inputs.
+``with_free`` then applies free memory, vLLM's start-up check: this module's ``free_headroom``
+and ``free_top`` are the only place that rule is written (the metrics apply it per GPU through
+them too).
 """
 
 from __future__ import annotations
@@ -51,11 +57,12 @@ class GpuFit:
     gmu_min: float
     gmu_max: float
     max_model_len: int
-    # What the free-memory dependent values are derived from (see live_values).
+    # What the free-memory dependent values are derived from (free_headroom, free_top).
     cuda_total: int = 0
     committed: int = 0  # memory candidates placed before this one will take on this GPU
     gmu_max_static: float = 1.0  # the window's top from every check but free memory
     running: bool = False
+    free_need: int | None = None  # free memory vLLM's start-up check needs here (None: running)
 
     @property
     def window_open(self) -> bool:
@@ -84,6 +91,9 @@ class ModelFit:
     per_gpu: tuple[GpuFit, ...] = ()
     reasons: tuple[str, ...] = ()
     context: Context = field(default_factory=Context, compare=False)
+    # The reasons that do not depend on free memory, which with_free weaves its own into.
+    static_reasons: tuple[str, ...] = field(default=(), compare=False)
+    kv_reasons: Mapping[int, str] = field(default_factory=dict, compare=False)
 
     @property
     def fits(self) -> bool:
@@ -103,7 +113,18 @@ class NodeFit:
 
 def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpec],
              booked: Mapping[int, int] | None = None) -> NodeFit:
-    """``booked``: claims on this node's GPUs of instances that are not among ``models``."""
+    """Both rulebooks on this snapshot, free memory included. ``booked``: claims on this node's GPUs
+    of instances that are not among ``models``."""
+    return apply_free(static_fit(snapshot, cluster, models, booked), free_memory(snapshot))
+
+
+def free_memory(snapshot: NodeSnapshot) -> dict[int, int]:
+    return {gpu.index: gpu.memory.free for gpu in snapshot.gpus if gpu.up}
+
+
+def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpec],
+               booked: Mapping[int, int] | None = None) -> NodeFit:
+    """Everything but vLLM's start-up check: reads the GPUs' identities and sizes, never free memory."""
     gpus = [gpu for gpu in snapshot.gpus if gpu.up]
     claims: dict[int, int] = {gpu.index: (booked or {}).get(gpu.index, 0) for gpu in gpus}
     committed: dict[int, int] = {gpu.index: 0 for gpu in gpus}
@@ -125,6 +146,78 @@ def fit_node(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpe
     return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)
 
 
+# --- free memory: vLLM's start-up check (free - C_pre >= R), written here only -------------------
+
+
+def free_headroom(f: GpuFit, free: int) -> int | None:
+    """free - (what candidates before it take) - C_pre - R; None for a running instance."""
+    return None if f.free_need is None else free - f.free_need
+
+
+def free_top(f: GpuFit, free: int) -> float:
+    """The window's top once the start-up check is counted too (rounded down: it passes itself)."""
+    if f.free_need is None:
+        return f.gmu_max
+    top = math.floor((free - (f.free_need - f.budget)) / f.cuda_total * 10_000 + 1e-9) / 10_000
+    static = f.gmu_max_static
+    return static if static < top else (top if top > 0 else 0.0)
+
+
+def startable(fit: ModelFit, free: Mapping[int, int]) -> bool:
+    """vLLM starts and serves max_model_len on every GPU the scheduler picks."""
+    if fit.error or not fit.gpus:
+        return False
+    by_index = {f.index: f for f in fit.per_gpu}
+    for index in fit.gpus:
+        f = by_index.get(index)
+        if f is None:
+            continue
+        if f.headroom["vllm_kv_cache"] < 0:
+            return False
+        if f.free_need is not None and free.get(index, 0) < f.free_need:
+            return False
+    return True
+
+
+def apply_free(node: NodeFit, free: Mapping[int, int]) -> NodeFit:
+    return replace(node, models=tuple(with_free(fit, free) for fit in node.models))
+
+
+def with_free(fit: ModelFit, free: Mapping[int, int]) -> ModelFit:
+    """``fit`` (static) with vLLM's start-up check on ``free`` (GPU index -> NVML free bytes)."""
+    if fit.error:
+        return fit
+    per_gpu = tuple(
+        f if f.free_need is None else
+        replace(f, headroom={**f.headroom, "vllm_free_memory": free_headroom(f, free[f.index])},
+                gmu_max=free_top(f, free[f.index]))
+        for f in fit.per_gpu)
+    live = replace(fit, per_gpu=per_gpu, startable=startable(fit, free))
+    return replace(live, reasons=_reasons(live))
+
+
+def _reasons(fit: ModelFit) -> tuple[str, ...]:
+    reasons = list(fit.static_reasons)
+    by_gpu = {f.index: f for f in fit.per_gpu}
+    for index in fit.gpus:
+        f = by_gpu.get(index)
+        if f is None:
+            continue
+        headroom = f.headroom.get("vllm_free_memory", 0)
+        if headroom < 0:
+            available = headroom + f.budget  # free - committed - C_pre
+            reasons.append(f"GPU {index}: vLLM will not start: " + vllm.startup_error(
+                available, f.cuda_total, fit.gmu_vllm, f.budget))
+        if index in fit.kv_reasons:
+            reasons.append(fit.kv_reasons[index])
+    if fit.schedulable and not fit.startable and len(fit.gpus) == 1 and not fit.placed:
+        others = [f.index for f in fit.per_gpu if f.index not in fit.gpus and _passes_all(f)]
+        if others:
+            reasons.append(f"GPUStack may pick GPU {', '.join(map(str, others))} instead (it passes GPUStack's tests "
+                           "too; the placement strategy decides between them), and vLLM would start there.")
+    return tuple(reasons)
+
+
 @dataclass(frozen=True, slots=True)
 class LiveValues:
     """What free memory moves for one model, in the order of its ``per_gpu``."""
@@ -134,47 +227,10 @@ class LiveValues:
     startable: bool
 
 
-def live_values(fit: ModelFit, free: Mapping[int, int], overhead: int) -> LiveValues:
-    """vLLM's start-up headroom, the window's top and ``startable`` for the free memory of now.
-
-    Placement and the KV check never look at free memory, so a fit can be computed once for a
-    manifest and a set of GPUs and these few numbers refreshed at every scrape.
-    """
-    headrooms, tops = [], []
-    passes = {}
-    floor = math.floor
-    for f in fit.per_gpu:  # runs for every model and GPU at every scrape: kept lean on purpose
-        if f.running:
-            headrooms.append(None)
-            tops.append(f.gmu_max)
-            passes[f.index] = f.headroom["vllm_kv_cache"] >= 0
-            continue
-        available = free[f.index] - f.committed
-        headroom = available - overhead - f.budget
-        headrooms.append(headroom)
-        top = floor((available - overhead) / f.cuda_total * 10_000 + 1e-9) / 10_000  # as _free_limited
-        static = f.gmu_max_static
-        tops.append(static if static < top else (top if top > 0 else 0.0))
-        passes[f.index] = headroom >= 0 and f.headroom["vllm_kv_cache"] >= 0
-    startable = bool(fit.gpus) and all(passes[i] for i in fit.gpus if i in passes)
-    return LiveValues(tuple(headrooms), tuple(tops), startable and not fit.error)
-
-
-def refreshed(fit: ModelFit, live: LiveValues) -> ModelFit:
-    """``fit`` with the free-memory dependent values of ``live``."""
-    if fit.error or fit.placed:
-        return fit
-    per_gpu = tuple(
-        f if headroom == f.headroom.get("vllm_free_memory") else
-        replace(f, headroom={**f.headroom, "vllm_free_memory": headroom}, gmu_max=top)
-        for f, headroom, top in zip(fit.per_gpu, live.free_headroom, live.gmu_max))
-    if all(new is old for new, old in zip(per_gpu, fit.per_gpu)):
-        return fit
-    return replace(fit, per_gpu=per_gpu, startable=live.startable)
-
-
-def _vllm_passes(f: GpuFit) -> bool:
-    return f.headroom["vllm_kv_cache"] >= 0 and f.headroom.get("vllm_free_memory", 0) >= 0
+def live_values(fit: ModelFit, free: Mapping[int, int]) -> LiveValues:
+    """The free-memory dependent numbers of a static fit, for the metrics."""
+    return LiveValues(tuple(free_headroom(f, free[f.index]) for f in fit.per_gpu),
+                      tuple(free_top(f, free[f.index]) for f in fit.per_gpu), startable(fit, free))
 
 
 def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: dict[int, int]) -> ModelFit:
@@ -258,9 +314,22 @@ def evaluate(
                         context=context)
 
 
-def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
-    gs, vp = model.gpustack, model.vllm
-    gmu_v = _vllm_gmu(model, cluster)
+@dataclass(frozen=True, slots=True)
+class _KvTerms:
+    """What vLLM's KV check needs of a model, whichever GPU it lands on."""
+
+    gmu: float
+    per_token: int
+    block: int
+    cap: int | None
+    target_len: int
+    required: int
+    weights_per_gpu: int
+    overhead: int
+
+
+def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
+    """Raise ValueError where the model cannot be judged (or GPUStack refuses it outright)."""
     for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
         if not 0 < value <= 1:
             raise ValueError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
@@ -268,6 +337,66 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
         raise ValueError(problem + " Consider adjusting your tensor-parallel-size value.")
     if problem := gpustack.pinned_count_problem(model.pinned_gpus, gs.world_size, model.env):
         raise ValueError(problem)
+
+
+def _kv_terms(model: ModelSpec, cluster: Cluster) -> _KvTerms:
+    vp = model.vllm
+    tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
+    dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
+    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
+    block = vllm.block_tokens(model.arch, vp.block_size)
+    cap = model.arch.max_position_embeddings
+    target_len = _target_len(model, vp, cap)
+    required = vllm.required_kv_bytes(model.arch, target_len, block, per_token) if target_len > 0 else 0
+    return _KvTerms(
+        gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
+        required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
+        overhead=cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead)
+
+
+def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.VllmGpuCheck:
+    return vllm.check_gpu(
+        cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), free_bytes=0, gmu=kv.gmu,
+        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead,
+        context_overhead=cluster.vllm_context_overhead, required_kv=kv.required, arch=arch, block=kv.block,
+        per_token=kv.per_token, max_len_cap=kv.cap)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """``evaluate`` reduced to its verdict, for the fix search: would the model fit, free memory aside?"""
+
+    fits: bool  # GPUStack places it and vLLM's KV check passes on the GPUs it picks
+    needs: tuple[tuple[int, int], ...] = ()  # (GPU, free memory vLLM's start-up check needs there)
+
+
+def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
+    """The same rules as ``evaluate`` (a property test holds them equal), without what the verdict
+    does not need: the other GPUs' checks, the replica count, the reasons."""
+    try:
+        gs = model.gpustack
+        kv = _kv_terms(model, cluster)
+        _refuse(model, gs, kv.gmu)
+    except ValueError:
+        return Probe(False)
+    placement = _placement(model, cluster, gpus, context.claims, gs)
+    if placement is None:
+        return Probe(False)
+    by_index = {gpu.index: gpu for gpu in gpus}
+    needs = []
+    for index in placement.gpus:
+        check = _kv_check(by_index[index], kv, cluster, model.arch)
+        if check.kv_cache_headroom < 0:
+            return Probe(False)
+        needs.append((index, context.committed.get(index, 0) + cluster.vllm_context_overhead + check.budget))
+    return Probe(True, tuple(needs))
+
+
+def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
+    gs = model.gpustack
+    kv = _kv_terms(model, cluster)
+    _refuse(model, gs, kv.gmu)
+    gmu_v = kv.gmu
     estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
 
     placement = None
@@ -277,16 +406,6 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
         placement = _placement(model, cluster, gpus, context.claims, gs)
         chosen = placement.gpus if placement else ()
     replicas_placed = _count_replicas(model, cluster, gpus, context, gs) if placement else 0
-
-    tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
-    dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
-    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
-    block = vllm.block_tokens(model.arch, vp.block_size)
-    cap = model.arch.max_position_embeddings
-    target_len = _target_len(model, vp, cap)
-    required = vllm.required_kv_bytes(model.arch, target_len, block, per_token) if target_len > 0 else 0
-    weights_per_gpu = math.ceil(model.weights_bytes / (tp * pp))
-    overhead = cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead
     n_gpus = len(chosen) or gs.world_size or 1
 
     per_gpu = []
@@ -295,21 +414,19 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
     for gpu in shown:
         per_gpu.append(_gpu_fit(
             gpu, views[gpu.index], context, running=placed_on is not None, estimate=estimate, n_gpus=n_gpus,
-            gmu_g=gs.gpu_memory_utilization, gmu_v=gmu_v, scheduler=cluster.scheduler, cluster=cluster,
-            weights_per_gpu=weights_per_gpu, overhead=overhead, required=required, target_len=target_len,
-            model=model, block=block, per_token=per_token, cap=cap,
-        ))
-    startable = bool(chosen) and all(_vllm_passes(f) for f in per_gpu if f.index in chosen)
+            gmu_g=gs.gpu_memory_utilization, scheduler=cluster.scheduler, cluster=cluster, kv=kv, model=model))
+    # Static: vLLM's KV check on the GPUs picked; with_free adds its start-up check.
+    startable = bool(chosen) and all(f.headroom["vllm_kv_cache"] >= 0 for f in per_gpu if f.index in chosen)
     schedulable = placed_on is not None or placement is not None
     fit = ModelFit(
         name=model.name, placed=placed_on is not None, weights=model.weights_bytes, estimate=estimate,
-        bytes_per_token=per_token, kv_required=required, max_model_len=target_len, block_tokens=block,
+        bytes_per_token=kv.per_token, kv_required=kv.required, max_model_len=kv.target_len, block_tokens=kv.block,
         gmu_gpustack=gs.gpu_memory_utilization, gmu_vllm=gmu_v, schedulable=schedulable, startable=startable,
         gpus=chosen, overcommit=bool(placement and placement.overcommit),
         replicas_placed=replicas_placed if placed_on is None else model.replicas, replicas=model.replicas,
         per_gpu=tuple(per_gpu), context=context,
     )
-    return _with_reasons(fit, model, views, cluster, gpus)
+    return _with_static_reasons(fit, model, views, cluster)
 
 
 def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
@@ -339,16 +456,11 @@ def _count_replicas(model, cluster, gpus, context, params) -> int:
 
 
 def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, running: bool, estimate: int,
-             n_gpus: int, gmu_g: float, gmu_v: float, scheduler: str, cluster: Cluster, weights_per_gpu: int,
-             overhead: int, required: int, target_len: int, model: ModelSpec, block: int, per_token: int,
-             cap: int | None) -> GpuFit:
+             n_gpus: int, gmu_g: float, scheduler: str, cluster: Cluster, kv: _KvTerms, model: ModelSpec) -> GpuFit:
     t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
-    free = gpu.memory.free - context.committed.get(gpu.index, 0)
-    check = vllm.check_gpu(
-        cuda_total_bytes=t_cuda, free_bytes=free, gmu=gmu_v, weights_per_gpu=weights_per_gpu,
-        runtime_overhead=overhead, context_overhead=cluster.vllm_context_overhead, required_kv=required,
-        arch=model.arch, block=block, per_token=per_token, max_len_cap=cap,
-    )
+    committed = context.committed.get(gpu.index, 0)
+    check = _kv_check(gpu, kv, cluster, model.arch)
+    weights_per_gpu, overhead, required = kv.weights_per_gpu, kv.overhead, kv.required
     total = view.total
     if n_gpus == 1:
         tests = gpustack.single_gpu_tests(view, estimate, gmu_g, scheduler)
@@ -358,18 +470,12 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
         alloc_headroom = view.allocatable - total * gmu_g
     headroom = {"gpustack_estimate": est_headroom, "gpustack_allocatable": alloc_headroom,
                 "vllm_kv_cache": check.kv_cache_headroom}
-    if not running:  # a running instance passed its start-up check long ago
-        headroom["vllm_free_memory"] = check.free_memory_headroom
     lo, hi_static = _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required)
-    hi = hi_static if running else _free_limited(hi_static, free, cluster.vllm_context_overhead, t_cuda)
-    return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi, check.max_model_len,
-                  cuda_total=t_cuda, committed=context.committed.get(gpu.index, 0), gmu_max_static=hi_static,
-                  running=running)
-
-
-def _free_limited(hi_static: float, free: int, context_overhead: int, t_cuda: int) -> float:
-    """The window's top once vLLM's start-up check (free - C_pre >= R) is counted too."""
-    return max(min(hi_static, _round_down((free - context_overhead) / t_cuda)), 0.0)
+    # A running instance passed its start-up check long ago: it needs no free memory.
+    need = None if running else committed + cluster.vllm_context_overhead + check.budget
+    return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi_static, check.max_model_len,
+                  cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, running=running,
+                  free_need=need)
 
 
 def _round_down(x: float) -> float:
@@ -378,7 +484,7 @@ def _round_down(x: float) -> float:
 
 def _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required) -> tuple[float, float]:
     """[min, max] of a --gpu-memory-utilization (read alike by both) passing every check here but
-    vLLM's start-up one, which depends on free memory (``_free_limited``). Ends are rounded inwards
+    vLLM's start-up one, which depends on free memory (``free_top``). Ends are rounded inwards
     so that they themselves pass."""
     lows = [(required + weights_per_gpu + overhead) / t_cuda]
     highs = [1.0, view.allocatable / view.total if view.total else 0.0]
@@ -391,32 +497,16 @@ def _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead
     return lo, max(_round_down(min(highs)), 0.0)
 
 
-def _with_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster, gpus) -> ModelFit:
-    reasons = []
+def _with_static_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) -> ModelFit:
+    head = []
     if not fit.schedulable:
-        reasons.append(_pending_reason(fit, model, views, cluster))
+        head.append(_pending_reason(fit, model, views, cluster))
     elif fit.overcommit:
-        reasons.append("GPUStack accepts the manual GPU selection as overcommit: its own tests fail there.")
-    by_gpu = {f.index: f for f in fit.per_gpu}
-    totals = {gpu.index: gpu for gpu in gpus}
-    for index in fit.gpus:
-        f = by_gpu.get(index)
-        if f is None:
-            continue
-        if f.headroom.get("vllm_free_memory", 0) < 0:
-            gpu = totals[index]
-            free = gpu.memory.free - fit.context.committed.get(index, 0)
-            reasons.append(f"GPU {index}: vLLM will not start: " + vllm.startup_error(
-                free - cluster.vllm_context_overhead, vllm.cuda_total(gpu.memory.total, gpu.memory.reserved),
-                fit.gmu_vllm, f.budget))
-        if f.headroom["vllm_kv_cache"] < 0:
-            reasons.append(f"GPU {index}: " + _kv_reason(fit, f))
-    if fit.schedulable and not fit.startable and len(fit.gpus) == 1 and not fit.placed:
-        others = [f.index for f in fit.per_gpu if f.index not in fit.gpus and _passes_all(f)]
-        if others:
-            reasons.append(f"GPUStack may pick GPU {', '.join(map(str, others))} instead (it passes GPUStack's tests "
-                           "too; the placement strategy decides between them), and vLLM would start there.")
-    return replace(fit, reasons=tuple(reasons))
+        head.append("GPUStack accepts the manual GPU selection as overcommit: its own tests fail there.")
+    kv = {f.index: f"GPU {f.index}: " + _kv_reason(fit, f) for f in fit.per_gpu
+          if f.index in fit.gpus and f.headroom["vllm_kv_cache"] < 0}
+    fit = replace(fit, static_reasons=tuple(head), kv_reasons=kv)
+    return replace(fit, reasons=_reasons(fit))
 
 
 def _passes_all(f: GpuFit) -> bool:
