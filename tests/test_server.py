@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from conftest import FIXTURES, exporter_command
+from conftest import FIXTURES, ROOT, exporter_command
 from vram_exporter import fixture
 from vram_exporter.exporter import Exporter
 from vram_exporter.fake_nvml import FakeNvml
@@ -162,3 +162,25 @@ def test_cardinality_control_drops_per_gpu_series_of_fitting_models(start_export
                    if name == "vram_model_schedulable"}
         assert fitting  # the verdicts themselves are always there
     assert counts["all"] > counts["relevant"] > counts["failing"] > 0
+
+
+def test_the_explain_page_never_holds_the_liveness_probe(start_exporter, tmp_path):
+    """8 GPUs x 200 models: while `/` or /api/v1/fit is being built (tens of milliseconds, off the
+    event loop), the liveness probe is answered, three times over, before the page is done."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scenarios
+
+    fixture_path, manifest_path = scenarios.write(tmp_path, 8, 200, 0)
+    exporter = start_exporter("--nvml.fixture", str(fixture_path), "--manifest", str(manifest_path))
+    exporter.text("/metrics")  # the plan exists; its fixes may still be being planned
+    for path in ("/", "/api/v1/fit"):
+        order: list[str] = []
+        page = threading.Thread(target=lambda: (exporter.text(path), order.append(path)))
+        page.start()
+        for _ in range(3):
+            exporter.text("/-/healthy")
+            order.append("healthy")
+        page.join(30)
+        assert order.index(path) == len(order) - 1, order
