@@ -102,8 +102,8 @@ def in_process(fixture_path: Path, manifest_path: Path, rounds: int, detail: str
                         manifest=load_manifest(manifest_path), gpu_detail=detail)
 
     async def ours() -> list[float]:
-        await exporter.scrape()
-        exporter.fixes.wait_idle(120)  # the first background fix search is not a scrape's cost
+        plan = await exporter.plan(await exporter.snapshot())
+        plan.fixes_known.result(timeout=120)  # the plan's first fix search is not a scrape's cost
         await exporter.scrape()
         out = []
         for _ in range(rounds):
