@@ -80,6 +80,7 @@ def test_planned_fixes_equal_brute_force(scenario):
     fix_plan = plan_fixes(model, plan_node.models[-1], plan_node, before.gpus)
     free = {g.index: g.memory.free for g in now.gpus}
     assert fix_plan.pick(with_free(plan_node.models[-1], free), free) == expected
+    assert fix_plan.working(plan_node.models[-1], free) == [f for f in expected if f.works]  # the metrics' path
     assert find_fixes(model, full.models[-1], full, now.gpus) == expected
 
 

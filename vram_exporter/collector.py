@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import __version__
-from .exposition import Family, Segment
+from .exposition import Family, Segment, format_value, sample_prefix
 from .fit.fixes import Fix
 from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit
 from .gpustack_source import GpuStackView
@@ -101,27 +101,23 @@ class ModelFamilies:
     def __init__(self, gpu_detail: GpuDetail = "all") -> None:
         self.gpu_detail = gpu_detail
         self._static: tuple[NodeFit | None, dict[str, list[Segment]], list[tuple[ModelFit, list]]] = (None, {}, [])
+        self._live: _LiveLayout | None = None
 
     def families(self, node: NodeFit, lives: Mapping[str, LiveValues],
                  fixes: Mapping[str, Sequence[Fix]] | None = None) -> list[Family]:
         """The families; ``lives`` holds each model's values of the moment (``live_values``)."""
         static, shown = self.prepare(node)
-        live_labels: dict[str, list] = {"headroom": [], "top": [], "startable": []}
-        live_numbers: dict[str, list] = {"headroom": [], "top": [], "startable": []}
-        for fit, gpus in shown:
-            live = lives[fit.name]
-            live_labels["startable"].append((fit.name,))
-            live_numbers["startable"].append(1 if live.startable else 0)
-            for n, f in gpus:
-                live_labels["top"].append((fit.name, str(f.index), f.uuid))
-                live_numbers["top"].append(live.gmu_max[n])
-                if live.free_headroom[n] is not None:
-                    live_labels["headroom"].append((fit.name, str(f.index), f.uuid, "vllm_free_memory"))
-                    live_numbers["headroom"].append(live.free_headroom[n])
+        layout = self._live
+        lv = [lives[fit.name] for fit, _ in shown]
+        # The samples free memory moves, rendered here from prefixes made once per plan: at every
+        # change of a reading they are most of the scrape's work.
         live_segments = {
-            "vram_model_headroom_bytes": Segment("live", live_labels["headroom"], live_numbers["headroom"]),
-            "vram_model_gpu_memory_utilization_max": Segment("live", live_labels["top"], live_numbers["top"]),
-            "vram_model_startable": Segment("live", live_labels["startable"], live_numbers["startable"]),
+            "vram_model_headroom_bytes": Segment("live", (), (), "".join(
+                [f"{p} {lv[m].free_headroom[n]}\n" for m, n, p in layout.headroom])),
+            "vram_model_gpu_memory_utilization_max": Segment("live", (), (), "".join(
+                [f"{p} {format_value(lv[m].gmu_max[n])}\n" for m, n, p in layout.top])),
+            "vram_model_startable": Segment("live", (), (), "".join(
+                [p + (" 1\n" if live.startable else " 0\n") for p, live in zip(layout.startable, lv)])),
         }
         fixes_segments = [Segment(("fix", name), [(name, f.knob, f.action) for f in found if f.works],
                                   [1] * sum(1 for f in found if f.works)) for name, found in (fixes or {}).items()]
@@ -151,6 +147,7 @@ class ModelFamilies:
             position = {f.index: n for n, f in enumerate(fit.per_gpu)}
             shown_all.append((fit, [(position[f.index], f) for f in shown]))
         self._static = (node, static, shown_all)
+        self._live = _LiveLayout.of(shown_all)
         return static, shown_all
 
     def _static_segments(self, fit: ModelFit, shown, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
@@ -191,6 +188,28 @@ class ModelFamilies:
         if self.gpu_detail == "relevant":
             return [f for f in fit.per_gpu if f.index in fit.gpus]
         return []
+
+
+@dataclass(frozen=True, slots=True)
+class _LiveLayout:
+    """Where each live sample's value comes from (model m, its n-th GPU), and its line's prefix."""
+
+    headroom: tuple[tuple[int, int, str], ...]
+    top: tuple[tuple[int, int, str], ...]
+    startable: tuple[str, ...]
+
+    @classmethod
+    def of(cls, shown) -> _LiveLayout:
+        headroom, top, startable = [], [], []
+        for m, (fit, gpus) in enumerate(shown):
+            startable.append(sample_prefix("vram_model_startable", ("model",), (fit.name,)))
+            for n, f in gpus:
+                labels = (fit.name, str(f.index), f.uuid)
+                top.append((m, n, sample_prefix("vram_model_gpu_memory_utilization_max", MODEL_GPU_LABELS, labels)))
+                if f.free_need is not None:
+                    headroom.append((m, n, sample_prefix("vram_model_headroom_bytes", (*MODEL_GPU_LABELS, "check"),
+                                                         (*labels, "vllm_free_memory"))))
+        return cls(tuple(headroom), tuple(top), tuple(startable))
 
 
 _STATIC_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes",

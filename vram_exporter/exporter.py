@@ -17,7 +17,7 @@ from .collector import CollectResult, GpuDetail, ManifestStatus, exporter_famili
 from .config import LoadedManifest, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
 from .fit.fixes import Fix
-from .fit.node import free_memory, live_values, with_free
+from .fit.node import free_memory, live_values
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
 from .plan import NodeInputs, Plan, Planner
@@ -236,7 +236,7 @@ class _FixPicks:
             key = tuple(free.get(f.index) for f in fit.per_gpu)
             last = self._last.get(fit.name)
             if last is None or last[0] != key:
-                last = (key, fix_plan.pick(with_free(fit, free), free))
+                last = (key, fix_plan.working(fit, free))
                 self._last[fit.name] = last
             out[fit.name] = last[1]
         return out

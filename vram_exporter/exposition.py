@@ -46,6 +46,7 @@ class Segment:
     key: Hashable
     labels: Sequence[tuple[str, ...]]
     values: Sequence[float]
+    text: str | None = None  # already rendered by its producer (with sample_prefix): used as it is
 
 
 @dataclass(slots=True)
@@ -93,6 +94,9 @@ class Renderer:
             start = len(parts)
             parts.append(self._header(family, openmetrics))
             for segment in family.segments:
+                if segment.text is not None:
+                    parts.append(segment.text)
+                    continue
                 key = (openmetrics, family.name, segment.key)
                 cached = self._cache.get(key)
                 if cached is not None and cached[0] is segment.labels and cached[1] is segment.values:
@@ -135,10 +139,15 @@ class Renderer:
         if prefix is None:
             if len(self._prefixes) > 500_000:  # label churn (e.g. PIDs) must not grow memory forever
                 self._prefixes.clear()
-            pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(family.label_names, labels, strict=True))
-            prefix = f"{family.name}{{{pairs}}}" if pairs else family.name
+            prefix = sample_prefix(family.name, family.label_names, labels)
             self._prefixes[key] = prefix
         return prefix
+
+
+def sample_prefix(name: str, label_names: Sequence[str], labels: Sequence[str]) -> str:
+    """A sample's line up to its value, without the space: ``name{a="1",b="x"}``."""
+    pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(label_names, labels, strict=True))
+    return f"{name}{{{pairs}}}" if pairs else name
 
 
 def wants_openmetrics(accept: str | None) -> bool:

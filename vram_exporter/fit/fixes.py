@@ -28,7 +28,7 @@ from ..snapshot import GpuReading
 from ..units import GIB, gib
 from . import gpustack, vllm
 from .model import Cluster, ModelSpec
-from .node import GpuFit, ModelFit, NodeFit, Probe, probe, with_free
+from .node import GpuFit, ModelFit, NodeFit, Probe, free_headroom, probe, startable, with_free
 from .params import with_param
 
 GMU_GRID = tuple(round(0.50 + i / 100, 2) for i in range(50))  # 0.50 .. 0.99
@@ -77,21 +77,30 @@ class FixPlan:
         return frozenset(i for knob in self.knobs.values() for o in knob.options for i, _ in o.needs)
 
     def pick(self, live: ModelFit, free: Mapping[int, int]) -> list[Fix]:
-        """The fixes for ``live`` (the model's fit with this free memory applied)."""
-        if live.fits or live.error or live.placed:
+        """The fixes for ``live`` (the model's fit with this free memory applied), those that do not
+        work included, each saying why."""
+        return self._choose(live, free, live.startable, lambda: _window_note(live))
+
+    def working(self, fit: ModelFit, free: Mapping[int, int]) -> list[Fix]:
+        """The fixes that work, for the static ``fit`` on ``free``: ``pick``'s, without building the
+        live fit (the metrics export only these, at every change of a reading)."""
+        return [f for f in self._choose(fit, free, startable(fit, free), None) if f.works]
+
+    def _choose(self, fit: ModelFit, free: Mapping[int, int], starts: bool, window_note) -> list[Fix]:
+        if fit.error or fit.placed or (fit.schedulable and starts):
             return []
         knobs = self.knobs
         fixes: list[Fix | None] = []
         if not self.schedulable:
-            single = [knobs["reservation"].pick(free), _utilization(knobs["utilization"], live, free)]
+            single = [knobs["reservation"].pick(free), _utilization(knobs["utilization"], free, window_note)]
             fixes += single
             if not any(f and f.works for f in single):
                 fixes.append(knobs["reservation_and_utilization"].pick(free))
             fixes += [knobs["claim"].pick(free), knobs["pin"].pick(free)]
         else:
-            fixes += [_utilization(knobs["utilization"], live, free),
-                      None if live.startable else knobs["max_model_len"].pick(free),
-                      knobs["kv_cache_dtype"].pick(free), _other_processes(live)]
+            fixes += [_utilization(knobs["utilization"], free, window_note),
+                      None if starts else knobs["max_model_len"].pick(free),
+                      knobs["kv_cache_dtype"].pick(free), _other_processes(fit, free)]
         fixes.append(knobs["gpu_count"].pick(free))
         return [f for f in fixes if f is not None]
 
@@ -124,6 +133,17 @@ def plan_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[Gp
 class _Search:
     def __init__(self, model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: list[GpuReading]):
         self.model, self.fit, self.cluster, self.gpus = model, fit, cluster, gpus
+        self._totals = {gpu.index: gpustack.total_whole_mib(gpu.memory.total) for gpu in gpus}
+        self._allocatable_memo: dict[int, dict[int, int]] = {}
+
+    def _allocatable(self, reserved: int) -> dict[int, int]:
+        """Each GPU's A with ``reserved`` VRAM reserved and the claims placed before this model."""
+        found = self._allocatable_memo.get(reserved)
+        if found is None:
+            claims = self.fit.context.claims
+            found = {i: gpustack.allocatable_bytes(t, claims.get(i, 0), reserved) for i, t in self._totals.items()}
+            self._allocatable_memo[reserved] = found
+        return found
 
     def _probe(self, model: ModelSpec | None = None, cluster: Cluster | None = None) -> Probe:
         return probe(model or self.model, cluster or self.cluster, self.gpus, self.fit.context)
@@ -160,24 +180,16 @@ class _Search:
         """``f``'s static window with the reservation of ``cluster`` (test 2's A/T moves with it)."""
         if cluster.system_reserved_vram == self.cluster.system_reserved_vram:
             return f.gmu_min, f.gmu_max_static
-        total = gpustack.total_whole_mib(self._gpu(f.index).memory.total)
-        allocatable = gpustack.allocatable_bytes(total, self.fit.context.claims.get(f.index, 0),
-                                                 cluster.system_reserved_vram)
+        total = self._totals[f.index]
+        allocatable = self._allocatable(cluster.system_reserved_vram)[f.index]
         estimate_ok = cluster.scheduler != "gpustack-0.6" or self.fit.estimate <= allocatable
         return f.gmu_min, min(1.0, allocatable / total) if estimate_ok else 0.0
 
     def _multi_possible(self, g: float, cluster: Cluster, count: int = 2) -> bool:
         """A multi-GPU placement needs ``count`` GPUs with A/T > g (vllm_resource_fit_selector.py)."""
-        eligible = 0
-        for gpu in self.gpus:
-            total = gpustack.total_whole_mib(gpu.memory.total)
-            allocatable = gpustack.allocatable_bytes(total, self.fit.context.claims.get(gpu.index, 0),
-                                                     cluster.system_reserved_vram)
-            eligible += total and allocatable / total > g
+        allocatable = self._allocatable(cluster.system_reserved_vram)
+        eligible = sum(1 for i, total in self._totals.items() if total and allocatable[i] / total > g)
         return eligible >= count
-
-    def _gpu(self, index: int) -> GpuReading:
-        return next(gpu for gpu in self.gpus if gpu.index == index)
 
     def utilization(self) -> Knob:
         options = self._gmu_options(self.cluster, lambda g: Fix(
@@ -231,13 +243,9 @@ class _Search:
         GPU; a pinned model is accepted as overcommit, so only the probe can say."""
         if self.model.pinned_gpus:
             return True
-        for f in self.fit.per_gpu:
-            total = gpustack.total_whole_mib(self._gpu(f.index).memory.total)
-            allocatable = gpustack.allocatable_bytes(total, self.fit.context.claims.get(f.index, 0),
-                                                     self.cluster.system_reserved_vram)
-            if allocatable >= total * g and self._kv_passes(f, g):
-                return True
-        return False
+        allocatable = self._allocatable(self.cluster.system_reserved_vram)
+        return any(allocatable[f.index] >= self._totals[f.index] * g and self._kv_passes(f, g)
+                   for f in self.fit.per_gpu)
 
     def _kv_passes(self, f: GpuFit, g: float) -> bool:
         """vLLM's KV check on ``f``'s GPU once g is written with dashes (vLLM reads it too): KV = R - W - O
@@ -250,10 +258,9 @@ class _Search:
         """The largest E that test (1) admits: over the N GPUs the instance needs, the roomiest ones."""
         n = self.model.gpustack.world_size or 1
         if self.cluster.scheduler == "gpustack-0.6":
-            sizes = [gpustack.allocatable_bytes(gpu.memory.total, self.fit.context.claims.get(gpu.index, 0),
-                                                self.cluster.system_reserved_vram) for gpu in self.gpus]
+            sizes = list(self._allocatable(self.cluster.system_reserved_vram).values())
         else:
-            sizes = [gpustack.claim_bytes(gpu.memory.total, g) for gpu in self.gpus]
+            sizes = [int(total * g) for total in self._totals.values()]  # gpustack.claim_bytes
         return sum(sorted(sizes, reverse=True)[:n])
 
     def pin(self) -> Knob:
@@ -299,18 +306,20 @@ class _Search:
         return Knob(tuple(options), None)
 
 
-def _utilization(knob: Knob, live: ModelFit, free: Mapping[int, int]) -> Fix:
+def _utilization(knob: Knob, free: Mapping[int, int], window_note) -> Fix | None:
+    """The nearest working g; else, where the caller wants it said (``window_note``), why none does."""
     found = knob.pick(free)
-    if found is not None:
+    if found is not None or window_note is None:
         return found
     return Fix("gpu_memory_utilization",
-               "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit on this node"
-               + _window_note(live), False)
+               "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit on this node" + window_note(),
+               False)
 
 
-def _other_processes(live: ModelFit) -> Fix | None:
-    short = [(f.index, -f.headroom["vllm_free_memory"]) for f in live.per_gpu
-             if f.index in live.gpus and f.headroom.get("vllm_free_memory", 0) < 0]
+def _other_processes(fit: ModelFit, free: Mapping[int, int]) -> Fix | None:
+    short = [(f.index, -headroom) for f in fit.per_gpu
+             if f.index in fit.gpus and (headroom := free_headroom(f, free.get(f.index, 0))) is not None
+             and headroom < 0]
     if not short:
         return None
     index, missing = max(short, key=lambda s: s[1])

@@ -17,6 +17,7 @@ import shlex
 from decimal import Decimal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 GPUSTACK_DEFAULT_GMU = 0.9  # vllm_resource_fit_selector.py::_set_gpu_memory_utilization
 
@@ -192,6 +193,11 @@ def with_param(parameters: Sequence[str], name: str, value: object) -> tuple[str
 
     Written with dashes so that GPUStack and vLLM both read it (see the module docstring).
     """
+    return _with_param(tuple(parameters), name, value)
+
+
+@lru_cache(maxsize=8192)  # the fix search writes the same few values into the same lists
+def _with_param(parameters: tuple[str, ...], name: str, value: object) -> tuple[str, ...]:
     tokens = argv_tokens(parameters)
     kept: list[str] = []
     i = 0
