@@ -184,3 +184,21 @@ def test_the_explain_page_never_holds_the_liveness_probe(start_exporter, tmp_pat
             order.append("healthy")
         page.join(30)
         assert order.index(path) == len(order) - 1, order
+
+
+def test_gzip_compresses_the_unchanged_part_once_and_stays_one_stream():
+    """Each scrape's gzip is the cached state after the families plus its own tail: one ordinary
+    gzip member (a reader that stops after the first member, as some do, still gets everything)."""
+    import zlib
+
+    from vram_exporter.server import _GzipCache
+
+    cache = _GzipCache()
+    content = b"".join(b'vram_gpu_memory_free_bytes{gpu="%d"} %d\n' % (i, i * 7919) for i in range(5000))
+    for n in range(3):
+        tail = b"vram_exporter_collect_duration_seconds %f\n" % (n / 7)
+        reader = zlib.decompressobj(31)
+        assert reader.decompress(cache.compress(content, tail)) == content + tail
+        assert reader.eof and reader.unused_data == b""
+    changed = content.replace(b"7919", b"7907", 1)
+    assert zlib.decompress(cache.compress(changed, b"x\n"), 31) == changed + b"x\n"

@@ -20,7 +20,7 @@ from .fit.fixes import Fix
 from .fit.node import free_memory, live_values
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
-from .plan import NodeInputs, Plan, Planner
+from .plan import NodeInputs, Plan, Planner, gpu_sizes
 from .report import gpustack_report, plan_report
 from .snapshot import GpuReading, NodeSnapshot
 from .yamlfile import InputFileError
@@ -44,9 +44,14 @@ class _Rendered(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Scrape:
-    body: bytes
+    content: bytes  # every family but the exporter's own: the same object while nothing changed
+    tail: bytes  # the exporter's own series, new at every scrape
     content_type: str
     snapshot: NodeSnapshot
+
+    @property
+    def body(self) -> bytes:
+        return self.content + self.tail
 
 
 class Exporter:
@@ -74,6 +79,7 @@ class Exporter:
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
         self._planner = Planner(gpu_detail)
+        self._last_inputs: tuple[LoadedManifest | None, tuple, NodeInputs] | None = None
         self._picks = _FixPicks()
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
         self._tail_renderer = Renderer()
@@ -133,7 +139,7 @@ class Exporter:
         tail = self._tail_renderer.render(
             exporter_families(results, self._manifest_status, pending,
                               self._gpustack.last_success_timestamp if self._gpustack else None), openmetrics)
-        return Scrape(content + tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
+        return Scrape(content, tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property
     def manifest(self) -> LoadedManifest | None:
@@ -168,10 +174,23 @@ class Exporter:
         return True
 
     def inputs(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeInputs:
-        """What the plan is derived from; without a manifest, only the GPUs' bookings (GPUStack defaults)."""
+        """What the plan is derived from; without a manifest, only the GPUs' bookings (GPUStack defaults).
+        The same manifest object on GPUs of the same sizes gives the same inputs object back, which
+        the planner recognises without comparing every model."""
+        sizes = gpu_sizes(snap)
+        last = self._last_inputs
+        if last is not None and last[0] is manifest and last[1] == sizes:
+            return last[2]
         if manifest is None:
-            return NodeInputs.of(None, (), None, snap)
-        return NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap)
+            inputs = NodeInputs.of(None, (), None, snap)
+        else:
+            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap)
+        self._last_inputs = (manifest, sizes, inputs)
+        return inputs
+
+    async def start_planning(self) -> None:
+        """Plan for the first readings before any scrape asks: the first one then finds it made."""
+        await self._plan_or_none(self.node_manifest(), await self.snapshot())
 
     async def plan(self, snap: NodeSnapshot) -> Plan:
         view = self._gpustack.view if self._gpustack else None

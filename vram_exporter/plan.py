@@ -56,9 +56,12 @@ class NodeInputs:
     @classmethod
     def of(cls, cluster: Cluster | None, models, booked: Mapping[int, int] | None,
            snapshot: NodeSnapshot) -> NodeInputs:
-        sizes = tuple(GpuSize(g.index, g.uuid, g.up, g.memory.total if g.memory else None,
-                              g.memory.reserved if g.memory else None) for g in snapshot.gpus)
-        return cls(cluster or Cluster(), tuple(models), tuple(sorted((booked or {}).items())), sizes)
+        return cls(cluster or Cluster(), tuple(models), tuple(sorted((booked or {}).items())), gpu_sizes(snapshot))
+
+
+def gpu_sizes(snapshot: NodeSnapshot) -> tuple[GpuSize, ...]:
+    return tuple(GpuSize(g.index, g.uuid, g.up, g.memory.total if g.memory else None,
+                         g.memory.reserved if g.memory else None) for g in snapshot.gpus)
 
 
 @dataclass(eq=False, slots=True)

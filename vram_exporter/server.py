@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import gzip
+import zlib
 import json
 import logging
 import signal
@@ -22,6 +22,7 @@ from .webconfig import WebConfig
 log = logging.getLogger(__name__)
 
 EXPORTER_KEY: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
+PLANNING_KEY: web.AppKey[asyncio.Task] = web.AppKey("planning", asyncio.Task)
 
 
 MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
@@ -48,10 +49,11 @@ def create_app(
         scrape = await exporter.scrape(request.headers.get("Accept"))
         # The content type carries parameters (version, charset): set the header whole.
         headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
-        body = scrape.body
         if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = gzipped.compress(body)
+            body = gzipped.compress(scrape.content, scrape.tail)
             headers["Content-Encoding"] = "gzip"
+        else:
+            body = scrape.body
         return web.Response(body=body, headers=headers)
 
     # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
@@ -76,6 +78,10 @@ def create_app(
     async def close_exporter(app: web.Application) -> None:
         exporter.close()
 
+    async def start_planning(app: web.Application) -> None:
+        app[PLANNING_KEY] = asyncio.create_task(exporter.start_planning())
+
+    app.on_startup.append(start_planning)
     app.on_cleanup.append(close_exporter)
     if exporter.manifest is not None:
         app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
@@ -107,17 +113,24 @@ def _json(document: dict) -> bytes:
 
 
 class _GzipCache:
-    """gzip of the last body: Prometheus asks for gzip, and an unchanged body is not compressed twice."""
+    """gzip of a body whose long first part rarely changes (Prometheus asks for gzip at every scrape).
+
+    The first part is compressed once; the compressor's state after it is kept, and each scrape
+    compresses only its tail from a copy of that state: one ordinary gzip stream, for a fraction of
+    the CPU. Level 1: most of the size gain for little CPU (exposition text compresses well).
+    """
 
     def __init__(self) -> None:
-        self._body = b""
-        self._gzip = gzip.compress(b"", compresslevel=1)
+        self._content: bytes | None = None
+        self._prefix = b""
+        self._state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
 
-    def compress(self, body: bytes) -> bytes:
-        if body != self._body:
-            # Level 1: most of the size gain for a fraction of the CPU (exposition text compresses well).
-            self._body, self._gzip = body, gzip.compress(body, compresslevel=1)
-        return self._gzip
+    def compress(self, content: bytes, tail: bytes) -> bytes:
+        if content is not self._content and content != self._content:
+            state = zlib.compressobj(1, zlib.DEFLATED, 31)
+            self._prefix, self._state, self._content = state.compress(content), state, content
+        state = self._state.copy()
+        return self._prefix + state.compress(tail) + state.flush()
 
 
 def _guard(web_config: WebConfig | None):
