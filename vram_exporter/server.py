@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 
-from aiohttp import web
+from aiohttp import payload, web
 
 from .exporter import Exporter
 from .pages import explain_page
@@ -50,11 +50,11 @@ def create_app(
         # The content type carries parameters (version, charset): set the header whole.
         headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = gzipped.compress(scrape.content, scrape.tail)
+            parts = gzipped.compress(scrape.content, scrape.tail)
             headers["Content-Encoding"] = "gzip"
         else:
-            body = scrape.body
-        return web.Response(body=body, headers=headers)
+            parts = (scrape.content, scrape.tail)
+        return web.Response(body=_Parts(parts), headers=headers)
 
     # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
     async def landing(request: web.Request) -> web.Response:
@@ -112,6 +112,21 @@ def _json(document: dict) -> bytes:
     return json.dumps(document).encode()
 
 
+class _Parts(payload.Payload):
+    """A body sent as its parts: the families' megabytes are never copied into one new bytes object."""
+
+    def __init__(self, parts: tuple[bytes, ...]) -> None:
+        super().__init__(parts, content_type="application/octet-stream")  # the handler sets the real one
+        self._size = sum(len(part) for part in parts)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer) -> None:
+        for part in self._value:
+            await writer.write(part)
+
+
 class _GzipCache:
     """gzip of a body whose long first part rarely changes (Prometheus asks for gzip at every scrape).
 
@@ -125,12 +140,13 @@ class _GzipCache:
         self._prefix = b""
         self._state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
 
-    def compress(self, content: bytes, tail: bytes) -> bytes:
+    def compress(self, content: bytes, tail: bytes) -> tuple[bytes, bytes]:
+        """The gzip stream of content + tail, in two parts."""
         if content is not self._content and content != self._content:
             state = zlib.compressobj(1, zlib.DEFLATED, 31)
             self._prefix, self._state, self._content = state.compress(content), state, content
         state = self._state.copy()
-        return self._prefix + state.compress(tail) + state.flush()
+        return self._prefix, state.compress(tail) + state.flush()
 
 
 def _guard(web_config: WebConfig | None):
