@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import __version__
-from .exposition import Family, Segment, format_value, sample_prefix
+from .exposition import Family, Segment, format_value, render_samples, sample_prefix
 from .fit.fixes import Fix
 from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit
 from .gpustack_source import GpuStackView
@@ -143,7 +143,9 @@ class ModelFamilies:
         for fit in node.models:
             shown = [] if fit.error else self._shown_gpus(fit)
             for family, (labels, values) in self._static_segments(fit, shown, uuids).items():
-                static.setdefault(family, []).append(Segment(fit.name, labels, values))
+                # Rendered here, in the planner's thread, so that no scrape renders them.
+                text = render_samples(family, _MODEL_FAMILIES[family][1], labels, values)
+                static.setdefault(family, []).append(Segment(fit.name, labels, values, text))
             position = {f.index: n for n, f in enumerate(fit.per_gpu)}
             shown_all.append((fit, [(position[f.index], f) for f in shown]))
         self._static = (node, static, shown_all)

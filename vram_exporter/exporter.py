@@ -20,7 +20,7 @@ from .fit.fixes import Fix
 from .fit.node import free_memory, live_values
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
-from .plan import NodeInputs, Plan, Planner, gpu_sizes
+from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
 from .report import gpustack_report, plan_report
 from .snapshot import GpuReading, NodeSnapshot
 from .yamlfile import InputFileError
@@ -246,13 +246,13 @@ class _FixPicks:
         if plan.fixes is None:
             return {}
         if plan is not self._plan:
-            self._plan, self._last = plan, {}
+            self._plan, self._last = plan, dict(plan.first_picks)
         out = {}
         for fit in plan.node.models:
             fix_plan = plan.fixes.get(fit.name)
             if fix_plan is None or fit.error or fit.placed or (fit.schedulable and lives[fit.name].startable):
                 continue
-            key = tuple(free.get(f.index) for f in fit.per_gpu)
+            key = pick_key(fit, free)
             last = self._last.get(fit.name)
             if last is None or last[0] != key:
                 last = (key, fix_plan.working(fit, free))

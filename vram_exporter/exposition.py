@@ -144,6 +144,13 @@ class Renderer:
         return prefix
 
 
+def render_samples(name: str, label_names: Sequence[str], labels: Sequence[tuple[str, ...]],
+                   values: Sequence[float]) -> str:
+    """Sample lines, the same in both formats: for a producer that renders ahead (Segment.text)."""
+    return "".join(f"{sample_prefix(name, label_names, l)} {format_value(v)}\n"
+                   for l, v in zip(labels, values, strict=True))
+
+
 def sample_prefix(name: str, label_names: Sequence[str], labels: Sequence[str]) -> str:
     """A sample's line up to its value, without the space: ``name{a="1",b="x"}``."""
     pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(label_names, labels, strict=True))

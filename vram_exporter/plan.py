@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from .collector import GpuDetail, ModelFamilies
 from .fit.fixes import FixPlan, plan_fixes
 from .fit.model import Cluster, ModelSpec
-from .fit.node import NodeFit, static_fit
+from .fit.node import NodeFit, free_memory, static_fit
 from .snapshot import GpuReading, NodeSnapshot
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ class Plan:
     fixes: Mapping[str, FixPlan] | None = field(default=None)  # None until every model's are known
     # Done when ``fixes`` is set, or with None when a newer plan made this one's search pointless.
     fixes_known: Future = field(default_factory=Future)
+    # Each model's working fixes on the free memory the plan was made with, picked in the planner's
+    # thread so that the scrape that first shows the fixes need not pick them (readings rarely moved).
+    first_picks: Mapping[str, tuple[tuple, list]] = field(default_factory=dict)
 
     @property
     def specs(self) -> tuple[ModelSpec, ...]:
@@ -137,6 +140,7 @@ class Planner:
             fixes = _fixes(plan, lambda: self._current is not plan)
         finally:
             if fixes is not None:
+                plan.first_picks = _first_picks(plan, fixes)
                 plan.fixes = fixes  # one assignment: readers see None or every model's
                 # The plan lives until the inputs change: keep it out of the cyclic collector, whose
                 # full passes over it showed up as 20-30 ms pauses in scrape latency.
@@ -152,6 +156,17 @@ def _fit(version: int, inputs: NodeInputs, snapshot: NodeSnapshot, gpu_detail: G
     families = ModelFamilies(gpu_detail)
     families.prepare(node)
     return Plan(version, inputs, node, families, snapshot.gpus)
+
+
+def pick_key(fit, free: Mapping[int, int]) -> tuple:
+    """What a model's picked fixes depend on: the free memory of each GPU it is judged on."""
+    return tuple(free.get(f.index) for f in fit.per_gpu)
+
+
+def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> dict[str, tuple[tuple, list]]:
+    free = free_memory(NodeSnapshot(driver_version="", gpus=plan.gpus))
+    return {fit.name: (pick_key(fit, free), fixes[fit.name].working(fit, free))
+            for fit in plan.node.models if fit.name in fixes}
 
 
 def _fixes(plan: Plan, stale) -> dict[str, FixPlan] | None:
