@@ -56,7 +56,7 @@ def test_recorded_server_every_verdict_matches_gpustacks():
 
 def test_node_view_of_a_worker_is_a_manifest_with_its_claims():
     view = build_view(recorded_state(), worker_name="error-node", source="recorded", read_model=recorded_models)
-    manifest = view.manifest
+    manifest = view.node_models
     assert view.worker.name == "error-node" and manifest.cluster.system_reserved_vram == 0
     [running, candidate] = manifest.models
     # The error instance keeps its claim: shown as the model it is, with GPUStack's own claim bytes.
@@ -67,16 +67,16 @@ def test_node_view_of_a_worker_is_a_manifest_with_its_claims():
 
 def test_second_replica_books_the_first_and_judges_the_second():
     view = build_view(recorded_state(), worker_name="replicas-node", source="recorded", read_model=recorded_models)
-    [candidate] = view.manifest.models
+    [candidate] = view.node_models.models
     assert (candidate.name, candidate.replicas, candidate.placed_on) == ("replica-qwen", 1, None)
-    assert view.manifest.booked == {0: 23181498777}  # the placed replica, not shown as a model of its own
+    assert view.node_models.booked == {0: 23181498777}  # the placed replica, not shown as a model of its own
 
 
 def test_worker_found_by_hostname_and_reservation_read():
     view = build_view(recorded_state(), worker_name="seed-node", source="recorded", read_model=recorded_models)
-    assert view.manifest.cluster.system_reserved_vram == GIB
+    assert view.node_models.cluster.system_reserved_vram == GIB
     view = build_view(recorded_state(), worker_name="no-such-host", source="recorded", read_model=recorded_models)
-    assert view.worker is None and view.manifest is None and view.verdicts
+    assert view.worker is None and view.node_models is None and view.verdicts
 
 
 def test_unknown_size_is_reported_never_guessed(tmp_path):
@@ -86,7 +86,7 @@ def test_unknown_size_is_reported_never_guessed(tmp_path):
     view = build_view(recorded_state(), worker_name="seed-node", source="recorded", read_model=unreadable)
     assert all(v.size_known is False and v.predicted_pending is None for v in view.verdicts)
     assert "config.json does not exist" in view.verdicts[0].note
-    assert view.manifest.models == ()  # nothing judged on a guess
+    assert view.node_models.models == ()  # nothing judged on a guess
 
 
 def test_overlay_manifest_gives_the_sizes(tmp_path):
@@ -289,7 +289,7 @@ def test_failed_refresh_keeps_the_last_good_view_and_says_so():
     assert models and all(line in second for line in models)  # the last good view, still served
     view = source.view
     asyncio.run(source.refresh())
-    assert source.success and source.view.manifest is view.manifest  # unchanged: same object, fit cache hits
+    assert source.success and source.view.node_models is view.node_models  # unchanged: same object, fit cache hits
     exporter.close()
 
 

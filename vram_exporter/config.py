@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .fit.gpustack import ENV_CLAIM
 from .fit.model import Architecture, Cluster, ModelSpec
 from .fit.params import parse_model_len
 from .units import parse_size
-from .yamlfile import InputFileError, field_path, load_located
+from .yamlfile import InputFileError, Strict, field_path, load_located
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Utilization = Annotated[float, Field(gt=0, le=1)]
@@ -30,10 +30,8 @@ Utilization = Annotated[float, Field(gt=0, le=1)]
 WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
 WEIGHT_EXCLUDED = ("consolidated.safetensors",)
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-class ClusterSettings(_Strict):
+class ClusterSettings(Strict):
     scheduler: Literal["gpustack", "gpustack-0.6"] = "gpustack"
     system_reserved_vram: Size = 0
     vllm_default_gpu_memory_utilization: Utilization = 0.92
@@ -51,7 +49,7 @@ class ClusterSettings(_Strict):
     def to_cluster(self) -> Cluster:
         return Cluster(**self.model_dump())
 
-class ModelEntry(_Strict):
+class ModelEntry(Strict):
     name: str = Field(min_length=1)
     path: str | None = None
     weights_bytes: Size | None = None
@@ -101,7 +99,7 @@ class ModelEntry(_Strict):
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
         return self
 
-class Manifest(_Strict):
+class Manifest(Strict):
     cluster: ClusterSettings = ClusterSettings()
     models: list[ModelEntry] = []
 
@@ -116,10 +114,23 @@ class Manifest(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class LoadedManifest:
+    """A manifest file, validated and resolved."""
+
     path: Path
     cluster: Cluster
     models: tuple[ModelSpec, ...]
     booked: Mapping[int, int] = field(default_factory=dict)  # claims of instances not among the models
+
+
+@dataclass(frozen=True, slots=True)
+class NodeModels:
+    """The models judged on this node and the settings they are judged with, when they come from
+    somewhere else than a manifest file (GPUStack's API): the same three values as a manifest."""
+
+    origin: str  # where they were read, for a person
+    cluster: Cluster
+    models: tuple[ModelSpec, ...]
+    booked: Mapping[int, int] = field(default_factory=dict)
 
 def load_manifest(path: Path | str) -> LoadedManifest:
     """Validate and resolve a manifest; InputFileError lists every problem with its line."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from .collector import CollectResult, GpuDetail, ManifestStatus, exporter_families, gpu_families, gpustack_families
-from .config import LoadedManifest, load_manifest
+from .config import LoadedManifest, NodeModels, load_manifest
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
 from .fit.fixes import Fix
 from .fit.node import free_memory, live_values
@@ -79,7 +79,7 @@ class Exporter:
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
         self._planner = Planner(gpu_detail)
-        self._last_inputs: tuple[LoadedManifest | None, tuple, NodeInputs] | None = None
+        self._last_inputs: tuple[LoadedManifest | NodeModels | None, tuple, NodeInputs] | None = None
         self._picks = _FixPicks()
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
         self._tail_renderer = Renderer()
@@ -150,12 +150,12 @@ class Exporter:
     def gpustack(self) -> GpuStackSource | None:
         return self._gpustack
 
-    def node_manifest(self, view: GpuStackView | None = None) -> LoadedManifest | None:
-        """The models judged against this node: the manifest's, or GPUStack's node view."""
+    def node_manifest(self, view: GpuStackView | None = None) -> LoadedManifest | NodeModels | None:
+        """The models judged against this node: the manifest's, or GPUStack's for this worker."""
         if self._gpustack is None:
             return self._manifest
         view = view or self._gpustack.view
-        return view.manifest if view else None
+        return view.node_models if view else None
 
     def reload_manifest(self) -> bool:
         """Load the manifest file again; a bad one keeps the last good one serving. True on success."""
@@ -173,7 +173,7 @@ class Exporter:
         log.info("manifest reloaded from %s (%d models)", path, len(manifest.models))
         return True
 
-    def inputs(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> NodeInputs:
+    def inputs(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> NodeInputs:
         """What the plan is derived from; without a manifest, only the GPUs' bookings (GPUStack defaults).
         The same manifest object on GPUs of the same sizes gives the same inputs object back, which
         the planner recognises without comparing every model."""
@@ -208,7 +208,7 @@ class Exporter:
             report["gpustack"] = gpustack_report(self._gpustack.view, self._gpustack)
         return report
 
-    async def _plan_or_none(self, manifest: LoadedManifest | None, snap: NodeSnapshot) -> Plan | None:
+    async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:
         try:
             return await self._planner.plan(self.inputs(manifest, snap), snap)
         except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it

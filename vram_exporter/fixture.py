@@ -23,15 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from . import nvml
 from .snapshot import NodeSnapshot
-from .yamlfile import load_model
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from .yamlfile import Strict, load_model
 
 
 def _check_error_name(name: str | None) -> str | None:
@@ -41,7 +37,7 @@ def _check_error_name(name: str | None) -> str | None:
     return name
 
 
-class FixtureMemory(_Strict):
+class FixtureMemory(Strict):
     total: NonNegativeInt
     reserved: NonNegativeInt = 0
     used: NonNegativeInt
@@ -57,14 +53,14 @@ class FixtureMemory(_Strict):
         return self
 
 
-class FixtureProcess(_Strict):
+class FixtureProcess(Strict):
     pid: NonNegativeInt
     name: str = ""
     used: NonNegativeInt | None = None
     type: Literal["compute", "graphics"] = "compute"
 
 
-class FixtureGpu(_Strict):
+class FixtureGpu(Strict):
     index: NonNegativeInt
     name: str
     uuid: str
@@ -76,7 +72,7 @@ class FixtureGpu(_Strict):
     _error_known = field_validator("error")(_check_error_name)
 
 
-class Fixture(_Strict):
+class Fixture(Strict):
     driver_version: str
     nvml_error: str | None = None
     memory_v2: bool = True

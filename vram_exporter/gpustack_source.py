@@ -4,7 +4,7 @@
 makes
 - the node view: this node's worker (matched by name or hostname), its ``system_reserved``, the
   claims of the instances bound to its GPUs, and the models it could take, as the same
-  ``LoadedManifest`` a manifest file gives (so every per-node metric works unchanged);
+  models, settings and bookings a manifest file gives (``NodeModels``) (so every per-node metric works unchanged);
 - the cluster view: for every model, GPUStack's own verdict (its pending instances) next to ours
   (fit/cluster.py replays the scheduler over all workers), and per GPU of this worker GPUStack's own
   ``memory.allocated`` next to our claimed bytes.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import LoadedManifest, read_model_directory
+from .config import LoadedManifest, NodeModels, read_model_directory
 from .fit import cluster as replay
 from .fit.model import Architecture, Cluster, ModelSpec
 from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
@@ -52,7 +52,7 @@ class ModelVerdict:
 @dataclass(frozen=True, slots=True)
 class GpuStackView:
     worker: Worker | None  # this node's worker; None: not found (node view empty)
-    manifest: LoadedManifest | None  # the node view, for fit_node
+    node_models: NodeModels | None  # this worker's models, judged as a manifest's would be
     verdicts: tuple[ModelVerdict, ...] = ()
     allocated: Mapping[int, int] = field(default_factory=dict)  # GPU index -> GPUStack's memory.allocated
 
@@ -69,7 +69,7 @@ def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: 
                              overlay.cluster.scheduler if overlay else "gpustack")
     return GpuStackView(
         worker=worker,
-        manifest=_node_manifest(worker, state, specs, requests, overlay, source) if worker else None,
+        node_models=_node_models(worker, state, specs, requests, overlay, source) if worker else None,
         verdicts=_verdicts(state, specs, unknown, requests, verdicts),
         allocated=_allocated(worker),
     )
@@ -193,10 +193,10 @@ def _allocated(worker: Worker | None) -> dict[int, int]:
             if gpu.memory is not None and gpu.memory.allocated is not None}
 
 
-def _node_manifest(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
-                   requests: Mapping[str, replay.Request | None], overlay: LoadedManifest | None,
-                   source: str) -> LoadedManifest:
-    """This worker as a manifest: the models it could take (their pending instances), the model
+def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
+                 requests: Mapping[str, replay.Request | None], overlay: LoadedManifest | None,
+                 source: str) -> NodeModels:
+    """This worker as a manifest would describe it: the models it could take (their pending instances), the model
     it runs (placed_on, with GPUStack's actual claims), and the claims of everything else bound here."""
     booked: dict[int, int] = {}
     models: list[ModelSpec] = []
@@ -221,7 +221,7 @@ def _node_manifest(worker: Worker, state: GpuStackState, specs: Mapping[str, Mod
                 booked[index] = booked.get(index, 0) + size
     base = overlay.cluster if overlay else Cluster()
     cluster = replace(base, system_reserved_vram=worker.reserved_vram)
-    return LoadedManifest(Path(source), cluster, tuple(models), booked)
+    return NodeModels(f"GPUStack {source}, worker {worker.name}", cluster, tuple(models), booked)
 
 
 def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:
@@ -290,7 +290,7 @@ class GpuStackSource:
 
 
 def _keep_identity(old: GpuStackView | None, new: GpuStackView) -> GpuStackView:
-    """The previous node manifest object when nothing in it changed: the exporter's fit cache keys on it."""
-    if old is not None and old.manifest is not None and old.manifest == new.manifest:
-        return replace(new, manifest=old.manifest)
+    """The previous node models object when nothing in it changed: the planner recognises it at once."""
+    if old is not None and old.node_models is not None and old.node_models == new.node_models:
+        return replace(new, node_models=old.node_models)
     return new

@@ -21,6 +21,13 @@ import yaml
 Model = TypeVar("Model", bound=pydantic.BaseModel)
 
 
+class Strict(pydantic.BaseModel):
+    """The base of every file format here: an unknown field is an error (a typo must not pass
+    silently as a default), and a loaded value never changes."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
 class InputFileError(ValueError):
     """A file that cannot be used; ``str()`` lists every problem, one per line."""
 
