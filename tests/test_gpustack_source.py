@@ -14,6 +14,7 @@ from aiohttp import web
 from conftest import FIXTURES
 from test_gpustack_live import QWEN_1_5B, QWEN_1_5B_WEIGHTS, QWEN_7B, QWEN_7B_WEIGHTS
 from vram_exporter.config import load_manifest
+from vram_exporter.errors import BadInput
 from vram_exporter.exporter import Exporter
 from vram_exporter.fake_nvml import FakeNvml
 from vram_exporter.fit import cluster as replay
@@ -81,7 +82,7 @@ def test_worker_found_by_hostname_and_reservation_read():
 
 def test_unknown_size_is_reported_never_guessed(tmp_path):
     def unreadable(directory: Path):
-        raise ValueError(f"{directory}/config.json does not exist")
+        raise BadInput(f"{directory}/config.json does not exist")  # as config.read_model_directory does
 
     view = build_view(recorded_state(), worker_name="seed-node", source="recorded", read_model=unreadable)
     assert all(v.size_known is False and v.predicted_pending is None for v in view.verdicts)
@@ -95,7 +96,7 @@ def test_overlay_manifest_gives_the_sizes(tmp_path):
                        f"    config: {json.dumps(QWEN_1_5B)}\n")
 
     def unreadable(directory: Path):
-        raise ValueError("not readable here")
+        raise BadInput("not readable here")
 
     view = build_view(recorded_state(), worker_name="seed-node", source="recorded",
                       overlay=load_manifest(overlay), read_model=unreadable)

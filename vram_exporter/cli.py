@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .yamlfile import InputFileError
+from .errors import BadInput, FlagError
 
 COMMANDS = ("serve", "check", "capture")
 EXIT_SOME_DO_NOT_FIT = 1
@@ -99,7 +99,7 @@ def _gpustack_source(args: argparse.Namespace, overlay):
         for dest, flag in (("gpustack_api_key_file", "api-key-file"), ("gpustack_worker_name", "worker-name"),
                            ("gpustack_ca_file", "tls.ca-file")):
             if getattr(args, dest) is not None:
-                raise ValueError(f"--gpustack.{flag} needs --gpustack.url")
+                raise FlagError(f"--gpustack.{flag} needs --gpustack.url")
         return None
     import socket
 
@@ -107,7 +107,7 @@ def _gpustack_source(args: argparse.Namespace, overlay):
     from .gpustack_source import GpuStackSource
 
     if not args.gpustack_url.startswith(("http://", "https://")):
-        raise ValueError(f"--gpustack.url {args.gpustack_url!r}: expected http(s)://HOST[:PORT]")
+        raise FlagError(f"--gpustack.url {args.gpustack_url!r}: expected http(s)://HOST[:PORT]")
     api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
     client = GpuStackClient(args.gpustack_url, api_key=api_key, timeout=args.gpustack_timeout,
                             verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         return _serve(args)
-    except (InputFileError, ValueError) as exc:
+    except BadInput as exc:  # InputFileError included
         print(f"vram-exporter: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:
@@ -166,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import create_app, parse_listen_address, serve
 
     if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
-        raise ValueError(f"--web.telemetry-path {args.telemetry_path!r}: must start with / and not be /")
+        raise FlagError(f"--web.telemetry-path {args.telemetry_path!r}: must start with / and not be /")
     parse_listen_address(args.listen_address)  # bad input is exit 2, before anything starts
     manifest = None
     if args.manifest is not None:
@@ -182,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         web_config = WebConfig.load(args.web_config_file)
     if args.max_requests < 0:
-        raise ValueError("--web.max-requests must be 0 (no limit) or more")
+        raise FlagError("--web.max-requests must be 0 (no limit) or more")
     app = create_app(exporter, telemetry_path=args.telemetry_path, web_config=web_config,
                      manifest_check_interval=args.manifest_check_interval, max_requests=args.max_requests,
                      gpustack_refresh_interval=args.gpustack_refresh_interval)

@@ -20,6 +20,7 @@ from .fit.gpustack import ENV_CLAIM
 from .fit.model import Architecture, Cluster, ModelSpec
 from .fit.params import parse_model_len
 from .units import parse_size
+from .errors import BadInput
 from .yamlfile import InputFileError, Strict, field_path, load_located
 
 Size = Annotated[int, BeforeValidator(parse_size)]
@@ -148,7 +149,7 @@ def load_manifest(path: Path | str) -> LoadedManifest:
         raise InputFileError(path, problems)
     return LoadedManifest(path, manifest.cluster.to_cluster(), tuple(models))
 
-class _FieldError(ValueError):
+class _FieldError(BadInput):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
 from .fit import cluster as replay
 from .fit.model import Architecture, Cluster, ModelSpec
@@ -34,7 +35,7 @@ from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
 
 log = logging.getLogger(__name__)
 
-ModelReader = Callable[[Path], tuple[dict[str, Any], int]]  # directory -> (config.json, weights bytes)
+ModelReader = Callable[[Path], tuple[dict[str, Any], int]]  # directory -> (config.json, weights bytes); BadInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: 
             continue
         try:
             specs[model.name] = _spec(model, given.get(model.name), read_model)
-        except ValueError as exc:
+        except BadInput as exc:  # config.json unreadable or wrong, weights size unknown
             unknown[model.name] = str(exc)
     return specs, unknown
 
@@ -108,7 +109,7 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> Mod
         arch, max_len, overhead = Architecture.from_config(config), None, None
     else:
         where = model.huggingface_repo_id or model.model_scope_model_id or model.source or "its source"
-        raise ValueError(f"weights size unknown: {where} is not a local path this node can read; give the model "
+        raise ModelError(f"weights size unknown: {where} is not a local path this node can read; give the model "
                          "in the overlay manifest (--manifest) with weights_bytes and config")
     return ModelSpec(name=model.name, weights_bytes=weights, arch=arch,
                      backend_parameters=tuple(model.backend_parameters or ()), env=dict(model.env or {}),

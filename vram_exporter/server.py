@@ -15,6 +15,7 @@ import time
 
 from aiohttp import payload, web
 
+from .errors import FlagError
 from .exporter import Exporter
 from .pages import explain_page
 from .filestamp import file_stamp
@@ -234,7 +235,7 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
     """``:9845`` -> (None, 9845) (all interfaces); ``127.0.0.1:9845``; ``[::1]:9845``."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--web.listen-address {address!r}: expected [HOST]:PORT, e.g. :9845")
+        raise FlagError(f"--web.listen-address {address!r}: expected [HOST]:PORT, e.g. :9845")
     host = host.removeprefix("[").removesuffix("]")
     return (host or None), int(port)
 

@@ -18,6 +18,8 @@ from typing import TypeVar
 import pydantic
 import yaml
 
+from .errors import BadInput
+
 Model = TypeVar("Model", bound=pydantic.BaseModel)
 
 
@@ -28,7 +30,7 @@ class Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
-class InputFileError(ValueError):
+class InputFileError(BadInput):
     """A file that cannot be used; ``str()`` lists every problem, one per line."""
 
     def __init__(self, path: Path | str, problems: Sequence[tuple[int | None, str, str]]):

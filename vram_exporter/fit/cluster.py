@@ -20,6 +20,8 @@ instance as gpustack 2.3.0's scheduler does (``gpustack/scheduler/scheduler.py``
 
 from __future__ import annotations
 
+from ..errors import ModelError
+
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -113,7 +115,7 @@ def decide(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus], 
     spec = request.spec
     try:
         params = _params(spec)
-    except ValueError as exc:
+    except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(spec.arch,
                                                                                        params.tensor_parallel_size)):

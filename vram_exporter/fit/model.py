@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from ..errors import ModelError
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,7 +56,7 @@ class Architecture:
         head_dim = text.get("head_dim") or (_positive_int(text, "hidden_size") // heads)
         dtype = str(text.get("torch_dtype") or text.get("dtype") or config.get("torch_dtype") or "bfloat16")
         if dtype not in _DTYPE_BYTES:
-            raise ValueError(f"torch_dtype {dtype!r} is not one of {', '.join(sorted(_DTYPE_BYTES))}")
+            raise ModelError(f"torch_dtype {dtype!r} is not one of {', '.join(sorted(_DTYPE_BYTES))}")
         window = text.get("sliding_window")
         if text.get("use_sliding_window") is False or isinstance(text.get("layer_types"), list):
             window = None  # Qwen2 ships the field switched off; mixed layer types: treat all as full
@@ -77,7 +79,7 @@ class Architecture:
 def _positive_int(config: Mapping[str, Any], key: str) -> int:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"config field {key!r} must be a positive integer, got {value!r}")
+        raise ModelError(f"config field {key!r} must be a positive integer, got {value!r}")
     return value
 
 

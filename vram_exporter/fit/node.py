@@ -14,6 +14,8 @@ them too).
 
 from __future__ import annotations
 
+from ..errors import ModelError
+
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -238,7 +240,7 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     missing = [i for i in model.placed_on if i not in by_index]
     try:
         gmu = model.gpustack.gpu_memory_utilization
-    except ValueError as exc:
+    except ModelError as exc:
         return ModelFit(model.name, error=str(exc), placed=True)
     if model.placed_claims is not None:
         own = {i: claim for i, claim in model.placed_claims.items() if i in by_index}
@@ -309,7 +311,7 @@ def evaluate(
     """One model against the node as it stands at its turn. Pure; used again by the fix search."""
     try:
         return _evaluate(model, cluster, gpus, context, placed_on)
-    except ValueError as exc:
+    except ModelError as exc:
         return ModelFit(model.name, error=str(exc), placed=placed_on is not None, weights=model.weights_bytes,
                         context=context)
 
@@ -332,11 +334,11 @@ def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
     """Raise ValueError where the model cannot be judged (or GPUStack refuses it outright)."""
     for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
         if not 0 < value <= 1:
-            raise ValueError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
+            raise ModelError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
     if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(model.arch, gs.tensor_parallel_size)):
-        raise ValueError(problem + " Consider adjusting your tensor-parallel-size value.")
+        raise ModelError(problem + " Consider adjusting your tensor-parallel-size value.")
     if problem := gpustack.pinned_count_problem(model.pinned_gpus, gs.world_size, model.env):
-        raise ValueError(problem)
+        raise ModelError(problem)
 
 
 def _kv_terms(model: ModelSpec, cluster: Cluster) -> _KvTerms:
@@ -377,7 +379,7 @@ def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], contex
         gs = model.gpustack
         kv = _kv_terms(model, cluster)
         _refuse(model, gs, kv.gmu)
-    except ValueError:
+    except ModelError:
         return Probe(False)
     placement = _placement(model, cluster, gpus, context.claims, gs)
     if placement is None:
@@ -433,12 +435,12 @@ def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
     wanted = model.max_model_len if model.max_model_len is not None else vp.max_model_len
     if wanted is None:
         if cap is None:
-            raise ValueError("max_model_len is not given and config has no max_position_embeddings")
+            raise ModelError("max_model_len is not given and config has no max_position_embeddings")
         return cap
     if wanted == -1:  # auto: the longest that fits; the check is that at least one block fits
         return 1
     if wanted <= 0:
-        raise ValueError(f"max_model_len must be positive, got {wanted}")
+        raise ModelError(f"max_model_len must be positive, got {wanted}")
     return wanted
 
 

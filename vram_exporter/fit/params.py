@@ -11,6 +11,8 @@ The two readers disagree on purpose, because the real programs do:
 
 from __future__ import annotations
 
+from ..errors import ModelError
+
 import math
 import re
 import shlex
@@ -101,7 +103,7 @@ def gpustack_params(parameters: Sequence[str] | None) -> GpuStackParams:
         try:
             gmu = float(raw_gmu)
         except ValueError:
-            raise ValueError(f"GPUStack cannot read --gpu-memory-utilization={raw_gmu!r} as a number") from None
+            raise ModelError(f"GPUStack cannot read --gpu-memory-utilization={raw_gmu!r} as a number") from None
     sizes = {
         "tensor-parallel-size": _first_int(parameters, ["tensor-parallel-size", "tp"]),
         "pipeline-parallel-size": _first_int(parameters, ["pipeline-parallel-size", "pp"]),
@@ -110,7 +112,7 @@ def gpustack_params(parameters: Sequence[str] | None) -> GpuStackParams:
     }
     for name, value in sizes.items():
         if value is not None and value <= 0:
-            raise ValueError(f"vLLM: --{name} {value} must be positive.")  # GPUStack's own words
+            raise ModelError(f"vLLM: --{name} {value} must be positive.")  # GPUStack's own words
     world = None
     if any(sizes.values()):
         world = math.prod(v for v in sizes.values() if v)
@@ -151,7 +153,7 @@ def parse_model_len(text: str) -> int:
         return -1
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgG]?)", text)
     if not match:
-        raise ValueError(f"--max-model-len {text!r}: expected tokens like 32768, 4k, 128K or auto")
+        raise ModelError(f"--max-model-len {text!r}: expected tokens like 32768, 4k, 128K or auto")
     number, suffix = Decimal(match.group(1)), match.group(2)
     scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}[suffix]
     return int(number * scale)
@@ -173,7 +175,7 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
         try:
             return kind(raw)
         except ValueError:
-            raise ValueError(f"vLLM cannot read --{name} {raw!r}") from None
+            raise ModelError(f"vLLM cannot read --{name} {raw!r}") from None
 
     raw_len = last.get("max-model-len")
     return VllmParams(
