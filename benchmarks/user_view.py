@@ -14,6 +14,10 @@ For each size (GPUs x models) it starts the real exporter process and measures o
 
     .venv/bin/python benchmarks/user_view.py                # 1x10, 8x200, 16x500
     .venv/bin/python benchmarks/user_view.py --sizes 8x200
+
+Another version side by side: check it out elsewhere and put it first on PYTHONPATH, e.g.
+    git worktree add /tmp/before b63c555
+    PYTHONPATH=/tmp/before .venv/bin/python benchmarks/user_view.py --sizes 8x200 --page-rounds 2
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def floor(body: bytes, work: Path, seconds: float) -> list[float]:
         server.wait()
 
 
-def run(work: Path, gpus: int, models: int, seconds: float) -> dict:
+def run(work: Path, gpus: int, models: int, seconds: float, page_rounds: int = 10) -> dict:
     fixture_path, manifest_path = scenarios.write(work, gpus, models, 0)
     started = time.perf_counter()
     exporter = ExporterProcess("--nvml.fixture", str(fixture_path), "--manifest", str(manifest_path),
@@ -151,7 +155,7 @@ def run(work: Path, gpus: int, models: int, seconds: float) -> dict:
         steady = sequential(exporter.port, seconds)
         with Drift(fixture_path):
             drifting = sequential(exporter.port, max(seconds, 4.0))
-        result["pages"] = pages(exporter.port, 10)
+        result["pages"] = pages(exporter.port, page_rounds)
         connection = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=30)
         body = get(connection, "/metrics")[1]
         result["rss_mib"] = peak_rss_mib(exporter.proc.pid)
@@ -188,6 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1x10,8x200,16x500")
     parser.add_argument("--seconds", type=float, default=3.0, help="per steady/drifting/floor phase")
+    parser.add_argument("--page-rounds", type=int, default=10, help="fetches of each page")
     args = parser.parse_args()
     import tempfile
 
@@ -195,7 +200,7 @@ def main() -> None:
     for size in args.sizes.split(","):
         gpus, models = map(int, size.split("x"))
         with tempfile.TemporaryDirectory() as work:
-            results.append(run(Path(work), gpus, models, args.seconds))
+            results.append(run(Path(work), gpus, models, args.seconds, args.page_rounds))
             print(results[-1], file=sys.stderr)
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}\n")
     print(table(results))
