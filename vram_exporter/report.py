@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .fit.fixes import Fix
 from .fit.model import ModelSpec
-from .fit.node import CHECKS, ModelFit, NodeFit, apply_free, free_memory
+from .fit.node import CHECKS, ModelFit, NodeFit, apply_free, free_memory, vllm_starts_on
 from .snapshot import NodeSnapshot
 
 if TYPE_CHECKING:
@@ -37,13 +37,14 @@ def fit_report(snapshot: NodeSnapshot, node: NodeFit, specs: Sequence[ModelSpec]
                fixes: Mapping[str, Sequence[Fix]], fixes_known: bool = True) -> dict[str, Any]:
     """``node``: the fit with free memory applied."""
     bookings = {b.index: b for b in node.gpus}
+    free = free_memory(snapshot)
     return {
         "source": snapshot.source,
         "scheduler": node.cluster.scheduler,
         "nvml_error": snapshot.error,
         "fixes_known": fixes_known,
         "gpus": [_gpu(gpu, bookings.get(gpu.index)) for gpu in snapshot.gpus],
-        "models": [_model(fit, fixes.get(fit.name, ())) for spec, fit in zip(specs, node.models, strict=True)],
+        "models": [_model(fit, fixes.get(fit.name, ()), free) for spec, fit in zip(specs, node.models, strict=True)],
     }
 
 
@@ -60,7 +61,7 @@ def _gpu(gpu, booking) -> dict[str, Any]:
     return out
 
 
-def _model(fit: ModelFit, fixes: Sequence[Fix]) -> dict[str, Any]:
+def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict[str, Any]:
     return {
         "name": fit.name,
         "schedulable": fit.schedulable,
@@ -76,8 +77,7 @@ def _model(fit: ModelFit, fixes: Sequence[Fix]) -> dict[str, Any]:
         "kv_cache_required_bytes": fit.kv_required,
         "max_model_len": fit.max_model_len,
         # GPUs where vLLM on its own (`vllm serve`, no scheduler) would start and serve max_model_len.
-        "vllm_alone_gpus": [f.index for f in fit.per_gpu
-                            if f.headroom["vllm_kv_cache"] >= 0 and f.headroom.get("vllm_free_memory", 0) >= 0],
+        "vllm_alone_gpus": [f.index for f in fit.per_gpu if vllm_starts_on(f, free.get(f.index, 0))],
         "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, "vllm": fit.gmu_vllm,
                                    "mismatch": fit.gmu_mismatch},
         "checks": {

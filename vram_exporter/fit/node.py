@@ -170,15 +170,13 @@ def startable(fit: ModelFit, free: Mapping[int, int]) -> bool:
     if fit.error or not fit.gpus:
         return False
     by_index = {f.index: f for f in fit.per_gpu}
-    for index in fit.gpus:
-        f = by_index.get(index)
-        if f is None:
-            continue
-        if f.headroom["vllm_kv_cache"] < 0:
-            return False
-        if f.free_need is not None and free.get(index, 0) < f.free_need:
-            return False
-    return True
+    return all(vllm_starts_on(by_index[i], free.get(i, 0)) for i in fit.gpus if i in by_index)
+
+
+def vllm_starts_on(f: GpuFit, free: int) -> bool:
+    """vLLM's two checks on one GPU: the KV cache for max_model_len, and (but for a running
+    instance) free memory at start-up."""
+    return f.headroom["vllm_kv_cache"] >= 0 and (f.free_need is None or free >= f.free_need)
 
 
 def apply_free(node: NodeFit, free: Mapping[int, int]) -> NodeFit:
