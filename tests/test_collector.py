@@ -7,8 +7,9 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from fitcases import GIB, MIB, gpu, node, seed_cluster, seed_model
+from vram_exporter.collector import fix_segment
 from vram_exporter.exposition import Renderer
-from vram_exporter.fit.node import free_memory, live_values
+from vram_exporter.fit.node import free_memory
 from vram_exporter.plan import NodeInputs, Planner
 from vram_exporter.report import plan_report
 
@@ -30,9 +31,8 @@ def test_metrics_and_report_agree_after_readings_move():
     plan = planner.submit(NodeInputs.of(seed_cluster(), models, {}, made_on), made_on).result(30)
     plan.fixes_known.result(30)
     free = free_memory(now)
-    lives = {fit.name: live_values(fit, free) for fit in plan.node.models}
-    fixes = {fit.name: plan.fixes[fit.name].working(fit, free) for fit in plan.node.models}
-    samples = _samples(Renderer().render(plan.families.families(plan.node, lives, fixes)).decode())
+    fixes = [fix_segment(fit.name, plan.fixes[fit.name].working(fit, free)) for fit in plan.node.models]
+    samples = _samples(Renderer().render(plan.families.families(plan.node, free, fixes)).decode())
     report = plan_report(plan, now)
     for model in report["models"]:
         name = model["name"]

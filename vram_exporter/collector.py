@@ -14,7 +14,7 @@ from typing import Literal
 from . import __version__
 from .exposition import Family, Segment, format_value, render_samples, sample_prefix
 from .fit.fixes import Fix
-from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit
+from .fit.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit, live_values
 from .gpustack_source import GpuStackView
 from .snapshot import NodeSnapshot
 
@@ -102,16 +102,24 @@ class ModelFamilies:
         self.gpu_detail = gpu_detail
         self._static: tuple[NodeFit | None, dict[str, list[Segment]], list[tuple[ModelFit, list]]] = (None, {}, [])
         self._live: _LiveLayout | None = None
+        self._live_memo: tuple[tuple, dict[str, LiveValues], dict[str, Segment]] | None = None
 
-    def families(self, node: NodeFit, lives: Mapping[str, LiveValues],
-                 fixes: Mapping[str, Sequence[Fix]] | None = None) -> list[Family]:
-        """The families; ``lives`` holds each model's values of the moment (``live_values``)."""
-        static, shown = self.prepare(node)
+    def lives(self, node: NodeFit, free: Mapping[int, int]) -> dict[str, LiveValues]:
+        """Each model's free-memory dependent values (``live_values``), remembered for the last free
+        memory seen: a scrape whose readings did not move (new fixes, say) redoes none of them."""
+        return self._live_part(node, free)[0]
+
+    def _live_part(self, node: NodeFit, free: Mapping[int, int]):
+        key = tuple(sorted(free.items()))
+        if self._live_memo is not None and self._live_memo[0] == key:
+            return self._live_memo[1], self._live_memo[2]
+        _, shown = self.prepare(node)
         layout = self._live
+        lives = {fit.name: live_values(fit, free) for fit in node.models}
         lv = [lives[fit.name] for fit, _ in shown]
         # The samples free memory moves, rendered here from prefixes made once per plan: at every
         # change of a reading they are most of the scrape's work.
-        live_segments = {
+        segments = {
             "vram_model_headroom_bytes": Segment("live", (), (), "".join(
                 [f"{p} {lv[m].free_headroom[n]}\n" for m, n, p in layout.headroom])),
             "vram_model_gpu_memory_utilization_max": Segment("live", (), (), "".join(
@@ -119,8 +127,14 @@ class ModelFamilies:
             "vram_model_startable": Segment("live", (), (), "".join(
                 [p + (" 1\n" if live.startable else " 0\n") for p, live in zip(layout.startable, lv)])),
         }
-        fixes_segments = [Segment(("fix", name), [(name, f.knob, f.action) for f in found if f.works],
-                                  [1] * sum(1 for f in found if f.works)) for name, found in (fixes or {}).items()]
+        self._live_memo = (key, lives, segments)
+        return lives, segments
+
+    def families(self, node: NodeFit, free: Mapping[int, int], fixes: Sequence[Segment] = ()) -> list[Family]:
+        """The families for the free memory of now (GPU index -> bytes); ``fixes``: one
+        ``fix_segment`` per model that has fixes."""
+        static, _ = self.prepare(node)
+        _, live_segments = self._live_part(node, free)
         out = []
         for name, (help_text, labels) in _MODEL_FAMILIES.items():
             family = _gauge(name, help_text, labels)
@@ -128,7 +142,7 @@ class ModelFamilies:
             if name in live_segments:
                 segments = [*segments, live_segments[name]]
             elif name == "vram_model_fix_info":
-                segments = fixes_segments
+                segments = list(fixes)
             family.segments = segments  # the cached list itself when nothing is live: rendered once
             out.append(family)
         return out
@@ -190,6 +204,14 @@ class ModelFamilies:
         if self.gpu_detail == "relevant":
             return [f for f in fit.per_gpu if f.index in fit.gpus]
         return []
+
+
+def fix_segment(model: str, fixes: Sequence[Fix]) -> Segment:
+    """A model's working fixes as vram_model_fix_info samples, rendered where they are picked."""
+    labels = [(model, f.knob, f.action) for f in fixes if f.works]
+    values = [1] * len(labels)
+    return Segment(("fix", model), labels, values,
+                   render_samples("vram_model_fix_info", _MODEL_FAMILIES["vram_model_fix_info"][1], labels, values))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from .collector import CollectResult, GpuDetail, ManifestStatus, exporter_families, gpu_families, gpustack_families
+from .collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, fix_segment, gpu_families,
+                        gpustack_families)
 from .config import LoadedManifest, NodeModels, load_manifest
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, wants_openmetrics
-from .fit.fixes import Fix
-from .fit.node import free_memory, live_values
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, Segment, wants_openmetrics
+from .fit.node import free_memory
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
 from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
@@ -224,9 +224,8 @@ class Exporter:
             yield from gpustack_families(view, snap)
         if plan is not None and plan.specs:
             free = free_memory(snap)
-            lives = {fit.name: live_values(fit, free) for fit in node.models}
-            fixes = self._picks.get(plan, free, lives)
-            yield from plan.families.families(node, lives, fixes)
+            fixes = self._picks.get(plan, free, plan.families.lives(node, free))
+            yield from plan.families.families(node, free, fixes)
 
     def close(self) -> None:
         self._planner.close()
@@ -235,19 +234,19 @@ class Exporter:
 
 
 class _FixPicks:
-    """Each model's fixes for the free memory of the moment, picked from its plan; a model whose
-    GPUs' free memory did not move keeps its last pick."""
+    """Each model's fixes for the free memory of the moment, picked from its plan and rendered; a
+    model whose GPUs' free memory did not move keeps its last pick."""
 
     def __init__(self) -> None:
         self._plan: Plan | None = None
-        self._last: dict[str, tuple[tuple, list[Fix]]] = {}
+        self._last: dict[str, tuple[tuple, Segment]] = {}
 
-    def get(self, plan: Plan, free: dict[int, int], lives) -> dict[str, list[Fix]]:
+    def get(self, plan: Plan, free: dict[int, int], lives) -> list[Segment]:
         if plan.fixes is None:
-            return {}
+            return []
         if plan is not self._plan:
             self._plan, self._last = plan, dict(plan.first_picks)
-        out = {}
+        out = []
         for fit in plan.node.models:
             fix_plan = plan.fixes.get(fit.name)
             if fix_plan is None or fit.error or fit.placed or (fit.schedulable and lives[fit.name].startable):
@@ -255,7 +254,7 @@ class _FixPicks:
             key = pick_key(fit, free)
             last = self._last.get(fit.name)
             if last is None or last[0] != key:
-                last = (key, fix_plan.working(fit, free))
+                last = (key, fix_segment(fit.name, fix_plan.working(fit, free)))
                 self._last[fit.name] = last
-            out[fit.name] = last[1]
+            out.append(last[1])
         return out

@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .collector import GpuDetail, ModelFamilies
+from .collector import GpuDetail, ModelFamilies, fix_segment
+from .exposition import Segment
 from .fit.fixes import FixPlan, plan_fixes
 from .fit.model import Cluster, ModelSpec
 from .fit.node import NodeFit, free_memory, static_fit
@@ -77,7 +78,7 @@ class Plan:
     fixes_known: Future = field(default_factory=Future)
     # Each model's working fixes on the free memory the plan was made with, picked in the planner's
     # thread so that the scrape that first shows the fixes need not pick them (readings rarely moved).
-    first_picks: Mapping[str, tuple[tuple, list]] = field(default_factory=dict)
+    first_picks: Mapping[str, tuple[tuple, Segment]] = field(default_factory=dict)
 
     @property
     def specs(self) -> tuple[ModelSpec, ...]:
@@ -163,9 +164,9 @@ def pick_key(fit, free: Mapping[int, int]) -> tuple:
     return tuple(free.get(f.index) for f in fit.per_gpu)
 
 
-def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> dict[str, tuple[tuple, list]]:
+def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> dict[str, tuple[tuple, Segment]]:
     free = free_memory(NodeSnapshot(driver_version="", gpus=plan.gpus))
-    return {fit.name: (pick_key(fit, free), fixes[fit.name].working(fit, free))
+    return {fit.name: (pick_key(fit, free), fix_segment(fit.name, fixes[fit.name].working(fit, free)))
             for fit in plan.node.models if fit.name in fixes}
 
 
