@@ -20,12 +20,12 @@ import asyncio
 import gc
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .collector import GpuDetail, ModelFamilies, fix_segment
+from .cooperative import yielding
 from .exposition import Segment
 from .fit.fixes import FixPlan, plan_fixes
 from .fit.model import Cluster, ModelSpec
@@ -172,12 +172,11 @@ def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> dict[str, tuple[tu
 
 def _fixes(plan: Plan, stale) -> dict[str, FixPlan] | None:
     fixes = {}
-    for spec, fit in zip(plan.specs, plan.node.models, strict=True):
+    # Between two models the interpreter is handed over: a scrape waiting for it gets it within one
+    # model's search (about half a millisecond).
+    for spec, fit in yielding(zip(plan.specs, plan.node.models, strict=True)):
         if stale():
             return None
-        # Hand the interpreter over between models: a scrape waiting for it gets it within one
-        # model's search (about half a millisecond), not at the next forced switch (5 ms).
-        time.sleep(0)
         try:
             fixes[spec.name] = plan_fixes(spec, fit, plan.node, plan.gpus)
         except Exception:  # noqa: BLE001 - a bug in one model's search must not cost the others theirs

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .fit.fixes import Fix
-from .fit.model import ModelSpec
 from .fit.node import CHECKS, ModelFit, NodeFit, apply_free, free_memory, vllm_starts_on
 from .snapshot import NodeSnapshot
 
@@ -30,11 +29,11 @@ def plan_report(plan: Plan, snapshot: NodeSnapshot) -> dict[str, Any]:
     fixes = {}
     if plan.fixes is not None:
         fixes = {fit.name: plan.fixes[fit.name].pick(fit, free) for fit in node.models if fit.name in plan.fixes}
-    return fit_report(snapshot, node, plan.specs, fixes, fixes_known=plan.fixes is not None)
+    return fit_report(snapshot, node, fixes, fixes_known=plan.fixes is not None)
 
 
-def fit_report(snapshot: NodeSnapshot, node: NodeFit, specs: Sequence[ModelSpec],
-               fixes: Mapping[str, Sequence[Fix]], fixes_known: bool = True) -> dict[str, Any]:
+def fit_report(snapshot: NodeSnapshot, node: NodeFit, fixes: Mapping[str, Sequence[Fix]],
+               fixes_known: bool = True) -> dict[str, Any]:
     """``node``: the fit with free memory applied."""
     bookings = {b.index: b for b in node.gpus}
     free = free_memory(snapshot)
@@ -44,7 +43,7 @@ def fit_report(snapshot: NodeSnapshot, node: NodeFit, specs: Sequence[ModelSpec]
         "nvml_error": snapshot.error,
         "fixes_known": fixes_known,
         "gpus": [_gpu(gpu, bookings.get(gpu.index)) for gpu in snapshot.gpus],
-        "models": [_model(fit, fixes.get(fit.name, ()), free) for spec, fit in zip(specs, node.models, strict=True)],
+        "models": [_model(fit, fixes.get(fit.name, ()), free) for fit in node.models],
     }
 
 
