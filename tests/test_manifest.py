@@ -53,13 +53,24 @@ def test_a_model_directory_is_read_like_gpustack_reads_it(tmp_path):
     (model_dir / "config.json").write_text(json.dumps(QWEN_CONFIG))
     with open(model_dir / "model.safetensors", "wb") as f:  # sparse, the real size
         f.truncate(3_087_467_144)
-    (model_dir / "consolidated.safetensors").write_bytes(b"x" * 1000)  # a duplicate: not counted
+    (model_dir / "consolidated.safetensors").write_bytes(b"x" * 1000)  # counted from a local directory
     (model_dir / "tokenizer.json").write_bytes(b"{}" * 500)  # not a weight file
     (model_dir / "sub").mkdir()
     (model_dir / "sub" / "extra.bin").write_bytes(b"x" * 10)  # not at the root: not counted
     manifest = load_manifest(write(tmp_path, f"models:\n  - name: q\n    path: {model_dir.name}\n"))
     (model,) = manifest.models
-    assert model.weights_bytes == 3_087_467_144 and model.arch.kv_heads == 2
+    # gpustack/scheduler/calculator.py::calculate_llm_model_weight_size: every root weight file
+    assert model.weights_bytes == 3_087_467_144 + 1000 and model.arch.kv_heads == 2
+    # From a hub listing GPUStack leaves consolidated.safetensors out (gpustack/utils/hub.py)
+    for hub in ("huggingface", "modelscope"):
+        text = f"models:\n  - name: q\n    path: {model_dir.name}\n    weights_from: {hub}\n"
+        assert load_manifest(write(tmp_path, text)).models[0].weights_bytes == 3_087_467_144
+
+
+def test_weights_from_needs_a_path(tmp_path):
+    text = ("models:\n  - name: q\n    weights_bytes: 1GiB\n    weights_from: huggingface\n"
+            "    config: {num_hidden_layers: 2, num_attention_heads: 2, hidden_size: 64}\n")
+    assert "weights_from says how the files under path are counted: it needs path" in errors(tmp_path, text)
 
 
 def test_unknown_key_names_file_line_and_field(tmp_path):

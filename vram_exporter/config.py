@@ -26,10 +26,13 @@ from .yamlfile import InputFileError, Strict, field_path, load_located
 Size = Annotated[int, BeforeValidator(parse_size)]
 Utilization = Annotated[float, Field(gt=0, le=1)]
 
-# gpustack 2.3.0 gpustack/utils/hub.py::get_model_weight_size: root-level files with these
-# extensions, except consolidated.safetensors (usually a duplicate of the other files).
+# Root-level files with these extensions are the weights, as GPUStack 2.3.0 counts them. From a local
+# directory every one counts, consolidated.safetensors too (gpustack/scheduler/calculator.py::
+# calculate_llm_model_weight_size); from a Hugging Face or ModelScope listing consolidated.safetensors
+# is left out, "usually a duplicate of other weight files" (gpustack/utils/hub.py::get_model_weight_size).
 WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
-WEIGHT_EXCLUDED = ("consolidated.safetensors",)
+EXCLUDED_FROM_HUB_LISTING = ("consolidated.safetensors",)
+WeightsFrom = Literal["local", "huggingface", "modelscope"]
 
 
 class ClusterSettings(Strict):
@@ -53,6 +56,8 @@ class ClusterSettings(Strict):
 class ModelEntry(Strict):
     name: str = Field(min_length=1)
     path: str | None = None
+    # Where GPUStack sizes the model from: a local directory (local_path), or a hub's file listing.
+    weights_from: WeightsFrom = "local"
     weights_bytes: Size | None = None
     config: dict[str, Any] | None = None
     max_model_len: int | str | None = None
@@ -98,6 +103,8 @@ class ModelEntry(Strict):
             raise ValueError("a model needs path (a local model directory), or both weights_bytes and config")
         if self.placed_on is not None and self.pinned_gpus is not None:
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
+        if self.weights_from != "local" and self.path is None:
+            raise ValueError("weights_from says how the files under path are counted: it needs path")
         return self
 
 class Manifest(Strict):
@@ -157,7 +164,7 @@ class _FieldError(BadInput):
 def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
     if entry.path is not None:
         directory = (base / entry.path).expanduser()
-        config, weights = read_model_directory(directory)
+        config, weights = read_model_directory(directory, entry.weights_from)
         source_field = "path"
     else:
         config, weights, source_field = entry.config, entry.weights_bytes, "config"
@@ -176,7 +183,8 @@ def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
 def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if values is None else tuple(values)
 
-def read_model_directory(directory: Path) -> tuple[dict[str, Any], int]:
+def read_model_directory(directory: Path, weights_from: WeightsFrom = "local") -> tuple[dict[str, Any], int]:
+    """config.json and the weights' size, counted as GPUStack does for ``weights_from``."""
     config_file = directory / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -186,15 +194,17 @@ def read_model_directory(directory: Path) -> tuple[dict[str, Any], int]:
         raise _FieldError("path", f"cannot read {config_file}: {exc}") from None
     if not isinstance(config, dict):
         raise _FieldError("path", f"{config_file} is not a JSON object")
-    weights = weight_files_size(directory)
+    weights = weight_files_size(directory, weights_from)
     if weights == 0:
         raise _FieldError("path", f"{directory} has no weight files ({', '.join(WEIGHT_EXTENSIONS)}) at its root")
     return config, weights
 
-def weight_files_size(directory: Path) -> int:
-    """Sum of the root-level weight files' sizes, as GPUStack counts them (sparse files count in full)."""
+def weight_files_size(directory: Path, weights_from: WeightsFrom = "local") -> int:
+    """Sum of the root-level weight files' sizes, as GPUStack counts them (sparse files count in full;
+    symbolic links are followed, as os.scandir's is_file and stat do)."""
+    excluded = () if weights_from == "local" else EXCLUDED_FROM_HUB_LISTING
     return sum(
         entry.stat().st_size
         for entry in directory.iterdir()
-        if entry.is_file() and entry.name.endswith(WEIGHT_EXTENSIONS) and entry.name not in WEIGHT_EXCLUDED
+        if entry.is_file() and entry.name.endswith(WEIGHT_EXTENSIONS) and entry.name not in excluded
     )
