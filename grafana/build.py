@@ -116,6 +116,11 @@ def gpu_memory_dashboard() -> dashboard.Dashboard:
             query(f"vram_gpu_gpustack_allocated_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} GPUStack", ref="B"),
             description="The two lines should lie on each other: GPUStack's sum of claims bound to the GPU, and "
                         "the claims the exporter books from GPUStack's instances."))
+        .with_panel(bytes_timeseries(
+            "Predicted: what the candidates would add",
+            query(f"vram_gpu_predicted_claim_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} predicted", ref="A"),
+            description="The claims the rulebooks predict for the manifest's candidates (with GPUStack as the "
+                        "source: its pending instances), placed one by one; not part of the claimed line."))
     )
 
 

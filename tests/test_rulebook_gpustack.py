@@ -61,7 +61,8 @@ def test_pinning_is_overcommit_and_only_for_one_replica():
 def test_claim_of_a_scheduled_instance_matches_gpustack_live():
     # Seen live (GPUSTACK_LIVE.md): reserved 0 with g 0.95 scheduled with claim {"0": 6114351513}.
     fit = fit_node(node(), seed_cluster(system_reserved_vram=0), [seed_model("--gpu-memory-utilization=0.95")])
-    assert fit.models[0].gpus == (0,) and fit.gpus[0].claimed == 6_114_351_513
+    # A candidate's claim is predicted, not yet GPUStack's: vram_gpu_predicted_claim_bytes.
+    assert fit.models[0].gpus == (0,) and (fit.gpus[0].claimed, fit.gpus[0].predicted) == (0, 6_114_351_513)
 
 
 def test_second_replica_at_0_9_never_fits_on_the_same_gpu():
@@ -107,7 +108,7 @@ def test_tp_model_placed_across_two_gpus_with_the_override():
     model = big_model("--tensor-parallel-size=2", env={"GPUSTACK_MODEL_VRAM_CLAIM": str(20 * GIB)})
     fit = fit_node(node(gpu(0, 12288 * MIB), gpu(1, 12288 * MIB)), Cluster(), [model])
     assert fit.models[0].gpus == (0, 1)
-    assert [b.claimed for b in fit.gpus] == [int(12288 * MIB * 0.9)] * 2
+    assert [b.predicted for b in fit.gpus] == [int(12288 * MIB * 0.9)] * 2 and [b.claimed for b in fit.gpus] == [0, 0]
 
 
 def test_auto_multi_gpu_only_when_no_single_gpu_fits_and_stops_at_first_sufficient_count():

@@ -66,6 +66,9 @@ def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> 
                      "Sum of GPUStack claims of instances bound to this GPU (any state but Pending).")
     alloc = _gauge("vram_gpu_allocatable_bytes",
                    "GPUStack's allocatable VRAM: max(total in whole MiB - claims - system reserved, 0).")
+    predicted = _gauge("vram_gpu_predicted_claim_bytes",
+                       "What the candidates (with GPUStack as the source: its pending instances) would add to this "
+                       "GPU's claims, placed one by one as the rulebooks predict; not in vram_gpu_claimed_bytes.")
     for gpu in snapshot.gpus:
         labels = (str(gpu.index), gpu.uuid)
         if gpu.uuid:  # a GPU lost before it was ever read has no identity to show
@@ -87,7 +90,8 @@ def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> 
             sys_reserved.sample(*labels, booking.system_reserved)
             claimed.sample(*labels, booking.claimed)
             alloc.sample(*labels, booking.allocatable)
-    return [info, up, total, reserved, used, free, api, proc, sys_reserved, claimed, alloc]
+            predicted.sample(*labels, booking.predicted)
+    return [info, up, total, reserved, used, free, api, proc, sys_reserved, claimed, alloc, predicted]
 
 
 class ModelFamilies:

@@ -56,7 +56,8 @@ def _gpu(gpu, booking) -> dict[str, Any]:
         out["processes"] = [{"pid": p.pid, "name": p.name, "used": p.used_bytes} for p in gpu.processes]
     if booking is not None:
         out["gpustack"] = {"total": booking.total, "system_reserved": booking.system_reserved,
-                           "claimed": booking.claimed, "allocatable": booking.allocatable}
+                           "claimed": booking.claimed, "allocatable": booking.allocatable,
+                           "predicted_claims": booking.predicted}
     return out
 
 

@@ -30,14 +30,15 @@ CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm
 
 @dataclass(frozen=True, slots=True)
 class GpuBooking:
-    """A GPU as GPUStack books it after every model of the manifest has been placed."""
+    """A GPU as GPUStack books it today, and what the candidates would add to that."""
 
     index: int
     uuid: str
     total: int  # T, whole MiB in bytes
     system_reserved: int
-    claimed: int
-    allocatable: int
+    claimed: int  # instances bound to it (running, booked): GPUStack's claims of today
+    allocatable: int  # from those claims
+    predicted: int = 0  # what the candidates (pending instances) would add, placed as predicted
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelS
     for model in models:  # running instances book first, whatever their place in the manifest
         if model.placed:
             results[model.name] = _book_placed(model, cluster, gpus, claims)
+    today = dict(claims)
     for model in models:
         if not model.placed:
             fit = evaluate(model, cluster, gpus, Context(dict(claims), dict(committed)))
@@ -141,8 +143,9 @@ def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelS
             _commit(model, fit, cluster, gpus, claims, committed)
     bookings = tuple(
         GpuBooking(gpu.index, gpu.uuid, gpustack.total_whole_mib(gpu.memory.total), cluster.system_reserved_vram,
-                   claims[gpu.index],
-                   gpustack.allocatable_bytes(gpu.memory.total, claims[gpu.index], cluster.system_reserved_vram))
+                   today[gpu.index],
+                   gpustack.allocatable_bytes(gpu.memory.total, today[gpu.index], cluster.system_reserved_vram),
+                   claims[gpu.index] - today[gpu.index])
         for gpu in gpus
     )
     return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)
