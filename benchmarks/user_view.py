@@ -7,6 +7,7 @@ For each size (GPUs x models) it starts the real exporter process and measures o
 - steady: readings that do not change (a node whose instances run), p50/p99 of sequential scrapes;
 - drifting: every GPU's used memory moves a few MiB twice a second (the fixture file is rewritten,
   the fake NVML follows it), p50/p99 of sequential scrapes over several seconds;
+- a jump: one GPU's used memory grows by 3 GiB at once; the slowest scrape in the second after;
 - pages: `/` and `/api/v1/fit`, each fetched repeatedly, while another client polls /-/healthy:
   the pages' p50/max and the liveness probe's p99/max meanwhile;
 - the floor: the same bytes from a minimal aiohttp handler (floor_server.py), measured the same way;
@@ -109,6 +110,16 @@ class Drift:
             self.path.write_text(yaml.safe_dump(self.doc))
 
 
+def jump(path: Path, port: int, seconds: float) -> list[float]:
+    """One GPU's used memory grows by 3 GiB at once (a new process on it); the scrapes after."""
+    doc = yaml.safe_load(path.read_text())
+    memory = doc["gpus"][0]["memory"]
+    shift = min(3 * 2**30, memory["free"])
+    memory["used"], memory["free"] = memory["used"] + shift, memory["free"] - shift
+    path.write_text(yaml.safe_dump(doc))
+    return sequential(port, seconds)
+
+
 def pages(port: int, rounds: int) -> dict:
     out = {}
     for path in ("/", "/api/v1/fit"):
@@ -155,6 +166,7 @@ def run(work: Path, gpus: int, models: int, seconds: float, page_rounds: int = 1
         steady = sequential(exporter.port, seconds)
         with Drift(fixture_path):
             drifting = sequential(exporter.port, max(seconds, 4.0))
+        jumped = jump(fixture_path, exporter.port, 1.0)
         result["pages"] = pages(exporter.port, page_rounds)
         connection = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=30)
         body = get(connection, "/metrics")[1]
@@ -166,22 +178,23 @@ def run(work: Path, gpus: int, models: int, seconds: float, page_rounds: int = 1
         samples=body.count(b"\n") - body.count(b"\n#"), bytes=len(body),
         steady_p50_ms=quantile(steady, 0.5) * 1e3, steady_p99_ms=quantile(steady, 0.99) * 1e3,
         drifting_p50_ms=quantile(drifting, 0.5) * 1e3, drifting_p99_ms=quantile(drifting, 0.99) * 1e3,
+        jump_max_ms=max(jumped) * 1e3, jump_p99_ms=quantile(jumped, 0.99) * 1e3,
         floor_p50_ms=quantile(floor_times, 0.5) * 1e3, floor_p99_ms=quantile(floor_times, 0.99) * 1e3)
     return result
 
 
 def table(results: list[dict]) -> str:
     rows = ["| GPUs x models | samples | KiB | first answer s | fixes known s | p99 meanwhile ms (n) | steady p99 ms | "
-            "drifting p99 ms | floor p99 ms | steady / floor | drifting / floor | meanwhile / floor | `/` p50 / max ms "
+            "drifting p99 ms | 3 GiB jump: max ms in the next second | floor p99 ms | steady / floor | drifting / floor | meanwhile / floor | `/` p50 / max ms "
             "| `/api/v1/fit` p50 / max ms | /-/healthy max ms meanwhile | peak RSS MiB |",
-            "| --- " * 16 + "|"]
+            "| --- " * 17 + "|"]
     for r in results:
         f = r["floor_p99_ms"]
         page, api = r["pages"]["/"], r["pages"]["/api/v1/fit"]
         rows.append(
             f"| {r['gpus']} x {r['models']} | {r['samples']} | {r['bytes'] // 1024} | {r['first_answer_s']:.2f} | "
             f"{r['fixes_known_s']:.2f} | {r['meanwhile_p99_ms']:.1f} ({r['meanwhile_n']}) | {r['steady_p99_ms']:.2f} | "
-            f"{r['drifting_p99_ms']:.2f} | {f:.2f} | {r['steady_p99_ms'] / f:.2f}x | {r['drifting_p99_ms'] / f:.2f}x | "
+            f"{r['drifting_p99_ms']:.2f} | {r['jump_max_ms']:.1f} | {f:.2f} | {r['steady_p99_ms'] / f:.2f}x | {r['drifting_p99_ms'] / f:.2f}x | "
             f"{r['meanwhile_p99_ms'] / f:.2f}x | {page['p50_ms']:.0f} / {page['max_ms']:.0f} | "
             f"{api['p50_ms']:.0f} / {api['max_ms']:.0f} | "
             f"{max(page['healthy_max_ms'], api['healthy_max_ms']):.1f} | {r['rss_mib']:.0f} |")
