@@ -118,3 +118,23 @@ def test_seed_fix_matrix_from_the_plan():
     assert not any(f.works for f in picked if f.knob == "gpu_selector")
     full = fit_node(busy_snap, seed_cluster(), [seed_model()])
     assert picked == bruteforce_fixes.find_fixes(seed_model(), full.models[0], full, busy_snap.gpus)
+
+
+def test_a_value_at_the_exact_edge_of_vllms_kv_check_is_found():
+    """vLLM's budget is ceil(T_cuda x g): a grid value whose budget is exactly weights + overhead + the
+    minimum KV passes, while the window's rounded-up lower end (gmu_min) says one step more. The fix
+    search must use the exact check, as the brute force does (found in review)."""
+    import math
+
+    total, g = 6138 * MIB, 0.85
+    required = (math.ceil(4096 / 16) + 1) * 16 * 28672
+    weights = math.ceil(total * g) - required - GIB
+    model = seed_model("--gpu-memory-utilization=0.9", weights_bytes=weights, max_model_len=4096,
+                       runtime_overhead=GIB, env={"GPUSTACK_MODEL_VRAM_CLAIM": str(GIB)})
+    snap = node(gpu(0, total, used=400 * MIB))
+    full = fit_node(snap, Cluster(), [model])
+    assert full.models[0].per_gpu[0].gmu_min > g  # the window alone would rule 0.85 out
+    expected = bruteforce_fixes.find_fixes(model, full.models[0], full, snap.gpus)
+    assert "set --gpu-memory-utilization=0.85 (dashes, so GPUStack and vLLM both read it)" in \
+        [f.action for f in expected]
+    assert find_fixes(model, full.models[0], full, snap.gpus) == expected

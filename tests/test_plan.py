@@ -72,3 +72,30 @@ def test_a_plan_with_free_memory_applied_is_the_full_fit():
                {str(f.index): f.headroom["vllm_free_memory"] for f in fit.per_gpu}
     assert report["fixes_known"]
     planner.close()
+
+
+def test_new_inputs_stop_the_old_plans_fix_search(monkeypatch):
+    """A reload while a plan's fixes are being searched: the old search stops within one model (its
+    fixes never come), and the new plan is made and gets its fixes."""
+    import time
+
+    import vram_exporter.plan as plan_module
+
+    searched = []
+    real = plan_module.plan_fixes
+
+    def slow(spec, fit, node, gpus):
+        searched.append(spec.name)
+        time.sleep(0.02)
+        return real(spec, fit, node, gpus)
+
+    monkeypatch.setattr(plan_module, "plan_fixes", slow)
+    planner = Planner()
+    snap = node(gpu(0))
+    models = tuple(seed_model(name=f"m{i}") for i in range(40))
+    old = planner.submit(NodeInputs.of(seed_cluster(), models, {}, snap), snap).result(30)
+    new = planner.submit(NodeInputs.of(seed_cluster(system_reserved_vram=0), models, {}, snap), snap).result(30)
+    assert old.fixes_known.result(30) is None and old.fixes is None
+    assert new.fixes_known.result(30) is not None and set(new.fixes) == {m.name for m in models}
+    assert len(searched) < 2 * len(models)  # the old search did not run to its end
+    planner.close()

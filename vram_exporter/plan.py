@@ -96,10 +96,6 @@ class Planner:
         self._building: tuple[NodeInputs, Future[Plan]] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
 
-    @property
-    def current(self) -> Plan | None:
-        return self._current
-
     def submit(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Future[Plan]:
         """The plan for ``inputs``: done at once when it is the current one, else being built."""
         with self._lock:
@@ -138,15 +134,17 @@ class Planner:
     def _add_fixes(self, plan: Plan) -> None:
         fixes = None
         try:
-            fixes = _fixes(plan, lambda: self._current is not plan)
-        finally:
+            # A newer plan asked for meanwhile (its version is taken in submit) makes this search pointless:
+            # it stops within one model, and the newer plan's fit, queued behind it, starts.
+            fixes = _fixes(plan, lambda: self._version != plan.version)
             if fixes is not None:
                 plan.first_picks = _first_picks(plan, fixes)
                 plan.fixes = fixes  # one assignment: readers see None or every model's
-                # The plan lives until the inputs change: keep it out of the cyclic collector, whose
-                # full passes over it showed up as 20-30 ms pauses in scrape latency.
-                gc.freeze()
-            plan.fixes_known.set_result(fixes)
+                _settle_memory()
+        except Exception:  # noqa: BLE001 - the plan serves without fixes rather than never answering
+            log.exception("fix planning failed")
+        finally:
+            plan.fixes_known.set_result(plan.fixes)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -159,6 +157,16 @@ def _fit(version: int, inputs: NodeInputs, snapshot: NodeSnapshot, gpu_detail: G
     return Plan(version, inputs, node, families, snapshot.gpus)
 
 
+def _settle_memory() -> None:
+    """The plan lives until the inputs change: keep it out of the cyclic collector, whose full passes
+    over it showed up as 20-30 ms pauses in scrape latency. The young generations are collected first
+    (about a millisecond); a full collection would hold the interpreter for 40-65 ms at 8x200-16x500,
+    so cycles already in the oldest generation are frozen with the plan. Acyclic garbage, superseded
+    plans included, is freed by reference counting, frozen or not."""
+    gc.collect(1)
+    gc.freeze()
+
+
 def pick_key(fit, free: Mapping[int, int]) -> tuple:
     """What a model's picked fixes depend on: the free memory of each GPU it is judged on."""
     return tuple(free.get(f.index) for f in fit.per_gpu)
@@ -166,8 +174,14 @@ def pick_key(fit, free: Mapping[int, int]) -> tuple:
 
 def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> dict[str, tuple[tuple, Segment]]:
     free = free_memory(NodeSnapshot(driver_version="", gpus=plan.gpus))
-    return {fit.name: (pick_key(fit, free), fix_segment(fit.name, fixes[fit.name].working(fit, free)))
-            for fit in plan.node.models if fit.name in fixes}
+    picks = {}
+    for fit in plan.node.models:
+        if fit.name in fixes:
+            try:
+                picks[fit.name] = (pick_key(fit, free), fix_segment(fit.name, fixes[fit.name].working(fit, free)))
+            except Exception:  # noqa: BLE001 - the scrape picks this one itself
+                log.exception("picking the fixes of model %s failed", fit.name)
+    return picks
 
 
 def _fixes(plan: Plan, stale) -> dict[str, FixPlan] | None:

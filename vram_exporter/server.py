@@ -53,6 +53,9 @@ def create_app(
         # The content type carries parameters (version, charset): set the header whole.
         headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
+            if not gzipped.holds(scrape.content):
+                # zlib lets go of the interpreter while it compresses: the megabytes go to a thread.
+                await asyncio.to_thread(gzipped.prepare, scrape.content)
             parts = gzipped.compress(scrape.content, scrape.tail)
             headers["Content-Encoding"] = "gzip"
         else:
@@ -139,17 +142,28 @@ class _GzipCache:
     """
 
     def __init__(self) -> None:
-        self._content: bytes | None = None
-        self._prefix = b""
-        self._state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+        self._cached: tuple[bytes, bytes, object] | None = None  # (content, its gzip so far, the state after)
+
+    def holds(self, content: bytes) -> bool:
+        return _holds(self._cached, content)
+
+    def prepare(self, content: bytes) -> tuple[bytes, bytes, object]:
+        state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+        cached = self._cached = (content, state.compress(content), state)  # one assignment: read whole
+        return cached
 
     def compress(self, content: bytes, tail: bytes) -> tuple[bytes, bytes]:
         """The gzip stream of content + tail, in two parts."""
-        if content is not self._content and content != self._content:
-            state = zlib.compressobj(1, zlib.DEFLATED, 31)
-            self._prefix, self._state, self._content = state.compress(content), state, content
-        state = self._state.copy()
-        return self._prefix, state.compress(tail) + state.flush()
+        cached = self._cached
+        if not _holds(cached, content):
+            cached = self.prepare(content)  # another scrape's content came in between
+        _, prefix, state = cached
+        state = state.copy()
+        return prefix, state.compress(tail) + state.flush()
+
+
+def _holds(cached, content: bytes) -> bool:
+    return cached is not None and (content is cached[0] or content == cached[0])
 
 
 def _guard(web_config: WebConfig | None):

@@ -71,11 +71,6 @@ class FixPlan:
     schedulable: bool
     knobs: Mapping[str, Knob]
 
-    @property
-    def gpus(self) -> frozenset[int]:
-        """The GPUs whose free memory decides which options hold."""
-        return frozenset(i for knob in self.knobs.values() for o in knob.options for i, _ in o.needs)
-
     def pick(self, live: ModelFit, free: Mapping[int, int]) -> list[Fix]:
         """The fixes for ``live`` (the model's fit with this free memory applied), those that do not
         work included, each saying why."""
@@ -162,34 +157,25 @@ class _Search:
         return [o for g in candidates if (o := self._option(fix_for(g), _gmu(self.model, g), cluster))]
 
     def _possible_gmus(self, cluster: Cluster) -> Iterable[float]:
-        """The grid values inside some GPU's working window (GPUStack's two tests and vLLM's KV check,
-        DESIGN.md sections 2 and 3, in closed form): outside every window nothing places and starts
-        the model. Pinned or multi-GPU placements follow other rules: every grid value is tried."""
-        world = self.model.gpustack.world_size
+        """The grid values at which some placement can pass: on one GPU, GPUStack's two tests
+        (``gpustack.single_gpu_tests``) and vLLM's KV check at that g; on several, enough GPUs
+        ``gpustack.multi_gpu_eligible``. The probe confirms the rest; a pinned model (overcommit is
+        accepted) is probed at every value."""
         if self.model.pinned_gpus or len(self.fit.per_gpu) != len(self.gpus):
             return GMU_GRID
-        if world and world > 1:
-            return [g for g in GMU_GRID if self._multi_possible(g, cluster, world)]
-        windows = [self._window(f, cluster) for f in self.fit.per_gpu]
-        if self.model.gpustack.world_size is None and len(self.gpus) > 1:
-            return GMU_GRID if not windows else [g for g in GMU_GRID if any(lo <= g <= hi for lo, hi in windows)
-                                                 or self._multi_possible(g, cluster)]
-        return [g for g in GMU_GRID if any(lo <= g <= hi for lo, hi in windows)]
+        world = self.model.gpustack.world_size
+        views = self._views(cluster.system_reserved_vram)
+        singles = [(views[f.index], f) for f in self.fit.per_gpu] if not world or world == 1 else []
+        multi_count = world if world and world > 1 else (2 if world is None and len(self.gpus) > 1 else 0)
+        estimate, scheduler = self.fit.estimate, cluster.scheduler
+        return [g for g in GMU_GRID
+                if any(gpustack.single_gpu_tests(v, estimate, g, scheduler).passes and self._kv_passes(f, g)
+                       for v, f in singles)
+                or (multi_count and sum(gpustack.multi_gpu_eligible(v, g) for v in views.values()) >= multi_count)]
 
-    def _window(self, f: GpuFit, cluster: Cluster) -> tuple[float, float]:
-        """``f``'s static window with the reservation of ``cluster`` (test 2's A/T moves with it)."""
-        if cluster.system_reserved_vram == self.cluster.system_reserved_vram:
-            return f.gmu_min, f.gmu_max_static
-        total = self._totals[f.index]
-        allocatable = self._allocatable(cluster.system_reserved_vram)[f.index]
-        estimate_ok = cluster.scheduler != "gpustack-0.6" or self.fit.estimate <= allocatable
-        return f.gmu_min, min(1.0, allocatable / total) if estimate_ok else 0.0
-
-    def _multi_possible(self, g: float, cluster: Cluster, count: int = 2) -> bool:
-        """A multi-GPU placement needs ``count`` GPUs with A/T > g (vllm_resource_fit_selector.py)."""
-        allocatable = self._allocatable(cluster.system_reserved_vram)
-        eligible = sum(1 for i, total in self._totals.items() if total and allocatable[i] / total > g)
-        return eligible >= count
+    def _views(self, reserved: int) -> dict[int, gpustack.GpuView]:
+        allocatable = self._allocatable(reserved)
+        return {i: gpustack.GpuView(i, total, allocatable[i]) for i, total in self._totals.items()}
 
     def utilization(self) -> Knob:
         options = self._gmu_options(self.cluster, lambda g: Fix(
@@ -243,14 +229,16 @@ class _Search:
         GPU; a pinned model is accepted as overcommit, so only the probe can say."""
         if self.model.pinned_gpus:
             return True
-        allocatable = self._allocatable(self.cluster.system_reserved_vram)
-        return any(allocatable[f.index] >= self._totals[f.index] * g and self._kv_passes(f, g)
-                   for f in self.fit.per_gpu)
+        views = self._views(self.cluster.system_reserved_vram)
+        # Test 2 does not depend on the claim (test 1 does, and the claim is chosen to pass it).
+        return any(gpustack.single_gpu_tests(views[f.index], 0, g, self.cluster.scheduler).allocatable_headroom >= 0
+                   and self._kv_passes(f, g, rewritten=g != self.fit.gmu_gpustack) for f in self.fit.per_gpu)
 
-    def _kv_passes(self, f: GpuFit, g: float) -> bool:
+    @staticmethod
+    def _kv_passes(f: GpuFit, g: float, rewritten: bool = True) -> bool:
         """vLLM's KV check on ``f``'s GPU once g is written with dashes (vLLM reads it too): KV = R - W - O
-        moves with R only. At the current g the model is left as it is, and so is vLLM's reading."""
-        if g == self.fit.gmu_gpustack:
+        moves with R only. ``rewritten`` False: the model is left as it is, and so is vLLM's reading."""
+        if not rewritten:
             return f.headroom["vllm_kv_cache"] >= 0
         return f.headroom["vllm_kv_cache"] - f.budget + vllm.budget_bytes(f.cuda_total, g) >= 0
 

@@ -145,12 +145,17 @@ def _place_single(gpus: Sequence[GpuView], estimate: int, gmu: float, scheduler:
     return Placement((chosen.index,), {chosen.index: claim_bytes(chosen.total, gmu)}, "single")
 
 
+def multi_gpu_eligible(gpu: GpuView, gmu: float) -> bool:
+    """A GPU may join a multi-GPU placement only with A/T > g, strictly."""
+    return bool(gpu.total) and gpu.allocatable / gpu.total > gmu
+
+
 def _place_multi(
     gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None, arch: Architecture
 ) -> Placement | None:
     if len(gpus) < 2:
         return None
-    eligible = [gpu for gpu in gpus if gpu.total and gpu.allocatable / gpu.total > gmu]
+    eligible = [gpu for gpu in gpus if multi_gpu_eligible(gpu, gmu)]
     eligible.sort(key=lambda gpu: gpu.allocatable, reverse=True)  # stable: index order among equals
     chosen: list[GpuView] = []
     booked = 0
@@ -198,7 +203,7 @@ def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_si
         f"{gib(int(estimate / gmu))} of total VRAM and each GPU needs {int(gmu * 100)}% of allocatable VRAM.",
     ]
     if len(gpus) >= 2 and world_size != 1:
-        eligible = [g for g in gpus if g.total and g.allocatable / g.total > gmu]
+        eligible = [g for g in gpus if multi_gpu_eligible(g, gmu)]
         total = sum(g.allocatable for g in gpus)
         effective = total / GIB * gmu * len(eligible) / len(gpus)
         lines.append(f"The largest available worker has {gib(total)} allocatable VRAM, {len(eligible)}/{len(gpus)} "

@@ -64,8 +64,7 @@ class GpuFit:
     cuda_total: int = 0
     committed: int = 0  # memory candidates placed before this one will take on this GPU
     gmu_max_static: float = 1.0  # the window's top from every check but free memory
-    running: bool = False
-    free_need: int | None = None  # free memory vLLM's start-up check needs here (None: running)
+    free_need: int | None = None  # free memory vLLM's start-up check needs here (None: a running instance)
 
     @property
     def window_open(self) -> bool:
@@ -332,7 +331,7 @@ class _KvTerms:
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
-    """Raise ValueError where the model cannot be judged (or GPUStack refuses it outright)."""
+    """Raise ModelError where the model cannot be judged (or GPUStack refuses it outright)."""
     for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
         if not 0 < value <= 1:
             raise ModelError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
@@ -477,8 +476,7 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
     # A running instance passed its start-up check long ago: it needs no free memory.
     need = None if running else committed + cluster.vllm_context_overhead + check.budget
     return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi_static, check.max_model_len,
-                  cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, running=running,
-                  free_need=need)
+                  cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, free_need=need)
 
 
 def _round_down(x: float) -> float:

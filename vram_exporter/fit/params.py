@@ -198,7 +198,7 @@ def with_param(parameters: Sequence[str], name: str, value: object) -> tuple[str
     return _with_param(tuple(parameters), name, value)
 
 
-@lru_cache(maxsize=8192)  # the fix search writes the same few values into the same lists
+@lru_cache(maxsize=8192, typed=True)  # the fix search writes the same few values into the same lists
 def _with_param(parameters: tuple[str, ...], name: str, value: object) -> tuple[str, ...]:
     tokens = argv_tokens(parameters)
     kept: list[str] = []
