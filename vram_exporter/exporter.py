@@ -1,4 +1,4 @@
-"""One scrape, start to finish, without any HTTP: read NVML off the event loop, build families, render.
+"""One scrape, start to finish, without any HTTP: a snapshot, the plan for it, families, render.
 
 The HTTP edge (server.py) calls ``Exporter.scrape()``; tests and benchmarks can
 call it directly.
@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, fix_segment, gpu_families,
@@ -20,9 +19,10 @@ from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, S
 from .fit.node import free_memory
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
+from .sampler import NvmlSampler
 from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
 from .report import gpustack_report, plan_report
-from .snapshot import GpuReading, NodeSnapshot
+from .snapshot import NodeSnapshot
 from .yamlfile import InputFileError
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,10 @@ class Exporter:
         gpustack: GpuStackSource | None = None,
     ) -> None:
         """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes)."""
-        self._reader = reader
         self._manifest = manifest
         self._gpustack = gpustack
         self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
-        self._timeout = nvml_timeout
-        # One thread: a hung NVML call holds it, and every scrape meanwhile joins
-        # the read in flight instead of piling more threads onto the driver.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
-        self._inflight: asyncio.Future[NodeSnapshot] | None = None
-        self._last_gpus: tuple[GpuReading, ...] = ()
+        self._sampler = NvmlSampler(reader, nvml_timeout)
         self._planner = Planner(gpu_detail)
         self._last_inputs: tuple[LoadedManifest | NodeModels | None, tuple, NodeInputs] | None = None
         self._picks = _FixPicks()
@@ -87,30 +81,10 @@ class Exporter:
 
     @property
     def source(self) -> str:
-        return self._reader.source
+        return self._sampler.source
 
     async def snapshot(self) -> NodeSnapshot:
-        """A fresh snapshot; on timeout or NVML failure, the last known GPUs marked down."""
-        started = time.perf_counter()
-        if self._inflight is None or self._inflight.done():
-            loop = asyncio.get_running_loop()
-            self._inflight = asyncio.ensure_future(loop.run_in_executor(self._pool, self._reader.read))
-        try:
-            snap = await asyncio.wait_for(asyncio.shield(self._inflight), self._timeout)
-        except TimeoutError:
-            log.warning("NVML read did not finish within %.1fs", self._timeout)
-            snap = NodeSnapshot(driver_version="", error="TIMEOUT", source=self.source)
-        snap = replace(snap, duration_seconds=time.perf_counter() - started)
-        return self._remember(snap)
-
-    def _remember(self, snap: NodeSnapshot) -> NodeSnapshot:
-        if snap.ok:
-            self._last_gpus = snap.gpus
-            return snap
-        # Keep GPUs seen before on the page as down, so vram_gpu_up goes to 0
-        # instead of the series vanishing when the driver stops answering.
-        down = tuple(replace(g, memory=None, processes=(), error=snap.error) for g in self._last_gpus)
-        return replace(snap, gpus=down)
+        return await self._sampler.snapshot()
 
     async def scrape(self, accept: str | None = None) -> Scrape:
         snap = await self.snapshot()
@@ -229,8 +203,7 @@ class Exporter:
 
     def close(self) -> None:
         self._planner.close()
-        self._reader.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sampler.close()
 
 
 class _FixPicks:
