@@ -78,6 +78,7 @@ class Exporter:
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
         self._tail_renderer = Renderer()
         self._last_content: _Rendered | None = None
+        self._last_report: tuple[tuple, dict] | None = None
 
     @property
     def source(self) -> str:
@@ -177,9 +178,16 @@ class Exporter:
             await asyncio.wait_for(asyncio.wrap_future(plan.fixes_known), FIXES_WAIT_SECONDS)
         except TimeoutError:
             log.warning("fixes not known after %.0fs: the report goes without them", FIXES_WAIT_SECONDS)
+        view = self._gpustack.view if self._gpustack else None
+        key = (plan, plan.fixes is not None, snap, view,
+               self._gpustack.last_success_timestamp if self._gpustack else None)
+        last = self._last_report
+        if last is not None and last[0][0] is plan and last[0][1:] == key[1:]:
+            return last[1]  # nothing it is made of changed: the same document (do not modify it)
         report = await asyncio.to_thread(plan_report, plan, snap)
         if self._gpustack is not None:
-            report["gpustack"] = gpustack_report(self._gpustack.view, self._gpustack)
+            report["gpustack"] = gpustack_report(view, self._gpustack)
+        self._last_report = (key, report)
         return report
 
     async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:

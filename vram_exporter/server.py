@@ -63,15 +63,17 @@ def create_app(
         return web.Response(body=_Parts(parts), headers=headers)
 
     # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
+    page_of = _LastDocument(lambda report: explain_page(
+        report, telemetry_path, str(exporter.manifest.path) if exporter.manifest else None).encode())
+    json_of = _LastDocument(_json)
+
     async def landing(request: web.Request) -> web.Response:
-        report = await exporter.report(await exporter.snapshot())
-        manifest = str(exporter.manifest.path) if exporter.manifest else None
-        page = await asyncio.to_thread(explain_page, report, telemetry_path, manifest)
-        return web.Response(text=page, content_type="text/html")
+        page = await page_of(await exporter.report(await exporter.snapshot()))
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def fit(request: web.Request) -> web.Response:
-        report = await exporter.report(await exporter.snapshot())
-        return web.Response(body=await asyncio.to_thread(_json, report), content_type="application/json")
+        body = await json_of(await exporter.report(await exporter.snapshot()))
+        return web.Response(body=body, content_type="application/json")
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
@@ -116,6 +118,23 @@ async def _refresh_loop(source, interval: float) -> None:
 
 def _json(document: dict) -> bytes:
     return json.dumps(document).encode()
+
+
+class _LastDocument:
+    """A document rendered from a report, built in a thread, and kept while the report is the same
+    object (the exporter hands back the same report while nothing it is made of changed)."""
+
+    def __init__(self, render) -> None:
+        self._render = render
+        self._last: tuple[dict, bytes] | None = None
+
+    async def __call__(self, report: dict) -> bytes:
+        last = self._last
+        if last is not None and last[0] is report:
+            return last[1]
+        body = await asyncio.to_thread(self._render, report)
+        self._last = (report, body)
+        return body
 
 
 class _Parts(payload.Payload):
