@@ -157,3 +157,49 @@ def test_unknown_users_pay_the_same_bcrypt_work(tmp_path, monkeypatch):
 
     asyncio.run(checks())
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("text, seconds", [("1s", 1.0), ("250ms", 0.25), ("1m30s", 90.0), ("0", 0.0), (0, 0.0),
+                                           (1_000_000_000, 1.0), ("1.5h", 5400.0)])
+def test_rate_limit_intervals_are_go_durations(text, seconds):
+    from vram_exporter.webconfig import parse_go_duration
+
+    assert parse_go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["1", "1sec", "s", "", "1s2"])
+def test_bad_go_durations_are_refused(text):
+    from vram_exporter.webconfig import parse_go_duration
+
+    with pytest.raises(ValueError):
+        parse_go_duration(text)
+
+
+def test_rate_limiter_is_go_token_bucket():
+    from vram_exporter.webauth import RateLimiter
+
+    limiter = RateLimiter(1.0, 2)
+    now = limiter._last
+    assert [limiter.allow(now), limiter.allow(now), limiter.allow(now)] == [True, True, False]
+    assert limiter.allow(now + 1.0) and not limiter.allow(now + 1.5)
+    assert not RateLimiter(1.0, 0).allow(now + 100)  # burst 0: nothing passes, as in Go
+
+
+def test_flood_beyond_the_bound_is_refused_at_once_and_identical_checks_share_one(tmp_path):
+    import asyncio
+
+    from vram_exporter.webauth import BasicAuth, Overloaded
+
+    users = {"alice": hashed("x")}
+    auth = BasicAuth(workers=1, max_waiting=2)
+
+    async def flood():
+        distinct = await asyncio.gather(*(auth.check(users, "alice", f"guess{i}") for i in range(10)),
+                                        return_exceptions=True)
+        same = await asyncio.gather(*(auth.check(users, "alice", "x") for _ in range(50)))
+        return distinct, same
+
+    distinct, same = asyncio.run(flood())
+    assert sum(isinstance(r, Overloaded) for r in distinct) == 7 and distinct.count(False) == 3
+    assert all(same)
+    auth.close()

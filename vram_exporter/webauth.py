@@ -62,15 +62,6 @@ class BasicAuth:
         self._queued = 0  # bcrypt checks submitted and not finished
         self.rejected = 0  # answered Overloaded (for tests and the benchmark)
 
-    def cached(self, users: Mapping[str, str], user: str, password: str) -> bool | None:
-        """The cached verdict, or None when bcrypt must decide. Cheap: call it on the event loop."""
-        key = _key(user, users.get(user, _DUMMY_HASH), password)
-        if key in self._good:
-            return user in users
-        if key in self._bad:
-            return False
-        return None
-
     async def check(self, users: Mapping[str, str], user: str, password: str) -> bool:
         """True if ``user`` and ``password`` match; raises Overloaded when too many checks wait."""
         hashed = users.get(user)
