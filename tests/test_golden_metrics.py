@@ -25,11 +25,15 @@ RECORDED = FIXTURES / "gpustack"
 CASES["gpustack-recorded"] = ["--nvml.fixture", str(RECORDED / "nvml-error-node.yaml"),
                               "--manifest", str(RECORDED / "overlay.yaml"), "--gpustack.url", "{gpustack_url}",
                               "--gpustack.worker-name", "error-node"]
+# The web config's own series (--web.config.file, plain HTTP: headers only).
+CASES["web-config"] = ["--nvml.fixture", str(FIXTURES / "seed-a2000.yaml"),
+                       "--web.config.file", str(FIXTURES / "web" / "headers.yml")]
 FIXTURE_NAMES = sorted(CASES)
 # Timings differ on every scrape; everything else must be byte-for-byte stable.
 _VOLATILE = re.compile(r"^((?:vram_exporter_collect_duration_seconds|"
                        r"vram_exporter_manifest_last_reload_success_timestamp_seconds|"
-                       r"vram_exporter_gpustack_last_success_timestamp_seconds)(?:\{[^}]*\})?) \S+$", re.M)
+                       r"vram_exporter_gpustack_last_success_timestamp_seconds|"
+                       r"vram_exporter_web_config_last_reload_success_timestamp_seconds)(?:\{[^}]*\})?) \S+$", re.M)
 
 
 def normalise(exposition: str) -> str:

@@ -99,3 +99,36 @@ def test_new_inputs_stop_the_old_plans_fix_search(monkeypatch):
     assert new.fixes_known.result(30) is not None and set(new.fixes) == {m.name for m in models}
     assert len(searched) < 2 * len(models)  # the old search did not run to its end
     planner.close()
+
+
+def test_the_report_is_kept_while_nothing_it_is_made_of_changes():
+    """/ and /api/v1/fit refreshed on unchanged readings reuse the last document; moved readings or
+    new fixes make a new one."""
+    import asyncio
+
+    from conftest import ROOT
+    from vram_exporter.config import load_manifest
+    from vram_exporter.exporter import Exporter
+    from vram_exporter.fake_nvml import FakeNvml
+    from vram_exporter.fixture import load as load_fixture
+    from vram_exporter.nvml import NvmlReader
+
+    fake = FakeNvml(load_fixture(ROOT / "examples/seed/fixture.yaml"))
+    exporter = Exporter(NvmlReader(fake, proc_root=None), manifest=load_manifest(ROOT / "examples/seed/manifest.yaml"))
+
+    async def reports():
+        first = await exporter.report(await exporter.snapshot())
+        again = await exporter.report(await exporter.snapshot())
+        return first, again
+
+    first, again = asyncio.run(reports())
+    assert again is first and first["fixes_known"]
+    busy = load_fixture(ROOT / "examples/seed/fixture.yaml").model_copy(deep=True)
+    gpu0 = busy.gpus[0].model_copy(update={"memory": busy.gpus[0].memory.model_copy(
+        update={"used": busy.gpus[0].memory.used + GIB, "free": busy.gpus[0].memory.free - GIB})})
+    fake.replace_fixture(busy.model_copy(update={"gpus": [gpu0, *busy.gpus[1:]]}))
+    later = asyncio.run(exporter.report(asyncio.run(exporter.snapshot())))
+    assert later is not first
+    assert later["models"][0]["checks"]["0"]["vllm_free_memory"]["headroom_bytes"] == \
+        first["models"][0]["checks"]["0"]["vllm_free_memory"]["headroom_bytes"] - GIB
+    exporter.close()

@@ -118,12 +118,15 @@ def test_basic_auth_and_headers_and_live_reload(tmp_path, pki):
 @pytest.mark.parametrize("text, expected", [
     ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequestClientCert\n",
      "Python's ssl module verifies every client certificate"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
-     "cipher_suites is not supported"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
+     "web.yml:4: tls_server_config.cipher_suites: Value error, unknown cipher: TLS_RSA_WITH_RC4_128_SHA"),
     ("basic_auth_users:\n  alice: plaintext\n", "must be a bcrypt hash"),
     ("basic_auth_user:\n  alice: x\n", "web.yml:1: basic_auth_user: unknown key"),
-    ("http_server_config:\n  headers: {X-Powered-By: me}\n", "not allowed"),
-    ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "cannot load TLS files"),
+    ("http_server_config:\n  headers: {X-Powered-By: me}\n", "can not be configured"),
+    ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+     "web.yml:2: tls_server_config.cert_file: cannot read"),
+    ("tls_server_config:\n  cert_file: ''\n  key_file: b\n",
+     "web.yml:2: tls_server_config.cert_file: missing one of cert or cert_file"),
 ])
 def test_bad_web_configs_are_refused_at_start(tmp_path, text, expected):
     config = tmp_path / "web.yml"
@@ -135,14 +138,68 @@ def test_bad_web_configs_are_refused_at_start(tmp_path, text, expected):
 
 
 def test_unknown_users_pay_the_same_bcrypt_work(tmp_path, monkeypatch):
+    import asyncio
+
     config = tmp_path / "web.yml"
     config.write_text(f"basic_auth_users:\n  alice: '{hashed('x')}'\n")
     web = WebConfig.load(config)
     calls = []
     real = bcrypt.checkpw
     monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: calls.append(h) or real(pw, h))
-    assert not web.check_password("nobody", "x")
-    assert not web.check_password("alice", "y")
-    assert web.check_password("alice", "x")
-    assert web.check_password("alice", "x")  # verified credentials are cached
+
+    async def checks():
+        users = web.users
+        assert not await web.auth.check(users, "nobody", "x")
+        assert not await web.auth.check(users, "alice", "y")
+        assert await web.auth.check(users, "alice", "x")
+        assert await web.auth.check(users, "alice", "x")  # verified credentials are cached
+        assert not await web.auth.check(users, "alice", "y")  # and so are wrong ones
+
+    asyncio.run(checks())
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("text, seconds", [("1s", 1.0), ("250ms", 0.25), ("1m30s", 90.0), ("0", 0.0), (0, 0.0),
+                                           (1_000_000_000, 1.0), ("1.5h", 5400.0)])
+def test_rate_limit_intervals_are_go_durations(text, seconds):
+    from vram_exporter.webconfig import parse_go_duration
+
+    assert parse_go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["1", "1sec", "s", "", "1s2"])
+def test_bad_go_durations_are_refused(text):
+    from vram_exporter.webconfig import parse_go_duration
+
+    with pytest.raises(ValueError):
+        parse_go_duration(text)
+
+
+def test_rate_limiter_is_go_token_bucket():
+    from vram_exporter.webauth import RateLimiter
+
+    limiter = RateLimiter(1.0, 2)
+    now = limiter._last
+    assert [limiter.allow(now), limiter.allow(now), limiter.allow(now)] == [True, True, False]
+    assert limiter.allow(now + 1.0) and not limiter.allow(now + 1.5)
+    assert not RateLimiter(1.0, 0).allow(now + 100)  # burst 0: nothing passes, as in Go
+
+
+def test_flood_beyond_the_bound_is_refused_at_once_and_identical_checks_share_one(tmp_path):
+    import asyncio
+
+    from vram_exporter.webauth import BasicAuth, Overloaded
+
+    users = {"alice": hashed("x")}
+    auth = BasicAuth(workers=1, max_waiting=2)
+
+    async def flood():
+        distinct = await asyncio.gather(*(auth.check(users, "alice", f"guess{i}") for i in range(10)),
+                                        return_exceptions=True)
+        same = await asyncio.gather(*(auth.check(users, "alice", "x") for _ in range(50)))
+        return distinct, same
+
+    distinct, same = asyncio.run(flood())
+    assert sum(isinstance(r, Overloaded) for r in distinct) == 7 and distinct.count(False) == 3
+    assert all(same)
+    auth.close()

@@ -181,6 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         from .webconfig import WebConfig
 
         web_config = WebConfig.load(args.web_config_file)
+        exporter.extra_families.append(web_config.families)
     if args.max_requests < 0:
         raise FlagError("--web.max-requests must be 0 (no limit) or more")
     app = create_app(exporter, telemetry_path=args.telemetry_path, web_config=web_config,

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import NamedTuple
 
 from .collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, fix_segment, gpu_families,
                         gpustack_families)
 from .config import LoadedManifest, NodeModels, load_manifest
-from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Renderer, Segment, wants_openmetrics
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Family, Renderer, Segment, wants_openmetrics
 from .fit.node import free_memory
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
@@ -79,6 +81,8 @@ class Exporter:
         self._tail_renderer = Renderer()
         self._last_content: _Rendered | None = None
         self._last_report: tuple[tuple, dict] | None = None
+        # More of the exporter's own series (e.g. the web config's reload status), rendered at each scrape.
+        self.extra_families: list[Callable[[], Iterable[Family]]] = []
 
     @property
     def source(self) -> str:
@@ -111,9 +115,10 @@ class Exporter:
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
-        tail = self._tail_renderer.render(
+        tail = self._tail_renderer.render(chain(
             exporter_families(results, self._manifest_status, pending,
-                              self._gpustack.last_success_timestamp if self._gpustack else None), openmetrics)
+                              self._gpustack.last_success_timestamp if self._gpustack else None),
+            *(extra() for extra in self.extra_families)), openmetrics)
         return Scrape(content, tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property

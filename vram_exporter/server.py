@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import sys
-import time
 
 from aiohttp import payload, web
 
@@ -19,6 +18,7 @@ from .errors import FlagError
 from .exporter import Exporter
 from .pages import explain_page
 from .filestamp import file_stamp
+from .webauth import Overloaded
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def create_app(
     web_config: WebConfig | None = None,
     max_requests: int = 40,
     gpustack_refresh_interval: float = 30.0,
+    web_config_check_interval: float = 1.0,
 ) -> web.Application:
     """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard(web_config), _limit(max_requests)],
@@ -93,6 +94,8 @@ def create_app(
     app.on_cleanup.append(close_exporter)
     if exporter.manifest is not None:
         app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
+    if web_config is not None:
+        app.cleanup_ctx.append(_web_config_watcher(web_config, web_config_check_interval))
     if exporter.gpustack is not None:
         app.cleanup_ctx.append(_gpustack_refresher(exporter, gpustack_refresh_interval))
     return app
@@ -186,17 +189,28 @@ def _holds(cached, content: bytes) -> bool:
 
 
 def _guard(web_config: WebConfig | None):
-    """Basic auth and the configured response headers, exporter-toolkit style."""
+    """exporter-toolkit's order: client certificate SANs (403), rate limit (429), headers, basic auth (401).
+    Verified credentials are answered on the event loop; bcrypt checks beyond the bound get 429 at once."""
 
     @web.middleware
     async def guard(request: web.Request, handler):
         if web_config is None:
             return await handler(request)
-        web_config.refresh(time.monotonic())
         headers = dict(web_config.headers)
-        if web_config.auth_required and not await _authorised(web_config, request):
-            headers["WWW-Authenticate"] = 'Basic realm="vram-exporter"'
-            return web.Response(status=401, text="Unauthorized\n", headers=headers)
+        if not web_config.client_allowed(request.transport.get_extra_info("peercert") if request.transport else None):
+            return web.Response(status=403, text="Forbidden: client certificate has no allowed SAN\n", headers=headers)
+        limiter = web_config.limiter
+        if limiter is not None and not limiter.allow():
+            return web.Response(status=429, text="Too Many Requests\n", headers=headers)
+        if web_config.users:
+            verdict = await _authorised(web_config, request)
+            if verdict is None:
+                headers["Retry-After"] = "1"
+                return web.Response(status=429, text="Too Many Requests: too many password checks at once\n",
+                                    headers=headers)
+            if not verdict:
+                headers["WWW-Authenticate"] = 'Basic realm="vram-exporter"'
+                return web.Response(status=401, text="Unauthorized\n", headers=headers)
         response = await handler(request)
         response.headers.update(headers)
         return response
@@ -204,19 +218,44 @@ def _guard(web_config: WebConfig | None):
     return guard
 
 
-async def _authorised(web_config: WebConfig, request: web.Request) -> bool:
+async def _authorised(web_config: WebConfig, request: web.Request) -> bool | None:
+    """True, False, or None when too many bcrypt checks are already waiting."""
     header = request.headers.get("Authorization", "")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return False
     try:
-        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
     if not sep:
         return False
-    # bcrypt takes tens of milliseconds by design: keep it off the event loop.
-    return await asyncio.get_running_loop().run_in_executor(None, web_config.check_password, user, password)
+    try:
+        return await web_config.auth.check(web_config.users, user, password)
+    except Overloaded:
+        return None
+
+
+def _web_config_watcher(web_config: WebConfig, interval: float):
+    """Re-read the web config and every file it names in the background: a policy no client can pass
+    still gets replaced, and certificates rotated on disk are picked up by the next handshake."""
+
+    async def watch(app: web.Application):
+        task = asyncio.create_task(_poll_web_config(web_config, interval))
+        yield
+        task.cancel()
+        web_config.close()
+
+    return watch
+
+
+async def _poll_web_config(web_config: WebConfig, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            web_config.poll()
+        except Exception:  # never let the watcher die: the last good config keeps serving
+            log.exception("web config watcher")
 
 
 def _limit(max_requests: int):
