@@ -284,7 +284,11 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
     block = vllm.block_tokens(model.arch, vp.block_size)
     cap = model.arch.max_position_embeddings
     target_len = _target_len(model, vp, cap)
-    required = vllm.required_kv_bytes(model.arch, target_len, block, per_token) if target_len > 0 else 0
+    # Sliding-window layers hold one batch beyond the window: `vllm serve`'s default batch depends on the GPU.
+    up = [g for g in gpus if g.up]
+    batch = vllm.default_max_num_batched_tokens(up[0].memory.total, up[0].name) if up else vllm.SLIDING_BATCH_TOKENS
+    required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, batch_tokens=batch)
+                if target_len > 0 else 0)
     weights_per_gpu = math.ceil(model.weights_bytes / (tp * pp))
     overhead = cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead
     n_gpus = len(chosen) or gs.world_size or 1
@@ -317,7 +321,7 @@ def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
     if wanted is None:
         if cap is None:
             raise ValueError("max_model_len is not given and config has no max_position_embeddings")
-        return cap
+        return model.arch.default_max_model_len or cap  # LongRoPE: original_max_position_embeddings
     if wanted == -1:  # auto: the longest that fits; the check is that at least one block fits
         return 1
     if wanted <= 0:
