@@ -133,3 +133,4 @@ class Cluster:
     vllm_default_gpu_memory_utilization: float = 0.92  # vLLM >= 0.20 (0.9 before)
     vllm_context_overhead: int = 512 * 2**20  # C_pre: CUDA context + cuBLAS of the new process
     vllm_runtime_overhead: int = GIB  # O: activation peak + CUDA graphs + non-torch memory
+    vllm_version: str = "0.33"  # the rules that differ by version: fit/vllm_runtime.py VLLM_RULES

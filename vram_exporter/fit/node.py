@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from ..snapshot import GpuReading, NodeSnapshot
 from ..units import gib
-from . import gpustack, vllm
+from . import gpustack, vllm, vllm_runtime
 from .model import Cluster, ModelSpec
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache")
@@ -284,10 +284,14 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
     block = vllm.block_tokens(model.arch, vp.block_size)
     cap = model.arch.max_position_embeddings
     target_len = _target_len(model, vp, cap)
-    # Sliding-window layers hold one batch beyond the window: `vllm serve`'s default batch depends on the GPU.
+    # Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
+    # depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
+    # (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0).
     up = [g for g in gpus if g.up]
-    batch = vllm.default_max_num_batched_tokens(up[0].memory.total, up[0].name) if up else vllm.SLIDING_BATCH_TOKENS
-    required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, batch_tokens=batch)
+    batch = 2 * (vllm.default_max_num_batched_tokens(up[0].memory.total, up[0].name) if up
+                 else vllm.SLIDING_BATCH_TOKENS)
+    held = vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks
+    required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held, batch_tokens=batch)
                 if target_len > 0 else 0)
     weights_per_gpu = math.ceil(model.weights_bytes / (tp * pp))
     overhead = cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead
@@ -352,6 +356,7 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
         cuda_total_bytes=t_cuda, free_bytes=free, gmu=gmu_v, weights_per_gpu=weights_per_gpu,
         runtime_overhead=overhead, context_overhead=cluster.vllm_context_overhead, required_kv=required,
         arch=model.arch, block=block, per_token=per_token, max_len_cap=cap,
+        held_back=vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks,
     )
     total = view.total
     if n_gpus == 1:

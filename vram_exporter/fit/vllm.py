@@ -94,13 +94,22 @@ HELD_BACK_BLOCKS = 1
 def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int,
                       held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
     """vLLM's minimum: (ceil(max_model_len / B) + held_back) blocks of B tokens."""
-    return (math.ceil(tokens_held(arch, max_model_len, batch_tokens) / block) + held_back) * block * per_token
+    return (math.ceil(tokens_held(arch, max_model_len, batch_tokens) / block) + _extra_blocks(arch, held_back)) \
+        * block * per_token
+
+
+def _extra_blocks(arch: Architecture, held_back: int) -> int:
+    # A sliding window may not start at a block boundary: its layers always need one block more
+    # (vllm/v1/kv_cache_interface.py, SlidingWindowSpec.max_admission_blocks_per_request, vLLM 0.26.0:
+    # cdiv(min(window - 1 + in-flight tokens, max_model_len), B) + 1).
+    return max(held_back, 1) if arch.sliding_window else held_back
 
 
 def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None,
                     held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
     """The longest max_model_len whose minimum fits in kv_bytes (capped at the model's own maximum)."""
     blocks = kv_bytes // (block * per_token) if kv_bytes > 0 else 0
+    held_back = _extra_blocks(arch, held_back)
     if blocks < 1 + held_back:
         return 0
     fits = (blocks - held_back) * block
@@ -133,6 +142,8 @@ def check_gpu(
     block: int,
     per_token: int,
     max_len_cap: int | None,
+    held_back: int = HELD_BACK_BLOCKS,
+    batch_tokens: int = SLIDING_BATCH_TOKENS,
 ) -> VllmGpuCheck:
     budget = budget_bytes(cuda_total_bytes, gmu)
     kv = budget - weights_per_gpu - runtime_overhead
@@ -141,7 +152,7 @@ def check_gpu(
         free_memory_headroom=free_bytes - context_overhead - budget,
         kv_cache_bytes=kv,
         kv_cache_headroom=kv - required_kv,  # KV <= 0 fails too: required is never 0
-        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap),
+        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap, held_back, batch_tokens),
     )
 
 
