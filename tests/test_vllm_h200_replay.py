@@ -29,8 +29,11 @@ GIB = 2**30
 MIB = 2**20
 
 
+RUN_FILES = sorted(DATA.glob("run-*.json"))
+
+
 def _runs():
-    return [json.loads((DATA / f"run-{i}.json").read_text()) for i in (1, 2)]
+    return [json.loads(p.read_text()) for p in RUN_FILES]
 
 
 def _cases():
@@ -46,8 +49,8 @@ CASES = _cases()
 
 
 # What each case asked for, from the plans the probe ran (a case that failed never printed its kwargs).
-PLANNED = {c["name"]: c for i in (1, 2)
-           for c in json.loads((DATA / "payload" / f"plan-{i}.json").read_text())["cases"]}
+PLANNED = {c["name"]: c for p in sorted((DATA / "payload").glob("plan-*.json"))
+           for c in json.loads(p.read_text())["cases"]}
 
 
 def _model_dir(case) -> str:
@@ -142,7 +145,7 @@ def _predict(run, case) -> dict:
     elif kv <= 0:
         verdict = "no_kv"
     elif wanted != -1 and kv < vllm.required_kv_bytes(arch, target, block, per_token, held_back=held,
-                                                      batch_tokens=batch):
+                                                      batch_tokens=2 * batch):  # async: 2 batches in flight
         verdict = "kv_short"
     else:
         verdict = "starts"
