@@ -126,10 +126,12 @@ def fit_peak_model(points: Iterable[tuple[Mapping[str, Any], int, int]]) -> Peak
     return PeakModel(base=base, per_feature_byte=slope, moe_extra=sum(moe) / len(moe) if moe else 0.0)
 
 
-# Fitted to the first-start (fresh torch.compile) cases of tests/data/vllm-h200/run-{1,2}.json
-# (Qwen2.5-0.5B/1.5B/32B, Llama-3.1-8B dense; DeepSeek-V2-Lite for the MoE extra). Residuals of the dense
-# fit: within +-121 MiB (Llama-3.1-8B counted twice: its bf16 and fp8-KV runs peaked alike). tests/test_vllm_h200_replay.py checks these numbers against a refit.
-H200_VLLM_026_PEAK = PeakModel(base=264_393_776, per_feature_byte=2.7626215, moe_extra=308_538_539)
+# Fitted to the first-start (fresh torch.compile) cases of tests/data/vllm-h200/run-*.json (Qwen2.5-0.5B,
+# Qwen2.5-1.5B at 2048/8192/16384 tokens, Qwen2.5-32B, Llama-3.1-8B dense; DeepSeek-V2-Lite for the MoE
+# extra). Dense residuals within +-113 MiB (Llama-3.1-8B counted twice: bf16 and fp8-KV runs peaked alike).
+# max_num_seqs is not a term: the runs varied it only together with the batch (2048/256), and the
+# sampler pass it sizes (max_num_seqs x vocab) stays below the forward pass in every case measured. tests/test_vllm_h200_replay.py checks these numbers against a refit.
+H200_VLLM_026_PEAK = PeakModel(base=263_857_829, per_feature_byte=2.7194836, moe_extra=318_483_040)
 # non-torch memory growth during vLLM's profiling, one GPU, no NCCL: 230 MiB (dense) on the H200 runs.
 H200_VLLM_026_NON_TORCH = 241_172_480
 
