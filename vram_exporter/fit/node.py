@@ -357,6 +357,7 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
         runtime_overhead=overhead, context_overhead=cluster.vllm_context_overhead, required_kv=required,
         arch=model.arch, block=block, per_token=per_token, max_len_cap=cap,
         held_back=vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks,
+        batch_tokens=2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name),
     )
     total = view.total
     if n_gpus == 1:
