@@ -302,3 +302,20 @@ def test_non_torch_and_graph_bound():
         if "graph_capture" in c["log"]:
             took = float(c["log"]["graph_capture"][1]) * GIB
             assert vllm_runtime.runtime_overhead(_config(c), 8192).cuda_graphs >= took - 0.005 * GIB
+
+
+def test_suggested_runtime_overhead_tool():
+    import subprocess
+    import sys
+
+    cfg = MODELS / "qwen2.5-32b" / "config.json"
+    out = subprocess.run([sys.executable, "tools/vllm_runtime_overhead.py", str(cfg), "--gpu-total-gib", "139.8",
+                          "--gpu-name", "NVIDIA H200", "--vllm-version", "0.26"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent, check=True).stdout
+    o = int(re.search(r"runtime_overhead: (\d+)", out).group(1))
+    (_, case), = [(r, c) for r, c in CASES if c["name"] == "qwen32b-u0.90"]
+    measured = case["worker"]["peak_activation"] + case["worker"]["non_torch"]
+    assert abs(o - measured) <= 128 * MIB and "batch 8192 tokens" in out
+    # 0.33 counts the CUDA graphs in O: more
+    assert vllm_runtime.suggested_runtime_overhead(json.loads(cfg.read_text()), device_total_bytes=int(139.8 * GIB),
+                                                   device_name="NVIDIA H200", version="0.33") > o

@@ -157,8 +157,11 @@ class RuntimeOverhead:
 # CUDA graph pool measured per case (vLLM's "Graph capturing finished ..., took X GiB"): 0.39 GiB
 # (Qwen2.5-0.5B, 24 layers) to 1.20 GiB (DeepSeek-V2-Lite, 27 layers). Neither layers nor MLP width fit
 # them (a linear fit misses by up to 0.6 GiB), so this is an upper bound, not a fit: the largest pool per
-# layer measured (DeepSeek-V2-Lite, 45.5 MiB) times the layers. It matters where graphs count in O (0.33).
-GRAPH_PER_LAYER_BOUND = 1.20 * 2**30 / 27
+# layer measured, 0.98 GiB / 32 layers for dense models (Llama-3.1-8B, Mistral-7B), 1.20 GiB / 27 for MoE
+# (DeepSeek-V2-Lite), times the layers. It matters only where graphs count in O (0.33), which no run
+# here could measure; a running instance calibrates it (vram_exporter/vllm_instance.py).
+GRAPH_PER_LAYER_BOUND = 0.98 * 2**30 / 32
+GRAPH_PER_LAYER_BOUND_MOE = 1.20 * 2**30 / 27
 
 
 def runtime_overhead(config: Mapping[str, Any], max_num_batched_tokens: int,
@@ -168,5 +171,15 @@ def runtime_overhead(config: Mapping[str, Any], max_num_batched_tokens: int,
     return RuntimeOverhead(
         peak_activation=peak.predict(config, max_num_batched_tokens),
         non_torch=non_torch,
-        cuda_graphs=round(GRAPH_PER_LAYER_BOUND * layers),
+        cuda_graphs=round((GRAPH_PER_LAYER_BOUND_MOE if is_moe(config) else GRAPH_PER_LAYER_BOUND) * layers),
     )
+
+
+def suggested_runtime_overhead(config: Mapping[str, Any], *, device_total_bytes: int | None, device_name: str = "",
+                               max_num_batched_tokens: int | None = None, version: str = "0.33") -> int:
+    """O for the manifest's per-model ``runtime_overhead``: the fitted model at the batch `vllm serve` will
+    use (the flag, else its default for the GPU), for a first start; graphs counted where the version
+    takes them out of R. Calibrated on an H200 with vLLM 0.26; on other GPUs and versions a starting
+    point, to be checked against a running instance (vram_exporter/vllm_instance.py)."""
+    batch = max_num_batched_tokens or default_scheduler_limits(device_total_bytes, device_name, "serve")[0]
+    return runtime_overhead(config, batch).total(rules_for(version))
