@@ -28,10 +28,11 @@ def test_kv_bytes_match_vllms_own_classes(tp, kv_dtype, tokens, per_token, minim
     assert vllm.required_kv_bytes(QWEN_1_5B, tokens, 16, per_token) == minimum
 
 
-def test_mla_bytes_per_token_are_not_split_by_tp_and_use_64_token_blocks():
+def test_mla_bytes_per_token_are_not_split_by_tp_and_use_16_token_blocks():
+    # FLASH_ATTN_MLA, vLLM's MLA backend on Hopper, ran with 16-token blocks on a real H200 (run-2.json).
     for tp in (1, 2, 4):
         assert vllm.bytes_per_token(DEEPSEEK_V2_LITE, tp=tp, pp=1, dtype_bytes=2) == 27 * (512 + 64) * 2
-    assert vllm.block_tokens(DEEPSEEK_V2_LITE, None) == 64 and vllm.block_tokens(QWEN_1_5B, None) == 16
+    assert vllm.block_tokens(DEEPSEEK_V2_LITE, None) == 16 and vllm.block_tokens(QWEN_1_5B, None) == 16
     assert vllm.block_tokens(QWEN_1_5B, 32) == 32
 
 

@@ -37,10 +37,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class GpuSize:
-    """What the static fit reads of a GPU: its identity and sizes, never its free memory."""
+    """What the static fit reads of a GPU: its identity and sizes (its name gives vLLM's default batch),
+    never its free memory."""
 
     index: int
     uuid: str
+    name: str
     up: bool
     total: int | None
     reserved: int | None
@@ -62,7 +64,7 @@ class NodeInputs:
 
 
 def gpu_sizes(snapshot: NodeSnapshot) -> tuple[GpuSize, ...]:
-    return tuple(GpuSize(g.index, g.uuid, g.up, g.memory.total if g.memory else None,
+    return tuple(GpuSize(g.index, g.uuid, g.name, g.up, g.memory.total if g.memory else None,
                          g.memory.reserved if g.memory else None) for g in snapshot.gpus)
 
 

@@ -38,10 +38,20 @@ class Architecture:
     qk_rope_head_dim: int = 0
     sliding_window: int | None = None  # applies to every layer when set
     vision_attention_heads: int | None = None
+    # LongRoPE (Phi-3/3.5): with no --max-model-len vLLM serves original_max_position_embeddings, not
+    # max_position_embeddings (vllm/config/model.py, _get_and_verify_max_len, vLLM 0.26.0: "For LongRoPE,
+    # default to original_max_position_embeddings"); measured: Phi-3.5-mini started at 4096 on an H200
+    # (tests/data/vllm-h200/run-2.json).
+    longrope_default_len: int | None = None
 
     @property
     def mla(self) -> bool:
         return self.kv_lora_rank is not None
+
+    @property
+    def default_max_model_len(self) -> int | None:
+        """vLLM's max_model_len when none is given."""
+        return self.longrope_default_len or self.max_position_embeddings
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Architecture:
@@ -61,6 +71,9 @@ class Architecture:
         if text.get("use_sliding_window") is False or isinstance(text.get("layer_types"), list):
             window = None  # Qwen2 ships the field switched off; mixed layer types: treat all as full
         vision = config.get("vision_config") or {}
+        rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
+        longrope = isinstance(rope, Mapping) and (rope.get("rope_type") or rope.get("type")) in ("longrope", "su")
+        original = text.get("original_max_position_embeddings")  # vLLM reads the top-level field only
         return cls(
             layers=_positive_int(text, "num_hidden_layers"),
             attention_heads=heads,
@@ -73,6 +86,7 @@ class Architecture:
             qk_rope_head_dim=int(text.get("qk_rope_head_dim") or 0),
             sliding_window=int(window) if window else None,
             vision_attention_heads=vision.get("num_attention_heads") or vision.get("num_heads"),
+            longrope_default_len=int(original) if longrope and original else None,
         )
 
 
@@ -128,3 +142,4 @@ class Cluster:
     vllm_default_gpu_memory_utilization: float = 0.92  # vLLM >= 0.20 (0.9 before)
     vllm_context_overhead: int = 512 * 2**20  # C_pre: CUDA context + cuBLAS of the new process
     vllm_runtime_overhead: int = GIB  # O: activation peak + CUDA graphs + non-torch memory
+    vllm_version: str = "0.33"  # the rules that differ by version: fit/vllm_runtime.py VLLM_RULES

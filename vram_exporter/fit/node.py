@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from ..snapshot import GpuReading, NodeSnapshot
 from ..units import gib
-from . import gpustack, vllm
+from . import gpustack, vllm, vllm_runtime
 from .model import Cluster, ModelSpec
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache")
@@ -328,6 +328,7 @@ class _KvTerms:
     required: int
     weights_per_gpu: int
     overhead: int
+    held_back: int  # blocks vLLM holds back beyond the minimum (its version's rule)
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
@@ -341,7 +342,7 @@ def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
         raise ModelError(problem)
 
 
-def _kv_terms(model: ModelSpec, cluster: Cluster) -> _KvTerms:
+def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> _KvTerms:
     vp = model.vllm
     tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
     dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
@@ -349,11 +350,24 @@ def _kv_terms(model: ModelSpec, cluster: Cluster) -> _KvTerms:
     block = vllm.block_tokens(model.arch, vp.block_size)
     cap = model.arch.max_position_embeddings
     target_len = _target_len(model, vp, cap)
-    required = vllm.required_kv_bytes(model.arch, target_len, block, per_token) if target_len > 0 else 0
+    held = vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks
+    required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
+                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None)))
+                if target_len > 0 else 0)
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
-        overhead=cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead)
+        overhead=cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead,
+        held_back=held)
+
+
+def _batch_in_flight(gpu: GpuReading | None) -> int:
+    """Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
+    depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
+    (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0)."""
+    if gpu is None or gpu.memory is None:
+        return 2 * vllm.SLIDING_BATCH_TOKENS
+    return 2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name)
 
 
 def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.VllmGpuCheck:
@@ -361,7 +375,7 @@ def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.Vll
         cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), free_bytes=0, gmu=kv.gmu,
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead,
         context_overhead=cluster.vllm_context_overhead, required_kv=kv.required, arch=arch, block=kv.block,
-        per_token=kv.per_token, max_len_cap=kv.cap)
+        per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back, batch_tokens=_batch_in_flight(gpu))
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +391,7 @@ def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], contex
     does not need: the other GPUs' checks, the replica count, the reasons."""
     try:
         gs = model.gpustack
-        kv = _kv_terms(model, cluster)
+        kv = _kv_terms(model, cluster, gpus)
         _refuse(model, gs, kv.gmu)
     except ModelError:
         return Probe(False)
@@ -396,7 +410,7 @@ def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], contex
 
 def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
     gs = model.gpustack
-    kv = _kv_terms(model, cluster)
+    kv = _kv_terms(model, cluster, gpus)
     _refuse(model, gs, kv.gmu)
     gmu_v = kv.gmu
     estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
@@ -436,7 +450,7 @@ def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
     if wanted is None:
         if cap is None:
             raise ModelError("max_model_len is not given and config has no max_position_embeddings")
-        return cap
+        return model.arch.default_max_model_len or cap  # LongRoPE: original_max_position_embeddings
     if wanted == -1:  # auto: the longest that fits; the check is that at least one block fits
         return 1
     if wanted <= 0:

@@ -20,13 +20,26 @@ from dataclasses import dataclass
 
 from .model import Architecture
 
-# Block sizes in tokens: FlashAttention, Triton and FlashInfer use 16; the MLA backends
-# FLASHMLA 64 (the default for MLA on Hopper) and CUTLASS_MLA 128.
+# Block sizes in tokens: FlashAttention, Triton and FlashInfer use 16. For MLA on Hopper vLLM picks
+# FLASH_ATTN_MLA, whose kernel takes any multiple of 16 (vllm/v1/attention/backends/mla/flashattn_mla.py,
+# get_supported_kernel_block_sizes -> [MultipleOf(16)], vLLM 0.26.0), so the block stays 16: measured on an
+# H200 with DeepSeek-V2-Lite (tests/data/vllm-h200/run-2.json: FLASH_ATTN_MLA, block_size 16). FLASHMLA
+# (64) and CUTLASS_MLA (128) are picked only when asked for (--block-size 64 / 128 or the backend).
 BLOCK_TOKENS = 16
-MLA_BLOCK_TOKENS = 64
-# Sliding-window layers keep window - 1 + one batch of tokens (max_num_batched_tokens; 2048 is
-# vLLM's default for online serving), not max_model_len: SlidingWindowSpec.max_memory_usage_bytes.
+MLA_BLOCK_TOKENS = 16
+# Sliding-window layers keep window - 1 + one batch of tokens (max_num_batched_tokens), not
+# max_model_len: SlidingWindowSpec.max_memory_usage_bytes. `vllm serve`'s default batch is 8192 tokens on
+# GPUs of 70 GiB or more that are not A100s, 2048 on others (vllm/engine/arg_utils.py,
+# _get_default_max_num_seqs_and_batched_tokens, vLLM 0.26.0; the H200 run logged 8192).
 SLIDING_BATCH_TOKENS = 2048
+LARGE_GPU_BATCH_TOKENS = 8192
+
+
+def default_max_num_batched_tokens(device_total_bytes: int | None, device_name: str = "") -> int:
+    """`vllm serve`'s max_num_batched_tokens when the flag is not given (see SLIDING_BATCH_TOKENS)."""
+    if device_total_bytes is not None and device_total_bytes >= 70 * 2**30 and "a100" not in device_name.lower():
+        return LARGE_GPU_BATCH_TOKENS
+    return SLIDING_BATCH_TOKENS
 
 
 def cuda_total(nvml_total: int, nvml_reserved: int | None) -> int:
@@ -64,25 +77,43 @@ def block_tokens(arch: Architecture, requested: int | None) -> int:
     return MLA_BLOCK_TOKENS if arch.mla else BLOCK_TOKENS
 
 
-def tokens_held(arch: Architecture, max_model_len: int) -> int:
+def tokens_held(arch: Architecture, max_model_len: int, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
     """Tokens of KV one max-length request keeps per layer."""
     if arch.sliding_window:
-        return min(max_model_len, arch.sliding_window - 1 + SLIDING_BATCH_TOKENS)
+        return min(max_model_len, arch.sliding_window - 1 + batch_tokens)
     return max_model_len
 
 
-def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int) -> int:
-    """vLLM's minimum: (ceil(max_model_len / B) + 1) blocks of B tokens."""
-    return (math.ceil(tokens_held(arch, max_model_len) / block) + 1) * block * per_token
+# Blocks vLLM holds back beyond ceil(max_model_len / B): 1 in vLLM 0.33 (DESIGN.md section 3); 0 in vLLM
+# 0.26.0, whose minimum is cdiv(max_model_len, block_size) pages (vllm/v1/kv_cache_interface.py,
+# AttentionSpec.max_memory_usage_bytes): its error for Llama-3.1-8B at 131072 tokens asks for exactly
+# 16.0 GiB = 8192 blocks of 2 MiB (tests/data/vllm-h200/run-1.json). See fit/vllm_runtime.py.
+HELD_BACK_BLOCKS = 1
 
 
-def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None) -> int:
+def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int,
+                      held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
+    """vLLM's minimum: (ceil(max_model_len / B) + held_back) blocks of B tokens."""
+    return (math.ceil(tokens_held(arch, max_model_len, batch_tokens) / block) + _extra_blocks(arch, held_back)) \
+        * block * per_token
+
+
+def _extra_blocks(arch: Architecture, held_back: int) -> int:
+    # A sliding window may not start at a block boundary: its layers always need one block more
+    # (vllm/v1/kv_cache_interface.py, SlidingWindowSpec.max_admission_blocks_per_request, vLLM 0.26.0:
+    # cdiv(min(window - 1 + in-flight tokens, max_model_len), B) + 1).
+    return max(held_back, 1) if arch.sliding_window else held_back
+
+
+def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None,
+                    held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
     """The longest max_model_len whose minimum fits in kv_bytes (capped at the model's own maximum)."""
     blocks = kv_bytes // (block * per_token) if kv_bytes > 0 else 0
-    if blocks < 2:
+    held_back = _extra_blocks(arch, held_back)
+    if blocks < 1 + held_back:
         return 0
-    fits = (blocks - 1) * block
-    if arch.sliding_window and fits >= arch.sliding_window - 1 + SLIDING_BATCH_TOKENS:
+    fits = (blocks - held_back) * block
+    if arch.sliding_window and fits >= arch.sliding_window - 1 + batch_tokens:
         fits = cap or fits  # the window, not the context, bounds what is kept
     return min(fits, cap) if cap else fits
 
@@ -111,6 +142,8 @@ def check_gpu(
     block: int,
     per_token: int,
     max_len_cap: int | None,
+    held_back: int = HELD_BACK_BLOCKS,
+    batch_tokens: int = SLIDING_BATCH_TOKENS,
 ) -> VllmGpuCheck:
     budget = budget_bytes(cuda_total_bytes, gmu)
     kv = budget - weights_per_gpu - runtime_overhead
@@ -119,7 +152,7 @@ def check_gpu(
         free_memory_headroom=free_bytes - context_overhead - budget,
         kv_cache_bytes=kv,
         kv_cache_headroom=kv - required_kv,  # KV <= 0 fails too: required is never 0
-        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap),
+        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap, held_back, batch_tokens),
     )
 
 
