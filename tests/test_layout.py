@@ -8,7 +8,7 @@ import ast
 from conftest import ROOT
 
 PACKAGE = ROOT / "vram_exporter"
-HTTP_EDGES = {"server.py", "gpustack_client.py"}
+HTTP_EDGES = {"server.py", "gpustack_client.py", "vllm_client.py"}
 
 
 def imports_of(path) -> set[str]:

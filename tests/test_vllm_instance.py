@@ -88,3 +88,70 @@ def test_instance_alert_rules_with_promtool():
     out = subprocess.run([require_tool("promtool"), "test", "rules", tests.name], capture_output=True, text=True,
                          cwd=tests.parent)
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_exporter_reads_a_running_vllm_and_shows_it_beside_the_prediction(start_exporter, tmp_path):
+    """End to end: a manifest model running on GPU 0 with a metrics_url; a server answers that URL with
+    the recorded /metrics of the real `vllm serve` (Phi-3.5-mini, u = 0.5, H200). The exporter's own
+    /metrics then carries the KV cache vLLM allocated next to the predicted one, the observed O, and
+    the instance's up; when the vLLM stops answering, up goes to 0 and the comparison goes away."""
+    import http.server
+    import threading
+    import time
+
+    import yaml
+
+    from conftest import free_port
+
+    run, case = _serve()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = case["metrics_text"].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    vllm = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=vllm.serve_forever, daemon=True).start()
+    idle = run["nvml_idle"]
+    used = case["nvml_engine_up"]["used"] if "used" in case.get("nvml_engine_up", {}) else 0
+    fixture = {"driver_version": run["driver"], "gpus": [{
+        "index": 0, "name": run["gpu"], "uuid": "GPU-h200-0000", "pci_bus_id": "00000000:01:00.0",
+        "memory": {"total": idle["total"], "reserved": idle["reserved"], "used": used,
+                   "free": idle["total"] - idle["reserved"] - used}, "processes": [], "error": None}]}
+    config = json.loads((DATA / "payload/models/phi-3.5-mini/config.json").read_text())
+    manifest = {"models": [{"name": "phi-3.5-mini", "weights_bytes": WEIGHTS["phi-3.5-mini"], "config": config,
+                            "backend_parameters": ["--gpu_memory_utilization=0.5"], "placed_on": [0],
+                            "metrics_url": f"http://127.0.0.1:{port}/metrics"}]}
+    (tmp_path / "fixture.yaml").write_text(yaml.safe_dump(fixture))
+    (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    exporter = start_exporter("--nvml.fixture", str(tmp_path / "fixture.yaml"), "--manifest",
+                              str(tmp_path / "manifest.yaml"), "--vllm.metrics-interval", "0.2")
+    where = f'model="phi-3.5-mini",vllm_instance="127.0.0.1:{port}"'
+    deadline = time.monotonic() + 10
+    text = exporter.text()
+    while f"vram_model_vllm_instance_up{{{where}}} 1" not in text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = exporter.text()
+    assert f"vram_model_vllm_kv_cache_actual_bytes{{{where}}} {10568 * 16 * 393216}" in text
+    fit = json.loads(exporter.text("/api/v1/fit"))["models"][0]
+    predicted = fit["checks"]["0"]["vllm_kv_cache"]["headroom_bytes"] + fit["kv_cache_required_bytes"]
+    assert f"vram_model_vllm_kv_cache_predicted_bytes{{{where}}} {predicted}" in text
+    assert f"vram_model_vllm_runtime_overhead_observed_bytes{{{where}}}" in text
+    vllm.shutdown()
+    vllm.server_close()
+    deadline = time.monotonic() + 10
+    while f"vram_model_vllm_instance_up{{{where}}} 0" not in text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = exporter.text()
+    assert f"vram_model_vllm_instance_up{{{where}}} 0" in text
+    assert "vram_model_vllm_kv_cache_actual_bytes{" not in text
+    log = exporter.stop()
+    assert log.count("vLLM of model phi-3.5-mini") == 1, log  # the error logged once, not at every read

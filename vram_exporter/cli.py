@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
     _add_gpustack_flags(serve)
+    serve.add_argument("--vllm.metrics-interval", dest="vllm_metrics_interval", type=_positive_seconds,
+                       default=30.0, metavar="SECONDS", help="how often to read each running model's own vLLM "
+                       "/metrics (the manifest's metrics_url) for its real KV cache (default 30)")
     _add_log_flag(serve)
 
     check = commands.add_parser(
@@ -174,8 +177,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         manifest = load_manifest(args.manifest)
     gpustack = _gpustack_source(args, overlay=lambda: exporter.manifest)
+    from .vllm_client import VllmInstances
+
     exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
-                        gpu_detail=args.gpu_detail, gpustack=gpustack)
+                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances())
     web_config = None
     if args.web_config_file is not None:
         from .webconfig import WebConfig
@@ -186,7 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise FlagError("--web.max-requests must be 0 (no limit) or more")
     app = create_app(exporter, telemetry_path=args.telemetry_path, web_config=web_config,
                      manifest_check_interval=args.manifest_check_interval, max_requests=args.max_requests,
-                     gpustack_refresh_interval=args.gpustack_refresh_interval)
+                     gpustack_refresh_interval=args.gpustack_refresh_interval,
+                     vllm_metrics_interval=args.vllm_metrics_interval)
     serve(app, args.listen_address, ssl_context=web_config.ssl_context if web_config else None)
     return 0
 

@@ -68,6 +68,8 @@ class ModelEntry(Strict):
     pinned_gpus: list[Annotated[int, Field(ge=0)]] | None = None
     replicas: int = Field(default=1, ge=1)
     runtime_overhead: Size | None = None
+    # A running model's own vLLM /metrics: its real KV cache is shown next to the prediction.
+    metrics_url: str | None = None
 
     @field_validator("env", mode="before")
     @classmethod
@@ -104,6 +106,10 @@ class ModelEntry(Strict):
             raise ValueError("a model needs path (a local model directory), or both weights_bytes and config")
         if self.placed_on is not None and self.pinned_gpus is not None:
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
+        if self.metrics_url is not None and self.placed_on is None:
+            raise ValueError("metrics_url is a running vLLM's /metrics: it needs placed_on")
+        if self.metrics_url is not None and not self.metrics_url.startswith(("http://", "https://")):
+            raise ValueError(f"metrics_url must be an http:// or https:// URL, got {self.metrics_url!r}")
         if self.weights_from != "local" and self.path is None:
             raise ValueError("weights_from says how the files under path are counted: it needs path")
         return self
@@ -178,7 +184,7 @@ def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
         name=entry.name, weights_bytes=weights, arch=arch,
         backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
         placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
-        runtime_overhead=entry.runtime_overhead,
+        runtime_overhead=entry.runtime_overhead, metrics_url=entry.metrics_url,
     )
 
 def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:

@@ -25,6 +25,7 @@ from .sampler import NvmlSampler
 from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
 from .report import gpustack_report, plan_report
 from .snapshot import NodeSnapshot
+from . import vllm_instance
 from .yamlfile import InputFileError
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,14 @@ class Exporter:
         nvml_timeout: float = 5.0,
         gpu_detail: GpuDetail = "all",
         gpustack: GpuStackSource | None = None,
+        instances=None,
     ) -> None:
-        """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes)."""
+        """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes).
+        ``instances``: the running models' own vLLM readings (vllm_client.VllmInstances), shown beside
+        the prediction."""
         self._manifest = manifest
         self._gpustack = gpustack
+        self.instances = instances
         self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
         self._sampler = NvmlSampler(reader, nvml_timeout)
         self._planner = Planner(gpu_detail)
@@ -118,7 +123,7 @@ class Exporter:
         tail = self._tail_renderer.render(chain(
             exporter_families(results, self._manifest_status, pending,
                               self._gpustack.last_success_timestamp if self._gpustack else None),
-            *(extra() for extra in self.extra_families)), openmetrics)
+            self._instance_families(plan), *(extra() for extra in self.extra_families)), openmetrics)
         return Scrape(content, tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property
@@ -213,6 +218,14 @@ class Exporter:
             free = free_memory(snap)
             fixes = self._picks.get(plan, free, plan.families.lives(node, free))
             yield from plan.families.families(node, free, fixes)
+
+    def _instance_families(self, plan: Plan | None) -> list[Family]:
+        """Prediction beside reality for the running models whose vLLM was read (vllm_instance.py)."""
+        readings = self.instances.readings if self.instances is not None else {}
+        if not readings:
+            return []
+        comparisons = vllm_instance.node_comparisons(plan.node, readings) if plan is not None else []
+        return [vllm_instance.up_family(readings), *vllm_instance.families(comparisons)]
 
     def close(self) -> None:
         self._planner.close()

@@ -40,6 +40,7 @@ def create_app(
     web_config: WebConfig | None = None,
     max_requests: int = 40,
     gpustack_refresh_interval: float = 30.0,
+    vllm_metrics_interval: float = 30.0,
     web_config_check_interval: float = 1.0,
 ) -> web.Application:
     """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
@@ -98,7 +99,30 @@ def create_app(
         app.cleanup_ctx.append(_web_config_watcher(web_config, web_config_check_interval))
     if exporter.gpustack is not None:
         app.cleanup_ctx.append(_gpustack_refresher(exporter, gpustack_refresh_interval))
+    if exporter.instances is not None:
+        app.cleanup_ctx.append(_vllm_reader(exporter, vllm_metrics_interval))
     return app
+
+
+def _vllm_reader(exporter: Exporter, interval: float):
+    """Read the running models' own vLLM /metrics every ``interval`` seconds, in the background."""
+
+    async def read(app: web.Application):
+        task = asyncio.create_task(_read_loop(exporter, interval))
+        yield
+        task.cancel()
+
+    return read
+
+
+async def _read_loop(exporter: Exporter, interval: float) -> None:
+    while True:
+        models = exporter.node_manifest()
+        try:
+            await exporter.instances.refresh(models.models if models else ())
+        except Exception:  # noqa: BLE001 - one bad answer must not stop the readings for good
+            log.exception("reading the vLLM instances failed")
+        await asyncio.sleep(interval)
 
 
 def _gpustack_refresher(exporter: Exporter, interval: float):

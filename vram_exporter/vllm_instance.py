@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .exposition import Family
+from .fit.node import NodeFit
 
 _INFO = re.compile(r"^vllm:cache_config_info\{(?P<labels>.*)\}\s+\S+\s*$", re.M)
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -119,6 +120,29 @@ def families(comparisons: Iterable[InstanceComparison]) -> list[Family]:
         if c.observed_runtime_overhead is not None:
             overhead.sample(c.model, c.instance, c.observed_runtime_overhead)
     return [predicted, actual, tolerance, overhead]
+
+
+def node_comparisons(node: NodeFit, readings: Mapping) -> list[InstanceComparison]:
+    """Each running model with a reading (vllm_client.InstanceReading) against its static fit, on the
+    first GPU it holds (vLLM's worker 0)."""
+    out = []
+    for fit in node.models:
+        reading = readings.get(fit.name)
+        if reading is None or reading.info is None or not fit.placed or fit.error or not fit.per_gpu:
+            continue
+        gpu = next((f for f in fit.per_gpu if f.index in fit.gpus), fit.per_gpu[0])
+        out.append(compare(fit.name, reading.instance, reading.info, bytes_per_token=fit.bytes_per_token,
+                           predicted_kv_bytes=gpu.kv_bytes, budget_bytes=gpu.budget, weights_bytes=gpu.weights))
+    return out
+
+
+def up_family(readings: Mapping) -> Family:
+    up = Family("vram_model_vllm_instance_up",
+                "1 if the running model's own vLLM answered its /metrics with its KV cache at the last read "
+                "(--vllm.metrics-interval), 0 if not.", "gauge", ("model", "vllm_instance"))
+    for name, reading in sorted(readings.items()):
+        up.sample(name, reading.instance, 1 if reading.info is not None else 0)
+    return up
 
 
 def metrics_url(model: Mapping, instance: Mapping | None = None) -> str | None:

@@ -112,6 +112,7 @@ class ModelSpec:
     pinned_gpus: tuple[int, ...] | None = None  # manual GPU selection (gpu_selector)
     replicas: int = 1
     runtime_overhead: int | None = None  # O for this model; None: the cluster's
+    metrics_url: str | None = None  # a running model's own vLLM /metrics (read by vllm_client.py)
 
     @property
     def gpustack(self) -> GpuStackParams:

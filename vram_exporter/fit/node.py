@@ -65,6 +65,8 @@ class GpuFit:
     committed: int = 0  # memory candidates placed before this one will take on this GPU
     gmu_max_static: float = 1.0  # the window's top from every check but free memory
     free_need: int | None = None  # free memory vLLM's start-up check needs here (None: a running instance)
+    kv_bytes: int = 0  # the KV cache vLLM gets here: R - weights - O
+    weights: int = 0  # the weights vLLM loads here (its share under tensor/pipeline parallelism)
 
     @property
     def window_open(self) -> bool:
@@ -490,7 +492,8 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
     # A running instance passed its start-up check long ago: it needs no free memory.
     need = None if running else committed + cluster.vllm_context_overhead + check.budget
     return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi_static, check.max_model_len,
-                  cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, free_need=need)
+                  cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, free_need=need,
+                  kv_bytes=check.kv_cache_bytes, weights=weights_per_gpu)
 
 
 def _round_down(x: float) -> float:
