@@ -64,6 +64,18 @@ def test_node_view_of_a_worker_is_a_manifest_with_its_claims():
     assert (running.name, running.placed_on, dict(running.placed_claims)) == ("error-first", (0,), {0: 23181498777})
     assert (candidate.name, candidate.placed_on, candidate.replicas) == ("error-second", None, 1)
     assert view.allocated == {0: 23181498777}
+    assert running.metrics_url is None  # an instance in error serves no /metrics
+
+
+def test_a_running_instance_is_read_at_its_worker_ip_and_port():
+    """GPUStack's model-instance API says where the engine listens: that is the model's metrics_url."""
+    state = recorded_state()
+    instances = tuple(i.model_copy(update={"state": "running", "port": 40123}) if i.name.startswith("error-first")
+                      or i.model_name == "error-first" else i for i in state.instances)
+    view = build_view(GpuStackState(state.workers, state.models, instances), worker_name="error-node",
+                      source="recorded", read_model=recorded_models)
+    running = view.node_models.models[0]
+    assert (running.name, running.metrics_url) == ("error-first", "http://127.0.0.1:40123/metrics")
 
 
 def test_second_replica_books_the_first_and_judges_the_second():

@@ -99,6 +99,8 @@ class ResourceClaim(_ApiRecord):
 
 class SubordinateWorker(_ApiRecord):
     worker_id: int | None = None
+    worker_ip: str | None = None  # where its engine listens, with port: its own /metrics
+    port: int | None = None
     gpu_indexes: list[int] | None = None
     computed_resource_claim: ResourceClaim | None = None
 
@@ -115,6 +117,8 @@ class ModelInstance(_ApiRecord):
     state: str = "pending"
     state_message: str | None = None
     worker_id: int | None = None
+    worker_ip: str | None = None  # where its engine listens, with port: its own /metrics
+    port: int | None = None
     gpu_indexes: list[int] | None = None
     computed_resource_claim: ResourceClaim | None = None
     distributed_servers: DistributedServers | None = None

@@ -31,6 +31,7 @@ from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
 from .fit import cluster as replay
 from .fit.model import Architecture, Cluster, ModelSpec
+from . import vllm_instance
 from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,13 @@ def _allocated(worker: Worker | None) -> dict[int, int]:
             if gpu.memory is not None and gpu.memory.allocated is not None}
 
 
+def _metrics_url(instance: ModelInstance) -> str | None:
+    """A running instance's own vLLM /metrics, from GPUStack's API (its worker_ip and port)."""
+    if instance.state != "running":
+        return None
+    return vllm_instance.metrics_url({}, {"worker_ip": instance.worker_ip, "port": instance.port})
+
+
 def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
                  requests: Mapping[str, replay.Request | None], overlay: LoadedManifest | None,
                  source: str) -> NodeModels:
@@ -215,8 +223,9 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
             if request.pinned is None or pinned:
                 models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned))
         elif spec is not None and here and here[0][0].worker_id == worker.id and not here[0][0].subordinates:
-            _, claims = here.pop(0)
-            models.append(replace(spec, placed_on=tuple(sorted(claims)), placed_claims=claims, replicas=1))
+            instance, claims = here.pop(0)
+            models.append(replace(spec, placed_on=tuple(sorted(claims)), placed_claims=claims, replicas=1,
+                                  metrics_url=spec.metrics_url or _metrics_url(instance)))
         for _, claims in here:  # every instance bound here that is not shown as a model above
             for index, size in claims.items():
                 booked[index] = booked.get(index, 0) + size
