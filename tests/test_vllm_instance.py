@@ -81,7 +81,7 @@ def test_metrics_url_from_manifest_or_gpustack():
 
 
 def test_instance_alert_rules_with_promtool():
-    rules = ROOT / "alerts" / "vram-exporter-instances.rules.yml"
+    rules = ROOT / "alerts" / "vram-exporter.rules.yml"
     out = subprocess.run([require_tool("promtool"), "check", "rules", str(rules)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     tests = ROOT / "tests" / "promtool" / "instances.test.yml"
