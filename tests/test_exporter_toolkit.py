@@ -18,8 +18,6 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, ROOT, exporter_command, free_port
+from conftest import FIXTURES, ExporterProcess
 
 TK = FIXTURES / "exporter-toolkit"
 SEED = str(FIXTURES / "seed-a2000.yaml")
@@ -162,19 +160,15 @@ TABLE = ([pytest.param(c, id=f"TestYAMLFiles/{c.name}") for c in YAML_FILES]
          + [pytest.param(c, id=f"TestUsers/{c.name}") for c in USERS])
 
 
-class Server:
+class Server(ExporterProcess):
     """The real exporter with one toolkit file (relative paths resolve next to it, as in the toolkit)."""
 
     def __init__(self, config: Path | str | None, *extra: str) -> None:
-        self.port = free_port()
-        self.log = tempfile.TemporaryFile(mode="w+")
         args = ["--web.config.file", str(config)] if config is not None else []
-        self.proc = subprocess.Popen([*exporter_command(), "--nvml.fixture", SEED, *args, *extra,
-                                      "--web.listen-address", f"127.0.0.1:{self.port}"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        super().__init__("--nvml.fixture", SEED, *args, *extra, ready=False)
 
     def wait(self, timeout: float = 30.0) -> bool:
-        """True once the port accepts connections, False if the process exited."""
+        """True once the port accepts connections, False if the process exited (a refused file)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -185,20 +179,6 @@ class Server:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError(f"exporter neither listened nor exited:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def client_context(case: Case) -> ssl.SSLContext:
