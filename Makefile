@@ -61,10 +61,14 @@ postgres-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
 # Differential test against GPUStack's own scheduler code: gpustack==2.3.0 in a throwaway venv
-# (about 900 MB, 2-3 minutes the first time), then random scenarios decided by both.
+# (about 900 MB, 2-3 minutes the first time), then random scenarios decided by both: single nodes
+# (run.py, the selector alone) and whole clusters decided instance by instance (cluster_run.py:
+# selector, placement scorer and pick; multi-worker, gpu_selector shapes, binpack, local directories).
 SCENARIOS ?= 500
+CLUSTER_SCENARIOS ?= 500
 conformance: venv $(GPUSTACK_VENV)/.installed
 	$(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS)
+	$(PY) conformance/cluster_run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(CLUSTER_SCENARIOS)
 
 $(GPUSTACK_VENV)/.installed:
 	$(PYTHON) -m venv $(GPUSTACK_VENV)

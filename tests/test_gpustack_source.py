@@ -169,9 +169,9 @@ def test_workers_not_ready_or_not_selected_take_nothing():
 
 
 def test_pinned_overcommit_only_for_one_replica():
-    pinned = {1: (0,)}
-    one = {"a": replay.Request(qwen("a"), frozenset({1}), pinned)}
-    two = {"a": replay.Request(qwen("a", replicas=2), frozenset({1}), pinned)}
+    pinned = {"w1": (0,)}
+    one = {"a": replay.Request(qwen("a"), frozenset({1}), pinned, 1)}
+    two = {"a": replay.Request(qwen("a", replicas=2), frozenset({1}), pinned, 1)}
     small = card(1, mib=6138, reserved=GIB)
     assert replay.replay([small], one, [replay.Instance(1, "a", False, {})])[1].placed
     assert not replay.replay([small], two, [replay.Instance(1, "a", False, {})])[1].placed

@@ -31,6 +31,7 @@ from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
 from .fit import cluster as replay
 from .fit.model import Architecture, Cluster, ModelSpec
+from .fit.params import param_pairs
 from . import vllm_instance
 from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
 
@@ -63,18 +64,30 @@ def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: 
                read_model: ModelReader = read_model_directory) -> GpuStackView:
     worker = find_worker(state.workers, worker_name)
     specs, unknown = _specs(state.models, overlay, read_model)
-    requests = {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
-    names = {m.id: m.name for m in state.models}
-    instances = [_instance(i, names) for i in state.instances]
-    verdicts = replay.replay([_worker_gpus(w) for w in state.workers], {k: v for k, v in requests.items() if v},
-                             [i for i in instances if i is not None],
-                             overlay.cluster.scheduler if overlay else "gpustack")
+    requests = _requests(state, specs)
+    verdicts = replay_state(state, requests, overlay)
+    # Ties go to the worker GPUStack lists first, and it lists them in no fixed order: decide again
+    # with the order reversed and flag every model whose pending count then differs.
+    other_order = replay.pending_counts(replay_state(state, requests, overlay, reverse_order=True))
     return GpuStackView(
         worker=worker,
         node_models=_node_models(worker, state, specs, requests, overlay, source) if worker else None,
-        verdicts=_verdicts(state, specs, unknown, requests, verdicts),
+        verdicts=_verdicts(state, specs, unknown, verdicts, other_order),
         allocated=_allocated(worker),
     )
+
+
+def replay_state(state: GpuStackState, requests: Mapping[str, replay.Request], overlay: LoadedManifest | None = None,
+                 *, reverse_order: bool = False) -> dict[int, replay.Verdict]:
+    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed."""
+    names = {m.id: m.name for m in state.models}
+    instances = [i for i in (_instance(inst, names) for inst in state.instances) if i is not None]
+    return replay.replay([_worker_gpus(w) for w in state.workers], requests, instances,
+                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order)
+
+
+def _requests(state: GpuStackState, specs: Mapping[str, ModelSpec]) -> dict[str, replay.Request]:
+    return {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
 
 
 def find_worker(workers: Sequence[Worker], name: str) -> Worker | None:
@@ -117,34 +130,41 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> Mod
                      max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead)
 
 
-def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request | None:
-    """The workers (and GPUs) the scheduler may use for this model; None when that is not modelled."""
+def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request:
+    """The workers (and GPUs) the scheduler may use for this model."""
     selector = model.worker_selector or {}
     allowed = frozenset(w.id for w in workers if w.cluster_id == model.cluster_id
                         and all(w.labels.get(k) == v for k, v in selector.items()))
-    pinned = _pinned(model, workers)
-    if pinned is False:
-        return None
-    return replay.Request(spec, allowed, pinned)
+    gpu_ids = (model.gpu_selector.gpu_ids or []) if model.gpu_selector else []
+    distributed = model.distributed_inference_across_workers
+    return replay.Request(
+        spec, allowed, _selection(gpu_ids) if gpu_ids else None, len(gpu_ids),
+        model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
+        "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
+        True if distributed is None else distributed,
+        _executor_mp(model))
 
 
-def _pinned(model: Model, workers: Sequence[Worker]) -> dict[int, tuple[int, ...]] | None | bool:
-    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker id; False if not modelled."""
-    selector = model.gpu_selector
-    if selector is None or not selector.gpu_ids:
-        return None
-    ids = {w.name: w.id for w in workers if w.cluster_id == model.cluster_id}
-    pinned: dict[int, list[int]] = {}
-    for gpu_id in selector.gpu_ids:
+def _selection(gpu_ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker name, indexes sorted
+    (utils/gpu.py::group_gpu_indexes_by_gpu_type_and_worker)."""
+    selection: dict[str, list[int]] = {}
+    for gpu_id in gpu_ids:
         worker_name, _, index = gpu_id.rpartition(":")
         worker_name = worker_name.rpartition(":")[0]
-        if worker_name in ids and index.isdigit():
-            pinned.setdefault(ids[worker_name], []).append(int(index))
-    # GPUStack fills in gpus_per_replica itself (scheduler.py::set_model_gpus_per_replica); when it is
-    # fewer than the GPUs selected on a worker, it picks among them, which is not modelled here.
-    if selector.gpus_per_replica and any(len(indexes) != selector.gpus_per_replica for indexes in pinned.values()):
-        return False
-    return {worker: tuple(indexes) for worker, indexes in pinned.items()}
+        if worker_name and index.isdigit():
+            selection.setdefault(worker_name, []).append(int(index))
+    return {name: tuple(sorted(indexes)) for name, indexes in selection.items()}
+
+
+def _executor_mp(model: Model) -> bool:
+    """utils/command.py::resolve_executor_backend: an explicit --distributed-executor-backend wins; else
+    Ray, unless the model pins an image or a "-custom" backend version (then GPUStack validates
+    cross-worker layouts as MP's)."""
+    for key, value in param_pairs(model.backend_parameters):
+        if key == "distributed-executor-backend" and value is not None:
+            return value == "mp"
+    return bool(model.image_name) or "-custom" in (model.backend_version or "")
 
 
 def _instance(inst: ModelInstance, names: Mapping[int, str]) -> replay.Instance | None:
@@ -162,8 +182,7 @@ def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
 
 
 def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str],
-              requests: Mapping[str, replay.Request | None], verdicts: Mapping[int, replay.Verdict],
-              ) -> tuple[ModelVerdict, ...]:
+              verdicts: Mapping[int, replay.Verdict], other_order: Mapping[str, int]) -> tuple[ModelVerdict, ...]:
     out = []
     predicted = replay.pending_counts(verdicts)
     by_model: dict[str, list[replay.Verdict]] = {}
@@ -173,16 +192,18 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
         instances = [i for i in state.instances if i.model_id == model.id]
         pending = sum(1 for i in instances if i.state == "pending")
         size_known = model.name in specs if model.is_vllm and not (model.roles or model.disaggregation) else None
+        evaluated = model.name in specs
         if not model.is_vllm:
             note = f"backend {model.backend} is not vLLM: the rulebooks do not apply"
         elif model.name in unknown:
             note = unknown[model.name]
-        elif requests.get(model.name) is None:
-            note = "a gpu_selector choosing fewer GPUs per replica than it lists is not modelled"
         else:
             note = next((v.reason for v in sorted(by_model.get(model.name, []), key=lambda v: v.instance)
                          if not v.placed), "")
-        evaluated = model.name in specs and requests.get(model.name) is not None
+        if evaluated and other_order.get(model.name, 0) != predicted.get(model.name, 0):
+            note = (f"{predicted.get(model.name, 0)} pending with GPUStack's workers in id order, "
+                    f"{other_order.get(model.name, 0)} in the reverse order: which worker wins a tie is not fixed "
+                    f"in GPUStack. {note}").strip()
         out.append(ModelVerdict(model.name, model.replicas, pending,
                                 predicted.get(model.name, 0) if evaluated else None, size_known, note))
     return tuple(out)
@@ -203,7 +224,7 @@ def _metrics_url(instance: ModelInstance) -> str | None:
 
 
 def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
-                 requests: Mapping[str, replay.Request | None], overlay: LoadedManifest | None,
+                 requests: Mapping[str, replay.Request], overlay: LoadedManifest | None,
                  source: str) -> NodeModels:
     """This worker as a manifest would describe it: the models it could take (their pending instances), the model
     it runs (placed_on, with GPUStack's actual claims), and the claims of everything else bound here."""
@@ -219,8 +240,8 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
         request = requests.get(model.name)
         spec = specs.get(model.name)
         if spec is not None and request is not None and pending and worker.id in request.workers:
-            pinned = None if request.pinned is None else request.pinned.get(worker.id)
-            if request.pinned is None or pinned:
+            pinned = None if request.selection is None else request.selection.get(worker.name)
+            if request.selection is None or pinned:
                 models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned))
         elif spec is not None and here and here[0][0].worker_id == worker.id and not here[0][0].subordinates:
             instance, claims = here.pop(0)
