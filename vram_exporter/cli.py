@@ -204,7 +204,9 @@ def _check(args: argparse.Namespace) -> int:
     from .plan import NodeInputs, Planner
     from .report import all_fit, plan_report, render_text
 
-    manifest = load_manifest(args.manifest)
+    manifest = load_manifest(args.manifest, cluster=True)
+    if manifest.workers:
+        return _check_cluster(manifest, args.format)
     snapshot = _reader(args).read()
     # The same plan the exporter serves, built here in one go.
     inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snapshot)
@@ -214,6 +216,21 @@ def _check(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(report, str(args.manifest)))
     return 0 if all_fit(report) else EXIT_SOME_DO_NOT_FIT
+
+
+def _check_cluster(manifest, output_format: str) -> int:
+    """Where GPUStack would place each candidate over the manifest's workers (manifest_cluster.py)."""
+    import json
+
+    from . import manifest_cluster
+
+    verdicts = manifest_cluster.place(manifest)
+    if output_format == "json":
+        print(json.dumps({"manifest": str(manifest.path), "workers": [w.name for w in manifest.workers],
+                          "cluster": [v.as_dict() for v in verdicts]}, indent=2))
+    else:
+        sys.stdout.write(manifest_cluster.render_text(verdicts, len(manifest.workers)))
+    return 0 if all(not v.pending for v in verdicts) else EXIT_SOME_DO_NOT_FIT
 
 
 def _capture(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from ..errors import ModelError
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import gpustack, gpustack_paths, placement_scorer
 from .model import ModelSpec, Scheduler
@@ -100,8 +100,11 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
             continue
         request = requests.get(inst.model)
         if request is not None:
+            # Judged on the workers as they were when it was placed: a worker since gone not ready
+            # still counts (its instance keeps its claim).
             verdicts[inst.id] = (Verdict(inst.id, inst.model, True) if inst.distributed
-                                 else decide(inst, request, ordered_workers, claims, scheduler, holdings))
+                                 else decide(inst, request, [replace(w, ready=True) for w in ordered_workers],
+                                             claims, scheduler, holdings))
         _book(claims, inst.claims)
         holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims)))
     for inst in ordered:
