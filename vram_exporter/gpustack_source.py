@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
 from .fit import cluster as replay
+from .fit import gpustack_paths
 from .fit.model import Architecture, Cluster, ModelSpec
 from .fit.params import param_pairs
 from . import vllm_instance
@@ -138,23 +139,11 @@ def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay
     gpu_ids = (model.gpu_selector.gpu_ids or []) if model.gpu_selector else []
     distributed = model.distributed_inference_across_workers
     return replay.Request(
-        spec, allowed, _selection(gpu_ids) if gpu_ids else None, len(gpu_ids),
+        spec, allowed, gpustack_paths.selection_of(gpu_ids) if gpu_ids else None, len(gpu_ids),
         model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
         "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
         True if distributed is None else distributed,
         _executor_mp(model))
-
-
-def _selection(gpu_ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker name, indexes sorted
-    (utils/gpu.py::group_gpu_indexes_by_gpu_type_and_worker)."""
-    selection: dict[str, list[int]] = {}
-    for gpu_id in gpu_ids:
-        worker_name, _, index = gpu_id.rpartition(":")
-        worker_name = worker_name.rpartition(":")[0]
-        if worker_name and index.isdigit():
-            selection.setdefault(worker_name, []).append(int(index))
-    return {name: tuple(sorted(indexes)) for name, indexes in selection.items()}
 
 
 def _executor_mp(model: Model) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .config import LoadedManifest, ModelEntry, WorkerEntry
 from .fit import cluster as replay
-from .fit import gpustack
+from .fit import gpustack, gpustack_paths
 from .fit.model import ModelSpec
 
 
@@ -75,12 +75,8 @@ def _request(spec: ModelSpec, entry: ModelEntry, workers: Sequence[WorkerEntry],
     gpu_ids = list(entry.gpu_ids)
     if entry.pinned_gpus is not None:
         gpu_ids = [f"{_worker_of(entry, workers)}:cuda:{i}" for i in entry.pinned_gpus]
-    selection: dict[str, list[int]] = {}
-    for gpu_id in gpu_ids:
-        name, _, index = gpu_id.rpartition(":")
-        selection.setdefault(name.rpartition(":")[0], []).append(int(index))
-    return replay.Request(spec, allowed, {k: tuple(sorted(v)) for k, v in selection.items()} if gpu_ids else None,
-                          len(gpu_ids), None, entry.placement_strategy, entry.distributed_inference_across_workers)
+    return replay.Request(spec, allowed, gpustack_paths.selection_of(gpu_ids) if gpu_ids else None, len(gpu_ids),
+                          None, entry.placement_strategy, entry.distributed_inference_across_workers)
 
 
 def _instances(models: Sequence[ModelSpec], entries: Mapping[str, ModelEntry], workers: Sequence[replay.WorkerGpus],

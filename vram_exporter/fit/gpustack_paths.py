@@ -103,6 +103,18 @@ def gpus_per_replica(selected_count: int, replicas: int, world_size: int | None,
     return 1 << (per_replica.bit_length() - 1) if per_replica >= 1 else 0  # utils/math.py::largest_power_of_2_leq
 
 
+def selection_of(gpu_ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker name, indexes sorted
+    (utils/gpu.py::group_gpu_indexes_by_gpu_type_and_worker); entries of another form are dropped."""
+    selection: dict[str, list[int]] = {}
+    for gpu_id in gpu_ids:
+        worker_name, _, index = gpu_id.rpartition(":")
+        worker_name = worker_name.rpartition(":")[0]
+        if worker_name and index.isdigit():
+            selection.setdefault(worker_name, []).append(int(index))
+    return {name: tuple(sorted(indexes)) for name, indexes in selection.items()}
+
+
 def manual_gpu_count(ask: Ask) -> tuple[int, str | None]:
     """``base_candidate_selector.py::_set_gpu_count``: the GPUs per replica, or GPUStack's refusal."""
     count = ask.gpus_per_replica or ask.selected_count
