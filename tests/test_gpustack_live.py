@@ -338,6 +338,10 @@ def test_pending_model_spread_over_two_workers_on_the_next_check(live):
     finally:
         exporter.stop()
     assert by_model(text, "vram_model_predicted_pending_instances")["spread-big"] == 0
+    # Point 4: GPUStack's claims stay GPUStack's; what the predicted placement adds has its own series.
+    predicted = {dict(labels)["gpu"]: value for labels, value in samples(text, "vram_gpu_predicted_claim_bytes").items()}
+    assert predicted == {"0": int(16384 * 2**20 * 0.9)}
+    assert samples(text, "vram_gpu_claimed_bytes") == {(("gpu", "0"), ("uuid", workers[0].gpu_uuid(0))): 0}
     [pending] = live.server.instances(big)
     live.server.request("DELETE", f"/v2/model-instances/{pending['id']}")
     wait_for(lambda: live.server.decided(big, 1) and live.server.instances(big)[0]["id"] != pending["id"],

@@ -197,6 +197,9 @@ class NodeModels:
     cluster: Cluster
     models: tuple[ModelSpec, ...]
     booked: Mapping[int, int] = field(default_factory=dict)
+    # What the candidates would add per GPU, decided over the whole cluster (GPUStack may put a pending
+    # instance on another worker): replaces the node's own placement of them in the bookings.
+    predicted: Mapping[int, int] | None = None
 
 def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
     """Validate and resolve a manifest; InputFileError lists every problem with its line. ``cluster``:

@@ -169,7 +169,8 @@ class Exporter:
         if manifest is None:
             inputs = NodeInputs.of(None, (), None, snap)
         else:
-            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap)
+            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap,
+                                   manifest.predicted if isinstance(manifest, NodeModels) else None)
         self._last_inputs = (manifest, sizes, inputs)
         return inputs
 

@@ -72,7 +72,8 @@ def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: 
     other_order = replay.pending_counts(replay_state(state, requests, overlay, reverse_order=True))
     return GpuStackView(
         worker=worker,
-        node_models=_node_models(worker, state, specs, requests, overlay, source) if worker else None,
+        node_models=(replace(_node_models(worker, state, specs, requests, overlay, source),
+                             predicted=_predicted_here(worker, state, verdicts)) if worker else None),
         verdicts=_verdicts(state, specs, unknown, verdicts, other_order),
         allocated=_allocated(worker),
     )
@@ -196,6 +197,18 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
         out.append(ModelVerdict(model.name, model.replicas, pending,
                                 predicted.get(model.name, 0) if evaluated else None, size_known, note))
     return tuple(out)
+
+
+def _predicted_here(worker: Worker, state: GpuStackState, verdicts: Mapping[int, replay.Verdict]) -> dict[int, int]:
+    """What the pending instances our replay places on this worker would claim on each of its GPUs."""
+    pending = {i.id for i in state.instances if not i.placed}
+    predicted: dict[int, int] = {}
+    for instance, verdict in verdicts.items():
+        if instance in pending and verdict.placed:
+            for (worker_id, index), size in verdict.claims.items():
+                if worker_id == worker.id:
+                    predicted[index] = predicted.get(index, 0) + size
+    return predicted
 
 
 def _allocated(worker: Worker | None) -> dict[int, int]:
