@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
     _add_gpustack_flags(serve)
+    _add_fleet_flags(serve)
     serve.add_argument("--vllm.metrics-interval", dest="vllm_metrics_interval", type=_positive_seconds,
                        default=30.0, metavar="SECONDS", help="how often to read each running model's own vLLM "
                        "/metrics (the manifest's metrics_url) for its real KV cache (default 30)")
@@ -94,6 +95,19 @@ def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
                        help="CA certificates to trust for GPUStack's TLS certificate (default: the system's)")
     group.add_argument("--gpustack.tls.insecure-skip-verify", dest="gpustack_insecure", action="store_true",
                        help="do not verify GPUStack's TLS certificate (verification is on by default)")
+
+
+def _add_fleet_flags(parser: argparse.ArgumentParser) -> None:
+    """Which series this exporter exports in a fleet (serve only)."""
+    group = parser.add_argument_group("fleet scale")
+    group.add_argument("--gpustack.cluster-series", dest="gpustack_cluster_series", choices=["export", "skip"],
+                       default="export", help="the cluster-wide model series (replicas, pending, predicted, "
+                       "size known), the same from every exporter of the fleet: export them (default) or skip "
+                       "them; a fleet exports them from one exporter only. See README: fleet scale")
+    group.add_argument("--collector.nvml", dest="collector_nvml", action=argparse.BooleanOptionalAction,
+                       default=True, help="read this node's GPUs through NVML (default); --no-collector.nvml "
+                       "makes a cluster-only exporter, for a host that is not a GPU node: GPUStack's "
+                       "cluster-wide series only, with --gpustack.url")
 
 
 def _gpustack_source(args: argparse.Namespace, overlay):
@@ -164,6 +178,19 @@ def _reader(args: argparse.Namespace):
     return NvmlReader(FakeNvml.watching(args.nvml_fixture), proc_root=None, source=f"fixture:{args.nvml_fixture}")
 
 
+def _serve_reader(args: argparse.Namespace):
+    if args.collector_nvml:
+        return _reader(args)
+    if args.gpustack_url is None or args.gpustack_cluster_series == "skip":
+        raise FlagError("--no-collector.nvml is a cluster-only exporter: it needs --gpustack.url and exports "
+                        "the cluster-wide series (not with --gpustack.cluster-series=skip)")
+    if args.nvml_fixture is not None:
+        raise FlagError("--nvml.fixture and --no-collector.nvml contradict each other")
+    from .sampler import NoNvmlReader
+
+    return NoNvmlReader()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .exporter import Exporter
     from .server import create_app, parse_listen_address, serve
@@ -179,8 +206,9 @@ def _serve(args: argparse.Namespace) -> int:
     gpustack = _gpustack_source(args, overlay=lambda: exporter.manifest)
     from .vllm_client import VllmInstances
 
-    exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
-                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances())
+    exporter = Exporter(_serve_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
+                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances(),
+                        cluster_series=args.gpustack_cluster_series == "export")
     web_config = None
     if args.web_config_file is not None:
         from .webconfig import WebConfig
