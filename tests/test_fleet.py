@@ -52,10 +52,10 @@ def test_skip_leaves_out_only_the_cluster_series(start_exporter, node_args):
 def test_cluster_only_exporter_exports_the_same_cluster_series_and_nothing_of_a_node(start_exporter, node_args,
                                                                                     recorded_gpustack):
     node = series(start_exporter(*node_args).text())
-    # On a host that is no GPU node, even one named like a worker: no GPU, no worker, no node fit.
-    cluster = series(start_exporter("--no-collector.nvml", "--manifest", str(RECORDED / "overlay.yaml"),
-                                    "--gpustack.url", recorded_gpustack.url,
-                                    "--gpustack.worker-name", "error-node").text())
+    # On a host that is no GPU node: no GPU, no worker, no node fit.
+    exporter = start_exporter("--no-collector.nvml", "--manifest", str(RECORDED / "overlay.yaml"),
+                              "--gpustack.url", recorded_gpustack.url)
+    cluster = series(exporter.text())
     assert {k: v for k, v in cluster.items() if k[0] in CLUSTER_FAMILIES} == \
         {k: v for k, v in node.items() if k[0] in CLUSTER_FAMILIES}
     assert not {n for n in names(cluster) if n.startswith("vram_gpu")}
@@ -63,6 +63,7 @@ def test_cluster_only_exporter_exports_the_same_cluster_series_and_nothing_of_a_
     collectors = {dict(labels)["collector"] for name, labels in cluster if name == "vram_exporter_collect_success"}
     assert collectors == {"fit", "gpustack"}  # no nvml collector, so VRAMExporterCollectFailing cannot fire for it
     assert cluster[("vram_exporter_collect_success", (("collector", "gpustack"),))] == 1
+    assert "no GPUStack worker is named" not in exporter.output()  # it looks for none
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -71,6 +72,8 @@ def test_cluster_only_exporter_exports_the_same_cluster_series_and_nothing_of_a_
      "not with --gpustack.cluster-series=skip"),
     (["--no-collector.nvml", "--gpustack.url", "http://127.0.0.1:9", "--nvml.fixture", "x.yaml"],
      "--nvml.fixture and --no-collector.nvml contradict each other"),
+    (["--no-collector.nvml", "--gpustack.url", "http://127.0.0.1:9", "--gpustack.worker-name", "gpu-1"],
+     "--gpustack.worker-name and --no-collector.nvml contradict each other"),
 ])
 def test_contradicting_fleet_flags_exit_2(argv, message, capsys):
     from vram_exporter.cli import EXIT_BAD_INPUT, main

@@ -128,8 +128,9 @@ def _gpustack_source(args: argparse.Namespace, overlay):
     api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
     client = GpuStackClient(args.gpustack_url, api_key=api_key, timeout=args.gpustack_timeout,
                             verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
-    return GpuStackSource(client, worker_name=args.gpustack_worker_name or socket.gethostname(),
-                          source=args.gpustack_url, overlay=overlay)
+    # A cluster-only exporter (serve --no-collector.nvml) is no worker: it looks none up.
+    worker_name = (args.gpustack_worker_name or socket.gethostname()) if getattr(args, "collector_nvml", True) else None
+    return GpuStackSource(client, worker_name=worker_name, source=args.gpustack_url, overlay=overlay)
 
 
 def _add_log_flag(parser: argparse.ArgumentParser) -> None:
@@ -184,8 +185,10 @@ def _serve_reader(args: argparse.Namespace):
     if args.gpustack_url is None or args.gpustack_cluster_series == "skip":
         raise FlagError("--no-collector.nvml is a cluster-only exporter: it needs --gpustack.url and exports "
                         "the cluster-wide series (not with --gpustack.cluster-series=skip)")
-    if args.nvml_fixture is not None:
-        raise FlagError("--nvml.fixture and --no-collector.nvml contradict each other")
+    for dest, flag in (("nvml_fixture", "--nvml.fixture"), ("gpustack_worker_name", "--gpustack.worker-name")):
+        if getattr(args, dest) is not None:
+            raise FlagError(f"{flag} and --no-collector.nvml contradict each other (a cluster-only exporter "
+                            "reads no GPU and is no worker)")
     from .sampler import NoNvmlReader
 
     return NoNvmlReader()
