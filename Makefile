@@ -6,12 +6,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= :9845
 GPUSTACK_VENV ?= .venv-gpustack
-# Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium.
-DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
+IMAGE ?= localhost/vram-exporter:dev
+# Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium,
+# buildah + mmdebstrap (the container image, built on a Debian base: tools/build_image.sh), and
+# systemd-analyze (deploy/systemd's unit is verified).
+DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium buildah mmdebstrap systemd-analyze
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium buildah mmdebstrap systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpustack venv debian-deps postgres-deps fixtures golden conformance clean
+.PHONY: demo test test-gpustack image venv debian-deps postgres-deps fixtures golden conformance clean
 
 venv: $(VENV)/.installed
 
@@ -53,6 +56,11 @@ test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed
 # Only the end-to-end tests against a real GPUStack 2.3.0 server (all on 127.0.0.1).
 test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python $(PY) -m pytest -m gpustack_live
+
+# The container image, built with buildah on a Debian bookworm base made from Debian's packages (no
+# registry needed); `docker build .` builds the same Dockerfile on the official python:3.11-slim.
+image: debian-deps
+	tools/build_image.sh $(IMAGE)
 
 postgres-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || { \

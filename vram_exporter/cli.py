@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
     _add_gpustack_flags(serve)
+    _add_fleet_flags(serve)
     serve.add_argument("--vllm.metrics-interval", dest="vllm_metrics_interval", type=_positive_seconds,
                        default=30.0, metavar="SECONDS", help="how often to read each running model's own vLLM "
                        "/metrics (the manifest's metrics_url) for its real KV cache (default 30)")
@@ -96,6 +97,19 @@ def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
                        help="do not verify GPUStack's TLS certificate (verification is on by default)")
 
 
+def _add_fleet_flags(parser: argparse.ArgumentParser) -> None:
+    """Which series this exporter exports in a fleet (serve only)."""
+    group = parser.add_argument_group("fleet scale")
+    group.add_argument("--gpustack.cluster-series", dest="gpustack_cluster_series", choices=["export", "skip"],
+                       default="export", help="the cluster-wide model series (replicas, pending, predicted, "
+                       "size known), the same from every exporter of the fleet: export them (default) or skip "
+                       "them; a fleet exports them from one exporter only. See README: fleet scale")
+    group.add_argument("--collector.nvml", dest="collector_nvml", action=argparse.BooleanOptionalAction,
+                       default=True, help="read this node's GPUs through NVML (default); --no-collector.nvml "
+                       "makes a cluster-only exporter, for a host that is not a GPU node: GPUStack's "
+                       "cluster-wide series only, with --gpustack.url")
+
+
 def _gpustack_source(args: argparse.Namespace, overlay):
     """The GPUStack source of ``serve`` and ``check``, or None without --gpustack.url."""
     if args.gpustack_url is None:
@@ -114,8 +128,9 @@ def _gpustack_source(args: argparse.Namespace, overlay):
     api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
     client = GpuStackClient(args.gpustack_url, api_key=api_key, timeout=args.gpustack_timeout,
                             verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
-    return GpuStackSource(client, worker_name=args.gpustack_worker_name or socket.gethostname(),
-                          source=args.gpustack_url, overlay=overlay)
+    # A cluster-only exporter (serve --no-collector.nvml) is no worker: it looks none up.
+    worker_name = (args.gpustack_worker_name or socket.gethostname()) if getattr(args, "collector_nvml", True) else None
+    return GpuStackSource(client, worker_name=worker_name, source=args.gpustack_url, overlay=overlay)
 
 
 def _add_log_flag(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +179,21 @@ def _reader(args: argparse.Namespace):
     return NvmlReader(FakeNvml.watching(args.nvml_fixture), proc_root=None, source=f"fixture:{args.nvml_fixture}")
 
 
+def _serve_reader(args: argparse.Namespace):
+    if args.collector_nvml:
+        return _reader(args)
+    if args.gpustack_url is None or args.gpustack_cluster_series == "skip":
+        raise FlagError("--no-collector.nvml is a cluster-only exporter: it needs --gpustack.url and exports "
+                        "the cluster-wide series (not with --gpustack.cluster-series=skip)")
+    for dest, flag in (("nvml_fixture", "--nvml.fixture"), ("gpustack_worker_name", "--gpustack.worker-name")):
+        if getattr(args, dest) is not None:
+            raise FlagError(f"{flag} and --no-collector.nvml contradict each other (a cluster-only exporter "
+                            "reads no GPU and is no worker)")
+    from .sampler import NoNvmlReader
+
+    return NoNvmlReader()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .exporter import Exporter
     from .server import create_app, parse_listen_address, serve
@@ -179,8 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
     gpustack = _gpustack_source(args, overlay=lambda: exporter.manifest)
     from .vllm_client import VllmInstances
 
-    exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
-                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances())
+    exporter = Exporter(_serve_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
+                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances(),
+                        cluster_series=args.gpustack_cluster_series == "export")
     web_config = None
     if args.web_config_file is not None:
         from .webconfig import WebConfig

@@ -61,7 +61,7 @@ class GpuStackView:
     allocated: Mapping[int, int] = field(default_factory=dict)  # GPU index -> GPUStack's memory.allocated
 
 
-def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: LoadedManifest | None = None,
+def build_view(state: GpuStackState, *, worker_name: str | None, source: str, overlay: LoadedManifest | None = None,
                read_model: ModelReader = read_model_directory) -> GpuStackView:
     worker = find_worker(state.workers, worker_name)
     specs, unknown = _specs(state.models, overlay, read_model)
@@ -92,9 +92,11 @@ def _requests(state: GpuStackState, specs: Mapping[str, ModelSpec]) -> dict[str,
     return {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
 
 
-def find_worker(workers: Sequence[Worker], name: str) -> Worker | None:
+def find_worker(workers: Sequence[Worker], name: str | None) -> Worker | None:
     """The worker named ``name``, else the one whose hostname it is (GPUStack names workers after
-    their hostname unless told otherwise)."""
+    their hostname unless told otherwise); None for a cluster-only exporter (``name`` None)."""
+    if name is None:
+        return None
     return (next((w for w in workers if w.name == name), None)
             or next((w for w in workers if w.hostname == name), None))
 
@@ -270,7 +272,7 @@ class StateReader(Protocol):
 class GpuStackSource:
     """Keeps the last good GpuStackView, refreshed every ``interval`` seconds."""
 
-    def __init__(self, client: StateReader, *, worker_name: str, source: str,
+    def __init__(self, client: StateReader, *, worker_name: str | None, source: str,
                  overlay: Callable[[], LoadedManifest | None] = lambda: None,
                  read_model: ModelReader = read_model_directory) -> None:
         self._client = client
@@ -313,7 +315,7 @@ class GpuStackSource:
             self._last_error = message
 
     def _log_worker(self, view: GpuStackView) -> None:
-        if view.worker is None and not self._worker_missing_logged:
+        if view.worker is None and self._worker_name is not None and not self._worker_missing_logged:
             log.warning("no GPUStack worker is named %r or has that hostname: per-node fit metrics are off "
                         "(set --gpustack.worker-name)", self._worker_name)
         self._worker_missing_logged = view.worker is None
