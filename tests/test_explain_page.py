@@ -22,8 +22,8 @@ from PIL import Image
 
 from conftest import FIXTURES, ROOT, ExporterProcess, exporter_command, require_tool
 
-SEED = ["--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"),
-        "--manifest", str(ROOT / "examples/seed/manifest.yaml")]
+# Relative to ROOT, where the exporter runs: the screenshots show the paths a reader has.
+SEED = ["--nvml.fixture", "examples/seed/fixture.yaml", "--manifest", "examples/seed/manifest.yaml"]
 SEED_MODEL = "qwen2.5-1.5b-instruct"
 DOCS = ROOT / "docs"
 # The flags this machine's closed network needs (and no sandbox as root).
@@ -140,7 +140,7 @@ def test_api_fit_is_the_same_document_as_check_json(start_exporter):
         assert response.headers["Content-Type"].startswith("application/json")
         api = json.loads(response.read())
     cli = subprocess.run([*exporter_command(), "check", "--format", "json", *SEED],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert api == json.loads(cli.stdout)
 
 
@@ -153,8 +153,8 @@ def test_cluster_table_puts_gpustacks_pending_next_to_ours(start_exporter, recor
     count as the API says it, ours beside it, and why."""
     key = tmp_path / "key"
     key.write_text("recorded\n")
-    exporter = start_exporter("--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"),
-                              "--manifest", str(FIXTURES / "gpustack/overlay.yaml"),
+    exporter = start_exporter("--nvml.fixture", "examples/seed/fixture.yaml",
+                              "--manifest", "tests/fixtures/gpustack/overlay.yaml",
                               "--gpustack.url", recorded_gpustack.url, "--gpustack.api-key-file", str(key),
                               "--gpustack.worker-name", "seed-node")
     dom = chromium("--dump-dom", exporter.url + "/").stdout

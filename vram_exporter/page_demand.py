@@ -88,9 +88,9 @@ def _gpu_demand(index: str, checks: dict[str, Any], booking: dict[str, Any], g: 
     test1 = _test(f"{share_name} {gib(share)}", limit_name, limit_e, share)
     test2 = _test(f"g x total {gib(claim)}", "allocatable", allocatable, claim)
     label = f"GPU {index}: {test1[0]}; {test2[0]}"
-    return (f'<svg role="img" aria-label="{escape(label)}" width="{width:.0f}" height="78" '
-            f'xmlns="http://www.w3.org/2000/svg">{"".join(svg)}</svg>'
-            f"<p>GPU {escape(index)}: {test1[1]} &middot; {test2[1]}</p>")
+    return (f'<p class="demand">GPU {escape(index)}: {test1[1]} &middot; {test2[1]}</p>'
+            f'<svg role="img" aria-label="{escape(label)}" width="{width:.0f}" height="78" '
+            f'xmlns="http://www.w3.org/2000/svg">{"".join(svg)}</svg>')
 
 
 def _test(what: str, limit_name: str, limit: float, value: float) -> tuple[str, str]:

@@ -41,7 +41,7 @@ ul.fixes li::before{content:"\\2192  ";color:#08703a}
 tr.changed td{background:#fff6db} tr.disagree td{background:#fdecee}
 form.whatif{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:end;margin:.5rem 0}
 form.whatif label{display:flex;flex-direction:column;font-size:.85rem} form.whatif input,form.whatif select{font-size:.95rem}
-td.why{font-size:.82rem;max-width:40rem}
+p.demand{margin:.5rem 0 .1rem} td.why{font-size:.82rem;max-width:40rem}
 details.try{margin:.6rem 0} details.try>summary{cursor:pointer;color:#3f5fbf}
 """
 _COLOURS = {"driver-reserved": "#7a7a8c", "processes": "#d9822b", "used (other)": "#e8b07a", "free": "#cfe8cf",
