@@ -82,11 +82,13 @@ def create_app(
         items = list(request.query.items())
         snap = await exporter.snapshot()
         live = await exporter.report(snap)
-        status, headers, report, view = 200, {}, live, {}
+        status, headers, report, view, outcome = 200, {}, live, {}, None
         try:
             query = whatif.parse(items)
             extra = {"gpustack": live["gpustack"]} if "gpustack" in live else {}
-            outcome = await what_ifs.run(query, await exporter.plan(snap), snap, extra)
+            outcome = await what_ifs.run(query, await exporter.plan(snap), snap, extra, beside=live)
+            if outcome.page is not None:
+                return web.Response(body=outcome.page, content_type="text/html", charset="utf-8")
             report = outcome.report
             view = {"values": dict(query.fields()), "changes": query.changes(), "link": query.query(), "live": live}
         except whatif.WhatIfError as exc:
@@ -94,8 +96,10 @@ def create_app(
         except whatif.Busy:
             status, headers = 429, {"Retry-After": "1"}
             view = {"values": _form_values(items), "busy": "Another what-if is being computed: try again in a moment."}
-        page = await asyncio.to_thread(explain_page, report, telemetry_path, manifest_name(), view)
-        return web.Response(body=page.encode(), status=status, headers=headers, content_type="text/html",
+        page = (await asyncio.to_thread(explain_page, report, telemetry_path, manifest_name(), view)).encode()
+        if outcome is not None:
+            outcome.page = page  # kept while the what-if is: the live report it is shown beside is the same
+        return web.Response(body=page, status=status, headers=headers, content_type="text/html",
                             charset="utf-8")
 
     async def fit(request: web.Request) -> web.Response:

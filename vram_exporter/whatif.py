@@ -202,10 +202,11 @@ _PARSERS = {"gpu_memory_utilization": _utilization, "system_reserved_vram": _res
             "max_model_len": _model_len, "kv_cache_dtype": _kv_cache_dtype, "vram_claim": _claim}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     what_if: WhatIf
     report: dict  # this node's verdicts with the what-if applied
+    page: bytes | None = None  # its page, once rendered (kept with it)
 
 
 class Busy(Exception):
@@ -219,15 +220,17 @@ class WhatIfs:
     def __init__(self, fix_seconds: float = FIX_SEARCH_SECONDS) -> None:
         self._fix_seconds = fix_seconds
         self._running = False
-        self._cache: OrderedDict[tuple, tuple[object, Outcome]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[tuple, Outcome]] = OrderedDict()
 
-    async def run(self, what_if: WhatIf, plan, snapshot: NodeSnapshot, extra: Mapping | None = None) -> Outcome:
+    async def run(self, what_if: WhatIf, plan, snapshot: NodeSnapshot, extra: Mapping | None = None,
+                  beside: object = None) -> Outcome:
         """``plan``: the live plan (read, never changed); ``extra``: keys copied into the report as they
-        are (the live cluster view). Raises WhatIfError, Busy."""
+        are (the live cluster view); ``beside``: the live report it is shown with. A kept outcome is
+        served while the plan and ``beside`` are the same objects. Raises WhatIfError, Busy."""
         inputs = what_if.apply(plan.inputs)
         key = (what_if, snapshot)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] is plan:
+        if cached is not None and cached[0][0] is plan and cached[0][1] is beside:
             self._cache.move_to_end(key)
             return cached[1]
         if self._running:
@@ -239,7 +242,7 @@ class WhatIfs:
             self._running = False
         report.update(extra or {})
         outcome = Outcome(what_if, report)
-        self._cache[key] = (plan, outcome)
+        self._cache[key] = ((plan, beside), outcome)
         while len(self._cache) > CACHED:
             self._cache.popitem(last=False)
         return outcome
