@@ -372,3 +372,33 @@ def escape(text: str) -> str:
     from html import escape as html_escape
 
     return html_escape(text)
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("class") == "try":
+            self.tries.append(a["href"])
+
+
+@pytest.mark.parametrize("example", ["seed", "node-8xh100"])
+def test_every_try_it_link_of_a_working_fix_makes_the_model_fit(start_exporter, example):
+    """The fixes (fit/fixes.py) and the what-if (the rulebooks again, on the changed inputs) agree: each
+    working fix's link shows its model fitting."""
+    exporter = start_exporter("--nvml.fixture", f"examples/{example}/fixture.yaml",
+                              "--manifest", f"examples/{example}/manifest.yaml")
+    live = json.loads(exporter.text("/api/v1/fit"))
+    expected = sum(1 for m in live["models"] for f in m["fixes"] if f["works"] and f["change"])
+    parser = _Links()
+    parser.feed(exporter.text("/"))
+    assert len(parser.tries) == expected > 0
+    for link in (href.replace("&amp;", "&") for href in parser.tries):
+        status, page = status_and_text(exporter, link)
+        assert status == 200, page
+        model = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))["model"]
+        rows = {row[0]: row for row in table_rows(page, "")}
+        assert rows[model][2].startswith("fits"), (link, rows[model])

@@ -19,7 +19,7 @@ from . import __version__
 from .fit.node import CHECKS
 from .report import EXPLAIN
 from .units import GIB, gib
-from .whatif import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH
+from .whatif import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, from_fix
 from .page_demand import demand_chart
 
 _STYLE = """
@@ -33,7 +33,7 @@ code{background:#f3f3f7;padding:0 .2rem} .model{border:1px solid #dde;border-rad
 pre{white-space:pre-wrap;background:#fafafc;border-left:3px solid #ccd;padding:.4rem .6rem;margin:.3rem 0}
 ul.fixes{list-style:none;padding:0;margin:.4rem 0}
 ul.fixes li{background:#e9f7ee;border-left:5px solid #08703a;padding:.45rem .7rem;margin:.3rem 0;font-weight:600;font-size:1.05rem}
-ul.fixes li::before{content:"\\2192  ";color:#08703a}
+ul.fixes a.try{font-weight:400;font-size:.9rem;margin-left:.8rem} ul.fixes li::before{content:"\\2192  ";color:#08703a}
 .nofix{background:#fdecee;border-left:5px solid #b00020;padding:.45rem .7rem;font-weight:600}
 .dim,.dim summary{color:#8a8f99;font-size:.9rem} .dim ul{margin:.2rem 0}
 .banner{background:#fff6db;border:1px solid #e0c068;border-radius:6px;padding:.6rem 1rem;margin:1rem 0}
@@ -284,7 +284,8 @@ def _fixes(model: dict[str, Any], ok: bool, fixes_known: bool) -> str:
     working = [f for f in model["fixes"] if f["works"]]
     futile = [f for f in model["fixes"] if not f["works"]]
     out = ("<h4>Fixes that work (any one of them)</h4><ul class=\"fixes\">"
-           + "".join(f"<li>{escape(f['action'])}</li>" for f in working) + "</ul>") if working else (
+           + "".join(f"<li>{escape(f['action'])}{_try_it(model['name'], f)}</li>" for f in working)
+           + "</ul>") if working else (
         '<p class="nofix">No single knob makes it fit on this node.</p>')
     if futile:
         names = ", ".join(f'<span title="{escape(f["action"])}">{escape(_KNOB_NAMES.get(f["knob"], f["knob"]))}</span>'
@@ -293,6 +294,13 @@ def _fixes(model: dict[str, Any], ok: bool, fixes_known: bool) -> str:
         out += (f'<details class="dim"><summary>Cannot help on their own: {names}</summary>'
                 f"<ul>{details}</ul></details>")
     return out
+
+
+def _try_it(name: str, fix: dict[str, Any]) -> str:
+    what_if = from_fix(name, fix.get("change") or {})
+    if what_if is None:
+        return ""
+    return f' <a class="try" href="{escape(WHAT_IF_PATH + "?" + what_if.query())}">try it</a>'
 
 
 def _headroom_table(model: dict[str, Any]) -> str:

@@ -110,7 +110,7 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
             for f in fit.per_gpu
         },
         "reasons": list(fit.reasons) + _mismatch_reason(fit),
-        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works} for x in fixes],
+        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works, "change": dict(x.change)} for x in fixes],
     }
 
 

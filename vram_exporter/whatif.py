@@ -121,6 +121,14 @@ class WhatIf:
         return replace(spec, backend_parameters=parameters, env=env, max_model_len=max_len)
 
 
+def from_fix(model: str, change: Mapping[str, object]) -> WhatIf | None:
+    """The what-if that makes a fix's change (report.py's ``change``, in the knobs' own terms and
+    units), or None where it cannot (pinning a GPU, more GPUs, freeing memory)."""
+    if not change or not set(change) <= set(FIELDS[1:]):
+        return None
+    return WhatIf(model, **change)
+
+
 def _text(value) -> str:
     return "" if value is None else str(value)
 
