@@ -30,6 +30,7 @@ def test_seed_text_shows_pending_with_gpustacks_numbers_and_fixes():
     assert "lowering the worker's --system-reserved vram alone does not help, even to 0" in out
     assert "-> lower --system-reserved vram to 0 GiB and set --gpu-memory-utilization=0.91" in out
     assert "-> pin it to GPU 0 (gpu_selector)" in out
+    assert out.index("-> pin it to GPU 0") < out.index("x  lowering the worker's")  # what works first
     assert "0 of 1 models fit." in out
 
 

@@ -208,6 +208,6 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
             lines += [f"      {line}" for line in reason.splitlines()]
     if model["fixes"]:
         lines.append("    fixes:")
-        for fix in model["fixes"]:
+        for fix in sorted(model["fixes"], key=lambda f: not f["works"]):  # what works first, as on the page
             lines.append(f"      {'->' if fix['works'] else 'x '} {fix['action']}")
     return lines
