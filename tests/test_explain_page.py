@@ -300,12 +300,15 @@ def test_what_if_link_reproduces_it_and_the_live_state_is_untouched(start_export
     ({"model": ""}, "model", "choose the model to change"),
     ({"colour": "red"}, "colour", "unknown field"),
     ({"max_model_len": "9" * 200}, "max_model_len", "longer than 128 characters"),
+    ({"gpu_memory_utilization": "1e-400"}, "gpu_memory_utilization", "1e-400 is not in (0, 1]"),
+    ({"system_reserved_vram": "\uff11"}, "system_reserved_vram", "'\\uff11': unexpected characters"),
+    ({"\x00": "1"}, "'\\x00'", "unknown field"),
 ])
 def test_what_if_bad_input_is_a_400_page_naming_the_field(start_exporter, query, field, message):
     exporter = start_exporter(*SEED)
     status, page = status_and_text(exporter, what_if(**query))
     assert status == 400
-    assert f"<li><code>{field}</code>: " in page and escape(message) in page
+    assert f"<li><code>{escape(field)}</code>: " in page and escape(message) in page
     assert "will not fit" in page  # the live verdicts, with the form to correct
 
 

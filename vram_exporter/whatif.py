@@ -38,6 +38,7 @@ FIELDS = ("model", "gpu_memory_utilization", "system_reserved_vram", "max_model_
 KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
 NO_CLAIM = "none"  # vram_claim=none: drop the model's GPUSTACK_MODEL_VRAM_CLAIM
 MAX_VALUE_CHARS = 128
+MAX_PROBLEMS = 20  # listed on the page; a query of a thousand unknown fields gets the first ones
 MAX_RESERVED_GIB = 1024
 MAX_MODEL_LEN = 100_000_000
 MAX_CLAIM = 2**50  # 1 PiB
@@ -140,13 +141,19 @@ def parse(items: Iterable[tuple[str, str]]) -> WhatIf:
     given: dict[str, str] = {}
     for name, value in items:
         if name not in FIELDS:
-            problems.append((name[:40], f"unknown field (known: {', '.join(FIELDS)})"))
+            shown = name[:40] if name.isprintable() else ascii(name[:40])
+            problems.append((shown, f"unknown field (known: {', '.join(FIELDS)})"))
         elif name in given:
             problems.append((name, "given more than once"))
         elif len(value) > MAX_VALUE_CHARS:
             problems.append((name, f"longer than {MAX_VALUE_CHARS} characters"))
+        elif not value.isprintable() or (name != "model" and not value.isascii()):
+            problems.append((name, f"{ascii(value)}: unexpected characters"))
         else:
             given[name] = value.strip()
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(("...", "more problems not listed"))
+            break
     values: dict[str, object] = {}
     for name, parser in _PARSERS.items():
         text = given.get(name, "")
@@ -168,7 +175,7 @@ def _utilization(text: str) -> float:
         value = Decimal(text)
     except InvalidOperation:
         raise ValueError(f"{text!r} is not a number (e.g. 0.85)") from None
-    if not value.is_finite() or not 0 < value <= 1:
+    if not value.is_finite() or not 0 < value <= 1 or not float(value) > 0:  # 1e-400 is 0.0 as a float
         raise ValueError(f"{text} is not in (0, 1]: a fraction of the GPU's memory, e.g. 0.85")
     return float(value)
 
