@@ -309,7 +309,8 @@ def test_what_if_bad_input_is_a_400_page_naming_the_field(start_exporter, query,
     status, page = status_and_text(exporter, what_if(**query))
     assert status == 400
     assert f"<li><code>{escape(field)}</code>: " in page and escape(message) in page
-    assert "will not fit" in page  # the live verdicts, with the form to correct
+    # The live verdicts of the model (or the first few, when it is not one), with the form to correct.
+    assert "will not fit" in page and 'action="/what-if"' in page
 
 
 def test_what_if_a_field_given_twice_is_refused(start_exporter):
@@ -405,3 +406,13 @@ def test_every_try_it_link_of_a_working_fix_makes_the_model_fit(start_exporter, 
         model = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))["model"]
         rows = {row[0]: row for row in table_rows(page, "")}
         assert rows[model][2].startswith("fits"), (link, rows[model])
+
+
+def test_a_refused_what_if_costs_one_models_section(start_exporter):
+    exporter = start_exporter("--nvml.fixture", "examples/node-8xh100/fixture.yaml",
+                              "--manifest", "examples/node-8xh100/manifest.yaml")
+    names = [m["name"] for m in json.loads(exporter.text("/api/v1/fit"))["models"]]
+    status, page = status_and_text(exporter, "/what-if?model=deepseek-v2-lite-chat&gpu_memory_utilization=x")
+    assert status == 400
+    assert [name for name in names if f'<div class="model" id="{name}">' in page] == ["deepseek-v2-lite-chat"]
+    assert f"{len(names) - 1} more models: see" in page

@@ -47,6 +47,7 @@ details.try{margin:.6rem 0} details.try>summary{cursor:pointer;color:#3f5fbf}
 _COLOURS = {"driver-reserved": "#7a7a8c", "processes": "#d9822b", "used (other)": "#e8b07a", "free": "#cfe8cf",
             "system-reserved": "#5b5b9a", "claimed": "#3f7fbf", "allocatable": "#bfe0f5"}
 _BAR_WIDTH = 640
+REFUSED_MODELS = 10  # models shown beside a refused what-if when its model is not one of them
 # Short names of the knobs, for the fixes that cannot help (the full sentence is its tooltip).
 _KNOB_NAMES = {"system_reserved_vram": "--system-reserved vram", "gpu_memory_utilization": "--gpu-memory-utilization",
                "vram_claim": "GPUSTACK_MODEL_VRAM_CLAIM", "max_model_len": "--max-model-len",
@@ -73,8 +74,15 @@ def explain_page(report: dict[str, Any], telemetry_path: str, manifest: str | No
     gpus = "".join(_gpu_section(gpu) for gpu in report["gpus"])
     bookings = {str(g["index"]): g["gpustack"] for g in report["gpus"] if "gpustack" in g}
     chosen = what_if.get("values", {}).get("model")
+    shown, more = report["models"], ""
+    refused = bool(what_if.get("errors")) or "busy" in what_if
+    if refused:
+        # A refused what-if costs one model's section (or a few to choose from), not the whole node's page.
+        shown = [m for m in shown if m["name"] == chosen] or shown[:REFUSED_MODELS]
+        if len(shown) < len(report["models"]):
+            more = (f'<p>{len(report["models"]) - len(shown)} more models: see <a href="/">the live page</a>.</p>')
     models = "".join(_model_section(m, bookings, report, what_if if m["name"] == chosen else None)
-                     for m in report["models"])
+                     for m in shown) + more
     title = "vram-exporter: what-if" if what_if else "vram-exporter"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{_STYLE}</style></head><body>
@@ -84,7 +92,7 @@ Metrics: <a href="{escape(telemetry_path)}">{escape(telemetry_path)}</a> &middot
 <a href="/api/v1/fit">/api/v1/fit</a>{' &middot; <a href="/">the live page</a>' if what_if else ''}</p>
 <p>Reading from: <code>{escape(report['source'])}</code>. {manifest_line}</p>
 {nvml}{_what_if_banner(report, what_if)}
-{_cluster_section(report.get('gpustack'), bool(what_if.get('live')))}
+{'' if refused else _cluster_section(report.get('gpustack'), bool(what_if.get('live')))}
 <h2>Models</h2>
 {models or '<p>No models.</p>'}
 <h2>GPUs</h2>
