@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check", help="print each model's verdicts, reasons and fixes; exit 0 all fit, 1 some do not, 2 bad input")
-    check.add_argument("--manifest", type=Path, metavar="FILE", required=True, help="the models (YAML)")
+    check.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="the models (YAML); with --gpustack.url, an overlay giving the sizes GPUStack's API lacks")
     check.add_argument("--format", choices=["text", "json"], default="text", help="output format (default text)")
     _add_nvml_flags(check)
+    _add_gpustack_flags(check, refresh=False)
     _add_log_flag(check)
 
     capture = commands.add_parser(
@@ -78,7 +80,7 @@ def _add_nvml_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS", help="time limit for one NVML collection (default 5)")
 
 
-def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
+def _add_gpustack_flags(parser: argparse.ArgumentParser, refresh: bool = True) -> None:
     group = parser.add_argument_group("GPUStack as the source of the models")
     group.add_argument("--gpustack.url", dest="gpustack_url", metavar="URL",
                        help="read workers, models and instances from this GPUStack server (2.x, e.g. "
@@ -87,8 +89,9 @@ def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
                        help="file holding a GPUStack API key (management scope), sent as a Bearer token")
     group.add_argument("--gpustack.worker-name", dest="gpustack_worker_name", metavar="NAME",
                        help="this node's GPUStack worker, by name or hostname (default: this host's name)")
-    group.add_argument("--gpustack.refresh-interval", dest="gpustack_refresh_interval", type=_positive_seconds,
-                       default=30.0, metavar="SECONDS", help="how often to read GPUStack's API (default 30)")
+    if refresh:
+        group.add_argument("--gpustack.refresh-interval", dest="gpustack_refresh_interval", type=_positive_seconds,
+                           default=30.0, metavar="SECONDS", help="how often to read GPUStack's API (default 30)")
     group.add_argument("--gpustack.timeout", dest="gpustack_timeout", type=_positive_seconds, default=10.0,
                        metavar="SECONDS", help="time limit for each request to GPUStack (default 10)")
     group.add_argument("--gpustack.tls.ca-file", dest="gpustack_ca_file", metavar="FILE",
@@ -120,17 +123,29 @@ def _gpustack_source(args: argparse.Namespace, overlay):
         return None
     import socket
 
-    from .gpustack_client import GpuStackClient, read_api_key
     from .gpustack_source import GpuStackSource
 
-    if not args.gpustack_url.startswith(("http://", "https://")):
-        raise FlagError(f"--gpustack.url {args.gpustack_url!r}: expected http(s)://HOST[:PORT]")
-    api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
-    client = GpuStackClient(args.gpustack_url, api_key=api_key, timeout=args.gpustack_timeout,
-                            verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
     # A cluster-only exporter (serve --no-collector.nvml) is no worker: it looks none up.
     worker_name = (args.gpustack_worker_name or socket.gethostname()) if getattr(args, "collector_nvml", True) else None
-    return GpuStackSource(client, worker_name=worker_name, source=args.gpustack_url, overlay=overlay)
+    return GpuStackSource(_gpustack_client(args), worker_name=worker_name, source=args.gpustack_url, overlay=overlay)
+
+
+def _gpustack_client(args: argparse.Namespace):
+    from urllib.parse import urlsplit
+
+    from .gpustack_client import GpuStackClient, read_api_key
+
+    url = args.gpustack_url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FlagError(f"--gpustack.url {url!r}: expected http(s)://HOST[:PORT]")
+    api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
+    return GpuStackClient(url, api_key=api_key, timeout=args.gpustack_timeout,
+                          verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
 
 
 def _add_log_flag(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +250,11 @@ def _check(args: argparse.Namespace) -> int:
     from .plan import NodeInputs, Planner
     from .report import all_fit, plan_report, render_text
 
+    if args.gpustack_url is not None:
+        return _check_gpustack(args)
+    _gpustack_source(args, overlay=None)  # a --gpustack.* flag without --gpustack.url is refused
+    if args.manifest is None:
+        raise FlagError("check needs --manifest FILE (the models) or --gpustack.url URL (GPUStack's models)")
     manifest = load_manifest(args.manifest, cluster=True)
     if manifest.workers:
         return _check_cluster(manifest, args.format)
@@ -262,6 +282,35 @@ def _check_cluster(manifest, output_format: str) -> int:
     else:
         sys.stdout.write(manifest_cluster.render_text(verdicts, len(manifest.workers)))
     return 0 if all(not v.pending for v in verdicts) else EXIT_SOME_DO_NOT_FIT
+
+
+def _check_gpustack(args: argparse.Namespace) -> int:
+    """The cluster view and this node's verdicts once; exit 1 when an instance stays (or would stay)
+    Pending anywhere or a model of this node does not fit."""
+    import json
+    import socket
+
+    from . import check_gpustack
+    from .report import all_fit
+
+    overlay = None
+    if args.manifest is not None:
+        from .config import load_manifest
+
+        overlay = load_manifest(args.manifest)
+    if args.gpustack_api_key_file is None:
+        raise FlagError("--gpustack.url needs --gpustack.api-key-file FILE (a GPUStack API key, management scope)")
+    client = _gpustack_client(args)
+    worker_name = args.gpustack_worker_name or socket.gethostname()
+    report = check_gpustack.check_report(client, worker_name=worker_name,
+                                         explicit_worker=args.gpustack_worker_name is not None,
+                                         url=args.gpustack_url, overlay=overlay, read_snapshot=_reader(args).read)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(check_gpustack.render(report, args.gpustack_url, worker_name))
+    fits = all_fit(report) and not check_gpustack.some_pending(report)
+    return 0 if fits else EXIT_SOME_DO_NOT_FIT
 
 
 def _capture(args: argparse.Namespace) -> int:

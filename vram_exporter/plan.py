@@ -118,10 +118,11 @@ class Planner:
     async def plan(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Plan:
         return await asyncio.wrap_future(self.submit(inputs, snapshot))
 
-    def build_now(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Plan:
-        """A whole plan, fixes included, in the calling thread (``check``)."""
+    def build_now(self, inputs: NodeInputs, snapshot: NodeSnapshot, stale=lambda: False) -> Plan:
+        """A whole plan in the calling thread (``check``, the explain page's what-if), never the
+        planner's current one; the fixes are left out (None) if ``stale()`` turns true meanwhile."""
         plan = _fit(0, inputs, snapshot, self._gpu_detail)
-        plan.fixes = _fixes(plan, lambda: False)
+        plan.fixes = _fixes(plan, stale)
         plan.fixes_known.set_result(plan.fixes)
         return plan
 
