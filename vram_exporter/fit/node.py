@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from ..snapshot import GpuReading, NodeSnapshot
 from ..units import gib
 from . import gpustack, vllm, vllm_runtime
-from .model import Cluster, ModelSpec
+from .model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache")
 
@@ -359,8 +359,19 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
-        overhead=cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead,
-        held_back=held)
+        overhead=_runtime_overhead(model, cluster, next((g for g in gpus if g.up), None)), held_back=held)
+
+
+def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+    """O: the model's own, else the cluster's, else the fitted model at the batch `vllm serve` will run
+    (fit/vllm_runtime.py), else the fallback constant (config.json without the MLP's shape)."""
+    for given in (model.runtime_overhead, cluster.vllm_runtime_overhead):
+        if given is not None:
+            return given
+    fitted = vllm_runtime.fitted_runtime_overhead(
+        model.arch, version=cluster.vllm_version, device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
+        device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+    return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
 
 
 def _batch_in_flight(gpu: GpuReading | None) -> int:
