@@ -363,11 +363,13 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
 
 
 def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
-    """O: the model's own, else the cluster's, else the fitted model at the batch `vllm serve` will run
-    (fit/vllm_runtime.py), else the fallback constant (config.json without the MLP's shape)."""
+    """O: the model's own, else the cluster's, else (one GPU, no tensor or pipeline parallelism) the fitted
+    model at the batch `vllm serve` will run (fit/vllm_runtime.py), else the fallback constant."""
     for given in (model.runtime_overhead, cluster.vllm_runtime_overhead):
         if given is not None:
             return given
+    if model.vllm.tensor_parallel_size * model.vllm.pipeline_parallel_size > 1:
+        return RUNTIME_OVERHEAD_FALLBACK  # the fit is of one GPU; NCCL and sharded MLPs were not measured
     fitted = vllm_runtime.fitted_runtime_overhead(
         model.arch, version=cluster.vllm_version, device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
         device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)

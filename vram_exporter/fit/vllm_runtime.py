@@ -84,11 +84,11 @@ def default_scheduler_limits(device_total_bytes: int | None, device_name: str = 
 # forward pass inside the started worker, payload/run_probe.py::sweep):
 #  - the forward pass peaks at tokens x dtype x 3 x (MLP width + hidden), to 1 byte a token, in all seven
 #    shapes (0.5B-32B GQA, Llama-2-7B and Phi-3.5 MHA, DeepSeek-V2-Lite, whose dense first layer is its
-#    widest and whose router adds experts x dtype a token): gate_up (2W), its activation (W), the
-#    residual, the normed input and the output (3H) alive together;
+#    widest; at 8192 tokens its router's logits, experts x dtype a token, came on top): gate_up (2W),
+#    its activation (W), the residual, the normed input and the output (3H) alive together;
 #  - vLLM's peak is that pass plus an extra: 33 MiB when torch.compile loads its cache, 92-335 MiB on a
 #    first start (92 MiB in 8 of the 13 dense first starts; 266 MiB for Llama-3.1-8B at 8192 tokens, 335
-#    MiB for Qwen2.5-1.5B at 2048; what sets it is not in the source we read), 478-511 MiB for the MoE
+#    MiB for Qwen2.5-1.5B at 2048; what sets it is not in the source we read), 479-513 MiB for the MoE
 #    model. We take the middle of the first-start range, so every first start measured is within
 #    +-122 MiB (MoE +-17 MiB): the start that can fail is the first one.
 #  - the sampler pass never led: a cache-hit start of Qwen2.5-1.5B at 8192 tokens and 256 rows peaked at
@@ -113,8 +113,7 @@ def forward_peak_bytes(arch: Architecture, tokens: int) -> int | None:
     width = mlp_width(arch)
     if width is None or arch.hidden_size is None:
         return None
-    router = arch.moe.experts if arch.moe else 0
-    return tokens * arch.dtype_bytes * (3 * (width + arch.hidden_size) + router)
+    return tokens * arch.dtype_bytes * 3 * (width + arch.hidden_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +145,7 @@ def fit_peak_model(points: Iterable[tuple[Architecture, int, int]]) -> PeakModel
 
 # The fit of tests/data/vllm-h200/run-1..5.json's first starts (tests/test_vllm_h200_replay.py refits it
 # from the data and checks these numbers).
-H200_VLLM_026_PEAK = PeakModel(first_start_extra=223_883_264, moe_first_start_extra=518_533_632)
+H200_VLLM_026_PEAK = PeakModel(first_start_extra=223_883_264, moe_first_start_extra=520_106_496)
 # non-torch memory growth during vLLM's profiling, one GPU, no NCCL: 230 MiB in every case on the H200.
 H200_VLLM_026_NON_TORCH = 241_172_480
 
