@@ -277,7 +277,7 @@ def test_peak_model_is_the_fit_of_the_measurements():
     assert math.isclose(fitted.moe_first_start_extra, model.moe_first_start_extra, rel_tol=0.005)
     # the batch matters: Qwen2.5-1.5B's first starts peak higher with more tokens, and the model says so
     qwen = sorted((n, p) for a, n, p in _fresh_peaks() if a.hidden_size == 1536)
-    assert len(qwen) == 4 and [p for _, p in qwen] == sorted(p for _, p in qwen)
+    assert len({n for n, _ in qwen}) == 4 and [p for _, p in qwen] == sorted(p for _, p in qwen)
     # every first start within the half-range of the extras: 122 MiB dense, 17 MiB MoE
     for arch, n, peak in _fresh_peaks():
         assert abs(model.predict(arch, n) - peak) <= (17 if arch.moe else 122) * MIB, (arch, n)
@@ -295,10 +295,10 @@ def test_forward_pass_is_three_times_mlp_plus_hidden_per_token():
     """The sweep inside each started worker (payload/run_probe.py::sweep): profile_run's forward pass at
     512-32768 tokens peaks at tokens x dtype x 3 x (MLP width + hidden) (+ at most the router's logits), to
     2 bytes a token (4 MiB at the fewest tokens). The first point of each sweep also pays for a one-off allocation, so it is left out."""
-    assert len(_sweeps()) == 8
+    assert len(_sweeps()) == 11
     for case, arch in _sweeps():
         points = [r for r in case["sweep"]["forward"] if "error" not in r][1:]
-        assert len(points) >= 3, case["name"]
+        assert len(points) >= 2, case["name"]
         for r in points:
             extra = r["forward_peak"] - vllm_runtime.forward_peak_bytes(arch, r["tokens"])
             router = arch.dtype_bytes * arch.moe.experts * r["tokens"] if arch.moe else 0
@@ -306,8 +306,9 @@ def test_forward_pass_is_three_times_mlp_plus_hidden_per_token():
 
 
 def test_vllms_peak_is_the_forward_pass_plus_a_compile_extra():
-    """The worker's own peak, against the sweep's forward pass at the engine's batch: 33 MiB above it when
-    torch.compile loads its cache, 92-335 MiB (dense) and 479-513 MiB (MoE) on a first start."""
+    """The worker's own peak, against the forward pass at the engine's batch: 32-218 MiB above it when
+    torch.compile loads its cache (33 MiB but for Qwen2.5-1.5B at 2048 tokens), 92-335 MiB (dense) and
+    479-513 MiB (MoE) on a first start."""
     for _, c in CASES:
         w = c.get("worker") or {}
         if not w.get("peak_activation"):
@@ -315,7 +316,7 @@ def test_vllms_peak_is_the_forward_pass_plus_a_compile_extra():
         extra = w["peak_activation"] - vllm_runtime.forward_peak_bytes(
             Architecture.from_config(_config(c)), c["config"]["max_num_batched_tokens"])
         moe = Architecture.from_config(_config(c)).moe is not None
-        lo, hi = {"cache-hit": (31, 34), "fresh": (478, 514) if moe else (91, 336)}[c["compile"]]
+        lo, hi = {"cache-hit": (31, 219), "fresh": (478, 514) if moe else (91, 336)}[c["compile"]]
         assert lo * MIB <= extra <= hi * MIB, (c["name"], extra / MIB)
 
 
@@ -406,3 +407,25 @@ def test_vllm_serve_with_no_flags_runs_the_defaults_the_rulebook_assumes():
     assert f"max_num_batched_tokens={got['batch']}." in case["log"]["chunked_prefill"] and got["batch"] == 8192
     assert case["engine_max_seq_len"] == got["arch"].default_max_model_len == 32768
     assert got["blocks"] - _measured(run, case)["blocks"] in range(-got["blocks"] // 50, 1)  # at most 2% fewer
+
+
+def test_the_first_start_extra_is_the_start_ups_own_not_the_samplers():
+    """run-6: the extra over the forward pass is reproducible to the byte (the same case on two machines),
+    does not follow max_num_seqs (Llama-3.1-8B at 8192 tokens, 256 and 1024 sequences), and is gone when
+    vLLM's own profile_run runs again in the started worker (it then peaks at exactly the larger of the
+    forward pass and the sweep's sampler pass over what the forward pass keeps)."""
+    by = {c["name"]: c for _, c in CASES}
+    assert by["qwen1.5b-u0.5-b2048-s256"]["worker"]["peak_activation"] == \
+        by["qwen1.5b-u0.5-b2048-s256-again"]["worker"]["peak_activation"]
+    assert abs(by["llama8b-u0.5-b8192-s256"]["worker"]["peak_activation"]
+               - by["llama8b-u0.45-64k"]["worker"]["peak_activation"]) < MIB
+    for name in ("qwen1.5b-u0.5-b2048-s256-again", "qwen1.5b-u0.5-b2048-s1024", "llama8b-u0.5-b8192-s256"):
+        sweep = by[name]["sweep"]
+        top = max(sweep["forward"], key=lambda r: r["tokens"])
+        rows = min(top["tokens"], by[name]["config"]["max_num_seqs"])
+        (sampler,) = [r["sampler_peak"] for r in sweep["sampler"] if r["seqs"] == rows]
+        assert sweep["profile_run_peak"] == max(top["forward_peak"], top["held"] + sampler), name
+    # after start-up the sampler leads Qwen2.5-1.5B at 2048 tokens (622 MB at 256 rows, 16 bytes a row x
+    # vocabulary entry); at start-up it never did: vLLM's peak there stayed below that
+    assert by["qwen1.5b-u0.5-b2048-s256-again"]["worker"]["peak_activation"] < \
+        by["qwen1.5b-u0.5-b2048-s256-again"]["sweep"]["profile_run_peak"]

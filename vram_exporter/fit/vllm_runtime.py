@@ -86,15 +86,18 @@ def default_scheduler_limits(device_total_bytes: int | None, device_name: str = 
 #    shapes (0.5B-32B GQA, Llama-2-7B and Phi-3.5 MHA, DeepSeek-V2-Lite, whose dense first layer is its
 #    widest; at 8192 tokens its router's logits, experts x dtype a token, came on top): gate_up (2W),
 #    its activation (W), the residual, the normed input and the output (3H) alive together;
-#  - vLLM's peak is that pass plus an extra: 33 MiB when torch.compile loads its cache, 92-335 MiB on a
-#    first start (92 MiB in 8 of the 13 dense first starts; 266 MiB for Llama-3.1-8B at 8192 tokens, 335
-#    MiB for Qwen2.5-1.5B at 2048; what sets it is not in the source we read), 479-513 MiB for the MoE
-#    model. We take the middle of the first-start range, so every first start measured is within
-#    +-122 MiB (MoE +-17 MiB): the start that can fail is the first one.
-#  - the sampler pass never led: a cache-hit start of Qwen2.5-1.5B at 8192 tokens and 256 rows peaked at
-#    the forward pass + 33 MiB to the MiB, though the sweep after start-up measured the sampler at 16
-#    bytes per row x vocabulary entry (622 MB there). So it is not a term; with a small batch, many
-#    sequences and a large vocabulary it could lead, which no run here measured.
+#  - vLLM's peak is that pass plus the start-up's own extra: 92-335 MiB on a first start (92 MiB in 8 of
+#    the 15 dense first starts; 266 MiB for Llama-3.1-8B at 8192 tokens, 335 MiB for Qwen2.5-1.5B at
+#    2048), 479-513 MiB for the MoE model, 32-218 MiB when torch.compile loads its cache. It is
+#    reproducible to the byte, does not follow max_num_seqs, and is gone when profile_run runs again after
+#    start-up (run-6); what sets it is not in the source we read. We take the middle of the first-start
+#    range, so every first start measured is within +-122 MiB (MoE +-17 MiB): the start that can fail
+#    is the first one.
+#  - the sampler pass never led at start-up: a cache-hit start of Qwen2.5-1.5B at 8192 tokens and 256
+#    rows peaked at the forward pass + 33 MiB, though after start-up the same sampler pass takes 16 bytes
+#    per row x vocabulary entry (622 MB there; profile_run re-run after start-up is led by it). So it is
+#    not a term; with a small batch, many sequences and a large vocabulary it could lead at start-up too,
+#    which no run here showed.
 
 
 def mlp_width(arch: Architecture) -> int | None:
@@ -143,7 +146,7 @@ def fit_peak_model(points: Iterable[tuple[Architecture, int, int]]) -> PeakModel
     return PeakModel(first_start_extra=middle(dense), moe_first_start_extra=middle(moe) if moe else middle(dense))
 
 
-# The fit of tests/data/vllm-h200/run-1..5.json's first starts (tests/test_vllm_h200_replay.py refits it
+# The fit of tests/data/vllm-h200/run-1..6.json's first starts (tests/test_vllm_h200_replay.py refits it
 # from the data and checks these numbers).
 H200_VLLM_026_PEAK = PeakModel(first_start_extra=223_883_264, moe_first_start_extra=520_106_496)
 # non-torch memory growth during vLLM's profiling, one GPU, no NCCL: 230 MiB in every case on the H200.

@@ -164,6 +164,17 @@ def sweep(self, tokens, seqs):
             except Exception as e:
                 rec["error"] = repr(e)[:400]
             out["sampler"].append(rec)
+        # vLLM's own profile_run again, now that the engine is up (nothing compiles any more): its peak
+        # above what was allocated before it, as memory_profiling measures it
+        try:
+            gc.collect(); torch.cuda.synchronize(); torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            a2 = torch.cuda.memory_allocated()
+            mr.profile_run()
+            torch.cuda.synchronize()
+            out["profile_run_peak"] = torch.cuda.max_memory_allocated() - a2
+        except Exception as e:
+            out["profile_run_error"] = repr(e)[:400]
     gc.collect(); torch.cuda.empty_cache()
     return out
 
