@@ -331,6 +331,7 @@ class _KvTerms:
     weights_per_gpu: int
     overhead: int
     held_back: int  # blocks vLLM holds back beyond the minimum (its version's rule)
+    batch_flag: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
@@ -354,12 +355,14 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     target_len = _target_len(model, vp, cap)
     held = vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks
     required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
-                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None)))
+                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None),
+                                                                     vp.max_num_batched_tokens))
                 if target_len > 0 else 0)
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
-        overhead=_runtime_overhead(model, cluster, next((g for g in gpus if g.up), None)), held_back=held)
+        overhead=_runtime_overhead(model, cluster, next((g for g in gpus if g.up), None)), held_back=held,
+        batch_flag=vp.max_num_batched_tokens)
 
 
 def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
@@ -376,10 +379,12 @@ def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None
     return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
 
 
-def _batch_in_flight(gpu: GpuReading | None) -> int:
+def _batch_in_flight(gpu: GpuReading | None, flag: int | None = None) -> int:
     """Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
     depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
     (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0)."""
+    if flag is not None:
+        return 2 * flag
     if gpu is None or gpu.memory is None:
         return 2 * vllm.SLIDING_BATCH_TOKENS
     return 2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name)
@@ -390,7 +395,8 @@ def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.Vll
         cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), free_bytes=0, gmu=kv.gmu,
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead,
         context_overhead=cluster.vllm_context_overhead, required_kv=kv.required, arch=arch, block=kv.block,
-        per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back, batch_tokens=_batch_in_flight(gpu))
+        per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
+        batch_tokens=_batch_in_flight(gpu, kv.batch_flag))
 
 
 @dataclass(frozen=True, slots=True)
