@@ -69,7 +69,8 @@ def build_view(state: GpuStackState, *, worker_name: str | None, source: str, ov
     verdicts = replay_state(state, requests, overlay)
     # Ties go to the worker GPUStack lists first, and it lists them in no fixed order: decide again
     # with the order reversed and flag every model whose pending count then differs.
-    other_order = replay.pending_counts(replay_state(state, requests, overlay, reverse_order=True))
+    other_order = (replay.pending_counts(replay_state(state, requests, overlay, reverse_order=True))
+                   if any(not i.placed for i in state.instances) else replay.pending_counts(verdicts))
     return GpuStackView(
         worker=worker,
         node_models=(replace(_node_models(worker, state, specs, requests, overlay, source),

@@ -95,16 +95,18 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
     claims: Claims = {}
     holdings: list[placement_scorer.Holding] = []
     verdicts: dict[int, Verdict] = {}
+    # Placed instances are judged on the workers as they were when placed: one since gone not ready
+    # still counts.
+    as_placed = [replace(w, ready=True) for w in ordered_workers]
+    as_placed_by_id = {w.id: w for w in as_placed}
     for inst in ordered:
         if not inst.placed:
             continue
         request = requests.get(inst.model)
         if request is not None:
-            # Judged on the workers as they were when it was placed: a worker since gone not ready
-            # still counts (its instance keeps its claim).
             verdicts[inst.id] = (Verdict(inst.id, inst.model, True) if inst.distributed
-                                 else decide(inst, request, [replace(w, ready=True) for w in ordered_workers],
-                                             claims, scheduler, holdings))
+                                 else _judge_placed(inst, request, as_placed, as_placed_by_id, claims, scheduler,
+                                                    holdings))
         _book(claims, inst.claims)
         holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims)))
     for inst in ordered:
@@ -125,6 +127,21 @@ def pending_counts(verdicts: Mapping[int, Verdict]) -> dict[str, int]:
     for verdict in verdicts.values():
         counts[verdict.model] = counts.get(verdict.model, 0) + (not verdict.placed)
     return counts
+
+
+def _judge_placed(inst: Instance, request: Request, workers: Sequence[WorkerGpus], by_id: Mapping[int, WorkerGpus],
+                  claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                  holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """Would GPUStack have accepted this placed instance: is there any candidate at all? Its own
+    worker is tried alone first: a candidate there means the whole search has one (the one-GPU path
+    covers every worker, the several-GPU path each), and that spares searching every worker for every
+    instance."""
+    own = by_id.get(inst.worker) if inst.worker is not None else None
+    if own is not None:
+        verdict = decide(inst, request, [own], claims, scheduler)
+        if verdict.placed:
+            return verdict
+    return decide(inst, request, workers, claims, scheduler, holdings)
 
 
 def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
@@ -164,8 +181,10 @@ def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tupl
 def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding]) -> gpustack_paths.Ask:
     spec = request.spec
     params = _params(spec)
-    distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
-                            for key in holding.gpus)
+    distributed = frozenset()  # only manual selection over several workers reads it
+    if request.selection is not None and len(request.selection) > 1:
+        distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
+                                for key in holding.gpus)
     skip = _skip_count_check(spec.env)
     per_replica = request.gpus_per_replica
     if request.selection is not None and not per_replica:
@@ -175,7 +194,7 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
         world_size=params.world_size, arch=spec.arch, scheduler=scheduler, distributed=request.distributed,
         replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
         gpus_per_replica=per_replica, skip_count_check=skip,
-        parallel=_parallel(spec.backend_parameters, request.executor_mp), distributed_workers=distributed)
+        parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed)
 
 
 def _skip_count_check(env: Mapping[str, str]) -> bool:
@@ -183,7 +202,9 @@ def _skip_count_check(env: Mapping[str, str]) -> bool:
     return str(env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK", "")).strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _parallel(backend_parameters: Sequence[str], executor_mp: bool) -> gpustack_paths.Parallel:
+@functools.lru_cache(maxsize=4096)
+def _parallel(backend_parameters: tuple[str, ...], executor_mp: bool) -> gpustack_paths.Parallel:
+    """Parsed once per distinct list, as _params is."""
     read = functools.partial(first_int_parameter, backend_parameters)
     return gpustack_paths.Parallel(read(["tensor-parallel-size", "tp"]), read(["pipeline-parallel-size", "pp"]),
                                    read(["data-parallel-size", "dp"]), read(["data-parallel-size-local", "dpl"]),
