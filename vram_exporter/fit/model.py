@@ -17,6 +17,7 @@ from .params import GpuStackParams, VllmParams, gpustack_params, vllm_params
 
 GIB = 2**30
 Scheduler = Literal["gpustack", "gpustack-0.6"]
+Backend = Literal["vllm", "sglang", "custom"]  # GPUStack's BackendEnum vLLM, SGLang, Custom
 
 # torch_dtype / dtype -> bytes per element (vLLM resolves "auto" to the config's dtype).
 _DTYPE_BYTES = {
@@ -43,6 +44,11 @@ class Architecture:
     # default to original_max_position_embeddings"); measured: Phi-3.5-mini started at 4096 on an H200
     # (tests/data/vllm-h200/run-2.json).
     longrope_default_len: int | None = None
+    # vision_config's ViT size: GPUStack's and SGLang's --mem-fraction-static default shrinks for it
+    # (sglang_resource_fit_selector.py step 3; sglang server_args.py adjust_mem_fraction_for_vlm).
+    has_vision: bool = False
+    vision_layers: int | None = None
+    vision_hidden_size: int | None = None
 
     @property
     def mla(self) -> bool:
@@ -87,6 +93,9 @@ class Architecture:
             sliding_window=int(window) if window else None,
             vision_attention_heads=vision.get("num_attention_heads") or vision.get("num_heads"),
             longrope_default_len=int(original) if longrope and original else None,
+            has_vision=config.get("vision_config") is not None,
+            vision_layers=vision.get("num_hidden_layers") or vision.get("depth"),
+            vision_hidden_size=vision.get("hidden_size"),
         )
 
 
@@ -113,6 +122,8 @@ class ModelSpec:
     replicas: int = 1
     runtime_overhead: int | None = None  # O for this model; None: the cluster's
     metrics_url: str | None = None  # a running model's own vLLM /metrics (read by vllm_client.py)
+    backend: Backend = "vllm"  # which GPUStack selector places it and which engine's rules apply
+    run_command: str | None = None  # a custom backend's command line (GPUStack reads flags in it)
 
     @property
     def gpustack(self) -> GpuStackParams:

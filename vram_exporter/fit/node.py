@@ -25,7 +25,9 @@ from ..units import gib
 from . import gpustack, vllm, vllm_runtime
 from .model import Cluster, ModelSpec
 
-CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache")
+CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache",
+          "gpustack_custom_claim", "sglang_kv_pool", "sglang_context")  # the last three: backend_fit.py
+ENGINE_CHECKS = ("vllm_kv_cache", "sglang_kv_pool", "sglang_context")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,8 @@ def startable(fit: ModelFit, free: Mapping[int, int]) -> bool:
 def vllm_starts_on(f: GpuFit, free: int) -> bool:
     """vLLM's two checks on one GPU: the KV cache for max_model_len, and (but for a running
     instance) free memory at start-up."""
-    return f.headroom["vllm_kv_cache"] >= 0 and (f.free_need is None or free >= f.free_need)
+    engine = all(f.headroom[c] >= 0 for c in ENGINE_CHECKS if c in f.headroom)
+    return engine and (f.free_need is None or free >= f.free_need)
 
 
 def apply_free(node: NodeFit, free: Mapping[int, int]) -> NodeFit:
@@ -241,13 +244,9 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     by_index = {gpu.index: gpu for gpu in gpus}
     missing = [i for i in model.placed_on if i not in by_index]
     try:
-        gmu = model.gpustack.gpu_memory_utilization
+        own = _placed_claims(model, cluster, gpus, by_index)
     except ModelError as exc:
         return ModelFit(model.name, error=str(exc), placed=True)
-    if model.placed_claims is not None:
-        own = {i: claim for i, claim in model.placed_claims.items() if i in by_index}
-    else:
-        own = {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
     context = Context(dict(claims), {})
     for index, claim in own.items():
         claims[index] += claim
@@ -258,12 +257,34 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     return evaluate(model, cluster, gpus, context, placed_on=model.placed_on)
 
 
+def _placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], by_index) -> dict[int, int]:
+    """A running instance's claims: GPUStack's own when known, else what its backend books."""
+    if model.placed_claims is not None:
+        return {i: claim for i, claim in model.placed_claims.items() if i in by_index}
+    if model.backend != "vllm":
+        from . import backend_fit, backends
+        book = backend_fit.booking_on(model, _views(gpus, {}, cluster))
+        return backends.claims_of(model, {i: by_index[i].memory.total for i in model.placed_on if i in by_index}, book)
+    gmu = model.gpustack.gpu_memory_utilization
+    return {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
+
+
 def _commit(model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: Sequence[GpuReading],
             claims: dict[int, int], committed: dict[int, int]) -> None:
     """Book every replica GPUStack can place, one at a time."""
     if fit.error or not fit.schedulable:
         return
     by_index = {gpu.index: gpu for gpu in gpus}
+    if model.backend != "vllm":
+        from . import backend_fit
+        for _ in range(fit.replicas_placed):
+            placement = backend_fit.placement(model, cluster, gpus, claims)
+            if placement is None:
+                break
+            for index, claim in placement.claims.items():  # the engine takes about what GPUStack books
+                claims[index] += claim
+                committed[index] += claim + cluster.vllm_context_overhead
+        return
     params = model.gpustack
     for _ in range(fit.replicas_placed):
         placement = _placement(model, cluster, gpus, claims, params)
@@ -311,6 +332,9 @@ def evaluate(
     placed_on: Sequence[int] | None = None,
 ) -> ModelFit:
     """One model against the node as it stands at its turn. Pure; used again by the fix search."""
+    if model.backend != "vllm":  # SGLang and custom backends: their own selector (and engine)
+        from . import backend_fit
+        return backend_fit.evaluate(model, cluster, gpus, context, placed_on)
     try:
         return _evaluate(model, cluster, gpus, context, placed_on)
     except ModelError as exc:
@@ -391,6 +415,9 @@ class Probe:
 def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
     """The same rules as ``evaluate`` (a property test holds them equal), without what the verdict
     does not need: the other GPUs' checks, the replica count, the reasons."""
+    if model.backend != "vllm":
+        fit = evaluate(model, cluster, gpus, context)
+        return Probe(fit.schedulable and fit.startable and not fit.error)
     try:
         gs = model.gpustack
         kv = _kv_terms(model, cluster, gpus)

@@ -1,0 +1,110 @@
+"""Which GPUStack selector places a model: the one place that branches on the model's backend.
+
+GPUStack 2.3.0 picks the selector by backend (``gpustack/scheduler/scheduler.py``):
+vLLM -> ``VLLMResourceFitSelector`` (gpustack.py), SGLang -> ``SGLangResourceFitSelector``
+(gpustack_sglang.py), Custom -> ``CustomBackendResourceFitSelector`` (gpustack_custom.py).
+Each books a fraction of every card it uses: vLLM's --gpu-memory-utilization (0.9 if absent),
+SGLang's --mem-fraction-static (GPUStack's port of SGLang's default if absent), a custom backend's
+declared fraction (none if absent: the bare estimate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import ModelError
+from . import gpustack, gpustack_custom, gpustack_sglang
+from .model import ModelSpec, Scheduler
+
+FRACTION_FLAG = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static",
+                 "custom": "--gpu-memory-utilization / --mem-fraction-static"}
+ENGINE = {"vllm": "vLLM", "sglang": "SGLang", "custom": "a custom backend"}
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What GPUStack reads of one model's parameters to place it on a worker."""
+
+    fraction: float | None  # booked of each card's total; None: custom without one (claims E)
+    world_size: int | None
+    fraction_given: bool = True
+    note: str | None = None  # said on the model (a repeated flag read differently)
+
+
+def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+    """GPUStack's reading of ``spec`` for GPUs whose smallest total is ``min_total`` (SGLang's
+    default fraction depends on it). Raises ModelError where GPUStack refuses the model."""
+    if spec.backend == "sglang":
+        p = gpustack_sglang.gpustack_sglang_params(spec.backend_parameters)
+        gpustack_sglang.validate(spec.arch, p)
+        if problem := gpustack.pinned_count_problem(spec.pinned_gpus, p.world_size, spec.env):
+            raise ModelError(problem)  # base_candidate_selector.py::_set_gpu_count
+        vision = ({"num_hidden_layers": spec.arch.vision_layers, "hidden_size": spec.arch.vision_hidden_size or 1024}
+                  if spec.arch.has_vision else None)
+        fraction = gpustack_sglang.gpustack_mem_fraction_static(min_total, p, vision,
+                                                                selected_per_worker=selected_per_worker)
+        return Booking(fraction, p.world_size, p.mem_fraction_static is not None)
+    if spec.backend == "custom":
+        declared = gpustack_custom.whole_card_fraction(spec.run_command, spec.backend_parameters)
+        return Booking(declared.value, None, declared.value is not None, declared.note())
+    gs = spec.gpustack
+    if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(spec.arch, gs.tensor_parallel_size)):
+        raise ModelError(problem + " Consider adjusting your tensor-parallel-size value.")
+    return Booking(gs.gpu_memory_utilization, gs.world_size, gs.gmu_given)
+
+
+def min_total(views: Sequence[gpustack.GpuView], pinned: Sequence[int] | None = None) -> int:
+    """The smallest card SGLang's default fraction is computed for (``_get_min_gpu_sum``): the selected
+    GPUs with manual selection, else every GPU of the worker(s)."""
+    chosen = [v for v in views if not pinned or v.index in pinned]
+    return min((v.total for v in chosen), default=0)
+
+
+def place(spec: ModelSpec, views: Sequence[gpustack.GpuView], *, scheduler: Scheduler, book: Booking,
+          pinned: Sequence[int] | None = None, replica_count: int | None = None) -> gpustack.Placement | None:
+    """Where GPUStack puts one instance of ``spec`` on this worker, or None (pending)."""
+    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
+    replicas = spec.replicas if replica_count is None else replica_count
+    if spec.backend == "sglang":
+        assert book.fraction is not None
+        return gpustack_sglang.place(views, estimate=estimate, fraction=book.fraction, world_size=book.world_size,
+                                     arch=spec.arch, check_vision=not _language_only(spec), pinned=pinned,
+                                     replica_count=replicas)
+    if spec.backend == "custom":
+        return gpustack_custom.place(views, estimate=estimate, fraction=book.fraction, pinned=pinned,
+                                     replica_count=replicas)
+    assert book.fraction is not None
+    return gpustack.place(views, estimate=estimate, gmu=book.fraction, world_size=book.world_size, arch=spec.arch,
+                          scheduler=scheduler, pinned=pinned, replica_count=replicas)
+
+
+def pending_message(spec: ModelSpec, views: Sequence[gpustack.GpuView], book: Booking) -> str:
+    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
+    if spec.backend == "sglang":
+        assert book.fraction is not None
+        return gpustack_sglang.pending_message(estimate, book.fraction, views, book.world_size, spec.arch,
+                                               not _language_only(spec))
+    if spec.backend == "custom":
+        return gpustack_custom.pending_message(estimate, views, book.fraction)
+    assert book.fraction is not None
+    return gpustack.pending_message(estimate, book.fraction, views, book.world_size)
+
+
+def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
+    """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
+    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
+    if spec.backend == "custom":
+        if len(totals) == 1:
+            view = gpustack.GpuView(0, gpustack.total_whole_mib(next(iter(totals.values()))), 0)
+            return {i: gpustack_custom.claim_on(view, estimate, book.fraction) for i in totals}
+        return {i: max(estimate // len(totals), gpustack_custom.claim_on(
+            gpustack.GpuView(i, gpustack.total_whole_mib(t), 0), estimate, book.fraction)
+            if book.fraction is not None else 0) for i, t in totals.items()}
+    assert book.fraction is not None
+    return {i: int(gpustack.total_whole_mib(t) * book.fraction) for i, t in totals.items()}
+
+
+def _language_only(spec: ModelSpec) -> bool:
+    return gpustack_sglang.gpustack_sglang_params(spec.backend_parameters).language_only if spec.backend == "sglang" \
+        else False
