@@ -104,8 +104,9 @@ def ours(s: dict) -> dict:
                 booked[int(k)] += v
         place = backend_fit.placement(candidate, Cluster(system_reserved_vram=s["system_reserved"]), gpus, booked)
         claims = {str(k): v for k, v in place.claims.items()} if place else {}
+    pending = next((r.split("\n", 1)[1] for r in fit.reasons if r.startswith("GPUStack leaves it Pending")), "")
     return {"gpus": list(fit.gpus) if fit.schedulable else [], "error": fit.error, "overcommit": fit.overcommit,
-            "fraction": fit.gmu_gpustack, "claims": claims}
+            "fraction": fit.gmu_gpustack, "claims": claims, "message": pending}
 
 
 def agree(mine: dict, theirs: dict, backend: str) -> str | None:
@@ -117,6 +118,10 @@ def agree(mine: dict, theirs: dict, backend: str) -> str | None:
         return f"--mem-fraction-static: gpustack {theirs['fraction']}, ours {mine['fraction']}"
     if bool(theirs["gpus"]) != bool(mine["gpus"]):
         return f"verdict: gpustack {theirs['gpus'] or 'pending'}, ours {mine['gpus'] or 'pending'}"
+    if not theirs["gpus"]:
+        said = [line.removeprefix("- ") for line in theirs.get("message", "").splitlines() if line.strip()]
+        if said != mine["message"].splitlines():
+            return f"message: gpustack {said}, ours {mine['message'].splitlines()}"
     if len(theirs["gpus"]) != len(mine["gpus"]):
         return f"GPU count: gpustack {theirs['gpus']}, ours {mine['gpus']}"
     if theirs["gpus"]:

@@ -90,7 +90,7 @@ def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: 
     given = {spec.name: spec for spec in overlay.models} if overlay else {}
     specs, unknown = {}, {}
     for model in models:
-        if not model.is_vllm:
+        if model.backend_kind is None:
             continue
         if model.roles or model.disaggregation:
             unknown[model.name] = "prefill/decode roles are not modelled"
@@ -114,7 +114,8 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> Mod
                          "in the overlay manifest (--manifest) with weights_bytes and config")
     return ModelSpec(name=model.name, weights_bytes=weights, arch=arch,
                      backend_parameters=tuple(model.backend_parameters or ()), env=dict(model.env or {}),
-                     max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead)
+                     max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead,
+                     backend=model.backend_kind or "vllm", run_command=model.run_command)
 
 
 def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request | None:
@@ -172,9 +173,10 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
     for model in sorted(state.models, key=lambda m: m.name):
         instances = [i for i in state.instances if i.model_id == model.id]
         pending = sum(1 for i in instances if i.state == "pending")
-        size_known = model.name in specs if model.is_vllm and not (model.roles or model.disaggregation) else None
-        if not model.is_vllm:
-            note = f"backend {model.backend} is not vLLM: the rulebooks do not apply"
+        judged = model.backend_kind is not None
+        size_known = model.name in specs if judged and not (model.roles or model.disaggregation) else None
+        if not judged:
+            note = f"backend {model.backend} is not vLLM, SGLang or Custom: the rulebooks do not apply"
         elif model.name in unknown:
             note = unknown[model.name]
         elif requests.get(model.name) is None:

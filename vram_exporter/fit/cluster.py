@@ -26,7 +26,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import gpustack
+from . import backends, gpustack
 from .model import ModelSpec, Scheduler
 from .params import GpuStackParams
 from .params import gpustack_params
@@ -70,6 +70,7 @@ class Verdict:
     worker: int | None = None
     gpus: tuple[int, ...] = ()
     reason: str = ""  # why not: GPUStack's own words where it has them
+    claims: Mapping[int, int] | None = None  # GPU index -> bytes booked, where not int(g * T) (SGLang, custom)
 
 
 Claims = dict[tuple[int, int], int]
@@ -113,6 +114,8 @@ def decide(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus], 
            scheduler: Scheduler) -> Verdict:
     """Where GPUStack would put this instance now, trying the model's workers in id order."""
     spec = request.spec
+    if spec.backend != "vllm":
+        return _decide_backend(inst, request, workers, claims, scheduler)
     try:
         params = _params(spec)
     except ModelError as exc:
@@ -161,8 +164,38 @@ def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> l
     ]
 
 
+def _decide_backend(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus],
+                    claims: Mapping[tuple[int, int], int], scheduler: Scheduler) -> Verdict:
+    """``decide`` for SGLang and custom backends (fit/backends.py). SGLang's default fraction is computed
+    from the smallest GPU of the workers the model may use, as GPUStack's selector sees them all."""
+    spec = request.spec
+    usable = [workers[w] for w in sorted(request.workers) if w in workers and workers[w].ready]
+    if request.pinned is not None:
+        totals = [w.totals[i] for w in usable for i in request.pinned.get(w.id, ()) if i in w.totals]
+        selected = tuple(len(v) for v in request.pinned.values() if v)
+    else:
+        totals, selected = [t for w in usable for t in w.totals.values()], ()
+    try:
+        book = backends.booking(spec, gpustack.total_whole_mib(min(totals, default=0)), selected_per_worker=selected)
+    except ModelError as exc:
+        return Verdict(inst.id, inst.model, False, reason=str(exc))
+    reason = "no ready worker of its cluster matches its selectors"
+    for worker in sorted(usable, key=lambda w: (w.id != inst.worker, w.id)):
+        pinned = None if request.pinned is None else request.pinned.get(worker.id)
+        if request.pinned is not None and not pinned:
+            continue
+        views = worker_views(worker, claims)
+        placement = backends.place(spec, views, scheduler=scheduler, book=book, pinned=pinned)
+        if placement is not None:
+            return Verdict(inst.id, inst.model, True, worker.id, placement.gpus, claims=dict(placement.claims))
+        reason = f"{worker.name}: " + backends.pending_message(spec, views, book)
+    return Verdict(inst.id, inst.model, False, reason=reason)
+
+
 def _predicted_claims(verdict: Verdict, request: Request, workers: Mapping[int, WorkerGpus]) -> Claims:
     worker = workers[verdict.worker]
+    if verdict.claims is not None:
+        return {(worker.id, index): claim for index, claim in verdict.claims.items()}
     gmu = _params(request.spec).gpu_memory_utilization
     return {(worker.id, index): gpustack.claim_bytes(worker.totals[index], gmu) for index in verdict.gpus}
 

@@ -319,7 +319,7 @@ def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], wor
              "of allocatable VRAM."]
     if len(gpus) >= 2:
         lines.append(_multi_line(gpus, fraction, arch, check_vision))
-    elif gpus:
+    elif gpus and not (world_size and world_size > 1):  # the single-GPU path is skipped for a world size > 1
         largest = max(gpus, key=lambda g: g.allocatable)  # the first of the largest
         share = largest.allocatable / largest.total * 100 if largest.total and largest.allocatable else 0
         lines.append(f"The current available GPU only has {gpustack_gib(largest.allocatable)} allocatable VRAM "
