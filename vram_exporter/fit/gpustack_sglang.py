@@ -10,7 +10,8 @@ Source: ``gpustack/policies/candidate_selectors/sglang_resource_fit_selector.py`
   chunked-prefill size and a CUDA-graph batch size, a reserve of 512 + 1.5 x chunked prefill + 2 x
   graph batch + TP x PP / 8 GiB (at least 10 GiB on cards over 60 GiB, more for DP attention and
   speculative decoding), f = round((mem - reserve) / mem, 3), times a ViT factor for vision models.
-  So f differs by card: 0.773 on 6138 MiB, 0.877 on 81559 MiB, 0.929 on 143771 MiB (at TP 1).
+  So f differs by card (TP 1, nothing given): 0.393 on 6138 MiB, 0.772 on 16384, 0.847 on 24564,
+  0.835 on 81559 (the 10 GiB floor), 0.907 on 143771 MiB.
 - E is GPUStack's estimate (``estimate_model_vram``); the claim on every GPU used is int(T * f).
 - Single GPU (unless the world size is > 1): a GPU is excluded when ``E > T * f`` or ``A / T < f``.
 - Multi-GPU on one worker: the GPUs with A > 0 grouped by allocatable (ascending, a group holds
@@ -179,10 +180,13 @@ def _chunk_and_graph_bs(gpu_mem: float, max_tp: int) -> tuple[int, int]:
 
 def gpustack_mem_fraction_static(min_total_bytes: int, p: SglangGpuStackParams,
                                  vision_config: Mapping[str, Any] | None = None, *,
-                                 selected_per_worker: Sequence[int] = ()) -> float:
+                                 selected_per_worker: Sequence[int] = (),
+                                 unchunked_prefill_tokens: int | None = None) -> float:
     """The ``--mem-fraction-static`` GPUStack assumes on a GPU type whose smallest card has
     ``min_total_bytes`` (a given fraction wins). ``selected_per_worker``: with manual selection, how many
-    GPUs are selected on each worker (they raise the TP and PP it assumes)."""
+    GPUs are selected on each worker (they raise the TP and PP it assumes). ``unchunked_prefill_tokens``:
+    SGLang's own rule reserves max(--max-prefill-tokens, 2048) x 1.5 when chunked prefill is off;
+    GPUStack's port reserves nothing then (None)."""
     if p.mem_fraction_static:
         return p.mem_fraction_static
     tp, pp, dp = p.tp or 1, p.pp or 1, p.dp or 1
@@ -198,6 +202,8 @@ def gpustack_mem_fraction_static(min_total_bytes: int, p: SglangGpuStackParams,
     reserved: float = 512
     if chunked > 0:
         reserved += max(chunked, 2048) * 1.5
+    elif unchunked_prefill_tokens is not None:
+        reserved += max(unchunked_prefill_tokens, 2048) * 1.5
     reserved += graph_bs * 2
     reserved += max_tp * max_pp / 8 * 1024
     if p.dp_attention:

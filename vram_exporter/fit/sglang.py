@@ -54,6 +54,7 @@ class SglangParams:
     kv_cache_dtype: str
     page_size: int
     max_total_tokens: int | None
+    max_prefill_tokens: int
     gpustack: gpustack_sglang.SglangGpuStackParams  # the same flags, as GPUStack reads them
 
 
@@ -87,6 +88,7 @@ def sglang_params(parameters: Sequence[str]) -> SglangParams:
         mem_fraction_static=mfs, tp=number("tp-size", int, 1), pp=number("pp-size", int, 1),
         context_length=number("context-length", int, None), kv_cache_dtype=dtype,
         page_size=number("page-size", int, 1) or 1, max_total_tokens=number("max-total-tokens", int, None),
+        max_prefill_tokens=number("max-prefill-tokens", int, 16384),
         gpustack=gpustack_sglang.gpustack_sglang_params(parameters),
     )
 
@@ -104,7 +106,8 @@ def default_mem_fraction_static(min_total_bytes: int, p: SglangParams, arch: Arc
     vision = None
     if arch.has_vision and not p.gpustack.language_only:
         vision = {"num_hidden_layers": arch.vision_layers or 24, "hidden_size": arch.vision_hidden_size or 1024}
-    fraction = gpustack_sglang.gpustack_mem_fraction_static(min_total_bytes // MIB * MIB, own, None)
+    fraction = gpustack_sglang.gpustack_mem_fraction_static(min_total_bytes // MIB * MIB, own, None,
+                                                            unchunked_prefill_tokens=p.max_prefill_tokens)
     if vision is not None:  # SGLang does not round after the ViT factor
         fraction *= gpustack_sglang._vit_factor(vision)
     return fraction
