@@ -182,7 +182,8 @@ class ModelFamilies:
         out["vram_model_estimate_bytes"] = ([(m,)], [fit.estimate])
         out["vram_model_kv_cache_bytes_per_token"] = ([(m,)], [fit.bytes_per_token])
         out["vram_model_kv_cache_required_bytes"] = ([(m,)], [fit.kv_required])
-        out["vram_model_gpu_memory_utilization"] = ([(m, "gpustack"), (m, "vllm")], [fit.gmu_gpustack, fit.gmu_vllm])
+        readers = [(m, "gpustack")] + ([(m, fit.engine_reader)] if fit.engine_reader else [])  # vllm or sglang
+        out["vram_model_gpu_memory_utilization"] = (readers, [fit.gmu_gpustack, fit.gmu_vllm][:len(readers)])
         out["vram_model_replicas_placeable"] = ([(m,)], [fit.replicas_placed])
         out["vram_model_assigned_gpu"] = ([(m, str(i), uuids.get(i, "")) for i in fit.gpus], [1] * len(fit.gpus))
         per_gpu = {name: ([], []) for name in _STATIC_PER_GPU}

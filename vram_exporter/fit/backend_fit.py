@@ -35,7 +35,7 @@ def evaluate(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], con
         return _evaluate(model, cluster, gpus, context, placed_on)
     except ModelError as exc:
         return ModelFit(model.name, error=str(exc), placed=placed_on is not None, weights=model.weights_bytes,
-                        context=context)
+                        context=context, backend=model.backend)
 
 
 def booking_on(model: ModelSpec, views: Sequence[gpustack.GpuView]) -> backends.Booking:
@@ -75,7 +75,7 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
         schedulable=placed_on is not None or place is not None, startable=bool(chosen) and engine_ok,
         gpus=chosen, overcommit=bool(place and place.overcommit),
         replicas_placed=replicas if placed_on is None else model.replicas, replicas=model.replicas,
-        per_gpu=per_gpu, context=context)
+        per_gpu=per_gpu, context=context, backend=model.backend)
     return _with_reasons(fit, model, views, book, engine)
 
 

@@ -100,6 +100,12 @@ class ModelFit:
     # The reasons that do not depend on free memory, which with_free weaves its own into.
     static_reasons: tuple[str, ...] = field(default=(), compare=False)
     kv_reasons: Mapping[int, str] = field(default_factory=dict, compare=False)
+    backend: str = "vllm"  # vllm, sglang, custom: which selector and engine (fit/backends.py)
+
+    @property
+    def engine_reader(self) -> str | None:
+        """The ``reader`` label of the engine's own fraction; None: not modelled (custom)."""
+        return {"vllm": "vllm", "sglang": "sglang"}.get(self.backend)
 
     @property
     def fits(self) -> bool:
