@@ -19,6 +19,13 @@ from vram_exporter.fit.node import fit_node
 from vram_exporter.snapshot import GpuReading, MemoryReading, NodeSnapshot
 
 MIB, GIB = 2**20, 2**30
+# A vision model: GPUStack's SGLang fraction shrinks by its ViT (depth 32, hidden 1536: factor 0.95 x 0.8).
+QWEN2_VL_7B = ("qwen2-vl-7b", 16_582_751_232, {
+    "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "hidden_size": 3584,
+    "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+    "torch_dtype": "bfloat16", "max_position_embeddings": 32768, "intermediate_size": 18944,
+    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                      "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}})
 
 
 def _common(rng: random.Random, cards, models) -> tuple[list[int], int, dict]:
@@ -39,7 +46,7 @@ def _placed(rng, gpus):
 
 
 def sglang_scenario(rng: random.Random, ident: int, cards, models) -> dict:
-    gpus, weights, config = _common(rng, cards, models)
+    gpus, weights, config = _common(rng, cards, [*models, QWEN2_VL_7B])
     params: list[str] = []
     if rng.random() < 0.4:
         mfs = round(rng.uniform(0.5, 0.95), 3)
@@ -54,8 +61,9 @@ def sglang_scenario(rng: random.Random, ident: int, cards, models) -> dict:
     model = {"weights": weights, "params": params, "config": config}
     if rng.random() < 0.15:
         model["env"] = {"GPUSTACK_MODEL_VRAM_CLAIM": str(rng.randrange(1 * GIB, 100 * GIB))}
-    if rng.random() < 0.1:
-        model["pinned"] = [rng.randrange(len(gpus))]
+    if rng.random() < 0.15:
+        model["pinned"] = sorted(rng.sample(range(len(gpus)), rng.choice([1, 1, 2]) if len(gpus) > 1 else 1))
+        model["replicas"] = rng.choice([1, 1, 2])
     return {"id": ident, "backend": "sglang", "gpus": gpus, "system_reserved": rng.choice([0, 0, 1, 2]) * GIB,
             "model": model, "placed": _placed(rng, gpus)}
 
@@ -75,6 +83,7 @@ def custom_scenario(rng: random.Random, ident: int, cards, models) -> dict:
         model["env"] = {"GPUSTACK_MODEL_VRAM_CLAIM": str(rng.randrange(1 * GIB, 100 * GIB))}
     if rng.random() < 0.1:
         model["pinned"] = sorted(rng.sample(range(len(gpus)), rng.choice([1, 1, 2]) if len(gpus) > 1 else 1))
+        model["replicas"] = rng.choice([1, 1, 2])
     return {"id": ident, "backend": "custom", "gpus": gpus, "system_reserved": rng.choice([0, 0, 1, 2]) * GIB,
             "model": model, "placed": _placed(rng, gpus)}
 
@@ -90,7 +99,7 @@ def ours(s: dict) -> dict:
               for n, p in enumerate(s["placed"])]
     m = s["model"]
     candidate = ModelSpec("candidate", m["weights"], arch, backend_parameters=tuple(m["params"]),
-                          env=m.get("env", {}), max_model_len=1024, backend=s["backend"],
+                          env=m.get("env", {}), max_model_len=1024, backend=s["backend"], replicas=m.get("replicas", 1),
                           run_command=m.get("run_command"),
                           pinned_gpus=tuple(m["pinned"]) if m.get("pinned") else None)
     fit = fit_node(snapshot, Cluster(system_reserved_vram=s["system_reserved"]), [*placed, candidate]).models[-1]

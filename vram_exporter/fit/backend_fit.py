@@ -162,7 +162,7 @@ def _with_reasons(fit: ModelFit, model, views, book, engine) -> ModelFit:
         reasons.append(book.note)
     if not fit.schedulable:
         reasons.append("GPUStack leaves it Pending (No suitable workers):\n"
-                       + backends.pending_message(model, views, book))
+                       + backends.pending_message(model, views, book, model.pinned_gpus))
     elif fit.overcommit:
         reasons.append("GPUStack accepts the manual GPU selection as overcommit: its own tests fail there.")
     if model.backend == "custom":

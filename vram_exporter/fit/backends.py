@@ -79,14 +79,15 @@ def place(spec: ModelSpec, views: Sequence[gpustack.GpuView], *, scheduler: Sche
                           scheduler=scheduler, pinned=pinned, replica_count=replicas)
 
 
-def pending_message(spec: ModelSpec, views: Sequence[gpustack.GpuView], book: Booking) -> str:
+def pending_message(spec: ModelSpec, views: Sequence[gpustack.GpuView], book: Booking,
+                    pinned: Sequence[int] | None = None) -> str:
     estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
     if spec.backend == "sglang":
         assert book.fraction is not None
         return gpustack_sglang.pending_message(estimate, book.fraction, views, book.world_size, spec.arch,
-                                               not _language_only(spec))
+                                               not _language_only(spec), pinned=bool(pinned))
     if spec.backend == "custom":
-        return gpustack_custom.pending_message(estimate, views, book.fraction)
+        return gpustack_custom.pending_message(estimate, views, book.fraction, pinned=bool(pinned))
     assert book.fraction is not None
     return gpustack.pending_message(estimate, book.fraction, views, book.world_size)
 

@@ -188,7 +188,7 @@ def _decide_backend(inst: Instance, request: Request, workers: Mapping[int, Work
         placement = backends.place(spec, views, scheduler=scheduler, book=book, pinned=pinned)
         if placement is not None:
             return Verdict(inst.id, inst.model, True, worker.id, placement.gpus, claims=dict(placement.claims))
-        reason = f"{worker.name}: " + backends.pending_message(spec, views, book)
+        reason = f"{worker.name}: " + backends.pending_message(spec, views, book, pinned)
     return Verdict(inst.id, inst.model, False, reason=reason)
 
 

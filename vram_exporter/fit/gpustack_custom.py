@@ -31,6 +31,8 @@ from .gpustack import GpuView, Placement
 from .params import param_pairs
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
+MANUAL_MULTI_REPLICA = ("Found 1 candidate, manual scheduling for multi-replica model instances does not allow "
+                        "overcommit or heterogeneous deployment topologies.")  # base_candidate_selector.py
 GIB = 2**30
 
 
@@ -135,11 +137,13 @@ def _place_pinned(gpus: Sequence[GpuView], pinned: Sequence[int], estimate: int,
     return Placement(tuple(pinned), {index: each for index in pinned}, "pinned", overcommit)
 
 
-def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | None) -> str:
+def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | None, pinned: bool = False) -> str:
     """The selector's "No suitable workers" details (``_set_messages``): the multi-GPU line when a
     worker with two or more GPUs was considered, else the single-GPU one."""
     ram = max(int(estimate * 0.1), 2 * GIB)
     lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM and {gpustack_gib(ram)} of RAM."]
+    if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
+        return "\n".join([*lines, MANUAL_MULTI_REPLICA])
     members, _ = _multi_members(gpus, estimate, fraction)
     if len(gpus) >= 2 and len(members) >= 2 and sum(g.allocatable for g in members) > 0:
         lines.append(f"The largest available worker has {gpustack_gib(sum(g.allocatable for g in members))} "

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import ModelError
 from .gpustack import GpuView, Placement
-from .gpustack_custom import gpustack_gib
+from .gpustack_custom import MANUAL_MULTI_REPLICA, gpustack_gib
 from .model import Architecture
 from .params import param_pairs
 
@@ -316,14 +316,17 @@ def _place_pinned(gpus, pinned, estimate, fraction, replica_count) -> Placement 
 
 
 def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], world_size: int | None,
-                    arch: Architecture, check_vision: bool = True) -> str:
+                    arch: Architecture, check_vision: bool = True, pinned: bool = False) -> str:
     """The selector's "No suitable workers" details: the default lines, then the multi-GPU path's
     line when it ran (two or more GPUs), else the single-GPU one."""
-    lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM.",
-             f"With --mem-fraction-static={fraction}, all GPUs combined need to provide at least "
-             f"{gpustack_gib(int(estimate / fraction))} of total VRAM and each GPU needs {int(fraction * 100)}% "
-             "of allocatable VRAM."]
-    if len(gpus) >= 2:
+    lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM."]
+    if fraction > 0:  # the largest of the fractions and the initial 0: a negative one (tiny card) is not said
+        lines.append(f"With --mem-fraction-static={fraction}, all GPUs combined need to provide at least "
+                     f"{gpustack_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
+                     f"{int(fraction * 100)}% of allocatable VRAM.")
+    if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
+        lines.append(MANUAL_MULTI_REPLICA)
+    elif len(gpus) >= 2:
         lines.append(_multi_line(gpus, fraction, arch, check_vision))
     elif gpus and not (world_size and world_size > 1):  # the single-GPU path is skipped for a world size > 1
         largest = max(gpus, key=lambda g: g.allocatable)  # the first of the largest
