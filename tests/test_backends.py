@@ -224,3 +224,71 @@ def test_check_names_each_backend_and_its_knob(tmp_path):
                                                                 "mismatch": False}
     assert by_name["qwen-custom"]["gpu_memory_utilization"] == {"gpustack": 0.25, "mismatch": False}
     assert by_name["qwen-custom"]["schedulable"] and by_name["qwen-vllm"]["schedulable"]
+
+
+def test_sglang_pool_shrinks_with_what_other_processes_hold():
+    """SGLang sizes its pool from the free memory at start (model_runner.py init_torch_distributed), so a
+    process holding memory shortens the pool instead of failing a start-up check as vLLM's does."""
+    spec = model("sglang", "--mem-fraction-static=0.6", weights_bytes=int(4.5 * GIB), max_model_len=32768,
+                 env={"GPUSTACK_MODEL_VRAM_CLAIM": str(4 * GIB)})
+    empty = fit_node(node(gpu(total=SEED_TOTAL * 2)), Cluster(), [spec]).models[0]
+    assert empty.fits
+    need = empty.per_gpu[0].free_need
+    busy = fit_node(node(gpu(total=SEED_TOTAL * 2, used=SEED_TOTAL * 2 - need + MIB)), Cluster(), [spec]).models[0]
+    assert busy.schedulable and not busy.startable  # GPUStack never reads free memory
+    assert -MIB <= busy.per_gpu[0].headroom["sglang_free_memory"] < 0
+    assert any("SGLang sizes its KV pool from the free memory at start" in r for r in busy.reasons)
+    exact = fit_node(node(gpu(total=SEED_TOTAL * 2, used=SEED_TOTAL * 2 - need)), Cluster(), [spec]).models[0]
+    assert exact.startable
+    # At exactly that free memory SGLang's own arithmetic holds one full request.
+    cell = sglang.cell_size(QWEN_1_5B, tp=1, pp=1, kv_bytes=2)
+    assert sglang.pool_tokens(free_at_start=need - Cluster().vllm_context_overhead, mem_fraction_static=0.6,
+                              weights=int(4.5 * GIB), pre_pool_overhead=0, cell=cell) >= 32768
+
+
+def test_metrics_and_report_agree_for_every_backend():
+    from test_collector import _samples
+    from vram_exporter.collector import fix_segment
+    from vram_exporter.exposition import Renderer
+    from vram_exporter.fit.node import CHECKS, free_memory
+    from vram_exporter.plan import NodeInputs, Planner
+    from vram_exporter.report import plan_report
+
+    made_on = node(gpu(0, H100), gpu(1, SEED_TOTAL))
+    now = node(gpu(0, H100, used=40 * GIB), gpu(1, SEED_TOTAL, used=GIB))
+    models = (model("sglang", name="s"), model("sglang", "--mem-fraction-static=0.9", name="s2", max_model_len=8192),
+              model("custom", "--gpu-memory-utilization=0.2", name="c"), model("vllm", name="v"),
+              model("sglang", "--mem-fraction-static=0.5", name="s-running", placed_on=(0,)))
+    planner = Planner()
+    plan = planner.submit(NodeInputs.of(Cluster(), models, {}, made_on), made_on).result(30)
+    plan.fixes_known.result(30)
+    free = free_memory(now)
+    fixes = [fix_segment(fit.name, plan.fixes[fit.name].working(fit, free)) for fit in plan.node.models]
+    samples = _samples(Renderer().render(plan.families.families(plan.node, free, fixes)).decode())
+    report = plan_report(plan, now)
+    readers = {(dict(labels)["model"], dict(labels)["reader"]) for (metric, labels) in samples
+               if metric == "vram_model_gpu_memory_utilization"}
+    assert readers == {("s", "gpustack"), ("s", "sglang"), ("s2", "gpustack"), ("s2", "sglang"), ("c", "gpustack"),
+                       ("v", "gpustack"), ("v", "vllm"), ("s-running", "gpustack"), ("s-running", "sglang")}
+    for m in report["models"]:
+        name = m["name"]
+        assert samples[("vram_model_startable", (("model", name),))] == (1 if m["startable"] else 0), name
+        for index, checks in m["checks"].items():
+            where = (("gpu", index), ("model", name), ("uuid", f"GPU-{index}"))
+            for check in CHECKS:
+                key = ("vram_model_headroom_bytes", tuple(sorted((*where, ("check", check)))))
+                if check in checks:
+                    assert samples[key] == checks[check]["headroom_bytes"], (name, index, check)
+                else:
+                    assert key not in samples, (name, check)
+        exported = {dict(labels)["action"] for (metric, labels) in samples
+                    if metric == "vram_model_fix_info" and dict(labels)["model"] == name}
+        assert exported == {f["action"] for f in m["fixes"] if f["works"]}, name
+    by_name = {m["name"]: m for m in report["models"]}
+    assert "sglang_free_memory" in by_name["s2"]["checks"]["0"] and "sglang_free_memory" not in \
+        by_name["s-running"]["checks"]["0"]
+    # GPUStack sizes SGLang's fraction by the smallest card of the GPU type: the 6 GiB one, for both.
+    assert by_name["s"]["gpu_memory_utilization"]["gpustack"] == 0.393
+    assert by_name["s"]["gpus"] == [0] and not by_name["s2"]["schedulable"]
+    assert by_name["s2"]["fixes"][0]["action"].startswith("set --mem-fraction-static=0.91")
+    planner.close()

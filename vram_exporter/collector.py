@@ -195,7 +195,7 @@ class ModelFamilies:
                 per_gpu[name][0].append(labels)
                 per_gpu[name][1].append(value)
             for check in CHECKS:
-                if check in f.headroom and check != "vllm_free_memory":  # that one is live
+                if check in f.headroom and check != f.free_check:  # that one is live
                     per_gpu["vram_model_headroom_bytes"][0].append((*labels, check))
                     per_gpu["vram_model_headroom_bytes"][1].append(f.headroom[check])
         out.update(per_gpu)
@@ -237,7 +237,7 @@ class _LiveLayout:
                 top.append((m, n, sample_prefix("vram_model_gpu_memory_utilization_max", MODEL_GPU_LABELS, labels)))
                 if f.free_need is not None:
                     headroom.append((m, n, sample_prefix("vram_model_headroom_bytes", (*MODEL_GPU_LABELS, "check"),
-                                                         (*labels, "vllm_free_memory"))))
+                                                         (*labels, f.free_check))))
         return cls(tuple(headroom), tuple(top), tuple(startable))
 
 

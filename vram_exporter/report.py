@@ -22,6 +22,7 @@ EXPLAIN = {
     "gpustack_custom_claim": "GPUStack custom backend: allocatable >= max(E, fraction x total)",
     "sglang_kv_pool": "SGLang KV pool: fraction x free - weights > 0 (else 'Not enough memory')",
     "sglang_context": "SGLang context: KV pool holds one request of the full context length",
+    "sglang_free_memory": "SGLang start-up: free memory gives that pool (fraction x free - weights)",
 }
 
 

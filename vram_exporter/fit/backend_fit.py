@@ -64,7 +64,8 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
     by_view = {v.index: v for v in views}
     shown = [g for g in gpus if placed_on is None or g.index in placed_on]
     n = len(chosen) or (book.world_size or 1)
-    per_gpu = tuple(_gpu_fit(model, g, by_view[g.index], context, book, estimate, n, engine) for g in shown)
+    per_gpu = tuple(_gpu_fit(model, g, by_view[g.index], context, book, estimate, n, engine, placed_on is not None)
+                    for g in shown)
     engine_ok = all(f.headroom.get(c, 0) >= 0 for f in per_gpu if f.index in chosen for c in SGLANG_CHECKS)
     replicas = _count_replicas(model, cluster, gpus, context) if place else 0
     fit = ModelFit(
@@ -107,7 +108,7 @@ def _config_view(arch) -> dict:
     return {"max_position_embeddings": arch.max_position_embeddings}
 
 
-def _gpu_fit(model, gpu, view, context, book, estimate, n, engine) -> GpuFit:
+def _gpu_fit(model, gpu, view, context, book, estimate, n, engine, running=False) -> GpuFit:
     committed = context.committed.get(gpu.index, 0)
     if model.backend == "custom":
         claim = gpustack_custom_claim(view, estimate, book.fraction, n)
@@ -124,12 +125,18 @@ def _gpu_fit(model, gpu, view, context, book, estimate, n, engine) -> GpuFit:
     headroom["sglang_context"] = (tokens - engine.context_len) * engine.cell
     budget = int((vllm.cuda_total(gpu.memory.total, gpu.memory.reserved) - committed - engine.context_overhead)
                  * engine.fraction)
+    # SGLang's pool comes from the free memory at start: the free memory that gives one full-context request.
+    need = (None if running else committed + engine.context_overhead
+            + math.ceil((engine.weights + engine.overhead + engine.required) / engine.fraction)
+            if engine.fraction > 0 else None)
     longest = max(min(engine.context_len, tokens), 0)
     lo = max(estimate / (n * view.total) if view.total else 1.0, 0.0)
     hi = view.allocatable / view.total if view.total else 0.0
     return GpuFit(gpu.index, gpu.uuid, budget, headroom, math.ceil(lo * 10_000) / 10_000,
-                  math.floor(hi * 10_000) / 10_000, longest, committed=committed, free_need=None,
-                  kv_bytes=max(tokens, 0) * engine.cell, weights=engine.weights)
+                  math.floor(hi * 10_000) / 10_000, longest, committed=committed, free_need=need,
+                  kv_bytes=max(tokens, 0) * engine.cell, weights=engine.weights, free_check="sglang_free_memory",
+                  cuda_total=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved),
+                  gmu_max_static=math.floor(hi * 10_000) / 10_000)
 
 
 REQ_FLOOR = sglang.REQ_MARGIN + 1  # max_req_input_len = pool - 1 - 5 must be > 0

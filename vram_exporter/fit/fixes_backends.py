@@ -38,13 +38,23 @@ class _Search:
         self.model, self.fit, self.cluster, self.gpus = model, fit, cluster, gpus
         self.sglang = model.backend == "sglang"
 
-    def _fits(self, model: ModelSpec, cluster: Cluster | None = None) -> bool:
+    def _fits(self, model: ModelSpec, cluster: Cluster | None = None) -> tuple[tuple[int, int], ...] | None:
+        """None: it does not fit, free memory aside; else the free memory it needs on its GPUs."""
         fit = backend_fit.evaluate(model, cluster or self.cluster, self.gpus, self.fit.context)
-        return not fit.error and fit.schedulable and fit.startable
+        if fit.error or not (fit.schedulable and fit.startable):
+            return None
+        return tuple((f.index, f.free_need) for f in fit.per_gpu if f.index in fit.gpus and f.free_need is not None)
 
     def _knob(self, candidates, otherwise: Fix | None) -> Knob:
-        first = next(((fix, m, c) for fix, m, c in candidates if self._fits(m, c)), None)
-        return Knob((Option(first[0], ()),) if first else (), otherwise)
+        """Every working value, in the order given: the first whose free memory need holds is picked."""
+        options = []
+        for fix, model, cluster in candidates:
+            needs = self._fits(model, cluster)
+            if needs is not None:
+                options.append(Option(fix, needs))
+                if not needs:
+                    break  # holds on any reading: nothing after it is ever picked
+        return Knob(tuple(options), otherwise)
 
     def fraction(self) -> Knob:
         flag = "mem-fraction-static" if self.sglang else "gpu-memory-utilization"

@@ -26,7 +26,7 @@ from . import gpustack, vllm, vllm_runtime
 from .model import Cluster, ModelSpec
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache",
-          "gpustack_custom_claim", "sglang_kv_pool", "sglang_context")  # the last three: backend_fit.py
+          "gpustack_custom_claim", "sglang_kv_pool", "sglang_context", "sglang_free_memory")  # backend_fit.py
 ENGINE_CHECKS = ("vllm_kv_cache", "sglang_kv_pool", "sglang_context")
 
 
@@ -69,6 +69,7 @@ class GpuFit:
     free_need: int | None = None  # free memory vLLM's start-up check needs here (None: a running instance)
     kv_bytes: int = 0  # the KV cache vLLM gets here: R - weights - O
     weights: int = 0  # the weights vLLM loads here (its share under tensor/pipeline parallelism)
+    free_check: str = "vllm_free_memory"  # the check free_need is for (SGLang: sglang_free_memory)
 
     @property
     def window_open(self) -> bool:
@@ -170,8 +171,8 @@ def free_headroom(f: GpuFit, free: int) -> int | None:
 
 def free_top(f: GpuFit, free: int) -> float:
     """The window's top once the start-up check is counted too (rounded down: it passes itself)."""
-    if f.free_need is None:
-        return f.gmu_max
+    if f.free_need is None or f.free_check != "vllm_free_memory":
+        return f.gmu_max  # SGLang: free memory sizes its pool, it does not bound the fraction
     top = math.floor((free - (f.free_need - f.budget)) / f.cuda_total * 10_000 + 1e-9) / 10_000
     static = f.gmu_max_static
     return static if static < top else (top if top > 0 else 0.0)
@@ -202,7 +203,7 @@ def with_free(fit: ModelFit, free: Mapping[int, int]) -> ModelFit:
         return fit
     per_gpu = tuple(
         f if f.free_need is None else
-        replace(f, headroom={**f.headroom, "vllm_free_memory": free_headroom(f, free[f.index])},
+        replace(f, headroom={**f.headroom, f.free_check: free_headroom(f, free[f.index])},
                 gmu_max=free_top(f, free[f.index]))
         for f in fit.per_gpu)
     live = replace(fit, per_gpu=per_gpu, startable=startable(fit, free))
@@ -216,6 +217,10 @@ def _reasons(fit: ModelFit) -> tuple[str, ...]:
         f = by_gpu.get(index)
         if f is None:
             continue
+        if f.headroom.get("sglang_free_memory", 0) < 0:
+            reasons.append(f"GPU {index}: SGLang sizes its KV pool from the free memory at start: with the free "
+                           f"memory of now it falls {gib(-f.headroom['sglang_free_memory'])} short of one request of "
+                           f"{fit.max_model_len} tokens (other processes hold it), and SGLang would cap requests")
         headroom = f.headroom.get("vllm_free_memory", 0)
         if headroom < 0:
             available = headroom + f.budget  # free - committed - C_pre
