@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import exporter_command
+from conftest import ROOT, exporter_command
 from fitcases import GIB, MIB, QWEN_1_5B, SEED_TOTAL, SEED_WEIGHTS, gpu, node
 from vram_exporter.config import load_manifest
 from vram_exporter.errors import BadInput
@@ -292,3 +292,22 @@ def test_metrics_and_report_agree_for_every_backend():
     assert by_name["s"]["gpus"] == [0] and not by_name["s2"]["schedulable"]
     assert by_name["s2"]["fixes"][0]["action"].startswith("set --mem-fraction-static=0.91")
     planner.close()
+
+
+MIXED_EXAMPLE = ["--nvml.fixture", str(ROOT / "examples/mixed-backends/fixture.yaml"),
+                 "--manifest", str(ROOT / "examples/mixed-backends/manifest.yaml")]
+
+
+def test_explain_page_names_each_backend_and_its_knob(start_exporter):
+    from test_explain_page import chromium
+    exporter = start_exporter(*MIXED_EXAMPLE)
+    dom = chromium("--dump-dom", exporter.url + "/").stdout
+    assert "qwen-sglang <small>(SGLang backend)</small>" in dom and "(custom backend)" in dom
+    assert "--mem-fraction-static booked by GPUStack 0.835, taken by SGLang 0.835" in dom
+    assert "SGLang alone would start on GPU 0" in dom and "sglang_kv_pool" in dom
+    assert "With --mem-fraction-static=0.835, all GPUs combined need to provide at least 6.53 GiB" in dom
+    assert "set --mem-fraction-static=0.7" in dom
+    assert "reads the last (0.25)" in dom and "a custom backend's engine is not modelled" in dom
+    metrics = exporter.text("/metrics")
+    assert 'vram_model_gpu_memory_utilization{model="qwen-sglang",reader="sglang"} 0.835' in metrics
+    assert 'check="sglang_free_memory"' in metrics and 'check="gpustack_custom_claim"' in metrics
