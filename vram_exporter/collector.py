@@ -175,6 +175,7 @@ class ModelFamilies:
         out: dict[str, tuple[list, list]] = {
             "vram_model_config_error": ([(m,)], [1 if fit.error else 0]),
             "vram_model_schedulable": ([(m,)], [1 if fit.schedulable and not fit.error else 0]),
+            "vram_model_backend_info": ([(m, fit.backend)], [1]),
         }
         if fit.error:
             return out
@@ -252,8 +253,12 @@ _MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vram_model_kv_cache_required_bytes": (
         "vLLM's minimum KV cache for max_model_len: (ceil(len / block) + 1) blocks.", ("model",)),
     "vram_model_gpu_memory_utilization": (
-        "gpu_memory_utilization as each reader sees it (GPUStack ignores the underscore spelling).",
+        "The fraction of each GPU booked, as each reader sees it: gpu_memory_utilization (GPUStack ignores the "
+        "underscore spelling), SGLang's mem_fraction_static (reader sglang), a custom backend's declared one.",
         ("model", "reader")),
+    "vram_model_backend_info": (
+        "The model's backend (value always 1): vllm, sglang or custom; it picks GPUStack's selector and the "
+        "engine's rules.", ("model", "backend")),
     "vram_model_vllm_budget_bytes": ("vLLM's budget R = ceil((total - reserved) * u).", MODEL_GPU_LABELS),
     "vram_model_headroom_bytes": ("Room left by each check; negative means it fails.", (*MODEL_GPU_LABELS, "check")),
     "vram_model_gpu_memory_utilization_min": (
