@@ -90,8 +90,11 @@ def test_sglang_fraction_comes_from_the_smallest_card_of_the_cluster(live):
     [instance] = live.server.instances(model_id)
     assert instance["state"] == "scheduled" and instance["worker_name"] == "hetero-big"
     assert instance["computed_resource_claim"]["vram"] == {"0": int(81559 * MIB * 0.772)}
-    for worker in (small, big):
-        assert_agrees(live, worker, {"hetero-qwen7b": model_id})
+    assert_agrees(live, small, {"hetero-qwen7b": model_id})
+    text = assert_agrees(live, big, {"hetero-qwen7b": model_id})
+    readers = {dict(labels)["reader"]: value for labels, value in samples(text, "vram_model_gpu_memory_utilization")
+               .items() if dict(labels)["model"] == "hetero-qwen7b"}
+    assert readers == {"gpustack": 0.772, "sglang": 0.835}  # SGLang sizes for its own node's card
 
 
 def test_sglang_tensor_parallel_and_custom_multi_gpu(live):

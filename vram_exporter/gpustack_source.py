@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
+from .fit import backends
 from .fit import cluster as replay
 from .fit.model import Architecture, Cluster, ModelSpec
 from . import vllm_instance
@@ -219,7 +220,7 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
         here = [(i, claims) for i, claims in here if claims]
         pending = [i for i in instances if not i.placed]
         request = requests.get(model.name)
-        spec = specs.get(model.name)
+        spec = _sized(specs.get(model.name), request, state.workers)
         if spec is not None and request is not None and pending and worker.id in request.workers:
             pinned = None if request.pinned is None else request.pinned.get(worker.id)
             if request.pinned is None or pinned:
@@ -234,6 +235,14 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
     base = overlay.cluster if overlay else Cluster()
     cluster = replace(base, system_reserved_vram=worker.reserved_vram)
     return NodeModels(f"GPUStack {source}, worker {worker.name}", cluster, tuple(models), booked)
+
+
+def _sized(spec: ModelSpec | None, request: replay.Request | None, workers: Sequence[Worker]) -> ModelSpec | None:
+    """An SGLang model with the smallest GPU of its workers: GPUStack sizes its fraction for that card."""
+    if spec is None or request is None or spec.backend != "sglang":
+        return spec
+    usable = replay.usable_workers(request, {w.id: _worker_gpus(w) for w in workers})
+    return replace(spec, sizing_total=backends.smallest_total({w.id: w.totals for w in usable}, request.pinned))
 
 
 def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:

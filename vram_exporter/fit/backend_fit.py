@@ -40,7 +40,8 @@ def evaluate(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], con
 
 def booking_on(model: ModelSpec, views: Sequence[gpustack.GpuView]) -> backends.Booking:
     counts = (len(model.pinned_gpus),) if model.pinned_gpus else ()
-    return backends.booking(model, backends.min_total(views, model.pinned_gpus), selected_per_worker=counts)
+    smallest = model.sizing_total or backends.min_total(views, model.pinned_gpus)
+    return backends.booking(model, smallest, selected_per_worker=counts)
 
 
 def placement(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims, replica_count=None):

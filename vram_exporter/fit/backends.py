@@ -54,6 +54,14 @@ def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[in
     return Booking(gs.gpu_memory_utilization, gs.world_size, gs.gmu_given)
 
 
+def smallest_total(totals: Mapping[int, Mapping[int, int]], pinned: Mapping[int, Sequence[int]] | None) -> int:
+    """``_get_min_gpu_sum`` over several workers: ``totals`` worker -> GPU index -> bytes (the ready workers
+    the model may use); with manual selection only the selected GPUs count. Whole MiB, as workers report."""
+    chosen = [t for w, gpus in totals.items() for i, t in gpus.items()
+              if pinned is None or i in pinned.get(w, ())]
+    return gpustack.total_whole_mib(min(chosen, default=0))
+
+
 def min_total(views: Sequence[gpustack.GpuView], pinned: Sequence[int] | None = None) -> int:
     """The smallest card SGLang's default fraction is computed for (``_get_min_gpu_sum``): the selected
     GPUs with manual selection, else every GPU of the worker(s)."""

@@ -169,14 +169,11 @@ def _decide_backend(inst: Instance, request: Request, workers: Mapping[int, Work
     """``decide`` for SGLang and custom backends (fit/backends.py). SGLang's default fraction is computed
     from the smallest GPU of the workers the model may use, as GPUStack's selector sees them all."""
     spec = request.spec
-    usable = [workers[w] for w in sorted(request.workers) if w in workers and workers[w].ready]
-    if request.pinned is not None:
-        totals = [w.totals[i] for w in usable for i in request.pinned.get(w.id, ()) if i in w.totals]
-        selected = tuple(len(v) for v in request.pinned.values() if v)
-    else:
-        totals, selected = [t for w in usable for t in w.totals.values()], ()
+    usable = usable_workers(request, workers)
+    selected = tuple(len(v) for v in request.pinned.values() if v) if request.pinned is not None else ()
     try:
-        book = backends.booking(spec, gpustack.total_whole_mib(min(totals, default=0)), selected_per_worker=selected)
+        book = backends.booking(spec, backends.smallest_total({w.id: w.totals for w in usable}, request.pinned),
+                                selected_per_worker=selected)
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     reason = "no ready worker of its cluster matches its selectors"
@@ -190,6 +187,11 @@ def _decide_backend(inst: Instance, request: Request, workers: Mapping[int, Work
             return Verdict(inst.id, inst.model, True, worker.id, placement.gpus, claims=dict(placement.claims))
         reason = f"{worker.name}: " + backends.pending_message(spec, views, book, pinned)
     return Verdict(inst.id, inst.model, False, reason=reason)
+
+
+def usable_workers(request: Request, workers: Mapping[int, WorkerGpus]) -> list[WorkerGpus]:
+    """The ready workers a model may use, in id order."""
+    return [workers[w] for w in sorted(request.workers) if w in workers and workers[w].ready]
 
 
 def _predicted_claims(verdict: Verdict, request: Request, workers: Mapping[int, WorkerGpus]) -> Claims:

@@ -124,6 +124,9 @@ class ModelSpec:
     metrics_url: str | None = None  # a running model's own vLLM /metrics (read by vllm_client.py)
     backend: Backend = "vllm"  # which GPUStack selector places it and which engine's rules apply
     run_command: str | None = None  # a custom backend's command line (GPUStack reads flags in it)
+    # SGLang under GPUStack: the smallest GPU of the workers it may use, which GPUStack sizes its default
+    # --mem-fraction-static for (None: this node's GPUs; set with GPUStack as the source)
+    sizing_total: int | None = None
 
     @property
     def gpustack(self) -> GpuStackParams:
