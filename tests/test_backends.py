@@ -311,3 +311,16 @@ def test_explain_page_names_each_backend_and_its_knob(start_exporter):
     metrics = exporter.text("/metrics")
     assert 'vram_model_gpu_memory_utilization{model="qwen-sglang",reader="sglang"} 0.835' in metrics
     assert 'check="sglang_free_memory"' in metrics and 'check="gpustack_custom_claim"' in metrics
+
+
+def test_sglang_tp_fix_is_read_alike_by_gpustack_and_sglang():
+    from vram_exporter.fit.fixes_backends import _tp
+    from vram_exporter.fit.gpustack_sglang import gpustack_sglang_params
+    params = _tp(("--tp 2", "--mem-fraction-static=0.8"), 4)
+    assert gpustack_sglang_params(params).tp == 4 and sglang.sglang_params(params).tp == 4
+    big = model("sglang", weights_bytes=40 * GIB, max_model_len=8192)
+    gpus = node(*(gpu(i, 24564 * MIB) for i in range(4)))
+    fit = fit_node(gpus, Cluster(), [big]).models[0]
+    tp_fix = next(f for f in find_fixes(big, fit, fit_node(gpus, Cluster(), [big]), gpus.gpus)
+                  if f.knob == "tensor_parallel_size")
+    assert tp_fix.works and tp_fix.action.startswith("set --tp-size 4")  # 2 x 0.842 x 24 GiB < E = 50 GiB

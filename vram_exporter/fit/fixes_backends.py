@@ -105,8 +105,12 @@ class _Search:
             return Knob((), None)
         candidates = ((Fix("tensor_parallel_size", f"set --tp-size {tp} (SGLang splits weights and KV heads over "
                            f"{tp} GPUs)", True),
-                       replace(self.model, backend_parameters=with_param(
-                           [p for p in self.model.backend_parameters], "tp-size", tp)), None)
+                       replace(self.model, backend_parameters=_tp(self.model.backend_parameters, tp)), None)
                       for tp in TP_SIZES if tp <= len(self.gpus))
         return self._knob(candidates, None)
 
+
+def _tp(parameters, tp: int) -> tuple[str, ...]:
+    """Every TP spelling replaced: GPUStack reads the first of --tp-size/--tensor-parallel-size/--tp, SGLang the
+    last; written as both --tp-size and --tensor-parallel-size, they agree."""
+    return with_param(with_param(parameters, "tp-size", tp), "tensor-parallel-size", tp)
