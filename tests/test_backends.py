@@ -4,6 +4,7 @@ GPUStack's claim rules per backend, SGLang's pool, the fixes, and what check and
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from dataclasses import replace
 
@@ -89,6 +90,10 @@ def test_sglang_fix_is_a_fraction_both_read_and_it_works():
     lower = fit_one(model("sglang", f"--mem-fraction-static={float(value) - 0.01:.2f}", max_model_len=8192),
                     gpu(total=SEED_TOTAL))
     assert not lower.fits  # the smallest change: one step closer to GPUStack's default fails
+    # The window of --mem-fraction-static says the same: from E / T (GPUStack's test 1) up to A / T.
+    g = fit.per_gpu[0]
+    assert g.gmu_min == math.ceil(ESTIMATE / (SEED_TOTAL // MIB * MIB) * 10_000) / 10_000 and g.gmu_max == 1.0
+    assert float(value) == math.ceil(g.gmu_min * 100) / 100
 
 
 def test_sglang_pool_is_fraction_of_free_minus_weights_and_caps_the_context():

@@ -11,7 +11,7 @@ import pytest
 from sglang_source import TORCH, Dtype, function
 from vram_exporter.errors import ModelError
 from vram_exporter.fit import gpustack_sglang, sglang
-from vram_exporter.fit.model import Architecture
+from vram_exporter.fit.model import Architecture, hf_context_length
 
 MIB, GIB = 2**20, 2**30
 QWEN_7B = {"num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_size": 3584,
@@ -135,12 +135,14 @@ def test_context_length_is_sglangs_own():
                                 "max_position_embeddings"]})
     for config in (QWEN_7B, LLAMA_8B, {**QWEN_7B, "rope_scaling": {"factor": 4.0, "type": "yarn"}},
                    {"seq_length": 8192, **QWEN_7B}):
-        assert sglang._derived_context(config) == get_context_length(SimpleNamespace(rope_scaling=None, **config)
+        assert hf_context_length(config) == get_context_length(SimpleNamespace(rope_scaling=None, **config)
                                                                      if "rope_scaling" not in config
                                                                      else SimpleNamespace(**config))
     with pytest.raises(ModelError, match="SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"):
-        sglang.context_length(QWEN_7B, 65536, {})
-    assert sglang.context_length(QWEN_7B, 65536, {"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": "1"}) == 65536
+        sglang.context_length(32768, 65536, {})
+    assert sglang.context_length(32768, 65536, {"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": "1"}) == 65536
+    yarn = Architecture.from_config({**QWEN_7B, "rope_scaling": {"factor": 4.0, "type": "yarn"}})
+    assert yarn.hf_context_len == 131072 and Architecture.from_config(LLAMA_8B).hf_context_len == 131072
 
 
 def test_sglang_reads_the_last_flag_gpustack_the_first():

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..errors import ModelError
 from ..snapshot import GpuReading
 from ..units import gib
-from . import backends, gpustack, gpustack_sglang, sglang, vllm
+from . import backends, gpustack, gpustack_custom, gpustack_sglang, sglang, vllm
 from .model import Cluster, ModelSpec
 from .node import Context, GpuFit, ModelFit, _views
 
 SGLANG_CHECKS = ("sglang_kv_pool", "sglang_context")
+REQ_FLOOR = sglang.REQ_MARGIN + 1  # max_req_input_len = pool - 1 - 5 must be > 0
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context,
@@ -91,7 +93,7 @@ class _SglangEngine:
         self.fraction = sglang.default_mem_fraction_static(smallest, p, arch)
         self.cell = sglang.cell_size(arch, tp=p.tp, pp=p.pp, kv_bytes=sglang.kv_bytes_per_element(arch, p.kv_cache_dtype))
         given = model.max_model_len if model.max_model_len is not None else p.context_length
-        self.context_len = sglang.context_length(_config_view(arch), given, model.env)
+        self.context_len = sglang.context_length(arch.hf_context_len, given, model.env)
         self.required = self.context_len * self.cell
         self.weights = math.ceil(model.weights_bytes / (p.tp * p.pp))
         self.overhead = 0 if model.runtime_overhead is None else model.runtime_overhead
@@ -102,11 +104,6 @@ class _SglangEngine:
         return sglang.pool_tokens(free_at_start=free, mem_fraction_static=self.fraction, weights=self.weights,
                                   pre_pool_overhead=self.overhead, cell=self.cell, page_size=self.params.page_size,
                                   max_total_tokens=self.params.max_total_tokens)
-
-
-def _config_view(arch) -> dict:
-    """The fields get_context_length reads, from what Architecture kept."""
-    return {"max_position_embeddings": arch.max_position_embeddings}
 
 
 def _gpu_fit(model, gpu, view, context, book, estimate, n, engine, running=False) -> GpuFit:
@@ -131,8 +128,12 @@ def _gpu_fit(model, gpu, view, context, book, estimate, n, engine, running=False
             + math.ceil((engine.weights + engine.overhead + engine.required) / engine.fraction)
             if engine.fraction > 0 else None)
     longest = max(min(engine.context_len, tokens), 0)
-    lo = max(estimate / (n * view.total) if view.total else 1.0, 0.0)
-    hi = view.allocatable / view.total if view.total else 0.0
+    # The window of --mem-fraction-static: GPUStack's two tests, and SGLang's pool holding the context.
+    free_at_start = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved) - committed - engine.context_overhead
+    lows = [estimate / (n * view.total) if view.total else 1.0,
+            (engine.weights + engine.overhead + engine.required) / free_at_start if free_at_start > 0 else 1.0]
+    lo = max(*lows, 0.0)
+    hi = min(view.allocatable / view.total if view.total else 0.0, 1.0)
     return GpuFit(gpu.index, gpu.uuid, budget, headroom, math.ceil(lo * 10_000) / 10_000,
                   math.floor(hi * 10_000) / 10_000, longest, committed=committed, free_need=need,
                   kv_bytes=max(tokens, 0) * engine.cell, weights=engine.weights, free_check="sglang_free_memory",
@@ -140,11 +141,8 @@ def _gpu_fit(model, gpu, view, context, book, estimate, n, engine, running=False
                   gmu_max_static=math.floor(hi * 10_000) / 10_000)
 
 
-REQ_FLOOR = sglang.REQ_MARGIN + 1  # max_req_input_len = pool - 1 - 5 must be > 0
-
-
 def gpustack_custom_claim(view, estimate, fraction, n) -> int:
-    from . import gpustack_custom
+    """What a custom backend books on one GPU of an n-GPU placement (gpustack_custom.py)."""
     if n > 1:
         return max(estimate // n, gpustack_custom.claim_on(view, estimate, fraction) if fraction is not None else 0)
     return gpustack_custom.claim_on(view, estimate, fraction)
@@ -164,7 +162,6 @@ def _count_replicas(model, cluster, gpus, context) -> int:
 
 
 def _with_reasons(fit: ModelFit, model, views, book, engine) -> ModelFit:
-    from dataclasses import replace
     reasons = []
     if book.note:
         reasons.append(book.note)

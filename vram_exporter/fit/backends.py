@@ -103,13 +103,12 @@ def pending_message(spec: ModelSpec, views: Sequence[gpustack.GpuView], book: Bo
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
     estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
-    if spec.backend == "custom":
-        if len(totals) == 1:
-            view = gpustack.GpuView(0, gpustack.total_whole_mib(next(iter(totals.values()))), 0)
-            return {i: gpustack_custom.claim_on(view, estimate, book.fraction) for i in totals}
-        return {i: max(estimate // len(totals), gpustack_custom.claim_on(
-            gpustack.GpuView(i, gpustack.total_whole_mib(t), 0), estimate, book.fraction)
-            if book.fraction is not None else 0) for i, t in totals.items()}
+    if spec.backend == "custom":  # as the single-GPU and multi-GPU paths book (a manual one: GPUStack's claims)
+        views = {i: gpustack.GpuView(i, gpustack.total_whole_mib(t), 0) for i, t in totals.items()}
+        if len(views) == 1:
+            return {i: gpustack_custom.claim_on(v, estimate, book.fraction) for i, v in views.items()}
+        return {i: max(estimate // len(views), gpustack_custom.claim_on(v, estimate, book.fraction)
+                       if book.fraction is not None else 0) for i, v in views.items()}
     assert book.fraction is not None
     return {i: int(gpustack.total_whole_mib(t) * book.fraction) for i, t in totals.items()}
 

@@ -49,6 +49,9 @@ class Architecture:
     has_vision: bool = False
     vision_layers: int | None = None
     vision_hidden_size: int | None = None
+    # The context SGLang derives (sglang 0.5.9 utils/hf_transformers_utils.py::get_context_length): the first of
+    # its context keys, times rope_scaling.factor unless original_max_position_embeddings or llama3 is there.
+    hf_context_len: int = 2048
 
     @property
     def mla(self) -> bool:
@@ -96,7 +99,25 @@ class Architecture:
             has_vision=config.get("vision_config") is not None,
             vision_layers=vision.get("num_hidden_layers") or vision.get("depth"),
             vision_hidden_size=vision.get("hidden_size"),
+            hf_context_len=hf_context_length(text),
         )
+
+
+_CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings")
+
+
+def hf_context_length(text: Mapping[str, Any]) -> int:
+    """SGLang's ``get_context_length`` on a config.json mapping (its text part)."""
+    rope = text.get("rope_scaling")
+    factor = 1
+    if isinstance(rope, Mapping) and rope:
+        factor = rope.get("factor", 1)
+        if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
+            factor = 1
+    for key in _CONTEXT_KEYS:
+        if text.get(key) is not None:
+            return int(factor * text[key])
+    return 2048
 
 
 def _positive_int(config: Mapping[str, Any], key: str) -> int:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import ModelError
 from . import gpustack_sglang
@@ -125,10 +124,9 @@ def cell_size(arch: Architecture, *, tp: int, pp: int, kv_bytes: int, v_head_dim
     return max(1, arch.kv_heads // tp) * (arch.head_dim + (v_head_dim or arch.head_dim)) * layers * kv_bytes
 
 
-def context_length(config: Mapping[str, Any], given: int | None, env: Mapping[str, str]) -> int:
-    """The context SGLang serves: ``--context-length``, else the model's own (``get_context_length``)."""
-    text = config.get("text_config") or config
-    derived = _derived_context(text)
+def context_length(derived: int, given: int | None, env: Mapping[str, str]) -> int:
+    """The context SGLang serves: ``--context-length``, else the model's own (``derived``:
+    model.py ``hf_context_length``, SGLang's ``get_context_length``)."""
     if given is None:
         return derived
     if given > derived and env.get("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN") not in ("1", "true", "True"):
@@ -136,19 +134,6 @@ def context_length(config: Mapping[str, Any], given: int | None, env: Mapping[st
                          f"context_length ({derived}). To allow overriding this maximum, set the env var "
                          "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1")
     return given
-
-
-def _derived_context(text: Mapping[str, Any]) -> int:
-    rope = text.get("rope_scaling")
-    factor = 1
-    if rope:
-        factor = rope.get("factor", 1)
-        if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
-            factor = 1
-    for key in ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings"):
-        if text.get(key) is not None:
-            return int(factor * text[key])
-    return 2048
 
 
 def pool_tokens(*, free_at_start: int, mem_fraction_static: float, weights: int, pre_pool_overhead: int,
