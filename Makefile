@@ -7,12 +7,15 @@ PY     := $(VENV)/bin/python
 LISTEN ?= :9845
 GPUSTACK_VENV ?= .venv-gpustack
 SGLANG_WHEEL  := .cache/sglang/sglang-0.5.9-py3-none-any.whl
-# Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium.
-DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
+IMAGE ?= localhost/vram-exporter:dev
+# Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium,
+# buildah + mmdebstrap (the container image, built on a Debian base: tools/build_image.sh), and
+# systemd-analyze (deploy/systemd's unit is verified).
+DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium buildah mmdebstrap systemd-analyze
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium buildah mmdebstrap systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpustack venv debian-deps postgres-deps fixtures golden conformance clean
+.PHONY: demo test test-gpustack image venv debian-deps postgres-deps fixtures golden conformance clean
 
 venv: $(VENV)/.installed
 
@@ -59,6 +62,11 @@ $(SGLANG_WHEEL): venv
 test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python $(PY) -m pytest -m gpustack_live
 
+# The container image, built with buildah on a Debian bookworm base made from Debian's packages (no
+# registry needed); `docker build .` builds the same Dockerfile on the official python:3.11-slim.
+image: debian-deps
+	tools/build_image.sh $(IMAGE)
+
 postgres-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || { \
 	  echo "installing Debian's postgresql-15"; \
@@ -66,12 +74,16 @@ postgres-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
 # Differential test against GPUStack's own scheduler code: gpustack==2.3.0 in a throwaway venv
-# (about 900 MB, 2-3 minutes the first time), then random scenarios decided by both.
+# (about 900 MB, 2-3 minutes the first time), then random scenarios decided by both: single nodes
+# (run.py, the selector alone) and whole clusters decided instance by instance (cluster_run.py:
+# selector, placement scorer and pick; multi-worker, gpu_selector shapes, binpack, local directories).
 SCENARIOS ?= 500
+CLUSTER_SCENARIOS ?= 500
 conformance: venv $(GPUSTACK_VENV)/.installed
 	for selector in vllm sglang custom; do \
 	  $(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS) \
 	    --selector $$selector || exit 1; done
+	$(PY) conformance/cluster_run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(CLUSTER_SCENARIOS)
 
 $(GPUSTACK_VENV)/.installed:
 	$(PYTHON) -m venv $(GPUSTACK_VENV)

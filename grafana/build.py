@@ -30,6 +30,9 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 GPU_FILTER = 'job=~"$job", instance=~"$instance", gpu=~"$gpu"'
 MODEL_FILTER = 'job=~"$job", instance=~"$instance", model=~"$model"'
 MODEL_GPU_FILTER = 'job=~"$job", instance=~"$instance", gpu=~"$gpu", model=~"$model"'
+# GPUStack's cluster-wide series are the same whichever exporter exports them, and a fleet exports them
+# from one exporter only (--gpustack.cluster-series, or a --no-collector.nvml one): never by instance.
+CLUSTER_FILTER = 'job=~"$job", model=~"$model"'
 
 
 def query(expr: str, legend: str = "", *, instant: bool = False, ref: str = "A") -> prometheus.Dataquery:
@@ -157,19 +160,19 @@ def model_fit_dashboard() -> dashboard.Dashboard:
         .with_panel(stat.Panel().title("Models where GPUStack and the rulebooks disagree").height(6).span(6)
                     .description("Pending instances as GPUStack decided minus as predicted, per model, "
                                  "not zero (VRAMGPUStackVerdictMismatch after 4 minutes).").with_target(
-            query(f"count(max by (model) (vram_model_gpustack_pending_instances{{{MODEL_FILTER}}}) - "
-                  f"max by (model) (vram_model_predicted_pending_instances{{{MODEL_FILTER}}}) != 0) "
+            query(f"count(max by (model) (vram_model_gpustack_pending_instances{{{CLUSTER_FILTER}}}) - "
+                  f"max by (model) (vram_model_predicted_pending_instances{{{CLUSTER_FILTER}}}) != 0) "
                   "or vector(0)", "models")))
         .with_panel(stat.Panel().title("Models not evaluated (size unknown)").height(6).span(6).description(
             "vLLM models whose weights size and config the exporter cannot read: give them in the overlay "
             "manifest.").with_target(
-            query(f"count(max by (model) (vram_model_size_known{{{MODEL_FILTER}}}) == 0) or vector(0)", "models")))
+            query(f"count(max by (model) (vram_model_size_known{{{CLUSTER_FILTER}}}) == 0) or vector(0)", "models")))
         .with_panel(table.Panel().title("Pending instances: GPUStack's and predicted, per model").height(6).span(12)
-                    .with_target(query(f"max by (model) (vram_model_gpustack_replicas{{{MODEL_FILTER}}})",
+                    .with_target(query(f"max by (model) (vram_model_gpustack_replicas{{{CLUSTER_FILTER}}})",
                                        instant=True, ref="A"))
-                    .with_target(query(f"max by (model) (vram_model_gpustack_pending_instances{{{MODEL_FILTER}}})",
+                    .with_target(query(f"max by (model) (vram_model_gpustack_pending_instances{{{CLUSTER_FILTER}}})",
                                        instant=True, ref="B"))
-                    .with_target(query(f"max by (model) (vram_model_predicted_pending_instances{{{MODEL_FILTER}}})",
+                    .with_target(query(f"max by (model) (vram_model_predicted_pending_instances{{{CLUSTER_FILTER}}})",
                                        instant=True, ref="C")))
         .with_row(dashboard.Row("Headroom per check"))
         .with_panel(bargauge.Panel().title("Headroom per check (negative fails)").unit("bytes").height(10).span(24)

@@ -14,6 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The property tests check behaviour, not speed: on a shared CI machine one example can take longer
+# than hypothesis' 200 ms default and would fail as "flaky" for a reason no user sees.
+settings.register_profile("vram-exporter", deadline=None)
+settings.load_profile("vram-exporter")
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -181,12 +181,13 @@ def test_cluster_replay_places_sglang_by_the_smallest_card_of_its_workers():
     spec = model("sglang")
     workers = [replay.WorkerGpus(1, "small", {0: 16384 * MIB}), replay.WorkerGpus(2, "big", {0: H100})]
     request = replay.Request(spec, frozenset({1, 2}))
-    verdict = replay.decide(replay.Instance(1, "m", False, {}), request, {w.id: w for w in workers}, {}, "gpustack")
-    assert verdict.placed and verdict.worker == 1
-    assert verdict.claims == {0: int(16384 * MIB * 0.772)}  # 0.772: the 16 GiB card's fraction, on both
+    verdict = replay.decide(replay.Instance(1, "m", False, {}), request, workers, {}, "gpustack")
+    assert verdict.placed  # spread: either worker; the fraction is the 16 GiB card's on both
+    assert verdict.claims == {(verdict.worker, 0): int(gpustack.total_whole_mib(workers[verdict.worker - 1]
+                                                                                  .totals[0]) * 0.772)}
     alone = replay.Request(spec, frozenset({2}))
-    verdict = replay.decide(replay.Instance(1, "m", False, {}), alone, {w.id: w for w in workers}, {}, "gpustack")
-    assert verdict.claims == {0: int(gpustack.total_whole_mib(H100) * 0.835)}
+    verdict = replay.decide(replay.Instance(1, "m", False, {}), alone, workers, {}, "gpustack")
+    assert verdict.claims == {(2, 0): int(gpustack.total_whole_mib(H100) * 0.835)}
 
 
 # --- what a user reads ----------------------------------------------------------------------------------
@@ -329,3 +330,15 @@ def test_sglang_tp_fix_is_read_alike_by_gpustack_and_sglang():
     tp_fix = next(f for f in find_fixes(big, fit, fit_node(gpus, Cluster(), [big]), gpus.gpus)
                   if f.knob == "tensor_parallel_size")
     assert tp_fix.works and tp_fix.action.startswith("set --tp-size 4")  # 2 x 0.842 x 24 GiB < E = 50 GiB
+
+
+def test_what_if_writes_sglangs_own_flags():
+    from vram_exporter.plan import NodeInputs
+    from vram_exporter.whatif import WhatIf
+    inputs = NodeInputs.of(Cluster(), (model("sglang", name="s"), model("vllm", name="v")), {}, node(gpu()))
+    changed = WhatIf("s", gpu_memory_utilization=0.9, max_model_len=8192).apply(inputs)
+    s = next(m for m in changed.models if m.name == "s")
+    assert s.backend_parameters == ("--mem-fraction-static=0.9", "--context-length=8192")
+    assert sglang.sglang_params(s.backend_parameters).mem_fraction_static == 0.9
+    v = next(m for m in WhatIf("v", gpu_memory_utilization=0.8).apply(inputs).models if m.name == "v")
+    assert v.backend_parameters == ("--gpu-memory-utilization=0.8",)

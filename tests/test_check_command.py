@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from conftest import ROOT, exporter_command
 
 SEED = ["--manifest", str(ROOT / "examples/seed/manifest.yaml"),
@@ -28,6 +30,7 @@ def test_seed_text_shows_pending_with_gpustacks_numbers_and_fixes():
     assert "lowering the worker's --system-reserved vram alone does not help, even to 0" in out
     assert "-> lower --system-reserved vram to 0 GiB and set --gpu-memory-utilization=0.91" in out
     assert "-> pin it to GPU 0 (gpu_selector)" in out
+    assert out.index("-> pin it to GPU 0") < out.index("x  lowering the worker's")  # what works first
     assert "0 of 1 models fit." in out
 
 
@@ -119,3 +122,40 @@ def _apply(base, *, reserved=None, gmu=None, env_claim=None, pinned=None):
     if pinned is not None:
         model["pinned_gpus"] = pinned
     return manifest
+
+
+def test_check_reads_gpustack_once_as_recorded(recorded_gpustack, tmp_path):
+    """With GPUStack as the source (its recorded answers; tests/test_check_gpustack_live.py runs the
+    real server): every model's pending count as the API says it, ours beside it, this node's verdicts."""
+    from conftest import FIXTURES
+
+    key = tmp_path / "key"
+    key.write_text("recorded\n")
+    args = ["--gpustack.url", recorded_gpustack.url, "--gpustack.api-key-file", str(key),
+            "--gpustack.worker-name", "seed-node", "--manifest", str(FIXTURES / "gpustack/overlay.yaml"),
+            "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml")]
+    result = check(*args, "--format", "json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    models = json.loads((FIXTURES / "gpustack/models.json").read_text())["items"]
+    instances = json.loads((FIXTURES / "gpustack/model-instances.json").read_text())["items"]
+    truth = {m["name"]: sum(1 for i in instances if i["model_id"] == m["id"] and i["state"] == "pending")
+             for m in models}
+    assert {m["name"]: m["gpustack_pending"] for m in report["gpustack"]["models"]} == truth
+    assert {m["name"]: m["predicted_pending"] for m in report["gpustack"]["models"]} == truth
+    assert [m["name"] for m in report["models"]] == ["seed-qwen"] and report["gpustack"]["worker"] == "seed-node"
+    text = check(*args).stdout
+    assert "NO  seed-qwen: replicas 1, GPUStack pending 1, predicted 1: Pending, both agree" in text
+    assert "7 of 11 models have instances pending; 0 where the rulebooks and GPUStack disagree." in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "check needs --manifest FILE (the models) or --gpustack.url URL (GPUStack's models)"),
+    (["--gpustack.worker-name", "node"], "--gpustack.worker-name needs --gpustack.url"),
+    (["--gpustack.url", "http://127.0.0.1:1"], "--gpustack.url needs --gpustack.api-key-file FILE"),
+    (["--gpustack.url", "gpustack.example", "--gpustack.api-key-file", "k"],
+     "--gpustack.url 'gpustack.example': expected http(s)://HOST[:PORT]"),
+])
+def test_check_gpustack_flag_errors_exit_2(args, message):
+    result = check(*args, "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -256,3 +256,149 @@ def test_url_and_key_alone_show_every_model(live):
     assert set(by_model(text, "vram_model_predicted_pending_instances")) == names
     assert by_model(text, "vram_model_gpustack_pending_instances") == by_model(
         text, "vram_model_predicted_pending_instances")
+
+
+# --- issue 14: every path GPUStack's placement takes ------------------------------------------------
+
+MISTRAL_NEMO = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "num_hidden_layers": 40,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 5120, "head_dim": 128,
+                "intermediate_size": 14336, "vocab_size": 131072, "torch_dtype": "bfloat16",
+                "max_position_embeddings": 1024000}
+NEMO_SHARD = 12_247_076_864  # Mistral-Nemo-Instruct-2407: 24.5 GB in shards, the same again consolidated
+
+
+def _agree_everywhere(live: Live, workers: list[Worker], models: dict[str, int]) -> None:
+    for worker in workers:
+        assert_agrees(live, worker, models)
+
+
+def test_local_directory_counts_consolidated_safetensors(live):
+    """Point 1: from a local directory GPUStack counts consolidated.safetensors beside the shards
+    (calculator.py::calculate_llm_model_weight_size), so the model needs twice its weights."""
+    cluster = live.cluster("consolidated")
+    worker = live.worker(cluster, "consolidated-node", [49140])
+    files = {"model-00001-of-00002.safetensors": NEMO_SHARD, "model-00002-of-00002.safetensors": NEMO_SHARD,
+             "consolidated.safetensors": 2 * NEMO_SHARD}
+    path = model_dir(live.models, "nemo-consolidated", MISTRAL_NEMO, 0, files)
+    model_id = live.server.create_model(cluster, "nemo-consolidated", path)
+    assert gpustack_pending(live.server, model_id) == 1
+    assert "requires approximately 56.75 GiB" in live.server.instances(model_id)[0]["state_message"]
+    assert_agrees(live, worker, {"nemo-consolidated": model_id})
+
+
+def test_one_gpu_per_replica_across_workers_and_no_overcommit_for_replicas(live):
+    """Point 2: three replicas pinned to three GPUs of two workers take one each (gpus_per_replica 1,
+    spread); two replicas pinned to two GPUs too small for them both stay Pending ("manual scheduling for
+    multi-replica model instances does not allow overcommit")."""
+    cluster = live.cluster("pin-replicas")
+    one = live.worker(cluster, "pinrep-a", [24564, 24564])
+    two = live.worker(cluster, "pinrep-b", [24564])
+    path = live.model("pinrep-qwen", QWEN_1_5B, QWEN_1_5B_WEIGHTS)
+    three = live.server.create_model(cluster, "pinrep-three", path, replicas=3,
+                                     backend_parameters=["--gpu-memory-utilization=0.3"],
+                                     gpu_ids=["pinrep-a:cuda:0", "pinrep-a:cuda:1", "pinrep-b:cuda:0"])
+    placed = sorted((i["worker_id"], tuple(i["gpu_indexes"])) for i in live.server.instances(three))
+    assert placed == sorted([(one.id, (0,)), (one.id, (1,)), (two.id, (0,))])
+    small = live.worker(cluster, "pinrep-small", [6138, 6138], reserved_gib=1)
+    refused = live.server.create_model(cluster, "pinrep-refused", path, replicas=2,
+                                       gpu_ids=["pinrep-small:cuda:0", "pinrep-small:cuda:1"])
+    assert gpustack_pending(live.server, refused) == 2
+    assert "does not allow overcommit" in live.server.instances(refused)[0]["state_message"]
+    _agree_everywhere(live, [one, two, small], {"pinrep-three": three, "pinrep-refused": refused})
+
+
+def test_selector_with_fewer_gpus_than_the_world_size(live):
+    """Point 3: TP 2 with one GPU selected: gpus_per_replica becomes 2 and one GPU can never hold it."""
+    cluster = live.cluster("pin-fewer")
+    worker = live.worker(cluster, "pinfewer-node", [24564, 24564])
+    model_id = live.server.create_model(cluster, "pinfewer-qwen", live.model("pinfewer-qwen", QWEN_1_5B,
+                                                                             QWEN_1_5B_WEIGHTS),
+                                        backend_parameters=["--tensor-parallel-size=2"],
+                                        gpu_ids=["pinfewer-node:cuda:0"])
+    assert gpustack_pending(live.server, model_id) == 1
+    text = assert_agrees(live, worker, {"pinfewer-qwen": model_id})
+    assert by_model(text, "vram_model_predicted_pending_instances")["pinfewer-qwen"] == 1
+
+
+def test_pending_model_spread_over_two_workers_on_the_next_check(live):
+    """Point 5: a 7B model too big for either 16 GiB worker alone waits while a small model holds one of
+    them; once that is deleted we predict GPUStack's next check spreads it over both workers, and forcing
+    that check (deleting the pending instance) shows GPUStack doing exactly that."""
+    cluster = live.cluster("spread")
+    workers = [live.worker(cluster, f"spread-{n}", [16384]) for n in ("a", "b")]
+    small = live.server.create_model(cluster, "spread-small", live.model("spread-small", QWEN_1_5B, QWEN_1_5B_WEIGHTS))
+    big = live.server.create_model(cluster, "spread-big", live.model("spread-big", QWEN_7B, QWEN_7B_WEIGHTS))
+    assert gpustack_pending(live.server, big) == 1
+    _agree_everywhere(live, workers, {"spread-small": small, "spread-big": big})
+    live.server.request("DELETE", f"/v2/models/{small}")
+    wait_for(lambda: not live.server.instances(small), "the small model's instance gone")
+    exporter = live.exporter(workers[0])
+    try:
+        text = exporter.text()
+    finally:
+        exporter.stop()
+    assert by_model(text, "vram_model_predicted_pending_instances")["spread-big"] == 0
+    # Point 4: GPUStack's claims stay GPUStack's; what the predicted placement adds has its own series.
+    predicted = {dict(labels)["gpu"]: value for labels, value in samples(text, "vram_gpu_predicted_claim_bytes").items()}
+    assert predicted == {"0": int(16384 * 2**20 * 0.9)}
+    assert samples(text, "vram_gpu_claimed_bytes") == {(("gpu", "0"), ("uuid", workers[0].gpu_uuid(0))): 0}
+    [pending] = live.server.instances(big)
+    live.server.request("DELETE", f"/v2/model-instances/{pending['id']}")
+    wait_for(lambda: live.server.decided(big, 1) and live.server.instances(big)[0]["id"] != pending["id"],
+             "GPUStack's new decision on spread-big")
+    [placed] = live.server.instances(big)
+    assert placed["state"] == "scheduled"
+    assert len((placed.get("distributed_servers") or {}).get("subordinate_workers") or []) == 1
+    _agree_everywhere(live, workers, {"spread-big": big})
+
+
+def test_binpack_and_spread_choose_different_gpus(live):
+    """Point 6: two small models on a two-GPU worker: spread puts the second on the empty GPU, binpack on
+    the fuller one; a third model's verdict depends on that choice and we predict it either way."""
+    for strategy, expect_same_gpu in (("spread", False), ("binpack", True)):
+        cluster = live.cluster(f"strategy-{strategy}")
+        worker = live.worker(cluster, f"strategy-{strategy}-node", [24564, 24564])
+        path = live.model(f"strategy-{strategy}-qwen", QWEN_1_5B, QWEN_1_5B_WEIGHTS)
+        ids = {}
+        for n in range(2):
+            name = f"strategy-{strategy}-{n}"
+            ids[name] = live.server.create_model(cluster, name, path, placement_strategy=strategy,
+                                                 backend_parameters=["--gpu-memory-utilization=0.4"])
+        gpus = [tuple(live.server.instances(i)[0]["gpu_indexes"]) for i in ids.values()]
+        assert (gpus[0] == gpus[1]) is expect_same_gpu, gpus
+        big = f"strategy-{strategy}-big"
+        ids[big] = live.server.create_model(cluster, big, path, backend_parameters=["--gpu-memory-utilization=0.7"])
+        assert gpustack_pending(live.server, ids[big]) == (0 if expect_same_gpu else 1)
+        assert_agrees(live, worker, ids)
+
+
+LIVE_SCENARIOS = int(os.environ.get("GPUSTACK_LIVE_SCENARIOS", "3"))
+LIVE_SEED = int(os.environ.get("GPUSTACK_LIVE_SEED", "14"))
+
+
+@pytest.mark.parametrize("number", range(LIVE_SCENARIOS))
+def test_random_clusters_agree_on_every_model_and_gpu(live, number):
+    """Random clusters nobody hand-made (conformance/cluster_run.py's generator, a fixed seed): workers
+    register, models are created one by one, and an exporter per worker must agree with GPUStack on every
+    model's pending instances and every GPU's claims. `make test-gpustack-random` runs more of them."""
+    import random
+    import sys
+
+    sys.path.insert(0, str(ROOT / "conformance"))
+    from cluster_run import scenario
+
+    spec, _ = scenario(random.Random(LIVE_SEED * 1000 + number), number)
+    prefix = f"r{LIVE_SEED}-{number}"
+    cluster = live.cluster(prefix)
+    names = {w["name"]: f"{prefix}-{w['name']}" for w in spec["workers"]}
+    workers = [live.worker(cluster, names[w["name"]], [t // 2**20 for t in w["gpus"]], w["system_reserved"] // GIB)
+               for w in spec["workers"]]
+    models = {}
+    for m in spec["models"]:
+        name = f"{prefix}-{m['name']}"
+        path = model_dir(live.models, name, m["config"], 0, m["files"])
+        gpu_ids = [names[i.split(":")[0]] + i[i.index(":"):] for i in m.get("gpu_ids", [])] or None
+        models[name] = live.server.create_model(
+            cluster, name, path, replicas=m["replicas"], backend_parameters=m["params"], env=m.get("env"),
+            gpu_ids=gpu_ids, placement_strategy=m["strategy"], distributed=m.get("distributed"))
+    _agree_everywhere(live, workers, models)

@@ -169,9 +169,9 @@ def test_workers_not_ready_or_not_selected_take_nothing():
 
 
 def test_pinned_overcommit_only_for_one_replica():
-    pinned = {1: (0,)}
-    one = {"a": replay.Request(qwen("a"), frozenset({1}), pinned)}
-    two = {"a": replay.Request(qwen("a", replicas=2), frozenset({1}), pinned)}
+    pinned = {"w1": (0,)}
+    one = {"a": replay.Request(qwen("a"), frozenset({1}), pinned, 1)}
+    two = {"a": replay.Request(qwen("a", replicas=2), frozenset({1}), pinned, 1)}
     small = card(1, mib=6138, reserved=GIB)
     assert replay.replay([small], one, [replay.Instance(1, "a", False, {})])[1].placed
     assert not replay.replay([small], two, [replay.Instance(1, "a", False, {})])[1].placed
@@ -317,3 +317,34 @@ def test_bad_gpustack_flags_exit_2_with_the_reason(argv, message, capsys):
 
     assert main(["--nvml.fixture", str(FIXTURES / "seed-a2000.yaml"), *argv]) == EXIT_BAD_INPUT
     assert message in capsys.readouterr().err
+
+
+def _two_worker_state(tmp_path: Path) -> GpuStackState:
+    """A small model running on w1's only GPU, and a pending one that only w2 can take."""
+    from vram_exporter.gpustack_api import Model, ModelInstance, Worker
+
+    directory = tmp_path / "qwen"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(QWEN_1_5B))
+    with open(directory / "model.safetensors", "wb") as f:
+        f.truncate(QWEN_1_5B_WEIGHTS)
+    workers = tuple(Worker.model_validate({
+        "id": n, "name": f"w{n}", "cluster_id": 1, "state": "ready",
+        "status": {"gpu_devices": [{"index": 0, "memory": {"total": 24564 * 2**20}}]}}) for n in (1, 2))
+    models = tuple(Model.model_validate({"id": n, "name": f"m{n}", "cluster_id": 1, "backend": "vLLM",
+                                         "local_path": str(directory)}) for n in (1, 2))
+    claim = int(24564 * 2**20 * 0.9)
+    instances = (
+        ModelInstance.model_validate({"id": 1, "model_id": 1, "state": "scheduled", "worker_id": 1,
+                                      "gpu_indexes": [0], "computed_resource_claim": {"vram": {"0": claim}}}),
+        ModelInstance.model_validate({"id": 2, "model_id": 2, "state": "pending"}),
+    )
+    return GpuStackState(workers, models, instances)
+
+
+def test_predicted_claims_are_where_the_cluster_replay_puts_the_pending_instance(tmp_path):
+    """The pending m2 fits on w1's node view too (without m1's claim it would), but GPUStack's next check
+    puts it on w2: only w2 shows the claim it would add."""
+    state = _two_worker_state(tmp_path)
+    on = {name: build_view(state, worker_name=name, source="test").node_models.predicted for name in ("w1", "w2")}
+    assert on == {"w1": {}, "w2": {0: int(24564 * 2**20 * 0.9)}}

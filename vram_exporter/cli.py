@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default=10.0, metavar="SECONDS", help="how often to look for a changed manifest (default 10)")
     _add_nvml_flags(serve)
     _add_gpustack_flags(serve)
+    _add_fleet_flags(serve)
     serve.add_argument("--vllm.metrics-interval", dest="vllm_metrics_interval", type=_positive_seconds,
                        default=30.0, metavar="SECONDS", help="how often to read each running model's own vLLM "
                        "/metrics (the manifest's metrics_url) for its real KV cache (default 30)")
@@ -56,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check", help="print each model's verdicts, reasons and fixes; exit 0 all fit, 1 some do not, 2 bad input")
-    check.add_argument("--manifest", type=Path, metavar="FILE", required=True, help="the models (YAML)")
+    check.add_argument("--manifest", type=Path, metavar="FILE",
+                       help="the models (YAML); with --gpustack.url, an overlay giving the sizes GPUStack's API lacks")
     check.add_argument("--format", choices=["text", "json"], default="text", help="output format (default text)")
     _add_nvml_flags(check)
+    _add_gpustack_flags(check, refresh=False)
     _add_log_flag(check)
 
     capture = commands.add_parser(
@@ -77,7 +80,7 @@ def _add_nvml_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS", help="time limit for one NVML collection (default 5)")
 
 
-def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
+def _add_gpustack_flags(parser: argparse.ArgumentParser, refresh: bool = True) -> None:
     group = parser.add_argument_group("GPUStack as the source of the models")
     group.add_argument("--gpustack.url", dest="gpustack_url", metavar="URL",
                        help="read workers, models and instances from this GPUStack server (2.x, e.g. "
@@ -86,14 +89,28 @@ def _add_gpustack_flags(parser: argparse.ArgumentParser) -> None:
                        help="file holding a GPUStack API key (management scope), sent as a Bearer token")
     group.add_argument("--gpustack.worker-name", dest="gpustack_worker_name", metavar="NAME",
                        help="this node's GPUStack worker, by name or hostname (default: this host's name)")
-    group.add_argument("--gpustack.refresh-interval", dest="gpustack_refresh_interval", type=_positive_seconds,
-                       default=30.0, metavar="SECONDS", help="how often to read GPUStack's API (default 30)")
+    if refresh:
+        group.add_argument("--gpustack.refresh-interval", dest="gpustack_refresh_interval", type=_positive_seconds,
+                           default=30.0, metavar="SECONDS", help="how often to read GPUStack's API (default 30)")
     group.add_argument("--gpustack.timeout", dest="gpustack_timeout", type=_positive_seconds, default=10.0,
                        metavar="SECONDS", help="time limit for each request to GPUStack (default 10)")
     group.add_argument("--gpustack.tls.ca-file", dest="gpustack_ca_file", metavar="FILE",
                        help="CA certificates to trust for GPUStack's TLS certificate (default: the system's)")
     group.add_argument("--gpustack.tls.insecure-skip-verify", dest="gpustack_insecure", action="store_true",
                        help="do not verify GPUStack's TLS certificate (verification is on by default)")
+
+
+def _add_fleet_flags(parser: argparse.ArgumentParser) -> None:
+    """Which series this exporter exports in a fleet (serve only)."""
+    group = parser.add_argument_group("fleet scale")
+    group.add_argument("--gpustack.cluster-series", dest="gpustack_cluster_series", choices=["export", "skip"],
+                       default="export", help="the cluster-wide model series (replicas, pending, predicted, "
+                       "size known), the same from every exporter of the fleet: export them (default) or skip "
+                       "them; a fleet exports them from one exporter only. See README: fleet scale")
+    group.add_argument("--collector.nvml", dest="collector_nvml", action=argparse.BooleanOptionalAction,
+                       default=True, help="read this node's GPUs through NVML (default); --no-collector.nvml "
+                       "makes a cluster-only exporter, for a host that is not a GPU node: GPUStack's "
+                       "cluster-wide series only, with --gpustack.url")
 
 
 def _gpustack_source(args: argparse.Namespace, overlay):
@@ -106,16 +123,29 @@ def _gpustack_source(args: argparse.Namespace, overlay):
         return None
     import socket
 
-    from .gpustack_client import GpuStackClient, read_api_key
     from .gpustack_source import GpuStackSource
 
-    if not args.gpustack_url.startswith(("http://", "https://")):
-        raise FlagError(f"--gpustack.url {args.gpustack_url!r}: expected http(s)://HOST[:PORT]")
+    # A cluster-only exporter (serve --no-collector.nvml) is no worker: it looks none up.
+    worker_name = (args.gpustack_worker_name or socket.gethostname()) if getattr(args, "collector_nvml", True) else None
+    return GpuStackSource(_gpustack_client(args), worker_name=worker_name, source=args.gpustack_url, overlay=overlay)
+
+
+def _gpustack_client(args: argparse.Namespace):
+    from urllib.parse import urlsplit
+
+    from .gpustack_client import GpuStackClient, read_api_key
+
+    url = args.gpustack_url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FlagError(f"--gpustack.url {url!r}: expected http(s)://HOST[:PORT]")
     api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
-    client = GpuStackClient(args.gpustack_url, api_key=api_key, timeout=args.gpustack_timeout,
-                            verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
-    return GpuStackSource(client, worker_name=args.gpustack_worker_name or socket.gethostname(),
-                          source=args.gpustack_url, overlay=overlay)
+    return GpuStackClient(url, api_key=api_key, timeout=args.gpustack_timeout,
+                          verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
 
 
 def _add_log_flag(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +194,21 @@ def _reader(args: argparse.Namespace):
     return NvmlReader(FakeNvml.watching(args.nvml_fixture), proc_root=None, source=f"fixture:{args.nvml_fixture}")
 
 
+def _serve_reader(args: argparse.Namespace):
+    if args.collector_nvml:
+        return _reader(args)
+    if args.gpustack_url is None or args.gpustack_cluster_series == "skip":
+        raise FlagError("--no-collector.nvml is a cluster-only exporter: it needs --gpustack.url and exports "
+                        "the cluster-wide series (not with --gpustack.cluster-series=skip)")
+    for dest, flag in (("nvml_fixture", "--nvml.fixture"), ("gpustack_worker_name", "--gpustack.worker-name")):
+        if getattr(args, dest) is not None:
+            raise FlagError(f"{flag} and --no-collector.nvml contradict each other (a cluster-only exporter "
+                            "reads no GPU and is no worker)")
+    from .sampler import NoNvmlReader
+
+    return NoNvmlReader()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .exporter import Exporter
     from .server import create_app, parse_listen_address, serve
@@ -179,8 +224,9 @@ def _serve(args: argparse.Namespace) -> int:
     gpustack = _gpustack_source(args, overlay=lambda: exporter.manifest)
     from .vllm_client import VllmInstances
 
-    exporter = Exporter(_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
-                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances())
+    exporter = Exporter(_serve_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
+                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances(),
+                        cluster_series=args.gpustack_cluster_series == "export")
     web_config = None
     if args.web_config_file is not None:
         from .webconfig import WebConfig
@@ -204,7 +250,14 @@ def _check(args: argparse.Namespace) -> int:
     from .plan import NodeInputs, Planner
     from .report import all_fit, plan_report, render_text
 
-    manifest = load_manifest(args.manifest)
+    if args.gpustack_url is not None:
+        return _check_gpustack(args)
+    _gpustack_source(args, overlay=None)  # a --gpustack.* flag without --gpustack.url is refused
+    if args.manifest is None:
+        raise FlagError("check needs --manifest FILE (the models) or --gpustack.url URL (GPUStack's models)")
+    manifest = load_manifest(args.manifest, cluster=True)
+    if manifest.workers:
+        return _check_cluster(manifest, args.format)
     snapshot = _reader(args).read()
     # The same plan the exporter serves, built here in one go.
     inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snapshot)
@@ -214,6 +267,50 @@ def _check(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(report, str(args.manifest)))
     return 0 if all_fit(report) else EXIT_SOME_DO_NOT_FIT
+
+
+def _check_cluster(manifest, output_format: str) -> int:
+    """Where GPUStack would place each candidate over the manifest's workers (manifest_cluster.py)."""
+    import json
+
+    from . import manifest_cluster
+
+    verdicts = manifest_cluster.place(manifest)
+    if output_format == "json":
+        print(json.dumps({"manifest": str(manifest.path), "workers": [w.name for w in manifest.workers],
+                          "cluster": [v.as_dict() for v in verdicts]}, indent=2))
+    else:
+        sys.stdout.write(manifest_cluster.render_text(verdicts, len(manifest.workers)))
+    return 0 if all(not v.pending for v in verdicts) else EXIT_SOME_DO_NOT_FIT
+
+
+def _check_gpustack(args: argparse.Namespace) -> int:
+    """The cluster view and this node's verdicts once; exit 1 when an instance stays (or would stay)
+    Pending anywhere or a model of this node does not fit."""
+    import json
+    import socket
+
+    from . import check_gpustack
+    from .report import all_fit
+
+    overlay = None
+    if args.manifest is not None:
+        from .config import load_manifest
+
+        overlay = load_manifest(args.manifest)
+    if args.gpustack_api_key_file is None:
+        raise FlagError("--gpustack.url needs --gpustack.api-key-file FILE (a GPUStack API key, management scope)")
+    client = _gpustack_client(args)
+    worker_name = args.gpustack_worker_name or socket.gethostname()
+    report = check_gpustack.check_report(client, worker_name=worker_name,
+                                         explicit_worker=args.gpustack_worker_name is not None,
+                                         url=args.gpustack_url, overlay=overlay, read_snapshot=_reader(args).read)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(check_gpustack.render(report, args.gpustack_url, worker_name))
+    fits = all_fit(report) and not check_gpustack.some_pending(report)
+    return 0 if fits else EXIT_SOME_DO_NOT_FIT
 
 
 def _capture(args: argparse.Namespace) -> int:

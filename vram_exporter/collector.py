@@ -313,8 +313,19 @@ def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestSt
         yield when
 
 
-def gpustack_families(view: GpuStackView, snapshot: NodeSnapshot) -> Iterator[Family]:
-    """GPUStack's own decisions next to the rulebooks' (the source is GPUStack's API)."""
+def gpustack_families(view: GpuStackView, snapshot: NodeSnapshot, *, cluster: bool = True,
+                      node: bool = True) -> Iterator[Family]:
+    """GPUStack's own decisions next to the rulebooks' (the source is GPUStack's API).
+
+    ``cluster``: the cluster-wide model series, the same from every exporter reading this GPUStack server
+    (a fleet exports them from one: --gpustack.cluster-series). ``node``: this node's worker and its GPUs."""
+    if cluster:
+        yield from _gpustack_cluster_families(view)
+    if node and view.worker is not None:
+        yield from _gpustack_worker_families(view, snapshot)
+
+
+def _gpustack_cluster_families(view: GpuStackView) -> Iterator[Family]:
     model = ("model",)
     replicas = _gauge("vram_model_gpustack_replicas", "Replicas of this model GPUStack is asked to run.", model)
     actual = _gauge("vram_model_gpustack_pending_instances",
@@ -333,8 +344,9 @@ def gpustack_families(view: GpuStackView, snapshot: NodeSnapshot) -> Iterator[Fa
         if verdict.size_known is not None:
             known.sample(verdict.name, 1 if verdict.size_known else 0)
     yield from (replicas, actual, predicted, known)
-    if view.worker is None:
-        return
+
+
+def _gpustack_worker_families(view: GpuStackView, snapshot: NodeSnapshot) -> Iterator[Family]:
     worker = Family("vram_gpustack_worker_info", "The GPUStack worker this node is; value is always 1.", "info",
                     ("worker", "worker_id", "cluster_id", "state"))
     worker.sample(view.worker.name, str(view.worker.id), str(view.worker.cluster_id or ""), view.worker.state, 1)

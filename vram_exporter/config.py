@@ -73,6 +73,13 @@ class ModelEntry(Strict):
     # Which GPUStack selector places it and which engine's rules apply (GPUStack's backend field).
     backend: Literal["vllm", "sglang", "custom"] = "vllm"
     run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
+    # With the manifest's workers (a cluster): the worker placed_on / pinned_gpus refer to, GPUStack's
+    # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
+    worker: str | None = None
+    gpu_ids: list[str] = []
+    worker_selector: dict[str, str] = {}
+    placement_strategy: Literal["spread", "binpack"] = "spread"
+    distributed_inference_across_workers: bool = True
 
     @field_validator("env", mode="before")
     @classmethod
@@ -119,8 +126,20 @@ class ModelEntry(Strict):
             raise ValueError("weights_from says how the files under path are counted: it needs path")
         return self
 
+class WorkerEntry(Strict):
+    """One GPUStack worker of a manifest's cluster: what ``vram-exporter check`` places models on."""
+
+    name: str = Field(min_length=1)
+    gpus: list[Size] = Field(min_length=1)  # each GPU's memory total as the worker reports it (e.g. 81559MiB)
+    system_reserved_vram: Size | None = None  # None: the cluster's
+    labels: dict[str, str] = {}
+
+
 class Manifest(Strict):
     cluster: ClusterSettings = ClusterSettings()
+    # GPUStack's workers: with them, `check` answers where GPUStack would place each model in the
+    # whole cluster (its candidate search over every worker), not only on this node.
+    workers: list[WorkerEntry] = []
     models: list[ModelEntry] = []
 
     @model_validator(mode="after")
@@ -130,7 +149,37 @@ class Manifest(Strict):
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} appears twice")
             seen.add(model.name)
+        workers = {w.name: w for w in self.workers}
+        if len(workers) != len(self.workers):
+            raise ValueError("two workers have the same name")
+        for model in self.models:
+            _check_cluster_fields(model, workers)
         return self
+
+
+def _check_cluster_fields(model: ModelEntry, workers: Mapping[str, WorkerEntry]) -> None:
+    """The cluster fields of a model name workers and GPUs the manifest has."""
+    uses = model.worker or model.gpu_ids or model.worker_selector
+    if uses and not workers:
+        raise ValueError(f"model {model.name!r}: worker, gpu_ids and worker_selector need the manifest's workers")
+    if not workers:
+        return
+    if model.worker is not None and model.worker not in workers:
+        raise ValueError(f"model {model.name!r}: worker {model.worker!r} is not among the manifest's workers")
+    if (model.placed_on is not None or model.pinned_gpus is not None) and model.worker is None and len(workers) > 1:
+        raise ValueError(f"model {model.name!r}: with several workers, placed_on and pinned_gpus need `worker`")
+    if model.gpu_ids and model.pinned_gpus is not None:
+        raise ValueError(f"model {model.name!r}: give gpu_ids or pinned_gpus, not both")
+    worker = workers[model.worker] if model.worker else next(iter(workers.values()))
+    for index in (model.placed_on or []) + (model.pinned_gpus or []):
+        if index >= len(worker.gpus):
+            raise ValueError(f"model {model.name!r}: worker {worker.name!r} has no GPU {index}")
+    for gpu_id in model.gpu_ids:
+        name, _, index = gpu_id.rpartition(":")
+        name = name.rpartition(":")[0]
+        if name not in workers or not index.isdigit() or int(index) >= len(workers[name].gpus):
+            raise ValueError(f"model {model.name!r}: gpu_ids entry {gpu_id!r} names no GPU of the manifest's "
+                             "workers (the form is <worker>:cuda:<index>)")
 
 @dataclass(frozen=True, slots=True)
 class LoadedManifest:
@@ -140,6 +189,8 @@ class LoadedManifest:
     cluster: Cluster
     models: tuple[ModelSpec, ...]
     booked: Mapping[int, int] = field(default_factory=dict)  # claims of instances not among the models
+    workers: tuple[WorkerEntry, ...] = ()  # the cluster, when the manifest describes one
+    entries: tuple[ModelEntry, ...] = ()  # the models as written (their cluster fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +202,20 @@ class NodeModels:
     cluster: Cluster
     models: tuple[ModelSpec, ...]
     booked: Mapping[int, int] = field(default_factory=dict)
+    # What the candidates would add per GPU, decided over the whole cluster (GPUStack may put a pending
+    # instance on another worker): replaces the node's own placement of them in the bookings.
+    predicted: Mapping[int, int] | None = None
 
-def load_manifest(path: Path | str) -> LoadedManifest:
-    """Validate and resolve a manifest; InputFileError lists every problem with its line."""
+def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
+    """Validate and resolve a manifest; InputFileError lists every problem with its line. ``cluster``:
+    the reader places models over the manifest's workers (`check`); the exporter judges its own node
+    and refuses them rather than book models running elsewhere on its GPUs."""
     path = Path(path)
     manifest, line_of = load_located(Manifest, path)
     problems: list[tuple[int | None, str, str]] = []
+    if manifest.workers and not cluster:
+        problems.append((line_of(("workers",)), "workers", "a manifest's workers (a whole cluster) are read by "
+                         "`vram-exporter check`; `serve` judges its own node: give it a manifest without workers"))
     models = []
     for i, entry in enumerate(manifest.models):
         try:
@@ -166,7 +225,8 @@ def load_manifest(path: Path | str) -> LoadedManifest:
             problems.append((line_of(loc), field_path(loc), str(exc)))
     if problems:
         raise InputFileError(path, problems)
-    return LoadedManifest(path, manifest.cluster.to_cluster(), tuple(models))
+    return LoadedManifest(path, manifest.cluster.to_cluster(), tuple(models), workers=tuple(manifest.workers),
+                          entries=tuple(manifest.models))
 
 class _FieldError(BadInput):
     def __init__(self, field: str, message: str):

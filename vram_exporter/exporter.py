@@ -21,7 +21,7 @@ from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Family, Ren
 from .fit.node import free_memory
 from .gpustack_source import GpuStackSource, GpuStackView
 from .nvml import NvmlReader
-from .sampler import NvmlSampler
+from .sampler import NoNvmlReader, NvmlSampler
 from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
 from .report import gpustack_report, plan_report
 from .snapshot import NodeSnapshot
@@ -70,12 +70,17 @@ class Exporter:
         gpu_detail: GpuDetail = "all",
         gpustack: GpuStackSource | None = None,
         instances=None,
+        cluster_series: bool = True,
     ) -> None:
         """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes).
         ``instances``: the running models' own vLLM readings (vllm_client.VllmInstances), shown beside
-        the prediction."""
+        the prediction. ``cluster_series``: export GPUStack's cluster-wide model series (the same from
+        every exporter of a fleet, so one exports them and the others skip them). A ``reader`` that is
+        a NoNvmlReader makes a cluster-only exporter: no GPU and no node view, only the cluster series."""
         self._manifest = manifest
         self._gpustack = gpustack
+        self._cluster_series = cluster_series
+        self._node = not isinstance(reader, NoNvmlReader)
         self.instances = instances
         self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
         self._sampler = NvmlSampler(reader, nvml_timeout)
@@ -103,8 +108,9 @@ class Exporter:
         view = self._gpustack.view if self._gpustack else None
         started = time.perf_counter()
         plan = await self._plan_or_none(self.node_manifest(view), snap)
-        results = {"nvml": CollectResult(snap.ok, snap.duration_seconds),
-                   "fit": CollectResult(plan is not None, time.perf_counter() - started)}
+        results = {"fit": CollectResult(plan is not None, time.perf_counter() - started)}
+        if self._node:
+            results["nvml"] = CollectResult(snap.ok, snap.duration_seconds)
         if self._gpustack is not None:
             results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
         fixes_known = plan is not None and plan.fixes is not None
@@ -140,7 +146,8 @@ class Exporter:
         if self._gpustack is None:
             return self._manifest
         view = view or self._gpustack.view
-        return view.node_models if view else None
+        # A cluster-only exporter is no node: even if its host is a GPUStack worker, it has no GPU to judge.
+        return view.node_models if view and self._node else None
 
     def reload_manifest(self) -> bool:
         """Load the manifest file again; a bad one keeps the last good one serving. True on success."""
@@ -169,7 +176,8 @@ class Exporter:
         if manifest is None:
             inputs = NodeInputs.of(None, (), None, snap)
         else:
-            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap)
+            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap,
+                                   manifest.predicted if isinstance(manifest, NodeModels) else None)
         self._last_inputs = (manifest, sizes, inputs)
         return inputs
 
@@ -213,7 +221,7 @@ class Exporter:
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if view is not None:
-            yield from gpustack_families(view, snap)
+            yield from gpustack_families(view, snap, cluster=self._cluster_series, node=self._node)
         if plan is not None and plan.specs:
             free = free_memory(snap)
             fixes = self._picks.get(plan, free, plan.families.lives(node, free))

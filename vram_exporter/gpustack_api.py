@@ -86,6 +86,10 @@ class Model(_ApiRecord):
     model_scope_model_id: str | None = None
     worker_selector: dict[str, str] | None = None
     gpu_selector: GpuSelector | None = None
+    backend_version: str | None = None
+    image_name: str | None = None
+    placement_strategy: str = "spread"  # spread or binpack: how its scorer ranks candidates
+    distributed_inference_across_workers: bool | None = None  # None: GPUStack's default, on for vLLM
     roles: list[Any] | None = None  # prefill/decode disaggregation: not modelled
     disaggregation: Any = None
 

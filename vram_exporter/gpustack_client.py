@@ -76,7 +76,8 @@ class GpuStackClient:
                                         "--gpustack.api-key-file (a key with management scope)")
                 if response.status != 200:
                     text = (await response.text())[:200]
-                    raise GpuStackError(f"GET {url}: HTTP {response.status}: {text}")
+                    hint = "; is this a GPUStack 2.x server?" if response.status == 404 else ""
+                    raise GpuStackError(f"GET {url}: HTTP {response.status}: {text}{hint}")
                 return await response.json(content_type=None)
         except GpuStackError:
             raise

@@ -31,7 +31,9 @@ from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
 from .fit import backends
 from .fit import cluster as replay
+from .fit import gpustack_paths
 from .fit.model import Architecture, Cluster, ModelSpec
+from .fit.params import param_pairs
 from . import vllm_instance
 from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
 
@@ -60,27 +62,42 @@ class GpuStackView:
     allocated: Mapping[int, int] = field(default_factory=dict)  # GPU index -> GPUStack's memory.allocated
 
 
-def build_view(state: GpuStackState, *, worker_name: str, source: str, overlay: LoadedManifest | None = None,
+def build_view(state: GpuStackState, *, worker_name: str | None, source: str, overlay: LoadedManifest | None = None,
                read_model: ModelReader = read_model_directory) -> GpuStackView:
     worker = find_worker(state.workers, worker_name)
     specs, unknown = _specs(state.models, overlay, read_model)
-    requests = {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
-    names = {m.id: m.name for m in state.models}
-    instances = [_instance(i, names) for i in state.instances]
-    verdicts = replay.replay([_worker_gpus(w) for w in state.workers], {k: v for k, v in requests.items() if v},
-                             [i for i in instances if i is not None],
-                             overlay.cluster.scheduler if overlay else "gpustack")
+    requests = _requests(state, specs)
+    verdicts = replay_state(state, requests, overlay)
+    # Ties go to the worker GPUStack lists first, and it lists them in no fixed order: decide again
+    # with the order reversed and flag every model whose pending count then differs.
+    other_order = replay.pending_counts(replay_state(state, requests, overlay, reverse_order=True))
     return GpuStackView(
         worker=worker,
-        node_models=_node_models(worker, state, specs, requests, overlay, source) if worker else None,
-        verdicts=_verdicts(state, specs, unknown, requests, verdicts),
+        node_models=(replace(_node_models(worker, state, specs, requests, overlay, source),
+                             predicted=_predicted_here(worker, state, verdicts)) if worker else None),
+        verdicts=_verdicts(state, specs, unknown, verdicts, other_order),
         allocated=_allocated(worker),
     )
 
 
-def find_worker(workers: Sequence[Worker], name: str) -> Worker | None:
+def replay_state(state: GpuStackState, requests: Mapping[str, replay.Request], overlay: LoadedManifest | None = None,
+                 *, reverse_order: bool = False) -> dict[int, replay.Verdict]:
+    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed."""
+    names = {m.id: m.name for m in state.models}
+    instances = [i for i in (_instance(inst, names) for inst in state.instances) if i is not None]
+    return replay.replay([_worker_gpus(w) for w in state.workers], requests, instances,
+                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order)
+
+
+def _requests(state: GpuStackState, specs: Mapping[str, ModelSpec]) -> dict[str, replay.Request]:
+    return {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
+
+
+def find_worker(workers: Sequence[Worker], name: str | None) -> Worker | None:
     """The worker named ``name``, else the one whose hostname it is (GPUStack names workers after
-    their hostname unless told otherwise)."""
+    their hostname unless told otherwise); None for a cluster-only exporter (``name`` None)."""
+    if name is None:
+        return None
     return (next((w for w in workers if w.name == name), None)
             or next((w for w in workers if w.hostname == name), None))
 
@@ -119,34 +136,29 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> Mod
                      backend=model.backend_kind or "vllm", run_command=model.run_command)
 
 
-def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request | None:
-    """The workers (and GPUs) the scheduler may use for this model; None when that is not modelled."""
+def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request:
+    """The workers (and GPUs) the scheduler may use for this model."""
     selector = model.worker_selector or {}
     allowed = frozenset(w.id for w in workers if w.cluster_id == model.cluster_id
                         and all(w.labels.get(k) == v for k, v in selector.items()))
-    pinned = _pinned(model, workers)
-    if pinned is False:
-        return None
-    return replay.Request(spec, allowed, pinned)
+    gpu_ids = (model.gpu_selector.gpu_ids or []) if model.gpu_selector else []
+    distributed = model.distributed_inference_across_workers
+    return replay.Request(
+        spec, allowed, gpustack_paths.selection_of(gpu_ids) if gpu_ids else None, len(gpu_ids),
+        model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
+        "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
+        True if distributed is None else distributed,
+        _executor_mp(model))
 
 
-def _pinned(model: Model, workers: Sequence[Worker]) -> dict[int, tuple[int, ...]] | None | bool:
-    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker id; False if not modelled."""
-    selector = model.gpu_selector
-    if selector is None or not selector.gpu_ids:
-        return None
-    ids = {w.name: w.id for w in workers if w.cluster_id == model.cluster_id}
-    pinned: dict[int, list[int]] = {}
-    for gpu_id in selector.gpu_ids:
-        worker_name, _, index = gpu_id.rpartition(":")
-        worker_name = worker_name.rpartition(":")[0]
-        if worker_name in ids and index.isdigit():
-            pinned.setdefault(ids[worker_name], []).append(int(index))
-    # GPUStack fills in gpus_per_replica itself (scheduler.py::set_model_gpus_per_replica); when it is
-    # fewer than the GPUs selected on a worker, it picks among them, which is not modelled here.
-    if selector.gpus_per_replica and any(len(indexes) != selector.gpus_per_replica for indexes in pinned.values()):
-        return False
-    return {worker: tuple(indexes) for worker, indexes in pinned.items()}
+def _executor_mp(model: Model) -> bool:
+    """utils/command.py::resolve_executor_backend: an explicit --distributed-executor-backend wins; else
+    Ray, unless the model pins an image or a "-custom" backend version (then GPUStack validates
+    cross-worker layouts as MP's)."""
+    for key, value in param_pairs(model.backend_parameters):
+        if key == "distributed-executor-backend" and value is not None:
+            return value == "mp"
+    return bool(model.image_name) or "-custom" in (model.backend_version or "")
 
 
 def _instance(inst: ModelInstance, names: Mapping[int, str]) -> replay.Instance | None:
@@ -164,8 +176,7 @@ def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
 
 
 def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str],
-              requests: Mapping[str, replay.Request | None], verdicts: Mapping[int, replay.Verdict],
-              ) -> tuple[ModelVerdict, ...]:
+              verdicts: Mapping[int, replay.Verdict], other_order: Mapping[str, int]) -> tuple[ModelVerdict, ...]:
     out = []
     predicted = replay.pending_counts(verdicts)
     by_model: dict[str, list[replay.Verdict]] = {}
@@ -176,19 +187,33 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
         pending = sum(1 for i in instances if i.state == "pending")
         judged = model.backend_kind is not None
         size_known = model.name in specs if judged and not (model.roles or model.disaggregation) else None
+        evaluated = model.name in specs
         if not judged:
             note = f"backend {model.backend} is not vLLM, SGLang or Custom: the rulebooks do not apply"
         elif model.name in unknown:
             note = unknown[model.name]
-        elif requests.get(model.name) is None:
-            note = "a gpu_selector choosing fewer GPUs per replica than it lists is not modelled"
         else:
             note = next((v.reason for v in sorted(by_model.get(model.name, []), key=lambda v: v.instance)
                          if not v.placed), "")
-        evaluated = model.name in specs and requests.get(model.name) is not None
+        if evaluated and other_order.get(model.name, 0) != predicted.get(model.name, 0):
+            note = (f"{predicted.get(model.name, 0)} pending with GPUStack's workers in id order, "
+                    f"{other_order.get(model.name, 0)} in the reverse order: which worker wins a tie is not fixed "
+                    f"in GPUStack. {note}").strip()
         out.append(ModelVerdict(model.name, model.replicas, pending,
                                 predicted.get(model.name, 0) if evaluated else None, size_known, note))
     return tuple(out)
+
+
+def _predicted_here(worker: Worker, state: GpuStackState, verdicts: Mapping[int, replay.Verdict]) -> dict[int, int]:
+    """What the pending instances our replay places on this worker would claim on each of its GPUs."""
+    pending = {i.id for i in state.instances if not i.placed}
+    predicted: dict[int, int] = {}
+    for instance, verdict in verdicts.items():
+        if instance in pending and verdict.placed:
+            for (worker_id, index), size in verdict.claims.items():
+                if worker_id == worker.id:
+                    predicted[index] = predicted.get(index, 0) + size
+    return predicted
 
 
 def _allocated(worker: Worker | None) -> dict[int, int]:
@@ -206,7 +231,7 @@ def _metrics_url(instance: ModelInstance) -> str | None:
 
 
 def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
-                 requests: Mapping[str, replay.Request | None], overlay: LoadedManifest | None,
+                 requests: Mapping[str, replay.Request], overlay: LoadedManifest | None,
                  source: str) -> NodeModels:
     """This worker as a manifest would describe it: the models it could take (their pending instances), the model
     it runs (placed_on, with GPUStack's actual claims), and the claims of everything else bound here."""
@@ -222,8 +247,8 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
         request = requests.get(model.name)
         spec = _sized(specs.get(model.name), request, state.workers)
         if spec is not None and request is not None and pending and worker.id in request.workers:
-            pinned = None if request.pinned is None else request.pinned.get(worker.id)
-            if request.pinned is None or pinned:
+            pinned = None if request.selection is None else request.selection.get(worker.name)
+            if request.selection is None or pinned:
                 models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned))
         elif spec is not None and here and here[0][0].worker_id == worker.id and not here[0][0].subordinates:
             instance, claims = here.pop(0)
@@ -241,8 +266,11 @@ def _sized(spec: ModelSpec | None, request: replay.Request | None, workers: Sequ
     """An SGLang model with the smallest GPU of its workers: GPUStack sizes its fraction for that card."""
     if spec is None or request is None or spec.backend != "sglang":
         return spec
-    usable = replay.usable_workers(request, {w.id: _worker_gpus(w) for w in workers})
-    return replace(spec, sizing_total=backends.smallest_total({w.id: w.totals for w in usable}, request.pinned))
+    usable = [w for w in workers if w.id in request.workers and w.state == "ready"
+              and (request.selection is None or w.name in request.selection)]
+    pinned = None if request.selection is None else {w.id: request.selection[w.name] for w in usable}
+    totals = {w.id: _worker_gpus(w).totals for w in usable}
+    return replace(spec, sizing_total=backends.smallest_total(totals, pinned))
 
 
 def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:
@@ -258,7 +286,7 @@ class StateReader(Protocol):
 class GpuStackSource:
     """Keeps the last good GpuStackView, refreshed every ``interval`` seconds."""
 
-    def __init__(self, client: StateReader, *, worker_name: str, source: str,
+    def __init__(self, client: StateReader, *, worker_name: str | None, source: str,
                  overlay: Callable[[], LoadedManifest | None] = lambda: None,
                  read_model: ModelReader = read_model_directory) -> None:
         self._client = client
@@ -301,7 +329,7 @@ class GpuStackSource:
             self._last_error = message
 
     def _log_worker(self, view: GpuStackView) -> None:
-        if view.worker is None and not self._worker_missing_logged:
+        if view.worker is None and self._worker_name is not None and not self._worker_missing_logged:
             log.warning("no GPUStack worker is named %r or has that hostname: per-node fit metrics are off "
                         "(set --gpustack.worker-name)", self._worker_name)
         self._worker_missing_logged = view.worker is None

@@ -56,11 +56,13 @@ class NodeInputs:
     models: tuple[ModelSpec, ...]
     booked: tuple[tuple[int, int], ...]
     gpus: tuple[GpuSize, ...]
+    predicted: tuple[tuple[int, int], ...] | None = None  # the cluster's placement of the candidates here
 
     @classmethod
     def of(cls, cluster: Cluster | None, models, booked: Mapping[int, int] | None,
-           snapshot: NodeSnapshot) -> NodeInputs:
-        return cls(cluster or Cluster(), tuple(models), tuple(sorted((booked or {}).items())), gpu_sizes(snapshot))
+           snapshot: NodeSnapshot, predicted: Mapping[int, int] | None = None) -> NodeInputs:
+        return cls(cluster or Cluster(), tuple(models), tuple(sorted((booked or {}).items())), gpu_sizes(snapshot),
+                   None if predicted is None else tuple(sorted(predicted.items())))
 
 
 def gpu_sizes(snapshot: NodeSnapshot) -> tuple[GpuSize, ...]:
@@ -116,10 +118,11 @@ class Planner:
     async def plan(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Plan:
         return await asyncio.wrap_future(self.submit(inputs, snapshot))
 
-    def build_now(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Plan:
-        """A whole plan, fixes included, in the calling thread (``check``)."""
+    def build_now(self, inputs: NodeInputs, snapshot: NodeSnapshot, stale=lambda: False) -> Plan:
+        """A whole plan in the calling thread (``check``, the explain page's what-if), never the
+        planner's current one; the fixes are left out (None) if ``stale()`` turns true meanwhile."""
         plan = _fit(0, inputs, snapshot, self._gpu_detail)
-        plan.fixes = _fixes(plan, lambda: False)
+        plan.fixes = _fixes(plan, stale)
         plan.fixes_known.set_result(plan.fixes)
         return plan
 
@@ -153,7 +156,8 @@ class Planner:
 
 
 def _fit(version: int, inputs: NodeInputs, snapshot: NodeSnapshot, gpu_detail: GpuDetail) -> Plan:
-    node = static_fit(snapshot, inputs.cluster, inputs.models, dict(inputs.booked))
+    node = static_fit(snapshot, inputs.cluster, inputs.models, dict(inputs.booked),
+                      None if inputs.predicted is None else dict(inputs.predicted))
     families = ModelFamilies(gpu_detail)
     families.prepare(node)
     return Plan(version, inputs, node, families, snapshot.gpus)

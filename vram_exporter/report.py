@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .errors import BadInput
 from .fit.fixes import Fix
+from .fit.gpustack import ENV_CLAIM
+from .fit.model import ModelSpec
 from .fit.node import CHECKS, ModelFit, NodeFit, apply_free, free_memory, vllm_starts_on
 from .snapshot import NodeSnapshot
 
@@ -33,7 +36,22 @@ def plan_report(plan: Plan, snapshot: NodeSnapshot) -> dict[str, Any]:
     fixes = {}
     if plan.fixes is not None:
         fixes = {fit.name: plan.fixes[fit.name].pick(fit, free) for fit in node.models if fit.name in plan.fixes}
-    return fit_report(snapshot, node, fixes, fixes_known=plan.fixes is not None)
+    report = fit_report(snapshot, node, fixes, fixes_known=plan.fixes is not None)
+    settings = {spec.name: model_settings(spec) for spec in plan.specs}
+    for model in report["models"]:
+        model["settings"] = settings.get(model["name"], {})
+    return report
+
+
+def model_settings(spec: ModelSpec) -> dict[str, Any]:
+    """The knobs a person may change (the explain page's what-if), as the model has them now."""
+    try:
+        gs, vp = spec.gpustack, spec.vllm
+    except BadInput:  # the model's own error says why
+        return {}
+    return {"gpu_memory_utilization": gs.gpu_memory_utilization if gs.gmu_given else vp.gpu_memory_utilization,
+            "max_model_len": spec.max_model_len if spec.max_model_len is not None else vp.max_model_len,
+            "kv_cache_dtype": vp.kv_cache_dtype, "vram_claim": spec.env.get(ENV_CLAIM)}
 
 
 def fit_report(snapshot: NodeSnapshot, node: NodeFit, fixes: Mapping[str, Sequence[Fix]],
@@ -44,6 +62,7 @@ def fit_report(snapshot: NodeSnapshot, node: NodeFit, fixes: Mapping[str, Sequen
     return {
         "source": snapshot.source,
         "scheduler": node.cluster.scheduler,
+        "system_reserved_vram": node.cluster.system_reserved_vram,
         "nvml_error": snapshot.error,
         "fixes_known": fixes_known,
         "gpus": [_gpu(gpu, bookings.get(gpu.index)) for gpu in snapshot.gpus],
@@ -96,7 +115,7 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
             for f in fit.per_gpu
         },
         "reasons": list(fit.reasons) + _mismatch_reason(fit),
-        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works} for x in fixes],
+        "fixes": [{"knob": x.knob, "action": x.action, "works": x.works, "change": dict(x.change)} for x in fixes],
     }
 
 
@@ -204,6 +223,6 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
             lines += [f"      {line}" for line in reason.splitlines()]
     if model["fixes"]:
         lines.append("    fixes:")
-        for fix in model["fixes"]:
+        for fix in sorted(model["fixes"], key=lambda f: not f["works"]):  # what works first, as on the page
             lines.append(f"      {'->' if fix['works'] else 'x '} {fix['action']}")
     return lines

@@ -57,3 +57,16 @@ class NvmlSampler:
     def close(self) -> None:
         self._reader.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class NoNvmlReader:
+    """The reader of an exporter that reads no GPU (--no-collector.nvml: a cluster-only exporter that
+    exports GPUStack's cluster-wide series from a host that is not a GPU node)."""
+
+    source = "none (--no-collector.nvml)"
+
+    def read(self) -> NodeSnapshot:
+        return NodeSnapshot(driver_version="", source=self.source)
+
+    def close(self) -> None:
+        pass

@@ -17,6 +17,7 @@ from aiohttp import payload, web
 from .errors import FlagError
 from .exporter import Exporter
 from .pages import explain_page
+from . import whatif
 from .filestamp import file_stamp
 from .webauth import Overloaded
 from .webconfig import WebConfig
@@ -73,6 +74,34 @@ def create_app(
         page = await page_of(await exporter.report(await exporter.snapshot()))
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
+    what_ifs = whatif.WhatIfs()
+    manifest_name = lambda: str(exporter.manifest.path) if exporter.manifest else None  # noqa: E731
+
+    async def what_if(request: web.Request) -> web.Response:
+        """The page recomputed with one change; bad input is a 400 page naming the fields, never a 500."""
+        items = list(request.query.items())
+        snap = await exporter.snapshot()
+        live = await exporter.report(snap)
+        status, headers, report, view, outcome = 200, {}, live, {}, None
+        try:
+            query = whatif.parse(items)
+            extra = {"gpustack": live["gpustack"]} if "gpustack" in live else {}
+            outcome = await what_ifs.run(query, await exporter.plan(snap), snap, extra, beside=live)
+            if outcome.page is not None:
+                return web.Response(body=outcome.page, content_type="text/html", charset="utf-8")
+            report = outcome.report
+            view = {"values": dict(query.fields()), "changes": query.changes(), "link": query.query(), "live": live}
+        except whatif.WhatIfError as exc:
+            status, view = 400, {"values": _form_values(items), "errors": exc.problems}
+        except whatif.Busy:
+            status, headers = 429, {"Retry-After": "1"}
+            view = {"values": _form_values(items), "busy": "Another what-if is being computed: try again in a moment."}
+        page = (await asyncio.to_thread(explain_page, report, telemetry_path, manifest_name(), view)).encode()
+        if outcome is not None:
+            outcome.page = page  # kept while the what-if is: the live report it is shown beside is the same
+        return web.Response(body=page, status=status, headers=headers, content_type="text/html",
+                            charset="utf-8")
+
     async def fit(request: web.Request) -> web.Response:
         body = await json_of(await exporter.report(await exporter.snapshot()))
         return web.Response(body=body, content_type="application/json")
@@ -83,6 +112,7 @@ def create_app(
     app.router.add_get(telemetry_path, metrics)  # add_get also answers HEAD
     app.router.add_get("/", landing)
     app.router.add_get("/api/v1/fit", fit)
+    app.router.add_get(whatif.PATH, what_if)
     app.router.add_get("/-/healthy", healthy)
 
     async def close_exporter(app: web.Application) -> None:
@@ -141,6 +171,15 @@ async def _refresh_loop(source, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         await source.refresh()
+
+
+def _form_values(items: list[tuple[str, str]]) -> dict[str, str]:
+    """What a person typed, to show it again beside the errors (escaped by the page)."""
+    values: dict[str, str] = {}
+    for name, value in items:
+        if name in whatif.FIELDS:
+            values.setdefault(name, value[: whatif.MAX_VALUE_CHARS])
+    return values
 
 
 def _json(document: dict) -> bytes:

@@ -147,12 +147,17 @@ class GpuStackServer:
 
     def create_model(self, cluster_id: int, name: str, local_path: Path, *, replicas: int = 1,
                      backend_parameters: list[str] | None = None, env: dict[str, str] | None = None,
-                     gpu_ids: list[str] | None = None) -> int:
+                     gpu_ids: list[str] | None = None, placement_strategy: str | None = None,
+                     distributed: bool | None = None) -> int:
         body = {"name": name, "source": "local_path", "local_path": str(local_path), "backend": "vLLM",
                 "replicas": replicas, "cluster_id": cluster_id, "backend_parameters": backend_parameters or [],
                 "env": env or {}, "categories": ["llm"]}
         if gpu_ids:
             body["gpu_selector"] = {"gpu_ids": gpu_ids}
+        if placement_strategy:
+            body["placement_strategy"] = placement_strategy
+        if distributed is not None:
+            body["distributed_inference_across_workers"] = distributed
         model_id = self.request("POST", "/v2/models", body)["id"]
         wait_for(lambda: self.decided(model_id, replicas), f"GPUStack's decision on {name}")
         return model_id
@@ -213,14 +218,15 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60, inte
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def model_dir(base: Path, name: str, config: dict, weights_bytes: int) -> Path:
-    """A Hugging Face directory GPUStack and the exporter both read: the real config.json and a
-    sparse weights file of the real size (no disk used)."""
+def model_dir(base: Path, name: str, config: dict, weights_bytes: int, files: dict[str, int] | None = None) -> Path:
+    """A Hugging Face directory GPUStack and the exporter both read: the real config.json and sparse
+    weight files of the real sizes (no disk used): ``model.safetensors``, or ``files`` by name."""
     directory = base / name
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(config))
-    with open(directory / "model.safetensors", "wb") as weights:
-        weights.truncate(weights_bytes)
+    for file_name, size in (files or {"model.safetensors": weights_bytes}).items():
+        with open(directory / file_name, "wb") as weights:
+            weights.truncate(size)
     return directory
 
 

@@ -87,6 +87,26 @@ def place(spec: ModelSpec, views: Sequence[gpustack.GpuView], *, scheduler: Sche
                           scheduler=scheduler, pinned=pinned, replica_count=replicas)
 
 
+def candidates(spec: ModelSpec, views: Sequence[gpustack.GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None) -> list[gpustack.Placement]:
+    """Every candidate of this worker, as the selector lists them before the placement scorer picks:
+    one per passing GPU on the single-GPU path, else the one ``place`` finds."""
+    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
+    single: list[gpustack.Placement] = []
+    if not pinned and spec.backend == "sglang" and not (book.world_size and book.world_size > 1):
+        assert book.fraction is not None
+        single = [gpustack.Placement((g.index,), {g.index: gpustack_sglang.claim_bytes(g.total, book.fraction)},
+                                     "single")
+                  for g in views if g.total and gpustack_sglang.single_gpu_passes(g, estimate, book.fraction)]
+    elif not pinned and spec.backend == "custom":
+        single = [gpustack.Placement((g.index,), {g.index: c}, "single") for g in views
+                  if g.allocatable >= (c := gpustack_custom.claim_on(g, estimate, book.fraction))]
+    if single:
+        return single
+    found = place(spec, views, scheduler=scheduler, book=book, pinned=pinned)
+    return [found] if found is not None else []
+
+
 def pending_message(spec: ModelSpec, views: Sequence[gpustack.GpuView], book: Booking,
                     pinned: Sequence[int] | None = None) -> str:
     estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)

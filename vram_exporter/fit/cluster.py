@@ -6,16 +6,18 @@ instance as gpustack 2.3.0's scheduler does (``gpustack/scheduler/scheduler.py``
 
 - Instances GPUStack has placed (any state but pending/analyzing; error included) hold their actual
   claims. Each is judged against the claims of the placed instances created before it: would
-  GPUStack have accepted it when it was decided? (Claims of single instances are symmetric, so the
-  order only matters for manual pinning, which is accepted as overcommit.)
+  GPUStack have accepted it when it was decided (any candidate on any path)? One already spread over
+  several workers (``distributed_servers``) is taken as placed.
 - Pending instances are decided again every 180 s (fixed in 2.3.0) against the claims of now, in
   creation order: each is judged against every placed claim plus the pending ones before it that we
-  predict placed. That is what GPUStack's next re-check will do.
-- A placed instance is tried on its own worker first (any worker that fits makes it a placement
-  GPUStack could have made). Among several workers that fit, the lowest worker id is taken (GPUStack scores candidates by its
-  placement strategy; the choice only matters for pending instances decided after it).
-- Not modelled: one instance spread over several workers (``distributed_servers``); such instances
-  keep their claims and are taken as placed.
+  predict placed, as GPUStack's next re-check will do (its queue takes them one at a time).
+- Each decision is GPUStack's: the candidate paths of its vLLM selector over every ready worker of
+  the model's cluster (gpustack_paths.py: manual selection, one GPU, several GPUs of one worker,
+  several workers), then its placement scorer (placement_scorer.py, spread or binpack).
+- GPUStack lists its workers with an unordered query (``Worker.all``: PostgreSQL returns rows in
+  storage order, which moves as workers post their status), and the first of equal scores wins, so
+  the worker a tie goes to is not fixed. ``replay`` takes them in id order, or the reverse; a model
+  whose pending count differs between the two is flagged by the caller.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from ..errors import ModelError
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from . import backends, gpustack
+from . import backends, gpustack, gpustack_paths, placement_scorer
 from .model import ModelSpec, Scheduler
-from .params import GpuStackParams
-from .params import gpustack_params
+from .params import GpuStackParams, first_int_parameter, gpustack_params
+from .placement_scorer import Strategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +49,14 @@ class WorkerGpus:
 class Request:
     """One model as the scheduler sees it."""
 
-    spec: ModelSpec  # its pinned_gpus is ignored: ``pinned`` says which GPUs of which worker
+    spec: ModelSpec  # its pinned_gpus is ignored: ``selection`` says which GPUs of which worker
     workers: frozenset[int]  # the workers it may use (its cluster, worker_selector)
-    pinned: Mapping[int, tuple[int, ...]] | None = None  # gpu_selector: worker id -> GPU indexes
+    selection: Mapping[str, tuple[int, ...]] | None = None  # gpu_selector: worker name -> GPU indexes
+    selected_count: int = 0  # len(gpu_selector.gpu_ids)
+    gpus_per_replica: int | None = None  # gpu_selector.gpus_per_replica as GPUStack filled it in
+    strategy: Strategy = "spread"  # the model's placement_strategy
+    distributed: bool = True  # distributed_inference_across_workers (GPUStack's default for vLLM)
+    executor_mp: bool = False  # --distributed-executor-backend mp
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,35 +77,45 @@ class Verdict:
     worker: int | None = None
     gpus: tuple[int, ...] = ()
     reason: str = ""  # why not: GPUStack's own words where it has them
-    claims: Mapping[int, int] | None = None  # GPU index -> bytes booked, where not int(g * T) (SGLang, custom)
+    claims: Mapping[tuple[int, int], int] = field(default_factory=dict)  # what a predicted placement books
+    overcommit: bool = False
 
 
 Claims = dict[tuple[int, int], int]
 
 
 def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], instances: Iterable[Instance],
-           scheduler: Scheduler = "gpustack") -> dict[int, Verdict]:
-    """Our verdict for every instance whose model has a request (others are skipped, their claims kept)."""
-    by_id = {worker.id: worker for worker in workers}
+           scheduler: Scheduler = "gpustack", *, reverse_order: bool = False) -> dict[int, Verdict]:
+    """Our verdict for every instance whose model has a request (others are skipped, their claims kept).
+
+    Workers are taken in id order (``reverse_order``: the other way round), the order GPUStack's
+    unordered ``Worker.all`` query usually returns them in; it decides among equal scores."""
+    ordered_workers = sorted(workers, key=lambda w: w.id, reverse=reverse_order)
     ordered = sorted(instances, key=lambda inst: inst.id)
     claims: Claims = {}
+    holdings: list[placement_scorer.Holding] = []
     verdicts: dict[int, Verdict] = {}
     for inst in ordered:
         if not inst.placed:
             continue
         request = requests.get(inst.model)
         if request is not None:
+            # Judged on the workers as they were when it was placed: a worker since gone not ready
+            # still counts (its instance keeps its claim).
             verdicts[inst.id] = (Verdict(inst.id, inst.model, True) if inst.distributed
-                                 else decide(inst, request, by_id, claims, scheduler))
+                                 else decide(inst, request, [replace(w, ready=True) for w in ordered_workers],
+                                             claims, scheduler, holdings))
         _book(claims, inst.claims)
+        holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims)))
     for inst in ordered:
         request = requests.get(inst.model)
         if inst.placed or request is None:
             continue
-        verdict = decide(inst, request, by_id, claims, scheduler)
+        verdict = decide(inst, request, ordered_workers, claims, scheduler, holdings)
         verdicts[inst.id] = verdict
         if verdict.placed:
-            _book(claims, _predicted_claims(verdict, request, by_id))
+            _book(claims, verdict.claims)
+            holdings.append(placement_scorer.Holding(inst.model, frozenset(verdict.claims)))
     return verdicts
 
 
@@ -110,40 +127,106 @@ def pending_counts(verdicts: Mapping[int, Verdict]) -> dict[str, int]:
     return counts
 
 
-def decide(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus], claims: Mapping[tuple[int, int], int],
-           scheduler: Scheduler) -> Verdict:
-    """Where GPUStack would put this instance now, trying the model's workers in id order."""
-    spec = request.spec
-    if spec.backend != "vllm":
-        return _decide_backend(inst, request, workers, claims, scheduler)
+def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
+           scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding] = ()) -> Verdict:
+    """Where GPUStack would put this instance now: its candidate search over the model's ready
+    workers (gpustack_paths.py), then its placement scorer (placement_scorer.py)."""
+    if request.spec.backend != "vllm":
+        return _decide_backend(inst, request, workers, claims, scheduler, holdings)
     try:
-        params = _params(spec)
+        ask = _ask(request, scheduler, holdings)
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
-    if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(spec.arch,
+    params = _params(request.spec)
+    if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(request.spec.arch,
                                                                                        params.tensor_parallel_size)):
         return Verdict(inst.id, inst.model, False, reason=problem)
-    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
-    reason = "no ready worker of its cluster matches its selectors"
-    order = sorted(request.workers, key=lambda worker_id: (worker_id != inst.worker, worker_id))
-    for worker_id in order:
-        worker = workers.get(worker_id)
-        if worker is None or not worker.ready:
-            continue
-        pinned = None if request.pinned is None else request.pinned.get(worker_id)
-        if request.pinned is not None and not pinned:
-            continue
-        if problem := gpustack.pinned_count_problem(pinned, params.world_size, spec.env):
-            return Verdict(inst.id, inst.model, False, reason=problem)
-        views = worker_views(worker, claims)
-        placement = gpustack.place(views, estimate=estimate, gmu=params.gpu_memory_utilization,
-                                   world_size=params.world_size, arch=spec.arch, scheduler=scheduler,
-                                   pinned=pinned, replica_count=spec.replicas)
-        if placement is not None:
-            return Verdict(inst.id, inst.model, True, worker_id, placement.gpus)
-        reason = f"{worker.name}: " + gpustack.pending_message(estimate, params.gpu_memory_utilization, views,
-                                                               params.world_size)
-    return Verdict(inst.id, inst.model, False, reason=reason)
+    nodes = _nodes(request, workers, claims)
+    if not nodes:
+        return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    found = gpustack_paths.search(nodes, ask)
+    if not found.candidates:
+        return Verdict(inst.id, inst.model, False, reason=found.reason)
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
+                   chosen.claims, chosen.overcommit)
+
+
+def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
+                    claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                    holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """``decide`` for SGLang and custom backends (fit/backends.py: their selectors on one worker at a
+    time; every single-GPU candidate of every worker, else each worker's multi-GPU or manual one), then
+    GPUStack's placement scorer. SGLang's default fraction is sized for the smallest GPU of the model's
+    workers, as GPUStack's selector sees them all. Not modelled: one instance across several workers, a
+    gpus_per_replica below the GPUs selected on a worker (the selection is taken whole)."""
+    spec = request.spec
+    nodes = _nodes(request, workers, claims)
+    if not nodes:
+        return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    pinned = None if request.selection is None else {node.id: request.selection[node.name] for node in nodes}
+    try:
+        book = backends.booking(spec, backends.smallest_total(_totals(nodes), pinned),
+                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
+    except ModelError as exc:
+        return Verdict(inst.id, inst.model, False, reason=str(exc))
+    candidates, reason = [], "no ready worker of its cluster matches its selectors"
+    for node in nodes:
+        chosen = None if pinned is None else pinned[node.id]
+        found = backends.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
+        candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
+                                                overcommit=p.overcommit) for p in found]
+        if not found:
+            reason = f"{node.name}: " + backends.pending_message(spec, list(node.gpus), book, chosen)
+    if not candidates:
+        return Verdict(inst.id, inst.model, False, reason=reason)
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit)
+
+
+def _totals(nodes: Sequence[gpustack_paths.Node]) -> dict[int, dict[int, int]]:
+    return {node.id: {gpu.index: gpu.total for gpu in node.gpus} for node in nodes}
+
+
+def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
+           ) -> list[gpustack_paths.Node]:
+    """find_candidate's worker filters: its cluster and labels (request.workers), ready, and named by
+    its gpu_selector (policies/worker_filters/gpu_matching_filter.py)."""
+    return [gpustack_paths.Node(worker.id, worker.name, tuple(worker_views(worker, claims)))
+            for worker in workers
+            if worker.id in request.workers and worker.ready
+            and (request.selection is None or worker.name in request.selection)]
+
+
+def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding]) -> gpustack_paths.Ask:
+    spec = request.spec
+    params = _params(spec)
+    distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
+                            for key in holding.gpus)
+    skip = _skip_count_check(spec.env)
+    per_replica = request.gpus_per_replica
+    if request.selection is not None and not per_replica:
+        per_replica = gpustack_paths.gpus_per_replica(request.selected_count, spec.replicas, params.world_size, skip)
+    return gpustack_paths.Ask(
+        estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=params.gpu_memory_utilization,
+        world_size=params.world_size, arch=spec.arch, scheduler=scheduler, distributed=request.distributed,
+        replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
+        gpus_per_replica=per_replica, skip_count_check=skip,
+        parallel=_parallel(spec.backend_parameters, request.executor_mp), distributed_workers=distributed)
+
+
+def _skip_count_check(env: Mapping[str, str]) -> bool:
+    """policies/utils.py::should_skip_gpu_count_check."""
+    return str(env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK", "")).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _parallel(backend_parameters: Sequence[str], executor_mp: bool) -> gpustack_paths.Parallel:
+    read = functools.partial(first_int_parameter, backend_parameters)
+    return gpustack_paths.Parallel(read(["tensor-parallel-size", "tp"]), read(["pipeline-parallel-size", "pp"]),
+                                   read(["data-parallel-size", "dp"]), read(["data-parallel-size-local", "dpl"]),
+                                   read(["prefill-context-parallel-size", "pcp"]), executor_mp)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -162,44 +245,6 @@ def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> l
                          gpustack.allocatable_bytes(total, claims.get((worker.id, index), 0), worker.system_reserved))
         for index, total in sorted(worker.totals.items())
     ]
-
-
-def _decide_backend(inst: Instance, request: Request, workers: Mapping[int, WorkerGpus],
-                    claims: Mapping[tuple[int, int], int], scheduler: Scheduler) -> Verdict:
-    """``decide`` for SGLang and custom backends (fit/backends.py). SGLang's default fraction is computed
-    from the smallest GPU of the workers the model may use, as GPUStack's selector sees them all."""
-    spec = request.spec
-    usable = usable_workers(request, workers)
-    selected = tuple(len(v) for v in request.pinned.values() if v) if request.pinned is not None else ()
-    try:
-        book = backends.booking(spec, backends.smallest_total({w.id: w.totals for w in usable}, request.pinned),
-                                selected_per_worker=selected)
-    except ModelError as exc:
-        return Verdict(inst.id, inst.model, False, reason=str(exc))
-    reason = "no ready worker of its cluster matches its selectors"
-    for worker in sorted(usable, key=lambda w: (w.id != inst.worker, w.id)):
-        pinned = None if request.pinned is None else request.pinned.get(worker.id)
-        if request.pinned is not None and not pinned:
-            continue
-        views = worker_views(worker, claims)
-        placement = backends.place(spec, views, scheduler=scheduler, book=book, pinned=pinned)
-        if placement is not None:
-            return Verdict(inst.id, inst.model, True, worker.id, placement.gpus, claims=dict(placement.claims))
-        reason = f"{worker.name}: " + backends.pending_message(spec, views, book, pinned)
-    return Verdict(inst.id, inst.model, False, reason=reason)
-
-
-def usable_workers(request: Request, workers: Mapping[int, WorkerGpus]) -> list[WorkerGpus]:
-    """The ready workers a model may use, in id order."""
-    return [workers[w] for w in sorted(request.workers) if w in workers and workers[w].ready]
-
-
-def _predicted_claims(verdict: Verdict, request: Request, workers: Mapping[int, WorkerGpus]) -> Claims:
-    worker = workers[verdict.worker]
-    if verdict.claims is not None:
-        return {(worker.id, index): claim for index, claim in verdict.claims.items()}
-    gmu = _params(request.spec).gpu_memory_utilization
-    return {(worker.id, index): gpustack.claim_bytes(worker.totals[index], gmu) for index in verdict.gpus}
 
 
 def _book(claims: Claims, more: Mapping[tuple[int, int], int]) -> None:

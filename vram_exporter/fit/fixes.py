@@ -22,7 +22,7 @@ whole grid with the full rulebooks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..snapshot import GpuReading
 from ..units import GIB, gib
@@ -40,6 +40,10 @@ class Fix:
     knob: str  # system_reserved_vram, gpu_memory_utilization, vram_claim, max_model_len, kv_cache_dtype, ...
     action: str  # what to do, for a person
     works: bool  # False: this knob alone cannot make it fit (the action says why)
+    # The change in values, where the explain page's what-if can make it: (knob, value) pairs, sizes in
+    # bytes (system_reserved_vram, vram_claim), tokens (max_model_len); () where it cannot (pinning...).
+    # Not compared: the action says the same (tests/bruteforce_fixes.py, the oracle, compares actions).
+    change: tuple[tuple[str, object], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +187,7 @@ class _Search:
     def utilization(self) -> Knob:
         options = self._gmu_options(self.cluster, lambda g: Fix(
             "gpu_memory_utilization", f"set --gpu-memory-utilization={g} (dashes, so GPUStack and vLLM both read it)",
-            True))
+            True, (("gpu_memory_utilization", g),)))
         return Knob(tuple(options), None)  # what is said otherwise depends on free memory: _utilization
 
     def reservation(self) -> Knob:
@@ -193,7 +197,8 @@ class _Search:
         options = []
         for reserved in range(current - GIB, -1, -GIB):
             fix = Fix("system_reserved_vram",
-                      f"lower the worker's --system-reserved vram from {current // GIB} to {reserved // GIB} GiB", True)
+                      f"lower the worker's --system-reserved vram from {current // GIB} to {reserved // GIB} GiB", True,
+                      (("system_reserved_vram", reserved),))
             if option := self._option(fix, cluster=replace(self.cluster, system_reserved_vram=reserved)):
                 options.append(option)
         return Knob(tuple(options), Fix(
@@ -207,7 +212,8 @@ class _Search:
             cluster = replace(self.cluster, system_reserved_vram=reserved)
             options += self._gmu_options(cluster, lambda g, r=reserved: Fix(
                 "system_reserved_vram+gpu_memory_utilization",
-                f"lower --system-reserved vram to {r // GIB} GiB and set --gpu-memory-utilization={g}", True))
+                f"lower --system-reserved vram to {r // GIB} GiB and set --gpu-memory-utilization={g}", True,
+                (("system_reserved_vram", r), ("gpu_memory_utilization", g))))
         return Knob(tuple(options), None)
 
     def claim(self) -> Knob:
@@ -222,7 +228,8 @@ class _Search:
             model = _gmu(self.model, g) if g != current else self.model
             with_claim = replace(model, env={**self.model.env, gpustack.ENV_CLAIM: str(claim)})
             also = "" if g == current else f" with --gpu-memory-utilization={g}"
-            fix = Fix("vram_claim", f"set {gpustack.ENV_CLAIM}={claim} ({gib(claim)}) or less{also}", True)
+            change = (("vram_claim", claim),) + ((("gpu_memory_utilization", g),) if g != current else ())
+            fix = Fix("vram_claim", f"set {gpustack.ENV_CLAIM}={claim} ({gib(claim)}) or less{also}", True, change)
             if option := self._option(fix, with_claim):
                 options.append(option)
         return Knob(tuple(options), Fix("vram_claim", f"no {gpustack.ENV_CLAIM} makes it fit on its own", False))
@@ -270,7 +277,7 @@ class _Search:
         if fits_len <= 0:
             return Knob((), Fix("max_model_len", "no context length fits: the KV cache has no room at all", False))
         fix = Fix("max_model_len", f"set --max-model-len={fits_len} (the longest that fits; now "
-                  f"{self.fit.max_model_len})", True)
+                  f"{self.fit.max_model_len})", True, (("max_model_len", fits_len),))
         option = self._option(fix, replace(self.model, max_model_len=fits_len))
         return Knob((option,) if option else (),
                     Fix("max_model_len", "shortening the context alone does not help", False))
@@ -278,7 +285,8 @@ class _Search:
     def kv_cache_dtype(self) -> Knob:
         if self.model.vllm.kv_cache_dtype.startswith("fp8") or self.fit.bytes_per_token == 0:
             return Knob((), None)
-        option = self._option(Fix("kv_cache_dtype", "set --kv-cache-dtype=fp8 (half the KV bytes per token)", True),
+        option = self._option(Fix("kv_cache_dtype", "set --kv-cache-dtype=fp8 (half the KV bytes per token)", True,
+                                  (("kv_cache_dtype", "fp8"),)),
                               self._with("kv-cache-dtype", "fp8"))
         return Knob((option,) if option else (),
                     Fix("kv_cache_dtype", "--kv-cache-dtype=fp8 alone does not make it fit", False))

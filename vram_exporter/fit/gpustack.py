@@ -153,6 +153,13 @@ def multi_gpu_eligible(gpu: GpuView, gmu: float) -> bool:
 def _place_multi(
     gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None, arch: Architecture
 ) -> Placement | None:
+    chosen = multi_gpu_choice(gpus, estimate, gmu, world_size, arch)
+    return _multi(chosen, gmu) if chosen else None
+
+
+def multi_gpu_choice(gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None,
+                     arch: Architecture) -> list[GpuView] | None:
+    """The GPUs of one worker a multi-GPU placement takes (largest allocatable first), or None."""
     if len(gpus) < 2:
         return None
     eligible = [gpu for gpu in gpus if multi_gpu_eligible(gpu, gmu)]
@@ -166,9 +173,9 @@ def _place_multi(
             continue
         if world_size and len(chosen) >= world_size:
             # GPUStack stops at the requested count (or the first divisible count past it).
-            return _multi(chosen, gmu) if booked >= estimate else None
+            return chosen if booked >= estimate else None
         if not world_size and booked >= estimate:
-            return _multi(chosen, gmu)
+            return chosen
     return None
 
 

@@ -136,8 +136,10 @@ def free_memory(snapshot: NodeSnapshot) -> dict[int, int]:
 
 
 def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelSpec],
-               booked: Mapping[int, int] | None = None) -> NodeFit:
-    """Everything but vLLM's start-up check: reads the GPUs' identities and sizes, never free memory."""
+               booked: Mapping[int, int] | None = None, predicted: Mapping[int, int] | None = None) -> NodeFit:
+    """Everything but vLLM's start-up check: reads the GPUs' identities and sizes, never free memory.
+    ``predicted``: the candidates' claims per GPU as decided over the whole cluster, shown instead of
+    this node's own placement of them."""
     gpus = [gpu for gpu in snapshot.gpus if gpu.up]
     claims: dict[int, int] = {gpu.index: (booked or {}).get(gpu.index, 0) for gpu in gpus}
     committed: dict[int, int] = {gpu.index: 0 for gpu in gpus}
@@ -155,7 +157,7 @@ def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelS
         GpuBooking(gpu.index, gpu.uuid, gpustack.total_whole_mib(gpu.memory.total), cluster.system_reserved_vram,
                    today[gpu.index],
                    gpustack.allocatable_bytes(gpu.memory.total, today[gpu.index], cluster.system_reserved_vram),
-                   claims[gpu.index] - today[gpu.index])
+                   claims[gpu.index] - today[gpu.index] if predicted is None else predicted.get(gpu.index, 0))
         for gpu in gpus
     )
     return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)

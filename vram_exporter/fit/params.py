@@ -87,6 +87,11 @@ def _first(parameters: Sequence[str] | None, names: Sequence[str]) -> str | None
     return None
 
 
+def first_int_parameter(parameters: Sequence[str] | None, names: Sequence[str]) -> int | None:
+    """gpustack ``find_int_parameter``: the first value of any of ``names``, None when absent or not an int."""
+    return _first_int(parameters, names)
+
+
 def _first_int(parameters: Sequence[str] | None, names: Sequence[str]) -> int | None:
     value = _first(parameters, names)
     try:

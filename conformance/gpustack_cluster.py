@@ -1,0 +1,160 @@
+"""GPUStack 2.3.0's own scheduler steps, offline, over whole clusters read from stdin (JSON lines).
+
+Runs inside a virtual environment with gpustack==2.3.0 (`make conformance` makes it); vram_exporter
+never imports it. For each scenario (workers with made-up GPUs, models created one by one) it does
+what ``gpustack/scheduler/scheduler.py`` does for each new instance, with GPUStack's own classes:
+``set_model_gpus_per_replica``, the ``GPUMatchingFilter``, ``VLLMResourceFitSelector.select_candidates``,
+the ``PlacementScorer`` (spread or binpack) and ``pick_highest_score_candidate``; a placed instance
+then holds its claims (main and subordinate workers) for the ones after it. Model directories are
+real (config.json and sparse weight files of the real sizes), so GPUStack sizes them itself.
+Prints one JSON line per scenario: {"id", "instances": [{"id", "model", "placed", "worker",
+"gpus", "claims": {"<worker>:<gpu>": bytes}, "overcommit", "message"}]}.
+"""
+
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+logging.disable(logging.CRITICAL)
+
+from gpustack.config import Config  # noqa: E402
+from gpustack.policies.candidate_selectors.vllm_resource_fit_selector import VLLMResourceFitSelector  # noqa: E402
+from gpustack.policies.resource_view import ResourceView  # noqa: E402
+from gpustack.policies.scorers.placement_scorer import PlacementScorer  # noqa: E402
+from gpustack.policies.worker_filters.gpu_matching_filter import GPUMatchingFilter  # noqa: E402
+from gpustack.scheduler.scheduler import pick_highest_score_candidate, set_model_gpus_per_replica  # noqa: E402
+from gpustack.schemas.models import (  # noqa: E402
+    BackendEnum,
+    CategoryEnum,
+    ComputedResourceClaim,
+    DistributedServers,
+    GPUSelector,
+    Model,
+    ModelInstance,
+    ModelInstanceStateEnum,
+    ModelInstanceSubordinateWorker,
+    PlacementStrategyEnum,
+    SourceEnum,
+)
+from gpustack.schemas.workers import (  # noqa: E402
+    GPUCoreInfo,
+    GPUDeviceStatus,
+    MemoryInfo,
+    SystemReserved,
+    Worker,
+    WorkerStateEnum,
+    WorkerStatus,
+)
+
+
+def make_worker(spec):
+    gpus = [
+        GPUDeviceStatus(
+            vendor="nvidia", type="cuda", index=i, device_index=i, device_chip_index=0, name="GPU",
+            uuid=f"GPU-{spec['id']}-{i}", core=GPUCoreInfo(total=0, utilization_rate=0),
+            memory=MemoryInfo(total=total, used=0, utilization_rate=0, is_unified_memory=False),
+        )
+        for i, total in enumerate(spec["gpus"])
+    ]
+    status = WorkerStatus.model_construct(gpu_devices=gpus, memory=MemoryInfo(total=512 * 2**30, used=0,
+                                                                             utilization_rate=0))
+    return Worker.model_construct(
+        id=spec["id"], name=spec["name"], hostname=spec["name"], ip=f"10.0.0.{spec['id']}", ifname="eth0",
+        port=10150, cluster_id=1, labels={}, state=WorkerStateEnum.READY, status=status, unreachable=False,
+        system_reserved=SystemReserved(ram=0, vram=spec["system_reserved"]),
+    )
+
+
+def make_model(spec, directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(spec["config"]))
+    for name, size in spec["files"].items():
+        with open(directory / name, "wb") as f:
+            f.truncate(size)
+    selector = GPUSelector(gpu_ids=spec["gpu_ids"]) if spec.get("gpu_ids") else None
+    return Model(
+        id=spec["id"], name=spec["name"], source=SourceEnum.LOCAL_PATH, local_path=str(directory),
+        backend=BackendEnum.VLLM, backend_parameters=spec["params"], env=spec.get("env") or None,
+        replicas=spec["replicas"], cluster_id=1, categories=[CategoryEnum.LLM], gpu_selector=selector,
+        placement_strategy=PlacementStrategyEnum(spec["strategy"]),
+        # The API validates a ModelCreate, whose set_defaults turns None into True for vLLM; a table
+        # Model built directly skips validators, so the default is applied here.
+        distributed_inference_across_workers=spec.get("distributed", True),
+    )
+
+
+def placed_instance(ident, model, candidate):
+    subordinates = [
+        ModelInstanceSubordinateWorker(
+            worker_id=sw.worker_id, worker_name=sw.worker_name, worker_ip=sw.worker_ip, total_gpus=sw.total_gpus,
+            gpu_type=sw.gpu_type, gpu_indexes=sw.gpu_indexes, computed_resource_claim=sw.computed_resource_claim)
+        for sw in candidate.subordinate_workers or []
+    ]
+    return ModelInstance.model_construct(
+        id=ident, name=f"{model.name}-{ident}", model_id=model.id, model_name=model.name, model=model,
+        worker_id=candidate.worker.id, worker_name=candidate.worker.name, gpu_indexes=list(candidate.gpu_indexes),
+        gpu_type="cuda", state=ModelInstanceStateEnum.SCHEDULED,
+        computed_resource_claim=ComputedResourceClaim(vram=dict(candidate.computed_resource_claim.vram), ram=0),
+        distributed_servers=DistributedServers(subordinate_workers=subordinates) if subordinates else None,
+    )
+
+
+def claims_of(candidate):
+    claims = {f"{candidate.worker.id}:{k}": v for k, v in candidate.computed_resource_claim.vram.items()}
+    for sw in candidate.subordinate_workers or []:
+        claims.update({f"{sw.worker_id}:{k}": v for k, v in sw.computed_resource_claim.vram.items()})
+    return claims
+
+
+async def decide(config, model, workers, instances):
+    """find_candidate without the database: its GPU-selector filter, selector, placement scorer, pick."""
+    workers, _ = await GPUMatchingFilter(model).filter(workers)
+    if not workers:
+        return None, "no worker matches the gpu selector"
+    view = ResourceView(instances)
+    try:
+        selector = VLLMResourceFitSelector(config, model, instances, resource_view=view)
+        candidates = await selector.select_candidates(workers)
+    except Exception as exc:  # GPUStack leaves the instance pending with this message
+        return None, f"error: {exc}"
+    if len(candidates) > 1:  # (a lone candidate is picked whatever its score; binpack would read the database
+        # for subordinate workers, and a candidate with subordinates always comes alone)
+        candidates = await PlacementScorer(model, instances, resource_view=view).score(candidates)
+    candidate = pick_highest_score_candidate(candidates)
+    if candidate is None:
+        return None, "\n".join(selector.get_messages())
+    return candidate, ""
+
+
+async def run(scenario, root):
+    config = Config.model_construct(huggingface_token=None, cache_dir=str(root / "cache"))
+    workers = [make_worker(w) for w in scenario["workers"]]
+    instances, out, ident = [], [], 0
+    for spec in scenario["models"]:
+        model = make_model(spec, root / f"s{scenario['id']}" / spec["name"])
+        set_model_gpus_per_replica(model)
+        for _ in range(spec["replicas"]):
+            ident += 1
+            candidate, message = await decide(config, model, workers, instances)
+            if candidate is None:
+                out.append({"id": ident, "model": spec["name"], "placed": False, "message": message})
+                continue
+            instances.append(placed_instance(ident, model, candidate))
+            out.append({"id": ident, "model": spec["name"], "placed": True, "worker": candidate.worker.id,
+                        "gpus": list(candidate.gpu_indexes), "claims": claims_of(candidate),
+                        "overcommit": bool(candidate.overcommit),
+                        "gpus_per_replica": model.gpu_selector.gpus_per_replica if model.gpu_selector else None})
+    return {"id": scenario["id"], "instances": out}
+
+
+async def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(await run(json.loads(line), Path(tmp))), flush=True)
+
+
+asyncio.run(main())
