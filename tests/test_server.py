@@ -80,6 +80,20 @@ def test_bad_flags_exit_2_with_a_message(args, expected):
     assert result.returncode == 2 and expected in result.stderr
 
 
+def test_a_port_already_taken_exits_2_naming_the_flag():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run([*exporter_command(), "--nvml.fixture", SEED, "--web.listen-address", address],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert f"--web.listen-address '{address}': cannot listen there" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_fixture_exits_2_naming_file_line_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("driver_version: x\ngpus:\n  - index: 0\n    nmae: A\n")

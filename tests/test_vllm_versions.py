@@ -48,3 +48,17 @@ def test_node_fit_uses_the_clusters_version():
     old = fit_node(snapshot, Cluster(vllm_version="0.26"), [model]).models[0]
     assert new.kv_required - old.kv_required == 16 * new.bytes_per_token  # the held-back block
     assert old.per_gpu[0].headroom["vllm_kv_cache"] - new.per_gpu[0].headroom["vllm_kv_cache"] == 16 * new.bytes_per_token
+
+
+def test_sliding_window_minimum_follows_the_batch_flag():
+    """--max-num-batched-tokens sets the tokens in flight (two batches) a sliding-window layer holds;
+    without it, serve's default for the GPU (8192 on an H200)."""
+    snapshot = node(gpu(0, 150_754_820_096))
+    per = vllm.bytes_per_token(MISTRAL, tp=1, pp=1, dtype_bytes=2)
+
+    def required(*flags):
+        model = seed_model("--gpu-memory-utilization=0.9", *flags, arch=MISTRAL, max_model_len=32768)
+        return fit_node(snapshot, Cluster(vllm_runtime_overhead=2**30), [model]).models[0].kv_required
+
+    assert required() == (-(-(4095 + 2 * 8192) // 16) + 1) * 16 * per
+    assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 1) * 16 * per

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Print the fitted vLLM runtime overhead O for a model, to put in the manifest as its runtime_overhead.
+"""Print the fitted vLLM runtime overhead O for a model: what the rulebook uses when neither the model
+nor the cluster sets runtime_overhead, and what to put there to pin it.
 
     python3 tools/vllm_runtime_overhead.py /models/Qwen2.5-1.5B-Instruct/config.json --gpu-total-gib 141 \
         [--gpu-name "NVIDIA H200"] [--max-num-batched-tokens 8192] [--vllm-version 0.26]
@@ -10,8 +11,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vram_exporter.fit.vllm_runtime import runtime_overhead, default_scheduler_limits, rules_for  # noqa: E402
-from vram_exporter.fit.vllm_runtime import suggested_runtime_overhead  # noqa: E402
+from vram_exporter.fit.model import Architecture  # noqa: E402
+from vram_exporter.fit.vllm_runtime import default_scheduler_limits, fitted_runtime_overhead  # noqa: E402
+from vram_exporter.fit.vllm_runtime import rules_for, runtime_overhead  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,12 +24,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-num-batched-tokens", type=int)
     ap.add_argument("--vllm-version", default="0.33")
     a = ap.parse_args(argv)
-    config = json.loads(Path(a.config).read_text())
+    arch = Architecture.from_config(json.loads(Path(a.config).read_text()))
     total = int(a.gpu_total_gib * 2**30)
     batch = a.max_num_batched_tokens or default_scheduler_limits(total, a.gpu_name, "serve")[0]
-    parts = runtime_overhead(config, batch)
-    o = suggested_runtime_overhead(config, device_total_bytes=total, device_name=a.gpu_name,
-                                   max_num_batched_tokens=a.max_num_batched_tokens, version=a.vllm_version)
+    parts = runtime_overhead(arch, batch)
+    if parts is None:
+        print(f"{a.config}: no hidden_size / intermediate_size (or MoE shape): the rulebook uses 1 GiB", file=sys.stderr)
+        return 1
+    o = fitted_runtime_overhead(arch, version=a.vllm_version, device_total_bytes=total, device_name=a.gpu_name,
+                                max_num_batched_tokens=a.max_num_batched_tokens)
     print(f"batch {batch} tokens: peak activation {parts.peak_activation / 2**20:.0f} MiB, non-torch "
           f"{parts.non_torch / 2**20:.0f} MiB, CUDA graphs <= {parts.cuda_graphs / 2**20:.0f} MiB "
           f"({'in' if rules_for(a.vllm_version).graphs_in_budget else 'outside'} the budget in {a.vllm_version})")

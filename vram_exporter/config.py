@@ -40,7 +40,7 @@ class ClusterSettings(Strict):
     system_reserved_vram: Size = 0
     vllm_default_gpu_memory_utilization: Utilization = 0.92
     vllm_context_overhead: Size = 512 * 2**20
-    vllm_runtime_overhead: Size = 2**30
+    vllm_runtime_overhead: Size | None = None  # None: fitted per model (fit/vllm_runtime.py), else 1 GiB
     vllm_version: Literal["0.26", "0.33"] = "0.33"  # rules that differ: fit/vllm_runtime.py VLLM_RULES
 
     @field_validator("system_reserved_vram")

@@ -212,6 +212,8 @@ class Exporter:
         try:
             return await self._planner.plan(self.inputs(manifest, snap), snap)
         except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
+            if self._planner.closed:
+                return None  # shutting down (a refused port, SIGTERM): the pool is gone, nothing failed
             log.exception("fit model failed on this snapshot")
             return None
 

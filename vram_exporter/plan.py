@@ -98,6 +98,7 @@ class Planner:
         self._version = 0
         self._current: Plan | None = None
         self._building: tuple[NodeInputs, Future[Plan]] | None = None
+        self.closed = False  # close() was called: the worker thread is gone
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
 
     def submit(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Future[Plan]:
@@ -152,6 +153,7 @@ class Planner:
             plan.fixes_known.set_result(plan.fixes)
 
     def close(self) -> None:
+        self.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

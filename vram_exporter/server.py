@@ -4,6 +4,7 @@ GPUStack client, at the other edge) imports aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import base64
 import binascii
 import zlib
@@ -382,5 +383,13 @@ def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_
     # loop every millisecond instead of every 5: a probe or a scrape waits for it less.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
-    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,
-                shutdown_timeout=shutdown_timeout)
+    try:
+        web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,
+                    shutdown_timeout=shutdown_timeout)
+    except OSError as exc:
+        # The listening socket could not be made (port taken, address not ours, privileged port):
+        # a flag to fix, said as such, not a traceback.
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise FlagError(f"--web.listen-address {listen_address!r}: cannot listen there: "
+                            f"{exc.strerror or exc}") from None
+        raise

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from .params import GpuStackParams, VllmParams, gpustack_params, vllm_params
 
 GIB = 2**30
+RUNTIME_OVERHEAD_FALLBACK = GIB  # O where neither manifest nor config.json gives more (DESIGN.md section 3)
 Scheduler = Literal["gpustack", "gpustack-0.6"]
 Backend = Literal["vllm", "sglang", "custom"]  # GPUStack's BackendEnum vLLM, SGLang, Custom
 
@@ -52,6 +53,11 @@ class Architecture:
     # The context SGLang derives (sglang 0.5.9 utils/hf_transformers_utils.py::get_context_length): the first of
     # its context keys, times rope_scaling.factor unless original_max_position_embeddings or llama3 is there.
     hf_context_len: int = 2048
+    # The MLP's shape, for the activation peak in vLLM's runtime overhead O (fit/vllm_runtime.py); None
+    # where config.json lacks it (then O falls back to the cluster's constant).
+    hidden_size: int | None = None
+    intermediate_size: int | None = None  # dense MLP (intermediate_size; OPT: ffn_dim; GPT-2: n_inner)
+    moe: MoeShape | None = None
 
     @property
     def mla(self) -> bool:
@@ -100,6 +106,10 @@ class Architecture:
             vision_layers=vision.get("num_hidden_layers") or vision.get("depth"),
             vision_hidden_size=vision.get("hidden_size"),
             hf_context_len=hf_context_length(text),
+            hidden_size=_optional_int(text, "hidden_size"),
+            intermediate_size=next((v for k in ("intermediate_size", "ffn_dim", "n_inner")
+                                    if (v := _optional_int(text, k))), None),
+            moe=MoeShape.from_config(text),
         )
 
 
@@ -118,6 +128,39 @@ def hf_context_length(text: Mapping[str, Any]) -> int:
         if text.get(key) is not None:
             return int(factor * text[key])
     return 2048
+
+
+@dataclass(frozen=True, slots=True)
+class MoeShape:
+    """A mixture-of-experts MLP: what one token passes through. DeepSeek-V2/V3 (n_routed_experts,
+    n_shared_experts, moe_intermediate_size, first_k_dense_replace), Qwen-MoE (num_experts,
+    shared_expert_intermediate_size), Mixtral (num_local_experts; its experts are intermediate_size wide)."""
+
+    experts: int  # routed experts
+    experts_per_token: int
+    expert_intermediate_size: int
+    shared_intermediate_size: int = 0  # the shared experts of a token, together
+    dense_layers: int = 0  # leading layers with a dense MLP (first_k_dense_replace)
+
+    @classmethod
+    def from_config(cls, text: Mapping[str, Any]) -> MoeShape | None:
+        experts = next((v for k in ("n_routed_experts", "num_experts", "num_local_experts")
+                        if (v := _optional_int(text, k))), None)
+        per_token = _optional_int(text, "num_experts_per_tok")
+        if not experts or not per_token:
+            return None
+        width = _optional_int(text, "moe_intermediate_size") or _optional_int(text, "intermediate_size")
+        if not width:
+            return None
+        shared = (_optional_int(text, "shared_expert_intermediate_size")
+                  or (_optional_int(text, "n_shared_experts") or 0) * width)
+        return cls(experts=experts, experts_per_token=per_token, expert_intermediate_size=width,
+                   shared_intermediate_size=shared, dense_layers=_optional_int(text, "first_k_dense_replace") or 0)
+
+
+def _optional_int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _positive_int(config: Mapping[str, Any], key: str) -> int:
@@ -177,5 +220,8 @@ class Cluster:
     system_reserved_vram: int = 0
     vllm_default_gpu_memory_utilization: float = 0.92  # vLLM >= 0.20 (0.9 before)
     vllm_context_overhead: int = 512 * 2**20  # C_pre: CUDA context + cuBLAS of the new process
-    vllm_runtime_overhead: int = GIB  # O: activation peak + CUDA graphs + non-torch memory
+    # O: activation peak + non-torch memory (+ CUDA graphs where the version counts them). None: the
+    # fitted model of fit/vllm_runtime.py for each model whose config.json has the MLP's shape, else
+    # RUNTIME_OVERHEAD_FALLBACK; a value: that O for every model (a model's own runtime_overhead wins).
+    vllm_runtime_overhead: int | None = None
     vllm_version: str = "0.33"  # the rules that differ by version: fit/vllm_runtime.py VLLM_RULES

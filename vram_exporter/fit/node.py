@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from ..snapshot import GpuReading, NodeSnapshot
 from ..units import gib
 from . import gpustack, vllm, vllm_runtime
-from .model import Cluster, ModelSpec
+from .model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache",
           "gpustack_custom_claim", "sglang_kv_pool", "sglang_context", "sglang_free_memory")  # backend_fit.py
@@ -368,6 +368,7 @@ class _KvTerms:
     weights_per_gpu: int
     overhead: int
     held_back: int  # blocks vLLM holds back beyond the minimum (its version's rule)
+    batch_flag: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
@@ -391,19 +392,36 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     target_len = _target_len(model, vp, cap)
     held = vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks
     required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
-                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None)))
+                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None),
+                                                                     vp.max_num_batched_tokens))
                 if target_len > 0 else 0)
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
-        overhead=cluster.vllm_runtime_overhead if model.runtime_overhead is None else model.runtime_overhead,
-        held_back=held)
+        overhead=_runtime_overhead(model, cluster, next((g for g in gpus if g.up), None)), held_back=held,
+        batch_flag=vp.max_num_batched_tokens)
 
 
-def _batch_in_flight(gpu: GpuReading | None) -> int:
+def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+    """O: the model's own, else the cluster's, else (one GPU, no tensor or pipeline parallelism) the fitted
+    model at the batch `vllm serve` will run (fit/vllm_runtime.py), else the fallback constant."""
+    for given in (model.runtime_overhead, cluster.vllm_runtime_overhead):
+        if given is not None:
+            return given
+    if model.vllm.tensor_parallel_size * model.vllm.pipeline_parallel_size > 1:
+        return RUNTIME_OVERHEAD_FALLBACK  # the fit is of one GPU; NCCL and sharded MLPs were not measured
+    fitted = vllm_runtime.fitted_runtime_overhead(
+        model.arch, version=cluster.vllm_version, device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
+        device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+    return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
+
+
+def _batch_in_flight(gpu: GpuReading | None, flag: int | None = None) -> int:
     """Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
     depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
     (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0)."""
+    if flag is not None:
+        return 2 * flag
     if gpu is None or gpu.memory is None:
         return 2 * vllm.SLIDING_BATCH_TOKENS
     return 2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name)
@@ -414,7 +432,8 @@ def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.Vll
         cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), free_bytes=0, gmu=kv.gmu,
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead,
         context_overhead=cluster.vllm_context_overhead, required_kv=kv.required, arch=arch, block=kv.block,
-        per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back, batch_tokens=_batch_in_flight(gpu))
+        per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
+        batch_tokens=_batch_in_flight(gpu, kv.batch_flag))
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,8 @@ class VllmParams:
     kv_cache_dtype: str
     dtype: str
     block_size: int | None
-    spelled_with_underscore: bool  # --gpu_memory_utilization: vLLM reads it, GPUStack does not
+    spelled_with_underscore: bool
+    max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU  # --gpu_memory_utilization: vLLM reads it, GPUStack does not
 
 
 def _vllm_key(key: str) -> str:
@@ -192,6 +193,7 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
         dtype=(last.get("dtype") or "auto"),
         block_size=number("block-size", int, None),
         spelled_with_underscore=underscore,
+        max_num_batched_tokens=number("max-num-batched-tokens", int, None),
     )
 
 

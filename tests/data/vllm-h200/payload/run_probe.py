@@ -17,6 +17,8 @@ Per case it records:
   config                    max_model_len, block_size, num_gpu_blocks, max_num_batched_tokens, max_num_seqs
   log                       the INFO lines vLLM prints (weights, KV memory, KV tokens, graphs, errors)
 
+  sweep                     (plan key "sweep") profile_run's two passes over other batches, after start-up
+
 Usage (device):  python3 run_probe.py --plan plan-1.json --out $OUT [--deadline-s 570]
 Case mode (internal): python3 run_probe.py --case '<json>'
 """
@@ -113,6 +115,70 @@ def collect(self):
     return out
 
 
+def sweep(self, tokens, seqs):
+    """Runs inside vLLM's GPU worker after start-up: the transient torch memory of profile_run's two
+    passes, one at a time, over other batches than the engine's own (issue 17: O as a model of the
+    batch). For n tokens: the forward pass's peak above what was allocated before it, and what it keeps
+    (hidden states) while the sampler runs; for k rows: the sampler pass's peak (logits k x vocab).
+    vLLM's own peak for (n, k) is max(forward_peak(n), held(n) + sampler_peak(k))
+    (vllm/v1/worker/gpu_model_runner.py::profile_run, 0.26.0)."""
+    import gc
+    import torch
+    mr = self.model_runner
+    try:
+        from vllm.config import set_current_vllm_config
+        ctx = lambda: set_current_vllm_config(mr.vllm_config)
+    except Exception:
+        import contextlib
+        ctx = contextlib.nullcontext
+    out = {"forward": [], "sampler": []}
+    last_kept = None
+    with torch.inference_mode(), ctx():
+        for n in tokens:
+            rec = {"tokens": n}
+            try:
+                gc.collect(); torch.cuda.synchronize(); torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                a0 = torch.cuda.memory_allocated()
+                h, last = mr._dummy_run(n, is_profile=True)
+                torch.cuda.synchronize()
+                rec.update(forward_peak=torch.cuda.max_memory_allocated() - a0,
+                           held=torch.cuda.memory_allocated() - a0, rows=int(last.shape[0]))
+                last_kept = last[:1].clone()
+                del h, last
+            except Exception as e:
+                rec["error"] = repr(e)[:400]
+            out["forward"].append(rec)
+        for k in seqs:
+            rec = {"seqs": k}
+            try:
+                gc.collect(); torch.cuda.synchronize(); torch.cuda.empty_cache()
+                rows = last_kept.expand(k, -1).contiguous()
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                a1 = torch.cuda.memory_allocated()
+                o = mr._dummy_sampler_run(rows)
+                torch.cuda.synchronize()
+                rec["sampler_peak"] = torch.cuda.max_memory_allocated() - a1
+                del o, rows
+            except Exception as e:
+                rec["error"] = repr(e)[:400]
+            out["sampler"].append(rec)
+        # vLLM's own profile_run again, now that the engine is up (nothing compiles any more): its peak
+        # above what was allocated before it, as memory_profiling measures it
+        try:
+            gc.collect(); torch.cuda.synchronize(); torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            a2 = torch.cuda.memory_allocated()
+            mr.profile_run()
+            torch.cuda.synchronize()
+            out["profile_run_peak"] = torch.cuda.max_memory_allocated() - a2
+        except Exception as e:
+            out["profile_run_error"] = repr(e)[:400]
+    gc.collect(); torch.cuda.empty_cache()
+    return out
+
+
 def run_case_inprocess(case):
     """Child process: build the engine, read its numbers, print one RESULT line."""
     from vllm import LLM, SamplingParams
@@ -138,6 +204,17 @@ def run_case_inprocess(case):
     }
     res["nvml_engine_up"] = nvml_snapshot()
     print("RESULT " + json.dumps(res), flush=True)   # before generate: a failing generate keeps the numbers
+    if case.get("sweep"):
+        limit = vc.scheduler_config.max_num_batched_tokens
+        tokens = [n for n in case["sweep"]["tokens"] if n <= limit]
+        seqs = [k for k in case["sweep"]["seqs"] if k <= vc.scheduler_config.max_num_seqs]
+        t1 = time.time()
+        try:
+            sw = llm.collective_rpc(sweep, args=(tokens, seqs))[0]
+        except Exception as e:
+            sw = {"error": repr(e)[:500]}
+        sw["s"] = round(time.time() - t1, 1)
+        print("RESULT " + json.dumps({"sweep": sw}), flush=True)
     if case.get("generate", True):
         try:
             out = llm.generate([TokensPrompt(prompt_token_ids=list(range(100, 132)))],
