@@ -6,6 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= :9845
 GPUSTACK_VENV ?= .venv-gpustack
+SGLANG_WHEEL  := .cache/sglang/sglang-0.5.9-py3-none-any.whl
 IMAGE ?= localhost/vram-exporter:dev
 # Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium,
 # buildah + mmdebstrap (the container image, built on a Debian base: tools/build_image.sh), and
@@ -50,8 +51,12 @@ debian-deps:
 
 # Every test, the real-GPUStack ones included (they need postgresql-15 and gpustack==2.3.0 in its own
 # venv: about 900 MB and 2-3 minutes the first time, then about 70 s of tests).
-test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed
-	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python $(PY) -m pytest
+test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL)
+	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python SGLANG_WHEEL=$(SGLANG_WHEEL) $(PY) -m pytest
+
+# SGLang's wheel (source only, no install: its functions run on the CPU in tests/test_rulebook_sglang.py).
+$(SGLANG_WHEEL): venv
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps sglang==0.5.9 -d .cache/sglang
 
 # Only the end-to-end tests against a real GPUStack 2.3.0 server (all on 127.0.0.1).
 test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed
@@ -75,7 +80,9 @@ postgres-deps:
 SCENARIOS ?= 500
 CLUSTER_SCENARIOS ?= 500
 conformance: venv $(GPUSTACK_VENV)/.installed
-	$(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS)
+	for selector in vllm sglang custom; do \
+	  $(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS) \
+	    --selector $$selector || exit 1; done
 	$(PY) conformance/cluster_run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(CLUSTER_SCENARIOS)
 
 $(GPUSTACK_VENV)/.installed:
@@ -92,4 +99,4 @@ golden: venv
 	$(PY) -m pytest tests/test_golden_metrics.py --update-golden
 
 clean:
-	rm -rf $(VENV) $(GPUSTACK_VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(GPUSTACK_VENV) .cache .pytest_cache *.egg-info

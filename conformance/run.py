@@ -117,7 +117,11 @@ def main() -> int:
     parser.add_argument("--gpustack-python", required=True, help="python of a venv with gpustack==2.3.0")
     parser.add_argument("--scenarios", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--selector", choices=["vllm", "sglang", "custom"], default="vllm",
+                        help="which of GPUStack's selectors to compare with (sglang, custom: backends.py)")
     args = parser.parse_args()
+    if args.selector != "vllm":
+        return backends_main(args)
     rng = random.Random(args.seed)
     scenarios = [scenario(rng, i) for i in range(args.scenarios)]
     driver = Path(__file__).with_name("gpustack_selector.py")
@@ -139,6 +143,37 @@ def main() -> int:
             disagreements.append((s, problem))
     total = len(scenarios)
     print(f"agreement with GPUStack 2.3.0's VLLMResourceFitSelector: {total - len(disagreements)}/{total} scenarios "
+          f"(seed {args.seed}; GPUStack: " + ", ".join(f"{v} {k}" for k, v in kinds.items()) + ")")
+    for s, problem in disagreements[:20]:
+        print(f"  scenario {s['id']}: {problem}\n    {json.dumps(s)}")
+    return 0 if not disagreements else 1
+
+
+def backends_main(args) -> int:
+    """The SGLang or custom-backend selector against our port (conformance/backends.py)."""
+    import backends
+    rng = random.Random(args.seed)
+    make = backends.sglang_scenario if args.selector == "sglang" else backends.custom_scenario
+    scenarios = [make(rng, i, CARDS_MIB, MODELS) for i in range(args.scenarios)]
+    driver = Path(__file__).with_name("backend_selectors.py")
+    run = subprocess.run([args.gpustack_python, str(driver)], input="".join(json.dumps(s) + "\n" for s in scenarios),
+                         capture_output=True, text=True, timeout=1800)
+    if run.returncode != 0:
+        print(run.stderr, file=sys.stderr)
+        return 2
+    answers = {a["id"]: a for a in map(json.loads, run.stdout.splitlines())}
+    kinds = {"scheduled": 0, "pending": 0, "refused": 0, "multi-GPU": 0, "overcommit": 0}
+    disagreements = []
+    for s in scenarios:
+        theirs = answers[s["id"]]
+        kinds["refused" if theirs.get("error") else "scheduled" if theirs["gpus"] else "pending"] += 1
+        kinds["multi-GPU"] += len(theirs.get("gpus", [])) > 1
+        kinds["overcommit"] += bool(theirs.get("overcommit"))
+        if problem := backends.agree(backends.ours(s), theirs, args.selector):
+            disagreements.append((s, problem))
+    total = len(scenarios)
+    name = {"sglang": "SGLangResourceFitSelector", "custom": "CustomBackendResourceFitSelector"}[args.selector]
+    print(f"agreement with GPUStack 2.3.0's {name}: {total - len(disagreements)}/{total} scenarios "
           f"(seed {args.seed}; GPUStack: " + ", ".join(f"{v} {k}" for k, v in kinds.items()) + ")")
     for s, problem in disagreements[:20]:
         print(f"  scenario {s['id']}: {problem}\n    {json.dumps(s)}")

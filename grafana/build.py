@@ -146,10 +146,13 @@ def model_fit_dashboard() -> dashboard.Dashboard:
         .with_panel(stat.Panel().title("Placed but vLLM would not start").height(4).span(8).with_target(
             query(f"count((vram_model_schedulable{{{MODEL_FILTER}}} == 1) and on(instance, job, model) "
                   f"(vram_model_startable{{{MODEL_FILTER}}} == 0)) or vector(0)", "models")))
-        .with_panel(stat.Panel().title("GPUStack and vLLM disagree on gpu_memory_utilization").height(4).span(8)
+        .with_panel(stat.Panel().title("GPUStack and the engine disagree on the booked fraction").height(4).span(8)
+                    .description("vLLM's gpu_memory_utilization or SGLang's mem_fraction_static, as GPUStack books "
+                                 "it and as the engine takes it (VRAMUtilizationMismatch, VRAMSGLangFractionMismatch).")
                     .with_target(query(
                         f'count(vram_model_gpu_memory_utilization{{{MODEL_FILTER}, reader="gpustack"}} != ignoring(reader) '
-                        f'vram_model_gpu_memory_utilization{{{MODEL_FILTER}, reader="vllm"}}) or vector(0)', "models")))
+                        f'vram_model_gpu_memory_utilization{{{MODEL_FILTER}, reader=~"vllm|sglang"}}) or vector(0)',
+                        "models")))
         .with_panel(table.Panel().title("Verdict per model and node").height(8).span(24).mappings(verdict_colours)
                     .with_target(query(f"vram_model_schedulable{{{MODEL_FILTER}}}", instant=True, ref="A"))
                     .with_target(query(f"vram_model_startable{{{MODEL_FILTER}}}", instant=True, ref="B")))
@@ -187,8 +190,13 @@ def model_fit_dashboard() -> dashboard.Dashboard:
             "vLLM budget and KV cache needed",
             query(f"vram_model_vllm_budget_bytes{{{MODEL_GPU_FILTER}}}", "{{model}} GPU {{gpu}} budget", ref="A"),
             query(f"vram_model_kv_cache_required_bytes{{{MODEL_FILTER}}}", "{{model}} KV needed", ref="B")))
-        .with_panel(table.Panel().title("gpu_memory_utilization as each reader sees it").height(8).span(12)
+        .with_panel(table.Panel().title("Booked fraction as each reader sees it (vLLM: gpu_memory_utilization, "
+                                        "SGLang: mem_fraction_static)").height(8).span(12)
                     .with_target(query(f"vram_model_gpu_memory_utilization{{{MODEL_FILTER}}}", instant=True)))
+        .with_panel(table.Panel().title("Backend per model (vllm, sglang, custom)").height(8).span(12)
+                    .description("Which GPUStack selector places the model and whose engine rules apply: vLLM's "
+                                 "checks are vllm_*, SGLang's sglang_*, a custom backend's engine is not modelled.")
+                    .with_target(query(f"vram_model_backend_info{{{MODEL_FILTER}}}", instant=True)))
         .with_row(dashboard.Row("What to change"))
         .with_panel(table.Panel().title("Fixes found by the exporter").height(8).span(24).with_target(
             query(f"vram_model_fix_info{{{MODEL_FILTER}}}", instant=True)))

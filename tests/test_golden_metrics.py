@@ -16,7 +16,7 @@ from conftest import FIXTURES, GOLDEN, ROOT, require_tool
 
 # Every fixture alone (GPU metrics), and the examples with their manifests (model metrics too).
 CASES = {p.stem: ["--nvml.fixture", str(p)] for p in FIXTURES.glob("*.yaml")}
-for example in ("seed", "node-8xh100"):
+for example in ("seed", "node-8xh100", "mixed-backends"):
     CASES[f"example-{example}"] = ["--nvml.fixture", str(ROOT / f"examples/{example}/fixture.yaml"),
                                    "--manifest", str(ROOT / f"examples/{example}/manifest.yaml")]
 # GPUStack as the source: its recorded API answers (served by the recorded_gpustack fixture), the

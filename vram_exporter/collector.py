@@ -175,6 +175,7 @@ class ModelFamilies:
         out: dict[str, tuple[list, list]] = {
             "vram_model_config_error": ([(m,)], [1 if fit.error else 0]),
             "vram_model_schedulable": ([(m,)], [1 if fit.schedulable and not fit.error else 0]),
+            "vram_model_backend_info": ([(m, fit.backend)], [1]),
         }
         if fit.error:
             return out
@@ -182,7 +183,8 @@ class ModelFamilies:
         out["vram_model_estimate_bytes"] = ([(m,)], [fit.estimate])
         out["vram_model_kv_cache_bytes_per_token"] = ([(m,)], [fit.bytes_per_token])
         out["vram_model_kv_cache_required_bytes"] = ([(m,)], [fit.kv_required])
-        out["vram_model_gpu_memory_utilization"] = ([(m, "gpustack"), (m, "vllm")], [fit.gmu_gpustack, fit.gmu_vllm])
+        readers = [(m, "gpustack")] + ([(m, fit.engine_reader)] if fit.engine_reader else [])  # vllm or sglang
+        out["vram_model_gpu_memory_utilization"] = (readers, [fit.gmu_gpustack, fit.gmu_vllm][:len(readers)])
         out["vram_model_replicas_placeable"] = ([(m,)], [fit.replicas_placed])
         out["vram_model_assigned_gpu"] = ([(m, str(i), uuids.get(i, "")) for i in fit.gpus], [1] * len(fit.gpus))
         per_gpu = {name: ([], []) for name in _STATIC_PER_GPU}
@@ -194,7 +196,7 @@ class ModelFamilies:
                 per_gpu[name][0].append(labels)
                 per_gpu[name][1].append(value)
             for check in CHECKS:
-                if check in f.headroom and check != "vllm_free_memory":  # that one is live
+                if check in f.headroom and check != f.free_check:  # that one is live
                     per_gpu["vram_model_headroom_bytes"][0].append((*labels, check))
                     per_gpu["vram_model_headroom_bytes"][1].append(f.headroom[check])
         out.update(per_gpu)
@@ -236,7 +238,7 @@ class _LiveLayout:
                 top.append((m, n, sample_prefix("vram_model_gpu_memory_utilization_max", MODEL_GPU_LABELS, labels)))
                 if f.free_need is not None:
                     headroom.append((m, n, sample_prefix("vram_model_headroom_bytes", (*MODEL_GPU_LABELS, "check"),
-                                                         (*labels, "vllm_free_memory"))))
+                                                         (*labels, f.free_check))))
         return cls(tuple(headroom), tuple(top), tuple(startable))
 
 
@@ -251,8 +253,12 @@ _MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vram_model_kv_cache_required_bytes": (
         "vLLM's minimum KV cache for max_model_len: (ceil(len / block) + 1) blocks.", ("model",)),
     "vram_model_gpu_memory_utilization": (
-        "gpu_memory_utilization as each reader sees it (GPUStack ignores the underscore spelling).",
+        "The fraction of each GPU booked, as each reader sees it: gpu_memory_utilization (GPUStack ignores the "
+        "underscore spelling), SGLang's mem_fraction_static (reader sglang), a custom backend's declared one.",
         ("model", "reader")),
+    "vram_model_backend_info": (
+        "The model's backend (value always 1): vllm, sglang or custom; it picks GPUStack's selector and the "
+        "engine's rules.", ("model", "backend")),
     "vram_model_vllm_budget_bytes": ("vLLM's budget R = ceil((total - reserved) * u).", MODEL_GPU_LABELS),
     "vram_model_headroom_bytes": ("Room left by each check; negative means it fails.", (*MODEL_GPU_LABELS, "check")),
     "vram_model_gpu_memory_utilization_min": (

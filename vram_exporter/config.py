@@ -70,6 +70,9 @@ class ModelEntry(Strict):
     runtime_overhead: Size | None = None
     # A running model's own vLLM /metrics: its real KV cache is shown next to the prediction.
     metrics_url: str | None = None
+    # Which GPUStack selector places it and which engine's rules apply (GPUStack's backend field).
+    backend: Literal["vllm", "sglang", "custom"] = "vllm"
+    run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
     # With the manifest's workers (a cluster): the worker placed_on / pinned_gpus refer to, GPUStack's
     # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
     worker: str | None = None
@@ -115,6 +118,8 @@ class ModelEntry(Strict):
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
         if self.metrics_url is not None and self.placed_on is None:
             raise ValueError("metrics_url is a running vLLM's /metrics: it needs placed_on")
+        if self.run_command is not None and self.backend != "custom":
+            raise ValueError("run_command is a custom backend's command line: it needs backend: custom")
         if self.metrics_url is not None and not self.metrics_url.startswith(("http://", "https://")):
             raise ValueError(f"metrics_url must be an http:// or https:// URL, got {self.metrics_url!r}")
         if self.weights_from != "local" and self.path is None:
@@ -245,6 +250,7 @@ def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
         backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
         placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
         runtime_overhead=entry.runtime_overhead, metrics_url=entry.metrics_url,
+        backend=entry.backend, run_command=entry.run_command,
     )
 
 def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:

@@ -77,6 +77,7 @@ class Model(_ApiRecord):
     cluster_id: int | None = None
     backend: str | None = None
     backend_parameters: list[str] | None = None
+    run_command: str | None = None  # Custom backend: its command line
     env: dict[str, str] | None = None
     replicas: int = 1
     source: str | None = None
@@ -95,6 +96,12 @@ class Model(_ApiRecord):
     @property
     def is_vllm(self) -> bool:
         return (self.backend or "").lower() == "vllm"
+
+    @property
+    def backend_kind(self) -> str | None:
+        """vllm, sglang or custom (the backends the rulebooks judge); None for the others (MindIE, VoxBox)."""
+        kind = (self.backend or "").lower()
+        return kind if kind in ("vllm", "sglang", "custom") else None
 
 
 class ResourceClaim(_ApiRecord):

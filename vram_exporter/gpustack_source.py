@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from .errors import BadInput, ModelError
 from .config import LoadedManifest, NodeModels, read_model_directory
+from .fit import backends
 from .fit import cluster as replay
 from .fit import gpustack_paths
 from .fit.model import Architecture, Cluster, ModelSpec
@@ -108,7 +109,7 @@ def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: 
     given = {spec.name: spec for spec in overlay.models} if overlay else {}
     specs, unknown = {}, {}
     for model in models:
-        if not model.is_vllm:
+        if model.backend_kind is None:
             continue
         if model.roles or model.disaggregation:
             unknown[model.name] = "prefill/decode roles are not modelled"
@@ -132,7 +133,8 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> Mod
                          "in the overlay manifest (--manifest) with weights_bytes and config")
     return ModelSpec(name=model.name, weights_bytes=weights, arch=arch,
                      backend_parameters=tuple(model.backend_parameters or ()), env=dict(model.env or {}),
-                     max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead)
+                     max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead,
+                     backend=model.backend_kind or "vllm", run_command=model.run_command)
 
 
 def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request:
@@ -184,10 +186,11 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
     for model in sorted(state.models, key=lambda m: m.name):
         instances = [i for i in state.instances if i.model_id == model.id]
         pending = sum(1 for i in instances if i.state == "pending")
-        size_known = model.name in specs if model.is_vllm and not (model.roles or model.disaggregation) else None
+        judged = model.backend_kind is not None
+        size_known = model.name in specs if judged and not (model.roles or model.disaggregation) else None
         evaluated = model.name in specs
-        if not model.is_vllm:
-            note = f"backend {model.backend} is not vLLM: the rulebooks do not apply"
+        if not judged:
+            note = f"backend {model.backend} is not vLLM, SGLang or Custom: the rulebooks do not apply"
         elif model.name in unknown:
             note = unknown[model.name]
         else:
@@ -243,7 +246,7 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
         here = [(i, claims) for i, claims in here if claims]
         pending = [i for i in instances if not i.placed]
         request = requests.get(model.name)
-        spec = specs.get(model.name)
+        spec = _sized(specs.get(model.name), request, state.workers)
         if spec is not None and request is not None and pending and worker.id in request.workers:
             pinned = None if request.selection is None else request.selection.get(worker.name)
             if request.selection is None or pinned:
@@ -258,6 +261,17 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
     base = overlay.cluster if overlay else Cluster()
     cluster = replace(base, system_reserved_vram=worker.reserved_vram)
     return NodeModels(f"GPUStack {source}, worker {worker.name}", cluster, tuple(models), booked)
+
+
+def _sized(spec: ModelSpec | None, request: replay.Request | None, workers: Sequence[Worker]) -> ModelSpec | None:
+    """An SGLang model with the smallest GPU of its workers: GPUStack sizes its fraction for that card."""
+    if spec is None or request is None or spec.backend != "sglang":
+        return spec
+    usable = [w for w in workers if w.id in request.workers and w.state == "ready"
+              and (request.selection is None or w.name in request.selection)]
+    pinned = None if request.selection is None else {w.id: request.selection[w.name] for w in usable}
+    totals = {w.id: _worker_gpus(w).totals for w in usable}
+    return replace(spec, sizing_total=backends.smallest_total(totals, pinned))
 
 
 def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:

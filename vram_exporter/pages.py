@@ -266,19 +266,19 @@ def _model_section(model: dict[str, Any], bookings: dict[str, dict[str, Any]], r
                f"{'fits' if ok else 'will not fit'}</span>: GPUStack "
                f"{'places it' if model['schedulable'] else 'leaves it Pending'}"
                + (f" on GPU {', '.join(map(str, model['gpus']))}" if model["gpus"] else "")
-               + f"; {_vllm_words(model)}.")
+               + f"; {_engine_words(model)}.")
     gmu = model["gpu_memory_utilization"]
     settings = model.get("settings", {})
     claim = settings.get("vram_claim")
     reasons = "".join(f"<pre>{escape(r)}</pre>" for r in model["reasons"])
-    return f"""<div class="model" id="{name}"><h3>{name}</h3><p>{verdict}</p>
+    backend = model.get("backend", "vllm")
+    return f"""<div class="model" id="{name}"><h3>{name} <small>({_ENGINE[backend]} backend)</small></h3><p>{verdict}</p>
 {_fixes(model, ok, report['fixes_known'])}
 {demand_chart(model, bookings, report['scheduler'])}
 <p>weights {gib(model['weights_bytes'])} &middot; GPUStack estimate {gib(model['estimate_bytes'])}
 {f'(GPUSTACK_MODEL_VRAM_CLAIM={escape(str(claim))})' if claim else ''} &middot;
 KV {model['kv_cache_bytes_per_token']} B/token ({escape(str(settings.get('kv_cache_dtype', 'auto')))}),
-{gib(model['kv_cache_required_bytes'])} for {model['max_model_len']} tokens &middot; gpu_memory_utilization read by
-GPUStack {gmu['gpustack']}, by vLLM {gmu['vllm']}</p>
+{gib(model['kv_cache_required_bytes'])} for {model['max_model_len']} tokens &middot; {_fraction_words(backend, gmu)}</p>
 {_headroom_table(model)}
 {('<h4>Why</h4>' + reasons) if reasons else ''}
 {_what_if_form(model, report, what_if)}</div>"""
@@ -316,19 +316,45 @@ def _headroom_table(model: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td class=l title=\"{escape(EXPLAIN[c])}\">{c}</td>"
         + "".join(_headroom_cell(checks.get(c)) for checks in model["checks"].values()) + "</tr>"
-        for c in CHECKS)
-    rows += "<tr><td class=l>working gpu_memory_utilization</td>" + "".join(
+        for c in _checks(model))
+    rows += f"<tr><td class=l>working {_KNOB[model.get('backend', 'vllm')]}</td>" + "".join(
         f"<td>{_window(checks['gpu_memory_utilization_window'])}</td>" for checks in model["checks"].values())
     rows += "</tr><tr><td class=l>longest context (tokens)</td>" + "".join(
         f"<td>{checks['max_model_len_tokens']}</td>" for checks in model["checks"].values()) + "</tr>"
     return f"<table><tr><th class=l>headroom per check</th>{head}</tr>{rows}</table>"
 
 
-def _vllm_words(model: dict[str, Any]) -> str:
+_ENGINE = {"vllm": "vLLM", "sglang": "SGLang", "custom": "custom"}
+_KNOB = {"vllm": "gpu_memory_utilization", "sglang": "--mem-fraction-static (GPUStack's tests)",
+         "custom": "fraction"}
+
+
+def _checks(model: dict[str, Any]) -> list[str]:
+    """vLLM's four checks always (n/a where one does not apply); another backend's where they apply."""
+    if model.get("backend", "vllm") == "vllm":
+        return list(CHECKS[:4])
+    return [c for c in CHECKS if any(c in checks for checks in model["checks"].values())]
+
+
+def _fraction_words(backend: str, gmu: dict[str, Any]) -> str:
+    if backend == "sglang":
+        return f"--mem-fraction-static booked by GPUStack {gmu['gpustack']}, taken by SGLang {gmu['sglang']:.4g}"
+    if backend == "custom":
+        return (f"fraction GPUStack's custom selector reads (the last --gpu-memory-utilization or "
+                f"--mem-fraction-static): {gmu['gpustack'] or 'none, it books the estimate'}")
+    return f"gpu_memory_utilization read by GPUStack {gmu['gpustack']}, by vLLM {gmu['vllm']}"
+
+
+def _engine_words(model: dict[str, Any]) -> str:
+    backend = model.get("backend", "vllm")
+    if backend == "custom":
+        return "a custom backend's engine is not modelled"
+    engine = _ENGINE[backend]
     if model["schedulable"]:
-        return "vLLM starts" if model["startable"] else "vLLM does not start there"
+        return f"{engine} starts" if model["startable"] else f"{engine} does not start there"
     alone = model["vllm_alone_gpus"]
-    return f"vLLM alone would start on GPU {', '.join(map(str, alone))}" if alone else "vLLM would not start either"
+    return (f"{engine} alone would start on GPU {', '.join(map(str, alone))}" if alone
+            else f"{engine} would not start either")
 
 
 def _headroom_cell(check: dict[str, Any] | None) -> str:

@@ -22,6 +22,10 @@ EXPLAIN = {
     "gpustack_allocatable": "GPUStack test 2: allocatable / total >= g",
     "vllm_free_memory": "vLLM start-up: free - context overhead >= budget R",
     "vllm_kv_cache": "vLLM KV cache: R - weights - overhead >= KV for max_model_len",
+    "gpustack_custom_claim": "GPUStack custom backend: allocatable >= max(E, fraction x total)",
+    "sglang_kv_pool": "SGLang KV pool: fraction x free - weights > 0 (else 'Not enough memory')",
+    "sglang_context": "SGLang context: KV pool holds one request of the full context length",
+    "sglang_free_memory": "SGLang start-up: free memory gives that pool (fraction x free - weights)",
 }
 
 
@@ -97,8 +101,9 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
         "max_model_len": fit.max_model_len,
         # GPUs where vLLM on its own (`vllm serve`, no scheduler) would start and serve max_model_len.
         "vllm_alone_gpus": [f.index for f in fit.per_gpu if vllm_starts_on(f, free.get(f.index, 0))],
-        "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, "vllm": fit.gmu_vllm,
-                                   "mismatch": fit.gmu_mismatch},
+        "backend": fit.backend,
+        "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, **({fit.engine_reader: fit.gmu_vllm}
+                                   if fit.engine_reader else {}), "mismatch": fit.gmu_mismatch},
         "checks": {
             str(f.index): {
                 **{name: {"headroom_bytes": f.headroom[name], "passed": f.headroom[name] >= 0}
@@ -115,8 +120,8 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
 
 
 def _mismatch_reason(fit: ModelFit) -> list[str]:
-    if fit.error or not fit.gmu_mismatch:
-        return []
+    if fit.error or not fit.gmu_mismatch or fit.backend != "vllm":
+        return []  # SGLang's mismatch is said by backend_fit.py, custom has no engine reading
     return [f"GPUStack books with gpu_memory_utilization {fit.gmu_gpustack} but vLLM runs with {fit.gmu_vllm}: "
             "write --gpu-memory-utilization=X with dashes so that both read the same value."]
 
@@ -171,15 +176,26 @@ def _verdict(model: dict[str, Any]) -> str:
     if model["error"]:
         return "ERROR"
     where = f" on GPU {','.join(map(str, model['gpus']))}" if model["gpus"] else ""
+    engine = {"sglang": "SGLang", "custom": "the custom backend"}.get(model.get("backend", "vllm"), "vLLM")
     if model["placed"]:
-        return f"RUNNING{where}" + ("" if model["startable"] else ", but vLLM's KV check fails")
+        return f"RUNNING{where}" + ("" if model["startable"] else f", but {engine}'s KV check fails")
     if not model["schedulable"]:
-        alone = model["vllm_alone_gpus"]
+        alone = model["vllm_alone_gpus"] if engine != "the custom backend" else []
         return "PENDING: GPUStack will not place it" + (
-            f" (vLLM alone would start on GPU {','.join(map(str, alone))})" if alone else "")
+            f" ({engine} alone would start on GPU {','.join(map(str, alone))})" if alone else "")
     if not model["startable"]:
-        return f"SCHEDULED{where}, but vLLM will not start"
+        return f"SCHEDULED{where}, but {engine} will not start"
     return f"FITS{where}" + (" (overcommit)" if model["overcommit"] else "")
+
+
+def _fraction_line(model: dict[str, Any]) -> str:
+    """The backend's own knob, as GPUStack and the engine read it."""
+    gmu, backend = model["gpu_memory_utilization"], model.get("backend", "vllm")
+    if backend == "sglang":
+        return f"SGLang backend, --mem-fraction-static: GPUStack {gmu['gpustack']}, SGLang {gmu['sglang']:.4g}"
+    if backend == "custom":
+        return f"custom backend, declared fraction (GPUStack's custom selector): {gmu['gpustack'] or 'none'}"
+    return f"gpu_memory_utilization: GPUStack {gmu['gpustack']}, vLLM {gmu['vllm']}"
 
 
 def _model_lines(model: dict[str, Any]) -> list[str]:
@@ -190,8 +206,7 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
     gmu = model["gpu_memory_utilization"]
     lines.append(f"    weights {gib(model['weights_bytes'])}, GPUStack estimate {gib(model['estimate_bytes'])}, "
                  f"KV {model['kv_cache_bytes_per_token']} B/token, {gib(model['kv_cache_required_bytes'])} for "
-                 f"{model['max_model_len']} tokens; gpu_memory_utilization: GPUStack {gmu['gpustack']}, "
-                 f"vLLM {gmu['vllm']}")
+                 f"{model['max_model_len']} tokens; " + _fraction_line(model))
     for index, checks in model["checks"].items():
         lo, hi = checks["gpu_memory_utilization_window"]
         window = f"{lo:.4f}..{hi:.4f}" if lo <= hi else f"empty (needs >= {lo:.4f}, allows <= {hi:.4f})"

@@ -107,12 +107,15 @@ class WhatIf:
 
     def _model(self, spec):
         parameters, env, max_len = tuple(spec.backend_parameters), dict(spec.env), spec.max_model_len
+        # SGLang's own flags for the same knobs (its booked fraction, its context; fit/backends.py).
+        fraction, length = (("mem-fraction-static", "context-length") if spec.backend == "sglang"
+                            else ("gpu-memory-utilization", "max-model-len"))
         if self.gpu_memory_utilization is not None:
             # Written with dashes: GPUStack and vLLM both read it (fit/params.py).
-            parameters = with_param(parameters, "gpu-memory-utilization", self.gpu_memory_utilization)
+            parameters = with_param(parameters, fraction, self.gpu_memory_utilization)
         if self.max_model_len is not None:
             max_len = self.max_model_len
-            parameters = with_param(parameters, "max-model-len", self.max_model_len)
+            parameters = with_param(parameters, length, self.max_model_len)
         if self.kv_cache_dtype is not None:
             parameters = with_param(parameters, "kv-cache-dtype", self.kv_cache_dtype)
         if self.vram_claim == NO_CLAIM:

@@ -28,7 +28,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from . import gpustack, gpustack_paths, placement_scorer
+from . import backends, gpustack, gpustack_paths, placement_scorer
 from .model import ModelSpec, Scheduler
 from .params import GpuStackParams, first_int_parameter, gpustack_params
 from .placement_scorer import Strategy
@@ -148,6 +148,8 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
            scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding] = ()) -> Verdict:
     """Where GPUStack would put this instance now: its candidate search over the model's ready
     workers (gpustack_paths.py), then its placement scorer (placement_scorer.py)."""
+    if request.spec.backend != "vllm":
+        return _decide_backend(inst, request, workers, claims, scheduler, holdings)
     try:
         ask = _ask(request, scheduler, holdings)
     except ModelError as exc:
@@ -166,6 +168,43 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
     return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
                    chosen.claims, chosen.overcommit)
+
+
+def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
+                    claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                    holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """``decide`` for SGLang and custom backends (fit/backends.py: their selectors on one worker at a
+    time; every single-GPU candidate of every worker, else each worker's multi-GPU or manual one), then
+    GPUStack's placement scorer. SGLang's default fraction is sized for the smallest GPU of the model's
+    workers, as GPUStack's selector sees them all. Not modelled: one instance across several workers, a
+    gpus_per_replica below the GPUs selected on a worker (the selection is taken whole)."""
+    spec = request.spec
+    nodes = _nodes(request, workers, claims)
+    if not nodes:
+        return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    pinned = None if request.selection is None else {node.id: request.selection[node.name] for node in nodes}
+    try:
+        book = backends.booking(spec, backends.smallest_total(_totals(nodes), pinned),
+                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
+    except ModelError as exc:
+        return Verdict(inst.id, inst.model, False, reason=str(exc))
+    candidates, reason = [], "no ready worker of its cluster matches its selectors"
+    for node in nodes:
+        chosen = None if pinned is None else pinned[node.id]
+        found = backends.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
+        candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
+                                                overcommit=p.overcommit) for p in found]
+        if not found:
+            reason = f"{node.name}: " + backends.pending_message(spec, list(node.gpus), book, chosen)
+    if not candidates:
+        return Verdict(inst.id, inst.model, False, reason=reason)
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit)
+
+
+def _totals(nodes: Sequence[gpustack_paths.Node]) -> dict[int, dict[int, int]]:
+    return {node.id: {gpu.index: gpu.total for gpu in node.gpus} for node in nodes}
 
 
 def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],

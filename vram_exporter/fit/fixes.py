@@ -117,6 +117,9 @@ def plan_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[Gp
     """Every knob's options for ``fit`` (static parts only are read; free memory is never)."""
     if fit.error or fit.placed:
         return NO_FIXES
+    if model.backend != "vllm":  # SGLang and custom backends: their own flags
+        from . import fixes_backends
+        return fixes_backends.plan_fixes(model, fit, node, gpus)
     search = _Search(model, fit, node.cluster, [g for g in gpus if g.up])
     if not fit.schedulable:
         knobs = {"reservation": search.reservation(), "utilization": search.utilization(),

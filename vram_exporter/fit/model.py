@@ -18,6 +18,7 @@ from .params import GpuStackParams, VllmParams, gpustack_params, vllm_params
 GIB = 2**30
 RUNTIME_OVERHEAD_FALLBACK = GIB  # O where neither manifest nor config.json gives more (DESIGN.md section 3)
 Scheduler = Literal["gpustack", "gpustack-0.6"]
+Backend = Literal["vllm", "sglang", "custom"]  # GPUStack's BackendEnum vLLM, SGLang, Custom
 
 # torch_dtype / dtype -> bytes per element (vLLM resolves "auto" to the config's dtype).
 _DTYPE_BYTES = {
@@ -44,6 +45,14 @@ class Architecture:
     # default to original_max_position_embeddings"); measured: Phi-3.5-mini started at 4096 on an H200
     # (tests/data/vllm-h200/run-2.json).
     longrope_default_len: int | None = None
+    # vision_config's ViT size: GPUStack's and SGLang's --mem-fraction-static default shrinks for it
+    # (sglang_resource_fit_selector.py step 3; sglang server_args.py adjust_mem_fraction_for_vlm).
+    has_vision: bool = False
+    vision_layers: int | None = None
+    vision_hidden_size: int | None = None
+    # The context SGLang derives (sglang 0.5.9 utils/hf_transformers_utils.py::get_context_length): the first of
+    # its context keys, times rope_scaling.factor unless original_max_position_embeddings or llama3 is there.
+    hf_context_len: int = 2048
     # The MLP's shape, for the activation peak in vLLM's runtime overhead O (fit/vllm_runtime.py); None
     # where config.json lacks it (then O falls back to the cluster's constant).
     hidden_size: int | None = None
@@ -93,11 +102,32 @@ class Architecture:
             sliding_window=int(window) if window else None,
             vision_attention_heads=vision.get("num_attention_heads") or vision.get("num_heads"),
             longrope_default_len=int(original) if longrope and original else None,
+            has_vision=config.get("vision_config") is not None,
+            vision_layers=vision.get("num_hidden_layers") or vision.get("depth"),
+            vision_hidden_size=vision.get("hidden_size"),
+            hf_context_len=hf_context_length(text),
             hidden_size=_optional_int(text, "hidden_size"),
             intermediate_size=next((v for k in ("intermediate_size", "ffn_dim", "n_inner")
                                     if (v := _optional_int(text, k))), None),
             moe=MoeShape.from_config(text),
         )
+
+
+_CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings")
+
+
+def hf_context_length(text: Mapping[str, Any]) -> int:
+    """SGLang's ``get_context_length`` on a config.json mapping (its text part)."""
+    rope = text.get("rope_scaling")
+    factor = 1
+    if isinstance(rope, Mapping) and rope:
+        factor = rope.get("factor", 1)
+        if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
+            factor = 1
+    for key in _CONTEXT_KEYS:
+        if text.get(key) is not None:
+            return int(factor * text[key])
+    return 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +186,11 @@ class ModelSpec:
     replicas: int = 1
     runtime_overhead: int | None = None  # O for this model; None: the cluster's
     metrics_url: str | None = None  # a running model's own vLLM /metrics (read by vllm_client.py)
+    backend: Backend = "vllm"  # which GPUStack selector places it and which engine's rules apply
+    run_command: str | None = None  # a custom backend's command line (GPUStack reads flags in it)
+    # SGLang under GPUStack: the smallest GPU of the workers it may use, which GPUStack sizes its default
+    # --mem-fraction-static for (None: this node's GPUs; set with GPUStack as the source)
+    sizing_total: int | None = None
 
     @property
     def gpustack(self) -> GpuStackParams:

@@ -25,7 +25,9 @@ from ..units import gib
 from . import gpustack, vllm, vllm_runtime
 from .model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
 
-CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache")
+CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache",
+          "gpustack_custom_claim", "sglang_kv_pool", "sglang_context", "sglang_free_memory")  # backend_fit.py
+ENGINE_CHECKS = ("vllm_kv_cache", "sglang_kv_pool", "sglang_context")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class GpuFit:
     free_need: int | None = None  # free memory vLLM's start-up check needs here (None: a running instance)
     kv_bytes: int = 0  # the KV cache vLLM gets here: R - weights - O
     weights: int = 0  # the weights vLLM loads here (its share under tensor/pipeline parallelism)
+    free_check: str = "vllm_free_memory"  # the check free_need is for (SGLang: sglang_free_memory)
 
     @property
     def window_open(self) -> bool:
@@ -98,6 +101,12 @@ class ModelFit:
     # The reasons that do not depend on free memory, which with_free weaves its own into.
     static_reasons: tuple[str, ...] = field(default=(), compare=False)
     kv_reasons: Mapping[int, str] = field(default_factory=dict, compare=False)
+    backend: str = "vllm"  # vllm, sglang, custom: which selector and engine (fit/backends.py)
+
+    @property
+    def engine_reader(self) -> str | None:
+        """The ``reader`` label of the engine's own fraction; None: not modelled (custom)."""
+        return {"vllm": "vllm", "sglang": "sglang"}.get(self.backend)
 
     @property
     def fits(self) -> bool:
@@ -164,8 +173,8 @@ def free_headroom(f: GpuFit, free: int) -> int | None:
 
 def free_top(f: GpuFit, free: int) -> float:
     """The window's top once the start-up check is counted too (rounded down: it passes itself)."""
-    if f.free_need is None:
-        return f.gmu_max
+    if f.free_need is None or f.free_check != "vllm_free_memory":
+        return f.gmu_max  # SGLang: free memory sizes its pool, it does not bound the fraction
     top = math.floor((free - (f.free_need - f.budget)) / f.cuda_total * 10_000 + 1e-9) / 10_000
     static = f.gmu_max_static
     return static if static < top else (top if top > 0 else 0.0)
@@ -182,7 +191,8 @@ def startable(fit: ModelFit, free: Mapping[int, int]) -> bool:
 def vllm_starts_on(f: GpuFit, free: int) -> bool:
     """vLLM's two checks on one GPU: the KV cache for max_model_len, and (but for a running
     instance) free memory at start-up."""
-    return f.headroom["vllm_kv_cache"] >= 0 and (f.free_need is None or free >= f.free_need)
+    engine = all(f.headroom[c] >= 0 for c in ENGINE_CHECKS if c in f.headroom)
+    return engine and (f.free_need is None or free >= f.free_need)
 
 
 def apply_free(node: NodeFit, free: Mapping[int, int]) -> NodeFit:
@@ -195,7 +205,7 @@ def with_free(fit: ModelFit, free: Mapping[int, int]) -> ModelFit:
         return fit
     per_gpu = tuple(
         f if f.free_need is None else
-        replace(f, headroom={**f.headroom, "vllm_free_memory": free_headroom(f, free[f.index])},
+        replace(f, headroom={**f.headroom, f.free_check: free_headroom(f, free[f.index])},
                 gmu_max=free_top(f, free[f.index]))
         for f in fit.per_gpu)
     live = replace(fit, per_gpu=per_gpu, startable=startable(fit, free))
@@ -209,6 +219,10 @@ def _reasons(fit: ModelFit) -> tuple[str, ...]:
         f = by_gpu.get(index)
         if f is None:
             continue
+        if f.headroom.get("sglang_free_memory", 0) < 0:
+            reasons.append(f"GPU {index}: SGLang sizes its KV pool from the free memory at start: with the free "
+                           f"memory of now it falls {gib(-f.headroom['sglang_free_memory'])} short of one request of "
+                           f"{fit.max_model_len} tokens (other processes hold it), and SGLang would cap requests")
         headroom = f.headroom.get("vllm_free_memory", 0)
         if headroom < 0:
             available = headroom + f.budget  # free - committed - C_pre
@@ -243,13 +257,9 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     by_index = {gpu.index: gpu for gpu in gpus}
     missing = [i for i in model.placed_on if i not in by_index]
     try:
-        gmu = model.gpustack.gpu_memory_utilization
+        own = _placed_claims(model, cluster, gpus, by_index)
     except ModelError as exc:
         return ModelFit(model.name, error=str(exc), placed=True)
-    if model.placed_claims is not None:
-        own = {i: claim for i, claim in model.placed_claims.items() if i in by_index}
-    else:
-        own = {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
     context = Context(dict(claims), {})
     for index, claim in own.items():
         claims[index] += claim
@@ -260,12 +270,34 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     return evaluate(model, cluster, gpus, context, placed_on=model.placed_on)
 
 
+def _placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], by_index) -> dict[int, int]:
+    """A running instance's claims: GPUStack's own when known, else what its backend books."""
+    if model.placed_claims is not None:
+        return {i: claim for i, claim in model.placed_claims.items() if i in by_index}
+    if model.backend != "vllm":
+        from . import backend_fit, backends
+        book = backend_fit.booking_on(model, _views(gpus, {}, cluster))
+        return backends.claims_of(model, {i: by_index[i].memory.total for i in model.placed_on if i in by_index}, book)
+    gmu = model.gpustack.gpu_memory_utilization
+    return {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
+
+
 def _commit(model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: Sequence[GpuReading],
             claims: dict[int, int], committed: dict[int, int]) -> None:
     """Book every replica GPUStack can place, one at a time."""
     if fit.error or not fit.schedulable:
         return
     by_index = {gpu.index: gpu for gpu in gpus}
+    if model.backend != "vllm":
+        from . import backend_fit
+        for _ in range(fit.replicas_placed):
+            placement = backend_fit.placement(model, cluster, gpus, claims)
+            if placement is None:
+                break
+            for index, claim in placement.claims.items():  # the engine takes about what GPUStack books
+                claims[index] += claim
+                committed[index] += claim + cluster.vllm_context_overhead
+        return
     params = model.gpustack
     for _ in range(fit.replicas_placed):
         placement = _placement(model, cluster, gpus, claims, params)
@@ -313,6 +345,9 @@ def evaluate(
     placed_on: Sequence[int] | None = None,
 ) -> ModelFit:
     """One model against the node as it stands at its turn. Pure; used again by the fix search."""
+    if model.backend != "vllm":  # SGLang and custom backends: their own selector (and engine)
+        from . import backend_fit
+        return backend_fit.evaluate(model, cluster, gpus, context, placed_on)
     try:
         return _evaluate(model, cluster, gpus, context, placed_on)
     except ModelError as exc:
@@ -412,6 +447,9 @@ class Probe:
 def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
     """The same rules as ``evaluate`` (a property test holds them equal), without what the verdict
     does not need: the other GPUs' checks, the replica count, the reasons."""
+    if model.backend != "vllm":
+        fit = evaluate(model, cluster, gpus, context)
+        return Probe(fit.schedulable and fit.startable and not fit.error)
     try:
         gs = model.gpustack
         kv = _kv_terms(model, cluster, gpus)
