@@ -50,6 +50,10 @@ def _params(rng: random.Random) -> list[str]:
         params.append(rng.choice(["--tensor-parallel-size=2", "--tensor-parallel-size=4", "-tp 2",
                                   "--tensor-parallel-size=8", "--pipeline-parallel-size=2",
                                   "--tensor-parallel-size=1"]))
+    if rng.random() < 0.08:
+        params.append(rng.choice(["--data-parallel-size=2", "--data-parallel-size=2 --data-parallel-hybrid-lb",
+                                  "--data-parallel-size=4 --data-parallel-size-local=2 --data-parallel-hybrid-lb",
+                                  "--data-parallel-size=2 --data-parallel-size-local=4"]))
     if rng.random() < 0.05:
         params.append("--distributed-executor-backend=mp")
     return params

@@ -348,3 +348,23 @@ def test_predicted_claims_are_where_the_cluster_replay_puts_the_pending_instance
     state = _two_worker_state(tmp_path)
     on = {name: build_view(state, worker_name=name, source="test").node_models.predicted for name in ("w1", "w2")}
     assert on == {"w1": {}, "w2": {0: int(24564 * 2**20 * 0.9)}}
+
+
+def test_a_pending_instance_left_bound_to_a_worker_is_never_decided_again(tmp_path):
+    """A failed re-schedule leaves an instance pending with its worker and subordinate claims
+    (scheduler.py::_schedule_one clears only the main claim); _should_schedule never picks it up again,
+    and GPUStack's resource view still counts those claims: the next model must go elsewhere."""
+    from vram_exporter.gpustack_api import ModelInstance
+
+    state = _two_worker_state(tmp_path)
+    sub_claim = int(24564 * 2**20 * 0.9)
+    stuck = ModelInstance.model_validate({
+        "id": 1, "model_id": 1, "state": "pending", "worker_id": 1, "gpu_indexes": [0],
+        "distributed_servers": {"subordinate_workers": [{"worker_id": 2, "gpu_indexes": [0],
+                                                         "computed_resource_claim": {"vram": {"0": sub_claim}}}]}})
+    state = GpuStackState(state.workers, state.models, (stuck, state.instances[1]))
+    verdicts = {v.name: v for v in build_view(state, worker_name="w1", source="test").verdicts}
+    assert verdicts["m1"].predicted_pending == 1 and "does not decide it again" in verdicts["m1"].note
+    assert verdicts["m2"].predicted_pending == 0  # on w1: w2's GPU is still held by the stuck one
+    view = build_view(state, worker_name="w1", source="test")
+    assert view.node_models.predicted == {0: int(24564 * 2**20 * 0.9)}

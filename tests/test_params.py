@@ -68,3 +68,56 @@ def test_with_param_replaces_every_spelling_so_both_readers_agree():
     changed = with_param(params, "gpu-memory-utilization", 0.85)
     assert changed == ("--max-model-len=4096", "--gpu-memory-utilization=0.85")
     assert gpustack_params(changed).gpu_memory_utilization == vllm_params(changed).gpu_memory_utilization == 0.85
+
+
+# GPUStack's world size and executor, as vllm_resource_fit_selector.py and utils/command.py read them.
+
+def test_hybrid_lb_sizes_the_deployment_by_its_local_ranks():
+    from vram_exporter.fit.params import gpustack_params
+
+    assert gpustack_params(["--dp", "4", "--dpl", "2", "--data-parallel-hybrid-lb"]).world_size == 2
+    assert gpustack_params(["--dp", "2", "--data-parallel-hybrid-lb"]).world_size is None  # nothing inferred
+    assert gpustack_params(["--dp", "2", "--data-parallel-hybrid-lb=false"]).world_size == 2
+    assert gpustack_params(["--tp", "2", "--dp", "2"]).world_size == 4
+
+
+def test_non_positive_local_ranks_and_mp_arguments_are_refused():
+    from vram_exporter.errors import ModelError
+    from vram_exporter.fit.params import gpustack_params
+
+    with pytest.raises(ModelError, match="data-parallel-size-local 0 must be positive"):
+        gpustack_params(["--data-parallel-size-local=0"])
+    assert "multiple of --data-parallel-size-local 4" in gpustack_params(["--dp", "2", "--dpl", "4"]).mp_arguments_problem
+    assert gpustack_params(["--dp", "4", "--dpl", "2"]).mp_arguments_problem is None
+
+
+@pytest.mark.parametrize("params, version, image, mp", [
+    ([], None, None, False),  # GPUStack's runner images bundle Ray
+    (["--distributed-executor-backend=mp"], None, None, True),
+    (["--distributed-executor-backend", "ray"], "0.20.0-custom", "img", False),  # explicit wins
+    ([], None, "my/vllm:latest", True),  # a pinned image may lack Ray
+    ([], "0.11.0-custom", None, False),  # custom below 0.18.0 bundles Ray
+    ([], "0.18.0-custom", None, True),
+    ([], "v0.19.1-custom", None, True),
+])
+def test_executor_as_gpustack_resolves_it(params, version, image, mp):
+    from vram_exporter.fit.params import executor_is_mp
+
+    assert executor_is_mp(params, version, image) is mp
+
+
+def test_language_model_only_skips_the_vision_heads():
+    from vram_exporter.fit import gpustack
+    from vram_exporter.fit.model import Architecture
+    from vram_exporter.fit.params import gpustack_params
+
+    from dataclasses import replace
+
+    arch = replace(Architecture.from_config({"num_hidden_layers": 2, "num_attention_heads": 32,
+                                             "num_key_value_heads": 8, "hidden_size": 4096, "vocab_size": 128256,
+                                             "torch_dtype": "bfloat16", "max_position_embeddings": 4096}),
+                   vision_attention_heads=12)
+    both = gpustack_params(["--tp", "8"])
+    text = gpustack_params(["--tp", "8", "--language-model-only"])
+    assert "vision attention heads (12)" in gpustack.tp_divisibility_problem(gpustack.tp_arch(arch, both), 8)
+    assert gpustack.tp_divisibility_problem(gpustack.tp_arch(arch, text), 8) is None

@@ -139,12 +139,21 @@ class ModelInstance(_ApiRecord):
         return self.state not in PENDING_STATES
 
     @property
+    def stuck(self) -> bool:
+        """Pending with a worker still bound: what a failed re-schedule of a scheduled instance leaves
+        (scheduler.py::_schedule_one clears only its main claim). ``_should_schedule`` wants no worker
+        for a pending instance, so GPUStack never decides it again."""
+        return self.state == "pending" and self.worker_id is not None
+
+    @property
     def subordinates(self) -> list[SubordinateWorker]:
         return (self.distributed_servers.subordinate_workers or []) if self.distributed_servers else []
 
     def claims(self) -> dict[tuple[int, int], int]:
-        """(worker id, GPU index) -> bytes this instance holds, on its worker and its subordinates."""
-        if not self.placed:
+        """(worker id, GPU index) -> bytes this instance holds, on its worker and its subordinates. Pending
+        instances hold nothing, but for a stuck one's subordinate claims, which GPUStack's resource view
+        still counts (policies/resource_view.py::compute_worker_allocated)."""
+        if not self.placed and not self.stuck:
             return {}
         held: dict[tuple[int, int], int] = {}
         parts = [(self.worker_id, self.computed_resource_claim)]

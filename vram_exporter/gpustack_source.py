@@ -33,7 +33,7 @@ from .fit import backends
 from .fit import cluster as replay
 from .fit import gpustack_paths
 from .fit.model import Architecture, Cluster, ModelSpec
-from .fit.params import param_pairs
+from .fit.params import executor_is_mp
 from . import vllm_instance
 from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
 
@@ -84,8 +84,8 @@ def build_view(state: GpuStackState, *, worker_name: str | None, source: str, ov
 def replay_state(state: GpuStackState, requests: Mapping[str, replay.Request], overlay: LoadedManifest | None = None,
                  *, reverse_order: bool = False) -> dict[int, replay.Verdict]:
     """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed."""
-    names = {m.id: m.name for m in state.models}
-    instances = [i for i in (_instance(inst, names) for inst in state.instances) if i is not None]
+    models = {m.id: m for m in state.models}
+    instances = [i for i in (_instance(inst, models) for inst in state.instances) if i is not None]
     return replay.replay([_worker_gpus(w) for w in state.workers], requests, instances,
                          overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order)
 
@@ -153,21 +153,15 @@ def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay
 
 
 def _executor_mp(model: Model) -> bool:
-    """utils/command.py::resolve_executor_backend: an explicit --distributed-executor-backend wins; else
-    Ray, unless the model pins an image or a "-custom" backend version (then GPUStack validates
-    cross-worker layouts as MP's)."""
-    for key, value in param_pairs(model.backend_parameters):
-        if key == "distributed-executor-backend" and value is not None:
-            return value == "mp"
-    return bool(model.image_name) or "-custom" in (model.backend_version or "")
+    return executor_is_mp(model.backend_parameters, model.backend_version, model.image_name)
 
 
-def _instance(inst: ModelInstance, names: Mapping[int, str]) -> replay.Instance | None:
-    name = names.get(inst.model_id)
-    if name is None:
+def _instance(inst: ModelInstance, models: Mapping[int, Model]) -> replay.Instance | None:
+    model = models.get(inst.model_id)
+    if model is None:
         return None
-    return replay.Instance(inst.id, name, inst.placed, inst.claims(), distributed=bool(inst.subordinates),
-                           worker=inst.worker_id)
+    return replay.Instance(inst.id, model.name, inst.placed, inst.claims(), distributed=bool(inst.subordinates),
+                           worker=inst.worker_id, backend=(model.backend or "").lower(), stuck=inst.stuck)
 
 
 def _worker_gpus(worker: Worker) -> replay.WorkerGpus:

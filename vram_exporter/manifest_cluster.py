@@ -16,6 +16,7 @@ from .config import LoadedManifest, ModelEntry, WorkerEntry
 from .fit import cluster as replay
 from .fit import gpustack, gpustack_paths
 from .fit.model import ModelSpec
+from .fit.params import executor_is_mp
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,8 @@ def _request(spec: ModelSpec, entry: ModelEntry, workers: Sequence[WorkerEntry],
     if entry.pinned_gpus is not None:
         gpu_ids = [f"{_worker_of(entry, workers)}:cuda:{i}" for i in entry.pinned_gpus]
     return replay.Request(spec, allowed, gpustack_paths.selection_of(gpu_ids) if gpu_ids else None, len(gpu_ids),
-                          None, entry.placement_strategy, entry.distributed_inference_across_workers)
+                          None, entry.placement_strategy, entry.distributed_inference_across_workers,
+                          executor_is_mp(spec.backend_parameters, None, None))
 
 
 def _instances(models: Sequence[ModelSpec], entries: Mapping[str, ModelEntry], workers: Sequence[replay.WorkerGpus],

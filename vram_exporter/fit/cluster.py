@@ -67,6 +67,8 @@ class Instance:
     claims: Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes, GPUStack's own
     distributed: bool = False  # spread over several workers: not judged
     worker: int | None = None  # where GPUStack put it (tried first when judging it: the usual answer)
+    backend: str = "vllm"  # its model's (GPUStack limits distributed instances per worker per backend)
+    stuck: bool = False  # pending with a worker bound: GPUStack never decides it again, its claims stay
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,9 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
     as_placed = [replace(w, ready=True) for w in ordered_workers]
     as_placed_by_id = {w.id: w for w in as_placed}
     for inst in ordered:
+        if inst.stuck:
+            _book(claims, inst.claims)
+            holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims), inst.backend))
         if not inst.placed:
             continue
         request = requests.get(inst.model)
@@ -108,16 +113,21 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
                                  else _judge_placed(inst, request, as_placed, as_placed_by_id, claims, scheduler,
                                                     holdings))
         _book(claims, inst.claims)
-        holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims)))
+        holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims), inst.backend))
     for inst in ordered:
         request = requests.get(inst.model)
         if inst.placed or request is None:
+            continue
+        if inst.stuck:
+            verdicts[inst.id] = Verdict(inst.id, inst.model, False, reason=(
+                "Pending with a worker still bound (a failed re-schedule): GPUStack does not decide it again "
+                "until it is deleted and recreated."))
             continue
         verdict = decide(inst, request, ordered_workers, claims, scheduler, holdings)
         verdicts[inst.id] = verdict
         if verdict.placed:
             _book(claims, verdict.claims)
-            holdings.append(placement_scorer.Holding(inst.model, frozenset(verdict.claims)))
+            holdings.append(placement_scorer.Holding(inst.model, frozenset(verdict.claims), inst.backend))
     return verdicts
 
 
@@ -155,9 +165,11 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     params = _params(request.spec)
-    if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(request.spec.arch,
-                                                                                       params.tensor_parallel_size)):
+    if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(
+            gpustack.tp_arch(request.spec.arch, params), params.tensor_parallel_size)):
         return Verdict(inst.id, inst.model, False, reason=problem)
+    if request.executor_mp and params.mp_arguments_problem:  # vllm_resource_fit_selector._validate_mp_multinode_arguments
+        return Verdict(inst.id, inst.model, False, reason=params.mp_arguments_problem)
     nodes = _nodes(request, workers, claims)
     if not nodes:
         return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
@@ -222,15 +234,16 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
     params = _params(spec)
     distributed = frozenset()  # only manual selection over several workers reads it
     if request.selection is not None and len(request.selection) > 1:
+        # base_candidate_selector.py::_validate_distributed_limit_per_worker: instances of the same backend
         distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
-                                for key in holding.gpus)
+                                and holding.backend == "vllm" for key in holding.gpus)
     skip = _skip_count_check(spec.env)
     per_replica = request.gpus_per_replica
     if request.selection is not None and not per_replica:
         per_replica = gpustack_paths.gpus_per_replica(request.selected_count, spec.replicas, params.world_size, skip)
     return gpustack_paths.Ask(
         estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=params.gpu_memory_utilization,
-        world_size=params.world_size, arch=spec.arch, scheduler=scheduler, distributed=request.distributed,
+        world_size=params.world_size, arch=gpustack.tp_arch(spec.arch, params), scheduler=scheduler, distributed=request.distributed,
         replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
         gpus_per_replica=per_replica, skip_count_check=skip,
         parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed)

@@ -18,7 +18,7 @@ v0.4-v0.6 tested ``E <= allocatable`` instead of ``E <= total * g`` (changed in 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..units import GIB, MIB, gib
@@ -53,6 +53,14 @@ def estimate_bytes(weights_bytes: int, env: Mapping[str, str]) -> int:
 def claim_bytes(total_bytes: int, gmu: float) -> int:
     """What an instance books on each GPU it uses: int(T * g)."""
     return int(total_whole_mib(total_bytes) * gmu)
+
+
+def tp_arch(arch: Architecture, params) -> Architecture:
+    """The architecture as GPUStack checks tensor-parallel sizes against it: with --language-model-only
+    the vision heads are not checked (vllm_resource_fit_selector.py::_should_check_vision_tp_divisibility)."""
+    if getattr(params, "language_model_only", False) and arch.vision_attention_heads:
+        return replace(arch, vision_attention_heads=None)
+    return arch
 
 
 def tp_divisibility_problem(arch: Architecture, size: int) -> str | None:

@@ -325,7 +325,7 @@ def _placement(model, cluster, gpus, claims, params, replica_count=None):
         estimate=gpustack.estimate_bytes(model.weights_bytes, model.env),
         gmu=params.gpu_memory_utilization,
         world_size=params.world_size,
-        arch=model.arch,
+        arch=gpustack.tp_arch(model.arch, params),
         scheduler=cluster.scheduler,
         pinned=model.pinned_gpus,
         replica_count=model.replicas if replica_count is None else replica_count,
@@ -376,7 +376,8 @@ def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
     for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
         if not 0 < value <= 1:
             raise ModelError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
-    if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(model.arch, gs.tensor_parallel_size)):
+    if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(gpustack.tp_arch(model.arch, gs),
+                                                                                  gs.tensor_parallel_size)):
         raise ModelError(problem + " Consider adjusting your tensor-parallel-size value.")
     if problem := gpustack.pinned_count_problem(model.pinned_gpus, gs.world_size, model.env):
         raise ModelError(problem)

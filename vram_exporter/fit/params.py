@@ -78,6 +78,19 @@ class GpuStackParams:
     gmu_given: bool
     world_size: int | None  # tp * pp * pcp * dp as requested; None: not requested
     tensor_parallel_size: int | None
+    language_model_only: bool = False  # --language-model-only: the vision heads need not divide TP
+    mp_arguments_problem: str | None = None  # GPUStack's refusal of the MP executor's dp / dpl
+
+
+_FALSY = frozenset({"0", "false", "no", "off", "f", "n"})
+
+
+def find_bool_parameter(parameters: Sequence[str] | None, names: Sequence[str]) -> bool:
+    """gpustack ``find_bool_parameter``: the first occurrence; a bare flag or any value but a falsy one is on."""
+    for key, value in param_pairs(parameters):
+        if key in names:
+            return value is None or value.lower() not in _FALSY
+    return False
 
 
 def _first(parameters: Sequence[str] | None, names: Sequence[str]) -> str | None:
@@ -115,13 +128,69 @@ def gpustack_params(parameters: Sequence[str] | None) -> GpuStackParams:
         "prefill-context-parallel-size": _first_int(parameters, ["prefill-context-parallel-size", "pcp"]),
         "data-parallel-size": _first_int(parameters, ["data-parallel-size", "dp"]),
     }
-    for name, value in sizes.items():
+    local = _first_int(parameters, ["data-parallel-size-local", "dpl"])
+    for name, value in (*sizes.items(), ("data-parallel-size-local", local)):
         if value is not None and value <= 0:
             raise ModelError(f"vLLM: --{name} {value} must be positive.")  # GPUStack's own words
-    world = None
-    if any(sizes.values()):
-        world = math.prod(v for v in sizes.values() if v)
-    return GpuStackParams(gmu, raw_gmu is not None, world, sizes["tensor-parallel-size"])
+    world = _world_size(sizes, local, find_bool_parameter(parameters, ["data-parallel-hybrid-lb"]))
+    dp = sizes["data-parallel-size"]
+    mp_problem = (f"vLLM multi-node: --data-parallel-size {dp} must be a multiple of --data-parallel-size-local "
+                  f"{local}." if dp is not None and local is not None and dp % local else None)
+    return GpuStackParams(gmu, raw_gmu is not None, world, sizes["tensor-parallel-size"],
+                          find_bool_parameter(parameters, ["language-model-only"]), mp_problem)
+
+
+def _world_size(sizes: dict[str, int | None], local: int | None, hybrid_lb: bool) -> int | None:
+    """vllm_resource_fit_selector.py::get_world_size_from_backend_parameters: tp x pp x pcp x dp; with
+    --data-parallel-hybrid-lb the deployment runs only its local ranks (dp = dpl), and without dpl
+    GPUStack infers nothing."""
+    if hybrid_lb:
+        if local is None:
+            return None
+        sizes = {**sizes, "data-parallel-size": local}
+    if not any(sizes.values()):
+        return None
+    return math.prod(v for v in sizes.values() if v)
+
+
+def executor_is_mp(parameters: Sequence[str] | None, backend_version: str | None, image_name: str | None) -> bool:
+    """utils/command.py::resolve_executor_backend: an explicit --distributed-executor-backend wins (only
+    "mp" is MP); else Ray, unless the model pins an image, or runs a "-custom" backend version from vLLM
+    0.18.0 on (should_default_to_ray)."""
+    for key, value in param_pairs(parameters):
+        if key == "distributed-executor-backend" and value is not None:
+            return value == "mp"
+    if image_name:
+        return True
+    if not backend_version or "-custom" not in backend_version:
+        return False
+    return _compare_versions(backend_version, "0.18.0") >= 0
+
+
+def _compare_versions(a: str, b: str) -> int:
+    """gpustack_runtime/deployer/__utils__.py::compare_versions: dotted parts, numbers as numbers, the rest
+    as code points (alpha < beta < rc < release)."""
+    def explode(v: str) -> list:
+        parts = []
+        for x in re.split(r"[.\-_+]", v.removeprefix("v")):
+            if x.isdigit():
+                parts.append(int(x))
+            else:
+                tag = next((t for t in ("alpha", "beta", "rc") if x.startswith(t)), None)
+                rank = {"alpha": -3, "beta": -2, "rc": -1}.get(tag or "")
+                parts.append([rank, *map(ord, x[len(tag):])] if tag else list(map(ord, x)))
+        return parts
+    if a.removeprefix("v") == b.removeprefix("v"):
+        return 0
+    left, right = explode(a), explode(b)
+    width = max(len(left), len(right))
+    left, right = left + [0] * (width - len(left)), right + [0] * (width - len(right))
+    for x, y in zip(left, right):
+        if isinstance(x, list) != isinstance(y, list):
+            x, y = (x, [y]) if isinstance(x, list) else ([x], y)
+        if x != y:
+            return -1 if x < y else 1
+    return 0
 
 
 # --- vLLM's reading -----------------------------------------------------------------------

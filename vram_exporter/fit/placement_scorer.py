@@ -35,6 +35,7 @@ class Holding:
 
     model: str
     gpus: frozenset[tuple[int, int]]  # (worker id, GPU index)
+    backend: str = "vllm"
 
 
 @dataclass(frozen=True, slots=True)
