@@ -368,3 +368,25 @@ def test_a_pending_instance_left_bound_to_a_worker_is_never_decided_again(tmp_pa
     assert verdicts["m2"].predicted_pending == 0  # on w1: w2's GPU is still held by the stuck one
     view = build_view(state, worker_name="w1", source="test")
     assert view.node_models.predicted == {0: int(24564 * 2**20 * 0.9)}
+
+
+def test_an_embedding_model_is_not_judged_with_the_llm_rules(tmp_path):
+    """GPUStack claims an embedding model's estimate, not g x total (_disable_gpu_memory_utilization):
+    shown, with why, and never predicted with the wrong rule; a Qwen3 embedding model keeps g."""
+    from vram_exporter.gpustack_api import Model
+
+    state = _two_worker_state(tmp_path)
+    embedding = Model.model_validate({**state.models[1].model_dump(), "categories": ["embedding"]})
+    verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], embedding),
+                                                            state.instances), worker_name="w1", source="t").verdicts}
+    assert verdicts["m2"].predicted_pending is None and "claims the estimate instead" in verdicts["m2"].note
+    assert verdicts["m2"].size_known is None  # its size is known: the rule is what is missing
+    qwen3 = tmp_path / "qwen3"
+    qwen3.mkdir()
+    (qwen3 / "config.json").write_text(json.dumps({**QWEN_1_5B, "architectures": ["Qwen3ForCausalLM"]}))
+    with open(qwen3 / "model.safetensors", "wb") as f:
+        f.truncate(QWEN_1_5B_WEIGHTS)
+    reranker = Model.model_validate({**embedding.model_dump(), "local_path": str(qwen3)})
+    verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], reranker),
+                                                            state.instances), worker_name="w1", source="t").verdicts}
+    assert verdicts["m2"].predicted_pending == 0

@@ -89,6 +89,7 @@ class Model(_ApiRecord):
     backend_version: str | None = None
     image_name: str | None = None
     placement_strategy: str = "spread"  # spread or binpack: how its scorer ranks candidates
+    categories: list[str] | None = None  # llm, embedding, reranker, ... (GPUStack fills it in when empty)
     distributed_inference_across_workers: bool | None = None  # None: GPUStack's default, on for vLLM
     roles: list[Any] | None = None  # prefill/decode disaggregation: not modelled
     disaggregation: Any = None

@@ -112,13 +112,39 @@ def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: 
         if model.backend_kind is None:
             continue
         if model.roles or model.disaggregation:
-            unknown[model.name] = "prefill/decode roles are not modelled"
+            unknown[model.name] = NotModelled("prefill/decode roles are not modelled")
             continue
         try:
-            specs[model.name] = _spec(model, given.get(model.name), read_model)
+            spec = _spec(model, given.get(model.name), read_model)
         except BadInput as exc:  # config.json unreadable or wrong, weights size unknown
             unknown[model.name] = str(exc)
+            continue
+        if _claims_without_gmu(model, spec):
+            unknown[model.name] = NotModelled(f"a {'/'.join(model.categories or [])} model: GPUStack does not read "
+                                              "--gpu-memory-utilization for it and claims the estimate instead; "
+                                              "not modelled")
+            continue
+        specs[model.name] = spec
     return specs, unknown
+
+
+# vllm_resource_fit_selector.py::_disable_gpu_memory_utilization: vLLM takes no share of the card for
+# models outside these categories, but for these architectures (Qwen3 embedding and reranker).
+_GMU_CATEGORIES = frozenset({"llm", "speech_to_text"})
+_GMU_ARCHITECTURES = frozenset({"Qwen3ForCausalLM", "Qwen3ForSequenceClassification",
+                                "Qwen3VLForConditionalGeneration", "Qwen3VLForSequenceClassification"})
+
+
+class NotModelled(str):
+    """Why a model is not judged when its size is not the reason (vram_model_size_known stays absent)."""
+
+
+def _claims_without_gmu(model: Model, spec: ModelSpec) -> bool:
+    if model.backend_kind != "vllm" or not model.categories:
+        return False
+    if any(category.lower() in _GMU_CATEGORIES for category in model.categories):
+        return False
+    return not _GMU_ARCHITECTURES & set(spec.arch.architectures)
 
 
 def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> ModelSpec:
@@ -181,7 +207,8 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
         instances = [i for i in state.instances if i.model_id == model.id]
         pending = sum(1 for i in instances if i.state == "pending")
         judged = model.backend_kind is not None
-        size_known = model.name in specs if judged and not (model.roles or model.disaggregation) else None
+        size_known = (model.name in specs if judged and not isinstance(unknown.get(model.name), NotModelled)
+                      else None)
         evaluated = model.name in specs
         if not judged:
             note = f"backend {model.backend} is not vLLM, SGLang or Custom: the rulebooks do not apply"

@@ -58,6 +58,7 @@ class Architecture:
     hidden_size: int | None = None
     intermediate_size: int | None = None  # dense MLP (intermediate_size; OPT: ffn_dim; GPT-2: n_inner)
     moe: MoeShape | None = None
+    architectures: tuple[str, ...] = ()  # config.json's: GPUStack keys some rules on them
 
     @property
     def mla(self) -> bool:
@@ -110,6 +111,7 @@ class Architecture:
             intermediate_size=next((v for k in ("intermediate_size", "ffn_dim", "n_inner")
                                     if (v := _optional_int(text, k))), None),
             moe=MoeShape.from_config(text),
+            architectures=tuple(a for a in config.get("architectures") or () if isinstance(a, str)),
         )
 
 
