@@ -17,6 +17,8 @@ from pathlib import Path
 
 logging.disable(logging.CRITICAL)
 
+import gpustack_objects  # noqa: E402 - beside this file
+
 from gpustack.config import Config  # noqa: E402
 from gpustack.policies.candidate_selectors.custom_backend_resource_fit_selector import (  # noqa: E402
     CustomBackendResourceFitSelector,
@@ -34,15 +36,6 @@ from gpustack.schemas.models import (  # noqa: E402
     PlacementStrategyEnum,
     SourceEnum,
 )
-from gpustack.schemas.workers import (  # noqa: E402
-    GPUCoreInfo,
-    GPUDeviceStatus,
-    MemoryInfo,
-    SystemReserved,
-    Worker,
-    WorkerStateEnum,
-    WorkerStatus,
-)
 
 WORKER = "node"
 SELECTORS = {"sglang": (SGLangResourceFitSelector, BackendEnum.SGLANG),
@@ -50,28 +43,11 @@ SELECTORS = {"sglang": (SGLangResourceFitSelector, BackendEnum.SGLANG),
 
 
 def make_worker(scenario):
-    gpus = [
-        GPUDeviceStatus(
-            vendor="nvidia", type="cuda", index=i, device_index=i, device_chip_index=0, name="GPU",
-            uuid=f"GPU-{i}", core=GPUCoreInfo(total=0, utilization_rate=0),
-            memory=MemoryInfo(total=total, used=0, utilization_rate=0, is_unified_memory=False),
-        )
-        for i, total in enumerate(scenario["gpus"])
-    ]
-    status = WorkerStatus.model_construct(gpu_devices=gpus, memory=MemoryInfo(total=512 * 2**30, used=0,
-                                                                             utilization_rate=0))
-    return Worker.model_construct(
-        id=1, name=WORKER, hostname=WORKER, ip="127.0.0.1", ifname="lo", port=10150, cluster_id=1,
-        labels={}, state=WorkerStateEnum.READY, status=status, unreachable=False,
-        system_reserved=SystemReserved(ram=0, vram=scenario["system_reserved"]),
-    )
+    return gpustack_objects.make_worker(1, WORKER, scenario["gpus"], scenario["system_reserved"])
 
 
 def make_model(spec, backend, directory, name):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(spec["config"]))
-    with open(directory / "model.safetensors", "wb") as f:
-        f.truncate(spec["weights"])
+    gpustack_objects.model_directory(directory, spec["config"], {"model.safetensors": spec["weights"]})
     gpu_selector = None
     if spec.get("pinned"):
         gpu_selector = GPUSelector(gpu_ids=[f"{WORKER}:cuda:{i}" for i in spec["pinned"]])

@@ -20,6 +20,8 @@ from pathlib import Path
 
 logging.disable(logging.CRITICAL)
 
+import gpustack_objects  # noqa: E402 - beside this file
+
 from gpustack.config import Config  # noqa: E402
 from gpustack.policies.candidate_selectors.vllm_resource_fit_selector import VLLMResourceFitSelector  # noqa: E402
 from gpustack.policies.resource_view import ResourceView  # noqa: E402
@@ -39,41 +41,14 @@ from gpustack.schemas.models import (  # noqa: E402
     PlacementStrategyEnum,
     SourceEnum,
 )
-from gpustack.schemas.workers import (  # noqa: E402
-    GPUCoreInfo,
-    GPUDeviceStatus,
-    MemoryInfo,
-    SystemReserved,
-    Worker,
-    WorkerStateEnum,
-    WorkerStatus,
-)
 
 
 def make_worker(spec):
-    gpus = [
-        GPUDeviceStatus(
-            vendor="nvidia", type="cuda", index=i, device_index=i, device_chip_index=0, name="GPU",
-            uuid=f"GPU-{spec['id']}-{i}", core=GPUCoreInfo(total=0, utilization_rate=0),
-            memory=MemoryInfo(total=total, used=0, utilization_rate=0, is_unified_memory=False),
-        )
-        for i, total in enumerate(spec["gpus"])
-    ]
-    status = WorkerStatus.model_construct(gpu_devices=gpus, memory=MemoryInfo(total=512 * 2**30, used=0,
-                                                                             utilization_rate=0))
-    return Worker.model_construct(
-        id=spec["id"], name=spec["name"], hostname=spec["name"], ip=f"10.0.0.{spec['id']}", ifname="eth0",
-        port=10150, cluster_id=1, labels={}, state=WorkerStateEnum.READY, status=status, unreachable=False,
-        system_reserved=SystemReserved(ram=0, vram=spec["system_reserved"]),
-    )
+    return gpustack_objects.make_worker(spec["id"], spec["name"], spec["gpus"], spec["system_reserved"])
 
 
 def make_model(spec, directory):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(spec["config"]))
-    for name, size in spec["files"].items():
-        with open(directory / name, "wb") as f:
-            f.truncate(size)
+    gpustack_objects.model_directory(directory, spec["config"], spec["files"])
     selector = GPUSelector(gpu_ids=spec["gpu_ids"]) if spec.get("gpu_ids") else None
     return Model(
         id=spec["id"], name=spec["name"], source=SourceEnum.LOCAL_PATH, local_path=str(directory),
