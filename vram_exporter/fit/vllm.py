@@ -35,11 +35,23 @@ SLIDING_BATCH_TOKENS = 2048
 LARGE_GPU_BATCH_TOKENS = 8192
 
 
+def default_scheduler_limits(device_total_bytes: int | None, device_name: str = "",
+                             usage: str = "serve") -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM uses when neither flag is given.
+
+    vllm/engine/arg_utils.py::_get_default_max_num_seqs_and_batched_tokens (0.26.0): GPUs of 70 GiB or
+    more that are not A100s get {LLM class: 16384, serve: 8192} tokens and 1024 sequences; others
+    {8192, 2048} tokens and 256 sequences. Measured on the H200: serve 8192, LLM class 16384 and 1024.
+    """
+    large = device_total_bytes is not None and device_total_bytes >= 70 * 2**30 and "a100" not in device_name.lower()
+    if large:
+        return (16384 if usage == "llm" else LARGE_GPU_BATCH_TOKENS), 1024
+    return (8192 if usage == "llm" else SLIDING_BATCH_TOKENS), 256
+
+
 def default_max_num_batched_tokens(device_total_bytes: int | None, device_name: str = "") -> int:
     """`vllm serve`'s max_num_batched_tokens when the flag is not given (see SLIDING_BATCH_TOKENS)."""
-    if device_total_bytes is not None and device_total_bytes >= 70 * 2**30 and "a100" not in device_name.lower():
-        return LARGE_GPU_BATCH_TOKENS
-    return SLIDING_BATCH_TOKENS
+    return default_scheduler_limits(device_total_bytes, device_name, "serve")[0]
 
 
 def cuda_total(nvml_total: int, nvml_reserved: int | None) -> int:

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .vllm import default_scheduler_limits  # noqa: F401 - the one rule, read here for O's batch
+
 if TYPE_CHECKING:
     from .model import Architecture
 
@@ -59,20 +61,6 @@ def rules_for(version: str) -> VllmRules:
         if tuple(int(p) for p in v.split(".")) <= major_minor:
             chosen = v
     return VLLM_RULES[chosen]
-
-
-def default_scheduler_limits(device_total_bytes: int | None, device_name: str = "",
-                             usage: str = "serve") -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) vLLM uses when neither flag is given.
-
-    vllm/engine/arg_utils.py::_get_default_max_num_seqs_and_batched_tokens (0.26.0): GPUs of 70 GiB or
-    more that are not A100s get {LLM class: 16384, serve: 8192} tokens and 1024 sequences; others
-    {8192, 2048} tokens and 256 sequences. Measured on the H200: serve 8192, LLM class 16384 and 1024.
-    """
-    large = device_total_bytes is not None and device_total_bytes >= 70 * 2**30 and "a100" not in device_name.lower()
-    if large:
-        return (16384 if usage == "llm" else 8192), 1024
-    return (8192 if usage == "llm" else 2048), 256
 
 
 # --- the activation peak -------------------------------------------------------------------------------
