@@ -1,5 +1,5 @@
 """Differential test of the SGLang and custom-backend ports against GPUStack 2.3.0's own
-SGLangResourceFitSelector and CustomBackendResourceFitSelector (run by backend_selectors.py).
+SGLangResourceFitSelector and CustomBackendResourceFitSelector (run by gpustack_selectors.py).
 
 Random single-node scenarios like run.py's for vLLM, with each backend's own knobs:
 SGLang: --mem-fraction-static given or not (then GPUStack computes it per card), --tp-size/--tp/

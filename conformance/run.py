@@ -2,7 +2,7 @@
 
 Generates random but realistic single-node scenarios (cards of 6-141 GiB, 1-4 GPUs, reservations
 0-2 GiB, g from 0.5 to 0.95 in every spelling, TP/PP flags, instances already placed, the claim
-override, manual pinning), asks GPUStack's selector (conformance/gpustack_selector.py, run in a
+override, manual pinning), asks GPUStack's selector (conformance/gpustack_selectors.py, run in a
 virtual environment with gpustack==2.3.0) and our rulebook, and requires the same verdict
 (scheduled or pending, or refused) and the same number of GPUs; our GPU must be one of GPUStack's
 candidates (which one among equals is the placement strategy's choice).
@@ -123,8 +123,13 @@ def main() -> int:
     if args.selector != "vllm":
         return backends_main(args)
     rng = random.Random(args.seed)
-    scenarios = [scenario(rng, i) for i in range(args.scenarios)]
-    driver = Path(__file__).with_name("gpustack_selector.py")
+    scenarios = [{**scenario(rng, i), "backend": "vllm"} for i in range(args.scenarios)]
+    return compare(args, scenarios, "VLLMResourceFitSelector", lambda s, theirs: agree(ours(s), theirs))
+
+
+def compare(args, scenarios: list[dict], selector: str, agreement) -> int:
+    """GPUStack's answers (gpustack_selectors.py in its own venv) against ours, with the figure by kind."""
+    driver = Path(__file__).with_name("gpustack_selectors.py")
     run = subprocess.run([args.gpustack_python, str(driver)], input="".join(json.dumps(s) + "\n" for s in scenarios),
                          capture_output=True, text=True, timeout=1800)
     if run.returncode != 0:
@@ -138,11 +143,10 @@ def main() -> int:
         kinds["refused" if theirs.get("error") else "scheduled" if theirs["gpus"] else "pending"] += 1
         kinds["multi-GPU"] += len(theirs.get("gpus", [])) > 1
         kinds["overcommit"] += bool(theirs.get("overcommit"))
-        problem = agree(ours(s), theirs)
-        if problem:
+        if problem := agreement(s, theirs):
             disagreements.append((s, problem))
     total = len(scenarios)
-    print(f"agreement with GPUStack 2.3.0's VLLMResourceFitSelector: {total - len(disagreements)}/{total} scenarios "
+    print(f"agreement with GPUStack 2.3.0's {selector}: {total - len(disagreements)}/{total} scenarios "
           f"(seed {args.seed}; GPUStack: " + ", ".join(f"{v} {k}" for k, v in kinds.items()) + ")")
     for s, problem in disagreements[:20]:
         print(f"  scenario {s['id']}: {problem}\n    {json.dumps(s)}")
@@ -155,29 +159,8 @@ def backends_main(args) -> int:
     rng = random.Random(args.seed)
     make = backends.sglang_scenario if args.selector == "sglang" else backends.custom_scenario
     scenarios = [make(rng, i, CARDS_MIB, MODELS) for i in range(args.scenarios)]
-    driver = Path(__file__).with_name("backend_selectors.py")
-    run = subprocess.run([args.gpustack_python, str(driver)], input="".join(json.dumps(s) + "\n" for s in scenarios),
-                         capture_output=True, text=True, timeout=1800)
-    if run.returncode != 0:
-        print(run.stderr, file=sys.stderr)
-        return 2
-    answers = {a["id"]: a for a in map(json.loads, run.stdout.splitlines())}
-    kinds = {"scheduled": 0, "pending": 0, "refused": 0, "multi-GPU": 0, "overcommit": 0}
-    disagreements = []
-    for s in scenarios:
-        theirs = answers[s["id"]]
-        kinds["refused" if theirs.get("error") else "scheduled" if theirs["gpus"] else "pending"] += 1
-        kinds["multi-GPU"] += len(theirs.get("gpus", [])) > 1
-        kinds["overcommit"] += bool(theirs.get("overcommit"))
-        if problem := backends.agree(backends.ours(s), theirs, args.selector):
-            disagreements.append((s, problem))
-    total = len(scenarios)
     name = {"sglang": "SGLangResourceFitSelector", "custom": "CustomBackendResourceFitSelector"}[args.selector]
-    print(f"agreement with GPUStack 2.3.0's {name}: {total - len(disagreements)}/{total} scenarios "
-          f"(seed {args.seed}; GPUStack: " + ", ".join(f"{v} {k}" for k, v in kinds.items()) + ")")
-    for s, problem in disagreements[:20]:
-        print(f"  scenario {s['id']}: {problem}\n    {json.dumps(s)}")
-    return 0 if not disagreements else 1
+    return compare(args, scenarios, name, lambda s, theirs: backends.agree(backends.ours(s), theirs, args.selector))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Runs GPUStack 2.3.0's own SGLangResourceFitSelector or CustomBackendResourceFitSelector offline on
-scenarios read from stdin (JSON lines), like gpustack_selector.py does for vLLM's.
+"""Runs one of GPUStack 2.3.0's own selectors (VLLMResourceFitSelector, SGLangResourceFitSelector,
+CustomBackendResourceFitSelector) offline on single-worker scenarios read from stdin (JSON lines).
 
 Runs inside a virtual environment with gpustack==2.3.0 (`make conformance`); vram_exporter never
-imports it. Each scenario names its "backend" ("sglang" or "custom"); the model may carry a
-"run_command" (custom). Prints one JSON line per scenario: {"id", "gpus", "candidates", "claims",
+imports it. Each scenario names its "backend" ("vllm", "sglang" or "custom"); the model may carry a
+"run_command" (custom). The model directory is real (config.json and a sparse weights file of the
+real size), so GPUStack sizes it itself. Prints one JSON line per scenario: {"id", "gpus", "candidates", "claims",
 "overcommit", "fraction", "message", "error"}; "fraction" is the --mem-fraction-static the SGLang
 selector assumed for the GPU type.
 """
@@ -24,6 +25,7 @@ from gpustack.policies.candidate_selectors.custom_backend_resource_fit_selector 
     CustomBackendResourceFitSelector,
 )
 from gpustack.policies.candidate_selectors.sglang_resource_fit_selector import SGLangResourceFitSelector  # noqa: E402
+from gpustack.policies.candidate_selectors.vllm_resource_fit_selector import VLLMResourceFitSelector  # noqa: E402
 from gpustack.policies.resource_view import ResourceView  # noqa: E402
 from gpustack.schemas.models import (  # noqa: E402
     BackendEnum,
@@ -38,7 +40,8 @@ from gpustack.schemas.models import (  # noqa: E402
 )
 
 WORKER = "node"
-SELECTORS = {"sglang": (SGLangResourceFitSelector, BackendEnum.SGLANG),
+SELECTORS = {"vllm": (VLLMResourceFitSelector, BackendEnum.VLLM),
+             "sglang": (SGLangResourceFitSelector, BackendEnum.SGLANG),
              "custom": (CustomBackendResourceFitSelector, BackendEnum.CUSTOM)}
 
 
