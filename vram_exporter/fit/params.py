@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from ..errors import ModelError
 
+import functools
 import math
 import re
 import shlex
 from decimal import Decimal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -83,6 +84,18 @@ class GpuStackParams:
 
 
 _FALSY = frozenset({"0", "false", "no", "off", "f", "n"})
+
+
+def last_number(last: Mapping[str, str | None], name: str, kind, default, *, engine: str):
+    """An engine's value of ``--name`` from its argparse reading (``last``: the last of each key), or
+    ``default`` when absent; the engine's refusal when it is not a ``kind``."""
+    raw = last.get(name)
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ModelError(f"{engine} cannot read --{name} {raw!r}") from None
 
 
 def find_bool_parameter(parameters: Sequence[str] | None, names: Sequence[str]) -> bool:
@@ -243,14 +256,7 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
             underscore = True
         last[name] = value  # argparse: the last one wins
 
-    def number(name: str, kind, default):
-        raw = last.get(name)
-        if raw is None:
-            return default
-        try:
-            return kind(raw)
-        except ValueError:
-            raise ModelError(f"vLLM cannot read --{name} {raw!r}") from None
+    number = functools.partial(last_number, last, engine="vLLM")
 
     raw_len = last.get("max-model-len")
     return VllmParams(

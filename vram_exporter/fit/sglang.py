@@ -27,6 +27,8 @@ after it, out of the (1 - mem_fraction_static) share that SGLang's default keeps
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from ..errors import ModelError
 from . import gpustack_sglang
 from .model import Architecture
-from .params import param_pairs
+from .params import last_number, param_pairs
 
 GIB = 2**30
 MIB = 2**20
@@ -67,14 +69,7 @@ def sglang_params(parameters: Sequence[str]) -> SglangParams:
         name = key.replace("_", "-")
         last[_ALIASES.get(name, name)] = value
 
-    def number(name: str, kind, default):
-        raw = last.get(name)
-        if raw is None:
-            return default
-        try:
-            return kind(raw)
-        except ValueError:
-            raise ModelError(f"SGLang cannot read --{name} {raw!r}") from None
+    number = functools.partial(last_number, last, engine="SGLang")
 
     mfs = number("mem-fraction-static", float, None)
     if mfs is not None and not 0 < mfs <= 1:
