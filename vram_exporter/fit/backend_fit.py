@@ -149,16 +149,8 @@ def gpustack_custom_claim(view, estimate, fraction, n) -> int:
 
 
 def _count_replicas(model, cluster, gpus, context) -> int:
-    claims = dict(context.claims)
-    placed = 0
-    for _ in range(model.replicas):
-        place = placement(model, cluster, gpus, claims)
-        if place is None:
-            break
-        placed += 1
-        for index, claim in place.claims.items():
-            claims[index] += claim
-    return placed
+    return gpustack.replicas_placed(model.replicas, context.claims,
+                                    lambda claims: placement(model, cluster, gpus, claims))
 
 
 def _with_reasons(fit: ModelFit, model, views, book, engine) -> ModelFit:

@@ -55,6 +55,19 @@ def claim_bytes(total_bytes: int, gmu: float) -> int:
     return int(total_whole_mib(total_bytes) * gmu)
 
 
+def replicas_placed(replicas: int, claims: Mapping[int, int], place) -> int:
+    """How many of ``replicas`` GPUStack places on one worker, one at a time, each booking its claims
+    for the next (``place(claims)`` -> a placement with ``claims``, or None)."""
+    booked = dict(claims)
+    for placed in range(replicas):
+        placement = place(booked)
+        if placement is None:
+            return placed
+        for index, claim in placement.claims.items():
+            booked[index] = booked.get(index, 0) + claim
+    return replicas
+
+
 def tp_arch(arch: Architecture, params) -> Architecture:
     """The architecture as GPUStack checks tensor-parallel sizes against it: with --language-model-only
     the vision heads are not checked (vllm_resource_fit_selector.py::_should_check_vision_tp_divisibility)."""

@@ -521,16 +521,8 @@ def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
 
 
 def _count_replicas(model, cluster, gpus, context, params) -> int:
-    claims = dict(context.claims)
-    placed = 0
-    for _ in range(model.replicas):
-        placement = _placement(model, cluster, gpus, claims, params)
-        if placement is None:
-            break
-        placed += 1
-        for index, claim in placement.claims.items():
-            claims[index] += claim
-    return placed
+    return gpustack.replicas_placed(model.replicas, context.claims,
+                                    lambda claims: _placement(model, cluster, gpus, claims, params))
 
 
 def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, running: bool, estimate: int,
