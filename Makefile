@@ -54,7 +54,7 @@ debian-deps:
 test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL)
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python SGLANG_WHEEL=$(SGLANG_WHEEL) $(PY) -m pytest
 
-# SGLang's wheel (source only, no install: its functions run on the CPU in tests/test_rulebook_sglang.py).
+# SGLang's wheel (source only, no install: its functions run on the CPU in tests/rules/test_rulebook_sglang.py).
 $(SGLANG_WHEEL): venv
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps sglang==0.5.9 -d .cache/sglang
 

@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vram_exporter.gpustack_api import GpuStackState, parse_page  # noqa: E402
-from vram_exporter.gpustack_source import build_view  # noqa: E402
+from vram_exporter.sources.gpustack_api import GpuStackState, parse_page  # noqa: E402
+from vram_exporter.sources.gpustack_view import build_view  # noqa: E402
 
 QWEN = {"num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_size": 3584,
         "vocab_size": 152064, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}

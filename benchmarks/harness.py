@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import scenarios  # noqa: E402
 from conftest import ExporterProcess, free_port  # noqa: E402
 
-from vram_exporter.config import load_manifest  # noqa: E402
-from vram_exporter.exporter import Exporter  # noqa: E402
-from vram_exporter.fake_nvml import FakeNvml  # noqa: E402
-from vram_exporter.nvml import NvmlReader  # noqa: E402
+from vram_exporter.sources.manifest import load_manifest  # noqa: E402
+from vram_exporter.app.exporter import Exporter  # noqa: E402
+from vram_exporter.sources.fake_nvml import FakeNvml  # noqa: E402
+from vram_exporter.sources.nvml import NvmlReader  # noqa: E402
 
 JITTER = 256 * 2**20
 

@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 
-from vram_exporter.nvml import NvmlReader
+from vram_exporter.sources.nvml import NvmlReader
 
 
 def timed(fn, count: int) -> list[float]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import random
 
-from vram_exporter.fit.model import Architecture, Cluster, ModelSpec
-from vram_exporter.fit.node import fit_node
+from vram_exporter.rules.model import Architecture, Cluster, ModelSpec
+from vram_exporter.rules.node import fit_node
 from vram_exporter.snapshot import GpuReading, MemoryReading, NodeSnapshot
 
 MIB, GIB = 2**20, 2**30
@@ -105,7 +105,7 @@ def ours(s: dict) -> dict:
     fit = fit_node(snapshot, Cluster(system_reserved_vram=s["system_reserved"]), [*placed, candidate]).models[-1]
     claims = {}
     if fit.schedulable and not fit.error:
-        from vram_exporter.fit import backend_fit
+        from vram_exporter.rules.backends import backend_fit
         gpus = list(snapshot.gpus)
         booked = {i: 0 for i in range(len(s["gpus"]))}
         for p in s["placed"]:

@@ -25,9 +25,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from vram_exporter.config import read_model_directory
-from vram_exporter.gpustack_api import GpuStackState, Model, ModelInstance, Worker
-from vram_exporter.gpustack_source import _requests, _specs, replay_state
+from vram_exporter.sources.manifest import read_model_directory
+from vram_exporter.sources.gpustack_api import GpuStackState, Model, ModelInstance, Worker
+from vram_exporter.sources.gpustack_view import _requests, _specs, replay_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import CARDS_MIB, MODELS  # noqa: E402

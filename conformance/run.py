@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vram_exporter.fit.model import Architecture, Cluster, ModelSpec
-from vram_exporter.fit.node import fit_node
+from vram_exporter.rules.model import Architecture, Cluster, ModelSpec
+from vram_exporter.rules.node import fit_node
 from vram_exporter.snapshot import GpuReading, MemoryReading, NodeSnapshot
 
 MIB, GIB = 2**20, 2**30

@@ -1,7 +1,7 @@
 """The reference for the fix search: every knob probed over the whole grid with the full rulebooks.
 
 This is the search vram-exporter shipped before the fixes were planned from the rulebooks' algebra
-(vram_exporter/fit/fixes.py); tests/test_fix_search.py holds the two equal on random nodes.
+(vram_exporter/rules/fixes.py); tests/rules/test_fix_search.py holds the two equal on random nodes.
 
 For each knob the smallest change that makes the model both schedulable (GPUStack) and
 startable (vLLM) on this node is searched for, holding everything else as it is; where no
@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from vram_exporter.fit import gpustack
-from vram_exporter.fit.fixes import Fix
-from vram_exporter.fit.model import Cluster, ModelSpec
-from vram_exporter.fit.node import ModelFit, NodeFit, evaluate, with_free
-from vram_exporter.fit.params import with_param
+from vram_exporter.rules import gpustack
+from vram_exporter.rules.fixes import Fix
+from vram_exporter.rules.model import Cluster, ModelSpec
+from vram_exporter.rules.node import ModelFit, NodeFit, evaluate, with_free
+from vram_exporter.rules.flags import with_param
 from vram_exporter.snapshot import GpuReading
 from vram_exporter.units import GIB, gib
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vram_exporter.fit.model import Architecture, Cluster, ModelSpec
+from vram_exporter.rules.model import Architecture, Cluster, ModelSpec
 from vram_exporter.snapshot import GpuReading, MemoryReading, NodeSnapshot, ProcessReading
 
 MIB, GIB = 2**20, 2**30

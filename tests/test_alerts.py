@@ -64,9 +64,9 @@ def test_rules_only_use_metrics_the_exporter_exports():
     for golden in GOLDEN.glob("*.prom"):
         exported |= set(re.findall(r"^# TYPE (\S+)", golden.read_text(), re.M))
         exported |= set(re.findall(r"^(vram_\w+)", golden.read_text(), re.M))
-    # The series beside a running vLLM appear only with one answering (test_vllm_instance.py's end-to-end
+    # The series beside a running vLLM appear only with one answering (tests/sources/test_vllm_instance.py's end-to-end
     # test reads them from the real process): take their names from the families the exporter renders.
-    from vram_exporter import vllm_instance
+    from vram_exporter.sources import vllm_instance
 
     exported |= {f.name for f in vllm_instance.families([])} | {vllm_instance.up_family({}).name}
     used = set(re.findall(r"(?<![:\w])vram_[a-z_]+(?![:\w])", RULES.read_text()))  # not recorded names

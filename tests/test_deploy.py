@@ -44,7 +44,7 @@ def test_daemonset_runs_non_root_read_only_with_nvidia_runtime():
 
 
 def test_manifest_configmap_is_a_valid_manifest(tmp_path):
-    from vram_exporter.config import load_manifest
+    from vram_exporter.sources.manifest import load_manifest
 
     data = documents("daemonset.yaml")["ConfigMap"]["data"]["manifest.yaml"]
     (tmp_path / "manifest.yaml").write_text(data)

@@ -42,7 +42,7 @@ curl -s localhost:$PORT/ >"$OUT/landing.html"
 # One NVML collection (what a scrape does) against one nvidia-smi query, side by side.
 python3 - >"$OUT/timing.json" <<'PY'
 import json, statistics, subprocess, time
-from vram_exporter.nvml import NvmlReader
+from vram_exporter.sources.nvml import NvmlReader
 reader = NvmlReader(); reader.read()
 def times(fn, n):
     out = []

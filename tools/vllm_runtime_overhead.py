@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vram_exporter.fit.model import Architecture  # noqa: E402
-from vram_exporter.fit.vllm_runtime import default_scheduler_limits, fitted_runtime_overhead  # noqa: E402
-from vram_exporter.fit.vllm_runtime import rules_for, runtime_overhead  # noqa: E402
+from vram_exporter.rules.model import Architecture  # noqa: E402
+from vram_exporter.rules.backends.vllm.runtime import default_scheduler_limits, fitted_runtime_overhead  # noqa: E402
+from vram_exporter.rules.backends.vllm.runtime import rules_for, runtime_overhead  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -123,7 +123,7 @@ def _gpustack_source(args: argparse.Namespace, overlay):
         return None
     import socket
 
-    from .gpustack_source import GpuStackSource
+    from .sources.gpustack_view import GpuStackSource
 
     # A cluster-only exporter (serve --no-collector.nvml) is no worker: it looks none up.
     worker_name = (args.gpustack_worker_name or socket.gethostname()) if getattr(args, "collector_nvml", True) else None
@@ -133,7 +133,7 @@ def _gpustack_source(args: argparse.Namespace, overlay):
 def _gpustack_client(args: argparse.Namespace):
     from urllib.parse import urlsplit
 
-    from .gpustack_client import GpuStackClient, read_api_key
+    from .sources.gpustack_client import GpuStackClient, read_api_key
 
     url = args.gpustack_url
     try:
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vram-exporter: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:
-        from .gpustack_client import GpuStackError  # imported late: aiohttp is not needed for check/capture
+        from .sources.gpustack_client import GpuStackError  # imported late: aiohttp is not needed for check/capture
 
         if isinstance(exc, GpuStackError):
             print(f"vram-exporter: {exc}", file=sys.stderr)
@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reader(args: argparse.Namespace):
-    from .nvml import NvmlReader
+    from .sources.nvml import NvmlReader
 
     if args.nvml_fixture is None:
         return NvmlReader()
-    from .fake_nvml import FakeNvml
+    from .sources.fake_nvml import FakeNvml
 
     return NvmlReader(FakeNvml.watching(args.nvml_fixture), proc_root=None, source=f"fixture:{args.nvml_fixture}")
 
@@ -204,32 +204,32 @@ def _serve_reader(args: argparse.Namespace):
         if getattr(args, dest) is not None:
             raise FlagError(f"{flag} and --no-collector.nvml contradict each other (a cluster-only exporter "
                             "reads no GPU and is no worker)")
-    from .sampler import NoNvmlReader
+    from .sources.sampler import NoNvmlReader
 
     return NoNvmlReader()
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .exporter import Exporter
-    from .server import create_app, parse_listen_address, serve
+    from .app.exporter import Exporter
+    from .app.server import create_app, parse_listen_address, serve
 
     if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
         raise FlagError(f"--web.telemetry-path {args.telemetry_path!r}: must start with / and not be /")
     parse_listen_address(args.listen_address)  # bad input is exit 2, before anything starts
     manifest = None
     if args.manifest is not None:
-        from .config import load_manifest
+        from .sources.manifest import load_manifest
 
         manifest = load_manifest(args.manifest)
     gpustack = _gpustack_source(args, overlay=lambda: exporter.manifest)
-    from .vllm_client import VllmInstances
+    from .sources.vllm_client import VllmInstances
 
     exporter = Exporter(_serve_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
                         gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances(),
                         cluster_series=args.gpustack_cluster_series == "export")
     web_config = None
     if args.web_config_file is not None:
-        from .webconfig import WebConfig
+        from .app.web.config import WebConfig
 
         web_config = WebConfig.load(args.web_config_file)
         exporter.extra_families.append(web_config.families)
@@ -246,9 +246,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import json
 
-    from .config import load_manifest
-    from .plan import NodeInputs, Planner
-    from .report import all_fit, plan_report, render_text
+    from .sources.manifest import load_manifest
+    from .app.plan import NodeInputs, Planner
+    from .present.report import all_fit, plan_report, render_text
 
     if args.gpustack_url is not None:
         return _check_gpustack(args)
@@ -270,10 +270,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _check_cluster(manifest, output_format: str) -> int:
-    """Where GPUStack would place each candidate over the manifest's workers (manifest_cluster.py)."""
+    """Where GPUStack would place each candidate over the manifest's workers (sources/manifest_workers.py)."""
     import json
 
-    from . import manifest_cluster
+    from .sources import manifest_workers as manifest_cluster
 
     verdicts = manifest_cluster.place(manifest)
     if output_format == "json":
@@ -290,12 +290,12 @@ def _check_gpustack(args: argparse.Namespace) -> int:
     import json
     import socket
 
-    from . import check_gpustack
-    from .report import all_fit
+    from .app import check_gpustack
+    from .present.report import all_fit
 
     overlay = None
     if args.manifest is not None:
-        from .config import load_manifest
+        from .sources.manifest import load_manifest
 
         overlay = load_manifest(args.manifest)
     if args.gpustack_api_key_file is None:
@@ -314,7 +314,7 @@ def _check_gpustack(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    from . import fixture
+    from .sources import fixture
 
     snapshot = _reader(args).read()
     text = f"# captured by vram-exporter {__version__} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"

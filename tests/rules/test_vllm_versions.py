@@ -1,0 +1,64 @@
+"""The vLLM version as a cluster setting (issue 17): the rules that differ between 0.26 and 0.33."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from fitcases import gpu, node, seed_model
+from vram_exporter.sources.manifest import ClusterSettings
+from vram_exporter.rules.backends.vllm import engine as vllm, runtime as vllm_runtime
+from vram_exporter.rules.model import Architecture, Cluster
+from vram_exporter.rules.node import fit_node
+
+QWEN = Architecture.from_config({"num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                                 "hidden_size": 1536, "torch_dtype": "bfloat16", "max_position_embeddings": 32768})
+MISTRAL = Architecture.from_config({"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                    "hidden_size": 4096, "torch_dtype": "bfloat16", "max_position_embeddings": 32768,
+                                    "sliding_window": 4096})
+
+
+def test_manifest_setting_reaches_the_rules():
+    assert ClusterSettings(vllm_version="0.26").to_cluster().vllm_version == "0.26"
+    assert ClusterSettings().to_cluster().vllm_version == "0.33"
+    with pytest.raises(ValidationError):
+        ClusterSettings(vllm_version="0.30")
+    assert vllm_runtime.rules_for("0.26.0").held_back_blocks == 0
+    assert vllm_runtime.rules_for("0.34.1") == vllm_runtime.VLLM_RULES["0.33"]
+    assert vllm_runtime.rules_for("0.27") == vllm_runtime.VLLM_RULES["0.26"]
+
+
+def test_full_attention_minimum_differs_by_one_block_sliding_window_does_not():
+    per = vllm.bytes_per_token(QWEN, tp=1, pp=1, dtype_bytes=2)
+    old = vllm.required_kv_bytes(QWEN, 32768, 16, per, held_back=0)
+    new = vllm.required_kv_bytes(QWEN, 32768, 16, per, held_back=1)
+    assert old == 2048 * 16 * per and new - old == 16 * per
+    # sliding-window layers always keep one block for a window that starts mid-block (0.26 source)
+    per_m = vllm.bytes_per_token(MISTRAL, tp=1, pp=1, dtype_bytes=2)
+    in_flight = 2 * 8192  # async scheduling: two batches of serve's H200 default
+    assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=0, batch_tokens=in_flight) == \
+        vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=in_flight) == \
+        (-(-(4096 - 1 + in_flight) // 16) + 1) * 16 * per_m
+
+
+def test_node_fit_uses_the_clusters_version():
+    snapshot = node(gpu(0, 6138 * 2**20))
+    model = seed_model("--gpu-memory-utilization=0.9", weights_bytes=3_087_467_144, max_model_len=32768)
+    new = fit_node(snapshot, Cluster(), [model]).models[0]
+    old = fit_node(snapshot, Cluster(vllm_version="0.26"), [model]).models[0]
+    assert new.kv_required - old.kv_required == 16 * new.bytes_per_token  # the held-back block
+    assert old.per_gpu[0].headroom["vllm_kv_cache"] - new.per_gpu[0].headroom["vllm_kv_cache"] == 16 * new.bytes_per_token
+
+
+def test_sliding_window_minimum_follows_the_batch_flag():
+    """--max-num-batched-tokens sets the tokens in flight (two batches) a sliding-window layer holds;
+    without it, serve's default for the GPU (8192 on an H200)."""
+    snapshot = node(gpu(0, 150_754_820_096))
+    per = vllm.bytes_per_token(MISTRAL, tp=1, pp=1, dtype_bytes=2)
+
+    def required(*flags):
+        model = seed_model("--gpu-memory-utilization=0.9", *flags, arch=MISTRAL, max_model_len=32768)
+        return fit_node(snapshot, Cluster(vllm_runtime_overhead=2**30), [model]).models[0].kv_required
+
+    assert required() == (-(-(4095 + 2 * 8192) // 16) + 1) * 16 * per
+    assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 1) * 16 * per

@@ -1,0 +1,121 @@
+"""The manifest: sizes, model directories counted as GPUStack counts them, and errors that name
+the file, the line and the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+from vram_exporter.sources.manifest import load_manifest
+from vram_exporter.units import parse_size
+from vram_exporter.sources.yamlfile import InputFileError
+
+QWEN_CONFIG = {"num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2, "hidden_size": 1536,
+               "vocab_size": 151936, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}
+
+
+@pytest.mark.parametrize("text, size", [
+    (3087467144, 3087467144), ("512MiB", 512 * 2**20), ("1GiB", 2**30), ("1.5GB", 1_500_000_000),
+    ("2 TiB", 2 * 2**40), ("10KB", 10_000), ("7kib", 7 * 1024), ("100", 100)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["lots", "1.5 parsecs", -1, True, "GiB", float("nan")])
+def test_bad_sizes_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def write(tmp_path, text, name="m.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def errors(tmp_path, text) -> str:
+    with pytest.raises(InputFileError) as raised:
+        load_manifest(write(tmp_path, text))
+    return str(raised.value)
+
+
+def test_shipped_examples_load():
+    seed = load_manifest(ROOT / "examples/seed/manifest.yaml")
+    assert seed.cluster.system_reserved_vram == 2**30 and seed.models[0].weights_bytes == 3_087_467_144
+    assert len(load_manifest(ROOT / "examples/node-8xh100/manifest.yaml").models) == 8
+
+
+def test_a_model_directory_is_read_like_gpustack_reads_it(tmp_path):
+    model_dir = tmp_path / "Qwen2.5-1.5B-Instruct"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(QWEN_CONFIG))
+    with open(model_dir / "model.safetensors", "wb") as f:  # sparse, the real size
+        f.truncate(3_087_467_144)
+    (model_dir / "consolidated.safetensors").write_bytes(b"x" * 1000)  # counted from a local directory
+    (model_dir / "tokenizer.json").write_bytes(b"{}" * 500)  # not a weight file
+    (model_dir / "sub").mkdir()
+    (model_dir / "sub" / "extra.bin").write_bytes(b"x" * 10)  # not at the root: not counted
+    manifest = load_manifest(write(tmp_path, f"models:\n  - name: q\n    path: {model_dir.name}\n"))
+    (model,) = manifest.models
+    # gpustack/scheduler/calculator.py::calculate_llm_model_weight_size: every root weight file
+    assert model.weights_bytes == 3_087_467_144 + 1000 and model.arch.kv_heads == 2
+    # From a hub listing GPUStack leaves consolidated.safetensors out (gpustack/utils/hub.py)
+    for hub in ("huggingface", "modelscope"):
+        text = f"models:\n  - name: q\n    path: {model_dir.name}\n    weights_from: {hub}\n"
+        assert load_manifest(write(tmp_path, text)).models[0].weights_bytes == 3_087_467_144
+
+
+def test_weights_from_needs_a_path(tmp_path):
+    text = ("models:\n  - name: q\n    weights_bytes: 1GiB\n    weights_from: huggingface\n"
+            "    config: {num_hidden_layers: 2, num_attention_heads: 2, hidden_size: 64}\n")
+    assert "weights_from says how the files under path are counted: it needs path" in errors(tmp_path, text)
+
+
+def test_unknown_key_names_file_line_and_field(tmp_path):
+    text = "cluster:\n  scheduler: gpustack\n  system_reserve_vram: 1GiB\n"
+    assert f"{tmp_path / 'm.yaml'}:3: cluster.system_reserve_vram: unknown key" in errors(tmp_path, text)
+
+
+def test_bad_size_names_its_line(tmp_path):
+    text = "cluster:\n  vllm_context_overhead: 512 MeB\n"
+    assert ":2: cluster.vllm_context_overhead: Value error, not a size: '512 MeB'" in errors(tmp_path, text)
+
+
+def test_reservation_must_be_whole_gib(tmp_path):
+    assert "whole GiB" in errors(tmp_path, "cluster:\n  system_reserved_vram: 1.5GiB\n")
+
+
+def test_model_needs_a_source(tmp_path):
+    message = errors(tmp_path, "models:\n  - name: x\n    weights_bytes: 10\n")
+    assert ":2: models[0]:" in message and "path" in message
+
+
+def test_missing_model_directory_names_the_field(tmp_path):
+    message = errors(tmp_path, "models:\n  - name: x\n    path: nowhere\n")
+    assert ":3: models[0].path:" in message and "config.json does not exist" in message
+
+
+def test_inline_config_missing_a_field_names_the_model(tmp_path):
+    text = "models:\n  - name: x\n    weights_bytes: 10\n    config: {num_attention_heads: 4, hidden_size: 64}\n"
+    message = errors(tmp_path, text)
+    assert ":4: models[0].config:" in message and "num_hidden_layers" in message
+
+
+def test_claim_override_must_be_bytes(tmp_path):
+    text = ("models:\n  - name: x\n    weights_bytes: 10\n    config: {num_hidden_layers: 1, num_attention_heads: 1,"
+            " hidden_size: 8}\n    env: {GPUSTACK_MODEL_VRAM_CLAIM: 4GiB}\n")
+    assert ":5: models[0].env:" in errors(tmp_path, text)
+
+
+def test_duplicate_names_are_refused(tmp_path):
+    entry = ("  - name: x\n    weights_bytes: 10\n    config: {num_hidden_layers: 1, num_attention_heads: 1,"
+             " hidden_size: 8}\n")
+    assert "appears twice" in errors(tmp_path, "models:\n" + entry + entry)
+
+
+def test_every_problem_is_listed_not_only_the_first(tmp_path):
+    text = "cluster:\n  scheduler: kubernetes\n  vllm_default_gpu_memory_utilization: 1.5\n"
+    message = errors(tmp_path, text)
+    assert ":2: cluster.scheduler:" in message and ":3: cluster.vllm_default_gpu_memory_utilization:" in message

@@ -1,0 +1,89 @@
+"""``vram-exporter check --gpustack.url URL``: what GPUStack would do with the cluster as it is now, once.
+
+One read of GPUStack's API (sources/gpustack_client.py), the same view the exporter serves
+(gpustack_source.build_view: the cluster replayed over every worker, and this node's worker as a
+manifest would describe it), this node's verdicts from its NVML readings (or a fixture), and the
+same document as the exporter's ``/api/v1/fit``. A worker name given and not found is bad input
+(exit 2); with the default (this host's name) and no such worker, only the cluster view is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from ..sources.manifest import LoadedManifest
+from ..errors import FlagError
+from ..sources.gpustack_api import Worker
+from ..sources.gpustack_client import GpuStackClient, read_once
+from ..sources.gpustack_view import build_view
+from .plan import NodeInputs, Planner
+from ..present.report import gpustack_report, plan_report, render_text
+from ..snapshot import NodeSnapshot
+
+
+def check_report(client: GpuStackClient, *, worker_name: str, explicit_worker: bool, url: str,
+                 overlay: LoadedManifest | None, read_snapshot) -> dict[str, Any]:
+    """The report of ``/api/v1/fit`` for this node as worker ``worker_name``; raises GpuStackError
+    (GPUStack unreadable) and FlagError (an explicit worker name that matches no worker)."""
+    state = asyncio.run(read_once(client))
+    view = build_view(state, worker_name=worker_name, source=url, overlay=overlay)
+    if view.worker is None and explicit_worker:
+        raise FlagError(f"--gpustack.worker-name {worker_name!r}: no worker of {url} has that name or hostname "
+                        f"(its workers: {_names(state.workers)})")
+    snapshot: NodeSnapshot = read_snapshot()
+    node = view.node_models
+    if node is None or snapshot.error:
+        # No worker here, or no GPU readings to judge it on: the cluster view alone.
+        inputs = NodeInputs.of(None, (), None, snapshot)
+    else:
+        inputs = NodeInputs.of(node.cluster, node.models, node.booked, snapshot)
+    report = plan_report(Planner().build_now(inputs, snapshot), snapshot)
+    report["gpustack"] = gpustack_report(view, SimpleNamespace(success=True, last_success_timestamp=time.time()))
+    return report
+
+
+def _names(workers: Sequence[Worker]) -> str:
+    listed = ", ".join(f"{w.name} (hostname {w.hostname})" if w.hostname and w.hostname != w.name else w.name
+                       for w in workers[:20])
+    return (listed + (f" and {len(workers) - 20} more" if len(workers) > 20 else "")) or "none"
+
+
+def some_pending(report: dict[str, Any]) -> bool:
+    """GPUStack leaves, or the rulebooks predict, an instance Pending somewhere in the cluster."""
+    return any(m["gpustack_pending"] or m["predicted_pending"] for m in report["gpustack"]["models"])
+
+
+def render(report: dict[str, Any], url: str, worker_name: str) -> str:
+    gs = report["gpustack"]
+    lines = [f"vram-exporter check: GPUStack {url}", "",
+             "Cluster: every model of GPUStack, its pending instances and ours (the rulebooks replaying its scheduler)"]
+    for m in gs["models"]:
+        predicted = "-" if m["predicted_pending"] is None else m["predicted_pending"]
+        if m["predicted_pending"] is None:
+            verdict = "not evaluated"
+        elif not m["agree"]:
+            verdict = "DISAGREE with GPUStack"
+        else:
+            verdict = "Pending, both agree" if m["gpustack_pending"] else "placed, both agree"
+        lines.append(f"  {'ok ' if not (m['gpustack_pending'] or m['predicted_pending']) else 'NO '} "
+                     f"{m['name']}: replicas {m['replicas']}, GPUStack pending {m['gpustack_pending']}, "
+                     f"predicted {predicted}: {verdict}")
+        if m["note"]:
+            lines += [f"      {line}" for line in m["note"].splitlines()]
+    pending = sum(1 for m in gs["models"] if m["gpustack_pending"] or m["predicted_pending"])
+    disagree = sum(1 for m in gs["models"] if not m["agree"])
+    lines += [f"  {pending} of {len(gs['models'])} models have instances pending; "
+              f"{disagree} where the rulebooks and GPUStack disagree.", ""]
+    if gs["worker"] is None:
+        lines.append(f"This node: no GPUStack worker is named {worker_name!r} or has that hostname "
+                     "(--gpustack.worker-name NAME judges one): the cluster view only.")
+        return "\n".join(lines) + "\n"
+    if report["nvml_error"]:
+        lines.append(f"This node, worker {gs['worker']}: NVML is not answering here ({report['nvml_error']}); "
+                     "its verdicts need its GPUs: run check on the worker, or give --nvml.fixture.")
+        return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + render_text(report, f"this node, worker {gs['worker']},")

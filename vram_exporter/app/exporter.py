@@ -1,0 +1,270 @@
+"""One scrape, start to finish, without any HTTP: a snapshot, the plan for it, families, render.
+
+The HTTP edge (app/server.py) calls ``Exporter.scrape()``; tests and benchmarks can
+call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import chain
+from typing import NamedTuple
+
+from ..present.collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, fix_segment,
+                                 gpu_families, gpustack_families)
+from ..sources.manifest import LoadedManifest, NodeModels, load_manifest
+from ..present.exposition import (OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Family, Renderer, Segment,
+                                  wants_openmetrics)
+from ..rules.node import free_memory
+from ..sources.gpustack_view import GpuStackSource, GpuStackView
+from ..sources.nvml import NvmlReader
+from ..sources.sampler import NoNvmlReader, NvmlSampler
+from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
+from ..present.report import gpustack_report, plan_report
+from ..snapshot import NodeSnapshot
+from ..sources import vllm_instance
+from ..sources.yamlfile import InputFileError
+
+log = logging.getLogger(__name__)
+
+# How long a page or /api/v1/fit waits for a new plan's fixes before answering without them.
+FIXES_WAIT_SECONDS = 10.0
+
+
+class _Rendered(NamedTuple):
+    """The last scrape's body but the exporter's own series, and what it was made from."""
+
+    openmetrics: bool
+    plan: Plan | None
+    fixes_known: bool
+    gpustack: GpuStackView | None
+    snapshot: NodeSnapshot
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    content: bytes  # every family but the exporter's own: the same object while nothing changed
+    tail: bytes  # the exporter's own series, new at every scrape
+    content_type: str
+    snapshot: NodeSnapshot
+
+    @property
+    def body(self) -> bytes:
+        return self.content + self.tail
+
+
+class Exporter:
+    """Wires the parts together: the NVML reader, the model source (a manifest or GPUStack), the
+    planner that owns everything derived from them, and the renderers of a scrape."""
+
+    def __init__(
+        self,
+        reader: NvmlReader,
+        *,
+        manifest: LoadedManifest | None = None,
+        nvml_timeout: float = 5.0,
+        gpu_detail: GpuDetail = "all",
+        gpustack: GpuStackSource | None = None,
+        instances=None,
+        cluster_series: bool = True,
+    ) -> None:
+        """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes).
+        ``instances``: the running models' own vLLM readings (vllm_client.VllmInstances), shown beside
+        the prediction. ``cluster_series``: export GPUStack's cluster-wide model series (the same from
+        every exporter of a fleet, so one exports them and the others skip them). A ``reader`` that is
+        a NoNvmlReader makes a cluster-only exporter: no GPU and no node view, only the cluster series."""
+        self._manifest = manifest
+        self._gpustack = gpustack
+        self._cluster_series = cluster_series
+        self._node = not isinstance(reader, NoNvmlReader)
+        self.instances = instances
+        self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
+        self._sampler = NvmlSampler(reader, nvml_timeout)
+        self._planner = Planner(gpu_detail)
+        self._last_inputs: tuple[LoadedManifest | NodeModels | None, tuple, NodeInputs] | None = None
+        self._picks = _FixPicks()
+        self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
+        self._tail_renderer = Renderer()
+        self._last_content: _Rendered | None = None
+        self._last_report: tuple[tuple, dict] | None = None
+        # More of the exporter's own series (e.g. the web config's reload status), rendered at each scrape.
+        self.extra_families: list[Callable[[], Iterable[Family]]] = []
+
+    @property
+    def source(self) -> str:
+        return self._sampler.source
+
+    async def snapshot(self) -> NodeSnapshot:
+        return await self._sampler.snapshot()
+
+    async def scrape(self, accept: str | None = None) -> Scrape:
+        snap = await self.snapshot()
+        openmetrics = wants_openmetrics(accept)
+        # One manifest (and GPUStack view) for the whole scrape, even if a reload lands meanwhile.
+        view = self._gpustack.view if self._gpustack else None
+        started = time.perf_counter()
+        plan = await self._plan_or_none(self.node_manifest(view), snap)
+        results = {"fit": CollectResult(plan is not None, time.perf_counter() - started)}
+        if self._node:
+            results["nvml"] = CollectResult(snap.ok, snap.duration_seconds)
+        if self._gpustack is not None:
+            results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
+        fixes_known = plan is not None and plan.fixes is not None
+        # Nothing read or decided has changed since the last scrape: its bytes are the answer.
+        last = self._last_content
+        if (last is not None and last.openmetrics == openmetrics and last.plan is plan
+                and last.fixes_known == fixes_known and last.gpustack is view and last.snapshot == snap):
+            content = last.body
+        else:
+            families = self._content(snap, plan, view)
+            content = self._renderers[openmetrics].render(families, openmetrics, eof=False)
+            self._last_content = _Rendered(openmetrics, plan, fixes_known, view, snap, content)
+        pending = None
+        if plan is not None and plan.specs:
+            pending = 0 if fixes_known else len(plan.specs)
+        tail = self._tail_renderer.render(chain(
+            exporter_families(results, self._manifest_status, pending,
+                              self._gpustack.last_success_timestamp if self._gpustack else None),
+            self._instance_families(plan), *(extra() for extra in self.extra_families)), openmetrics)
+        return Scrape(content, tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
+
+    @property
+    def manifest(self) -> LoadedManifest | None:
+        """The manifest file as loaded (with GPUStack as the source: the overlay)."""
+        return self._manifest
+
+    @property
+    def gpustack(self) -> GpuStackSource | None:
+        return self._gpustack
+
+    def node_manifest(self, view: GpuStackView | None = None) -> LoadedManifest | NodeModels | None:
+        """The models judged against this node: the manifest's, or GPUStack's for this worker."""
+        if self._gpustack is None:
+            return self._manifest
+        view = view or self._gpustack.view
+        # A cluster-only exporter is no node: even if its host is a GPUStack worker, it has no GPU to judge.
+        return view.node_models if view and self._node else None
+
+    def reload_manifest(self) -> bool:
+        """Load the manifest file again; a bad one keeps the last good one serving. True on success."""
+        if self._manifest is None:
+            return False
+        path = self._manifest.path
+        try:
+            manifest = load_manifest(path)
+        except (InputFileError, OSError) as exc:
+            log.error("manifest reload failed, keeping the last good one: %s", exc)
+            self._manifest_status = ManifestStatus(False, self._manifest_status.success_timestamp)
+            return False
+        self._manifest = manifest  # one assignment: a scrape sees the old manifest or the new, never a mix
+        self._manifest_status = ManifestStatus(True, time.time())
+        log.info("manifest reloaded from %s (%d models)", path, len(manifest.models))
+        return True
+
+    def inputs(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> NodeInputs:
+        """What the plan is derived from; without a manifest, only the GPUs' bookings (GPUStack defaults).
+        The same manifest object on GPUs of the same sizes gives the same inputs object back, which
+        the planner recognises without comparing every model."""
+        sizes = gpu_sizes(snap)
+        last = self._last_inputs
+        if last is not None and last[0] is manifest and last[1] == sizes:
+            return last[2]
+        if manifest is None:
+            inputs = NodeInputs.of(None, (), None, snap)
+        else:
+            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap,
+                                   manifest.predicted if isinstance(manifest, NodeModels) else None)
+        self._last_inputs = (manifest, sizes, inputs)
+        return inputs
+
+    async def start_planning(self) -> None:
+        """Plan for the first readings before any scrape asks: the first one then finds it made."""
+        await self._plan_or_none(self.node_manifest(), await self.snapshot())
+
+    async def plan(self, snap: NodeSnapshot) -> Plan:
+        view = self._gpustack.view if self._gpustack else None
+        return await self._planner.plan(self.inputs(self.node_manifest(view), snap), snap)
+
+    async def report(self, snap: NodeSnapshot) -> dict:
+        """The verdicts document (/api/v1/fit, the explain page), built off the event loop."""
+        plan = await self.plan(snap)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(plan.fixes_known), FIXES_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("fixes not known after %.0fs: the report goes without them", FIXES_WAIT_SECONDS)
+        view = self._gpustack.view if self._gpustack else None
+        key = (plan, plan.fixes is not None, snap, view,
+               self._gpustack.last_success_timestamp if self._gpustack else None)
+        last = self._last_report
+        if last is not None and last[0][0] is plan and last[0][1:] == key[1:]:
+            return last[1]  # nothing it is made of changed: the same document (do not modify it)
+        report = await asyncio.to_thread(plan_report, plan, snap)
+        if self._gpustack is not None:
+            report["gpustack"] = gpustack_report(view, self._gpustack)
+        self._last_report = (key, report)
+        return report
+
+    async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:
+        try:
+            return await self._planner.plan(self.inputs(manifest, snap), snap)
+        except Exception:  # noqa: BLE001 - a rulebook bug must not take the GPU metrics down with it
+            if self._planner.closed:
+                return None  # shutting down (a refused port, SIGTERM): the pool is gone, nothing failed
+            log.exception("fit model failed on this snapshot")
+            return None
+
+    def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None):
+        """Every family but the exporter's own (those change at every scrape)."""
+        node = plan.node if plan else None
+        bookings = {b.index: b for b in node.gpus} if node else {}
+        yield from gpu_families(snap, bookings)
+        if view is not None:
+            yield from gpustack_families(view, snap, cluster=self._cluster_series, node=self._node)
+        if plan is not None and plan.specs:
+            free = free_memory(snap)
+            fixes = self._picks.get(plan, free, plan.families.lives(node, free))
+            yield from plan.families.families(node, free, fixes)
+
+    def _instance_families(self, plan: Plan | None) -> list[Family]:
+        """Prediction beside reality for the running models whose vLLM was read (sources/vllm_instance.py)."""
+        readings = self.instances.readings if self.instances is not None else {}
+        if not readings:
+            return []
+        comparisons = vllm_instance.node_comparisons(plan.node, readings) if plan is not None else []
+        return [vllm_instance.up_family(readings), *vllm_instance.families(comparisons)]
+
+    def close(self) -> None:
+        self._planner.close()
+        self._sampler.close()
+
+
+class _FixPicks:
+    """Each model's fixes for the free memory of the moment, picked from its plan and rendered; a
+    model whose GPUs' free memory did not move keeps its last pick."""
+
+    def __init__(self) -> None:
+        self._plan: Plan | None = None
+        self._last: dict[str, tuple[tuple, Segment]] = {}
+
+    def get(self, plan: Plan, free: dict[int, int], lives) -> list[Segment]:
+        if plan.fixes is None:
+            return []
+        if plan is not self._plan:
+            self._plan, self._last = plan, dict(plan.first_picks)
+        out = []
+        for fit in plan.node.models:
+            fix_plan = plan.fixes.get(fit.name)
+            if fix_plan is None or fit.error or fit.placed or (fit.schedulable and lives[fit.name].startable):
+                continue
+            key = pick_key(fit, free)
+            last = self._last.get(fit.name)
+            if last is None or last[0] != key:
+                last = (key, fix_segment(fit.name, fix_plan.working(fit, free)))
+                self._last[fit.name] = last
+            out.append(last[1])
+        return out

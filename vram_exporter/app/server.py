@@ -1,0 +1,395 @@
+"""The HTTP edge: an aiohttp application around an Exporter. Only this module (and the
+GPUStack client, at the other edge) imports aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import base64
+import binascii
+import zlib
+import json
+import logging
+import signal
+import sys
+
+from aiohttp import payload, web
+
+from ..errors import FlagError
+from .exporter import Exporter
+from ..present.pages import explain_page
+from . import whatif
+from ..filestamp import file_stamp
+from .web.auth import Overloaded
+from .web.config import WebConfig
+
+log = logging.getLogger(__name__)
+
+EXPORTER_KEY: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
+PLANNING_KEY: web.AppKey[asyncio.Task] = web.AppKey("planning", asyncio.Task)
+
+
+SWITCH_INTERVAL_SECONDS = 0.001
+MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
+MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
+
+
+def create_app(
+    exporter: Exporter,
+    *,
+    telemetry_path: str = "/metrics",
+    manifest_check_interval: float = 10.0,
+    web_config: WebConfig | None = None,
+    max_requests: int = 40,
+    gpustack_refresh_interval: float = 30.0,
+    vllm_metrics_interval: float = 30.0,
+    web_config_check_interval: float = 1.0,
+) -> web.Application:
+    """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard(web_config), _limit(max_requests)],
+                          handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
+    app[EXPORTER_KEY] = exporter
+
+    gzipped = _GzipCache()
+
+    async def metrics(request: web.Request) -> web.Response:
+        scrape = await exporter.scrape(request.headers.get("Accept"))
+        # The content type carries parameters (version, charset): set the header whole.
+        headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            if not gzipped.holds(scrape.content):
+                # zlib lets go of the interpreter while it compresses: the megabytes go to a thread.
+                await asyncio.to_thread(gzipped.prepare, scrape.content)
+            parts = gzipped.compress(scrape.content, scrape.tail)
+            headers["Content-Encoding"] = "gzip"
+        else:
+            parts = (scrape.content, scrape.tail)
+        return web.Response(body=_Parts(parts), headers=headers)
+
+    # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
+    page_of = _LastDocument(lambda report: explain_page(
+        report, telemetry_path, str(exporter.manifest.path) if exporter.manifest else None).encode())
+    json_of = _LastDocument(_json)
+
+    async def landing(request: web.Request) -> web.Response:
+        page = await page_of(await exporter.report(await exporter.snapshot()))
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    what_ifs = whatif.WhatIfs()
+    manifest_name = lambda: str(exporter.manifest.path) if exporter.manifest else None  # noqa: E731
+
+    async def what_if(request: web.Request) -> web.Response:
+        """The page recomputed with one change; bad input is a 400 page naming the fields, never a 500."""
+        items = list(request.query.items())
+        snap = await exporter.snapshot()
+        live = await exporter.report(snap)
+        status, headers, report, view, outcome = 200, {}, live, {}, None
+        try:
+            query = whatif.parse(items)
+            extra = {"gpustack": live["gpustack"]} if "gpustack" in live else {}
+            outcome = await what_ifs.run(query, await exporter.plan(snap), snap, extra, beside=live)
+            if outcome.page is not None:
+                return web.Response(body=outcome.page, content_type="text/html", charset="utf-8")
+            report = outcome.report
+            view = {"values": dict(query.fields()), "changes": query.changes(), "link": query.query(), "live": live}
+        except whatif.WhatIfError as exc:
+            status, view = 400, {"values": _form_values(items), "errors": exc.problems}
+        except whatif.Busy:
+            status, headers = 429, {"Retry-After": "1"}
+            view = {"values": _form_values(items), "busy": "Another what-if is being computed: try again in a moment."}
+        page = (await asyncio.to_thread(explain_page, report, telemetry_path, manifest_name(), view)).encode()
+        if outcome is not None:
+            outcome.page = page  # kept while the what-if is: the live report it is shown beside is the same
+        return web.Response(body=page, status=status, headers=headers, content_type="text/html",
+                            charset="utf-8")
+
+    async def fit(request: web.Request) -> web.Response:
+        body = await json_of(await exporter.report(await exporter.snapshot()))
+        return web.Response(body=body, content_type="application/json")
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response(text="Healthy\n")
+
+    app.router.add_get(telemetry_path, metrics)  # add_get also answers HEAD
+    app.router.add_get("/", landing)
+    app.router.add_get("/api/v1/fit", fit)
+    app.router.add_get(whatif.PATH, what_if)
+    app.router.add_get("/-/healthy", healthy)
+
+    async def close_exporter(app: web.Application) -> None:
+        exporter.close()
+
+    async def start_planning(app: web.Application) -> None:
+        app[PLANNING_KEY] = asyncio.create_task(exporter.start_planning())
+
+    app.on_startup.append(start_planning)
+    app.on_cleanup.append(close_exporter)
+    if exporter.manifest is not None:
+        app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
+    if web_config is not None:
+        app.cleanup_ctx.append(_web_config_watcher(web_config, web_config_check_interval))
+    if exporter.gpustack is not None:
+        app.cleanup_ctx.append(_gpustack_refresher(exporter, gpustack_refresh_interval))
+    if exporter.instances is not None:
+        app.cleanup_ctx.append(_vllm_reader(exporter, vllm_metrics_interval))
+    return app
+
+
+def _vllm_reader(exporter: Exporter, interval: float):
+    """Read the running models' own vLLM /metrics every ``interval`` seconds, in the background."""
+
+    async def read(app: web.Application):
+        task = asyncio.create_task(_read_loop(exporter, interval))
+        yield
+        task.cancel()
+
+    return read
+
+
+async def _read_loop(exporter: Exporter, interval: float) -> None:
+    while True:
+        models = exporter.node_manifest()
+        try:
+            await exporter.instances.refresh(models.models if models else ())
+        except Exception:  # noqa: BLE001 - one bad answer must not stop the readings for good
+            log.exception("reading the vLLM instances failed")
+        await asyncio.sleep(interval)
+
+
+def _gpustack_refresher(exporter: Exporter, interval: float):
+    async def refresh(app: web.Application):
+        source = exporter.gpustack
+        await source.refresh()  # before the first scrape, so that it already shows GPUStack's models
+        task = asyncio.create_task(_refresh_loop(source, interval))
+        yield
+        task.cancel()
+        await source.close()
+
+    return refresh
+
+
+async def _refresh_loop(source, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await source.refresh()
+
+
+def _form_values(items: list[tuple[str, str]]) -> dict[str, str]:
+    """What a person typed, to show it again beside the errors (escaped by the page)."""
+    values: dict[str, str] = {}
+    for name, value in items:
+        if name in whatif.FIELDS:
+            values.setdefault(name, value[: whatif.MAX_VALUE_CHARS])
+    return values
+
+
+def _json(document: dict) -> bytes:
+    return json.dumps(document).encode()
+
+
+class _LastDocument:
+    """A document rendered from a report, built in a thread, and kept while the report is the same
+    object (the exporter hands back the same report while nothing it is made of changed)."""
+
+    def __init__(self, render) -> None:
+        self._render = render
+        self._last: tuple[dict, bytes] | None = None
+
+    async def __call__(self, report: dict) -> bytes:
+        last = self._last
+        if last is not None and last[0] is report:
+            return last[1]
+        body = await asyncio.to_thread(self._render, report)
+        self._last = (report, body)
+        return body
+
+
+class _Parts(payload.Payload):
+    """A body sent as its parts: the families' megabytes are never copied into one new bytes object."""
+
+    def __init__(self, parts: tuple[bytes, ...]) -> None:
+        super().__init__(parts, content_type="application/octet-stream")  # the handler sets the real one
+        self._size = sum(len(part) for part in parts)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer) -> None:
+        for part in self._value:
+            await writer.write(part)
+
+
+class _GzipCache:
+    """gzip of a body whose long first part rarely changes (Prometheus asks for gzip at every scrape).
+
+    The first part is compressed once; the compressor's state after it is kept, and each scrape
+    compresses only its tail from a copy of that state: one ordinary gzip stream, for a fraction of
+    the CPU. Level 1: most of the size gain for little CPU (exposition text compresses well).
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[bytes, bytes, object] | None = None  # (content, its gzip so far, the state after)
+
+    def holds(self, content: bytes) -> bool:
+        return _holds(self._cached, content)
+
+    def prepare(self, content: bytes) -> tuple[bytes, bytes, object]:
+        state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+        cached = self._cached = (content, state.compress(content), state)  # one assignment: read whole
+        return cached
+
+    def compress(self, content: bytes, tail: bytes) -> tuple[bytes, bytes]:
+        """The gzip stream of content + tail, in two parts."""
+        cached = self._cached
+        if not _holds(cached, content):
+            cached = self.prepare(content)  # another scrape's content came in between
+        _, prefix, state = cached
+        state = state.copy()
+        return prefix, state.compress(tail) + state.flush()
+
+
+def _holds(cached, content: bytes) -> bool:
+    return cached is not None and (content is cached[0] or content == cached[0])
+
+
+def _guard(web_config: WebConfig | None):
+    """exporter-toolkit's order: client certificate SANs (403), rate limit (429), headers, basic auth (401).
+    Verified credentials are answered on the event loop; bcrypt checks beyond the bound get 429 at once."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if web_config is None:
+            return await handler(request)
+        headers = dict(web_config.headers)
+        if not web_config.client_allowed(request.transport.get_extra_info("peercert") if request.transport else None):
+            return web.Response(status=403, text="Forbidden: client certificate has no allowed SAN\n", headers=headers)
+        limiter = web_config.limiter
+        if limiter is not None and not limiter.allow():
+            return web.Response(status=429, text="Too Many Requests\n", headers=headers)
+        if web_config.users:
+            verdict = await _authorised(web_config, request)
+            if verdict is None:
+                headers["Retry-After"] = "1"
+                return web.Response(status=429, text="Too Many Requests: too many password checks at once\n",
+                                    headers=headers)
+            if not verdict:
+                headers["WWW-Authenticate"] = 'Basic realm="vram-exporter"'
+                return web.Response(status=401, text="Unauthorized\n", headers=headers)
+        response = await handler(request)
+        response.headers.update(headers)
+        return response
+
+    return guard
+
+
+async def _authorised(web_config: WebConfig, request: web.Request) -> bool | None:
+    """True, False, or None when too many bcrypt checks are already waiting."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    if not sep:
+        return False
+    try:
+        return await web_config.auth.check(web_config.users, user, password)
+    except Overloaded:
+        return None
+
+
+def _web_config_watcher(web_config: WebConfig, interval: float):
+    """Re-read the web config and every file it names in the background: a policy no client can pass
+    still gets replaced, and certificates rotated on disk are picked up by the next handshake."""
+
+    async def watch(app: web.Application):
+        task = asyncio.create_task(_poll_web_config(web_config, interval))
+        yield
+        task.cancel()
+        web_config.close()
+
+    return watch
+
+
+async def _poll_web_config(web_config: WebConfig, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            web_config.poll()
+        except Exception:  # never let the watcher die: the last good config keeps serving
+            log.exception("web config watcher")
+
+
+def _limit(max_requests: int):
+    in_flight = 0
+
+    @web.middleware
+    async def limit(request: web.Request, handler):
+        nonlocal in_flight
+        if max_requests and in_flight >= max_requests:
+            return web.Response(status=503, text=f"too many concurrent requests (limit {max_requests})\n",
+                                headers={"Retry-After": "1"})
+        in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    return limit
+
+
+def _manifest_watcher(exporter: Exporter, interval: float):
+    """Reload the manifest on SIGHUP and whenever the file changes (checked every ``interval`` s)."""
+
+    async def watch(app: web.Application):
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, exporter.reload_manifest)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            log.debug("SIGHUP reload unavailable")
+        task = asyncio.create_task(_poll(exporter, interval))
+        yield
+        task.cancel()
+
+    return watch
+
+
+async def _poll(exporter: Exporter, interval: float) -> None:
+    last = file_stamp(exporter.manifest.path)
+    while True:
+        await asyncio.sleep(interval)
+        current = file_stamp(exporter.manifest.path)
+        if current != last:
+            last = current
+            exporter.reload_manifest()
+
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """``:9845`` -> (None, 9845) (all interfaces); ``127.0.0.1:9845``; ``[::1]:9845``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise FlagError(f"--web.listen-address {address!r}: expected [HOST]:PORT, e.g. :9845")
+    host = host.removeprefix("[").removesuffix("]")
+    return (host or None), int(port)
+
+
+def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_timeout: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` seconds to finish."""
+    host, port = parse_listen_address(listen_address)
+    # Background threads (the planner, the pages' documents) hand the interpreter back to the event
+    # loop every millisecond instead of every 5: a probe or a scrape waits for it less.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
+    try:
+        web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,
+                    shutdown_timeout=shutdown_timeout)
+    except OSError as exc:
+        # The listening socket could not be made (port taken, address not ours, privileged port):
+        # a flag to fix, said as such, not a traceback.
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise FlagError(f"--web.listen-address {listen_address!r}: cannot listen there: "
+                            f"{exc.strerror or exc}") from None
+        raise

@@ -1,0 +1,360 @@
+"""Turns a snapshot and a fit into metric families (names from DESIGN.md section 5).
+
+Families are built fresh at every scrape, client_python style, but made of segments (one GPU, one
+model...) so that the renderer reuses what did not change. The per-model segments that only change
+with the plan (app/plan.py) are built once, with it, in the planner's thread (``ModelFamilies.prepare``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .. import __version__
+from .exposition import Family, Segment, format_value, render_samples, sample_prefix
+from ..rules.fixes import Fix
+from ..rules.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit, live_values
+from ..sources.gpustack_view import GpuStackView
+from ..snapshot import NodeSnapshot
+
+GPU_LABELS = ("gpu", "uuid")
+MODEL_GPU_LABELS = ("model", "gpu", "uuid")
+# --model.gpu-detail: per-GPU model series for every GPU ("all"), or only for models that do not fit
+# and for the GPUs a fitting model is assigned to ("relevant"), or only for models that do not fit.
+GpuDetail = Literal["all", "relevant", "failing"]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectResult:
+    """How one collector fared in this scrape."""
+
+    success: bool
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestStatus:
+    """The outcome of the last manifest (re)load."""
+
+    successful: bool
+    success_timestamp: float  # 0: never loaded successfully
+
+
+def _gauge(name: str, help_text: str, labels: tuple[str, ...] = GPU_LABELS) -> Family:
+    return Family(name, help_text, "gauge", labels)
+
+
+def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> list[Family]:
+    """The per-GPU metrics; ``bookings`` (GPUStack's view, by GPU index) come from the fit model."""
+    info = Family("vram_gpu_info", "GPU identity as NVML reports it; value is always 1.", "info",
+                  (*GPU_LABELS, "name", "pci_bus_id", "driver_version"))
+    up = _gauge("vram_gpu_up", "1 if NVML answered for this GPU in this scrape, 0 if it raised.")
+    total = _gauge("vram_gpu_memory_total_bytes", "Framebuffer memory total (NVML).")
+    reserved = _gauge("vram_gpu_memory_reserved_bytes",
+                      "Memory the driver reserves for itself (NVML v2 memory info; absent where only v1 answered).")
+    used = _gauge("vram_gpu_memory_used_bytes",
+                  "Memory in use (NVML v2: driver-reserved excluded; with the v1 fallback it is included).")
+    free = _gauge("vram_gpu_memory_free_bytes", "Memory free (NVML).")
+    api = _gauge("vram_gpu_memory_nvml_api_version",
+                 "Which NVML memory call answered: 2 (nvmlDeviceGetMemoryInfo_v2) or 1 (v1 fallback).")
+    proc = _gauge("vram_gpu_process_memory_used_bytes",
+                  "GPU memory used by one process (NVML); absent where NVML cannot say, never 0 for unknown.",
+                  (*GPU_LABELS, "pid", "process"))
+    sys_reserved = _gauge("vram_gpu_system_reserved_bytes", "VRAM the GPUStack worker reserves (--system-reserved).")
+    claimed = _gauge("vram_gpu_claimed_bytes",
+                     "Sum of GPUStack claims of instances bound to this GPU (any state but Pending).")
+    alloc = _gauge("vram_gpu_allocatable_bytes",
+                   "GPUStack's allocatable VRAM: max(total in whole MiB - claims - system reserved, 0).")
+    predicted = _gauge("vram_gpu_predicted_claim_bytes",
+                       "What the candidates (with GPUStack as the source: its pending instances) would add to this "
+                       "GPU's claims, placed one by one as the rulebooks predict; not in vram_gpu_claimed_bytes.")
+    for gpu in snapshot.gpus:
+        labels = (str(gpu.index), gpu.uuid)
+        if gpu.uuid:  # a GPU lost before it was ever read has no identity to show
+            info.sample(*labels, gpu.name, gpu.pci_bus_id, snapshot.driver_version, 1)
+        up.sample(*labels, 1 if gpu.up else 0)
+        if gpu.memory is None:
+            continue
+        mem = gpu.memory
+        total.sample(*labels, mem.total)
+        if mem.reserved is not None:
+            reserved.sample(*labels, mem.reserved)
+        used.sample(*labels, mem.used)
+        free.sample(*labels, mem.free)
+        api.sample(*labels, mem.api_version)
+        known = [p for p in gpu.processes if p.used_bytes is not None]
+        proc.add(labels, [(*labels, str(p.pid), p.name) for p in known], [p.used_bytes for p in known])
+        booking = bookings.get(gpu.index)
+        if booking is not None:
+            sys_reserved.sample(*labels, booking.system_reserved)
+            claimed.sample(*labels, booking.claimed)
+            alloc.sample(*labels, booking.allocatable)
+            predicted.sample(*labels, booking.predicted)
+    return [info, up, total, reserved, used, free, api, proc, sys_reserved, claimed, alloc, predicted]
+
+
+class ModelFamilies:
+    """The per-model families of one plan's static fit.
+
+    Everything but what free memory moves is built once (``prepare``), so it is neither computed nor
+    rendered again while the plan holds. What free memory moves (vLLM's start-up headroom, the
+    window's top, ``startable``) comes in at every scrape as ``LiveValues``.
+    """
+
+    def __init__(self, gpu_detail: GpuDetail = "all") -> None:
+        self.gpu_detail = gpu_detail
+        self._static: tuple[NodeFit | None, dict[str, list[Segment]], list[tuple[ModelFit, list]]] = (None, {}, [])
+        self._live: _LiveLayout | None = None
+        self._live_memo: tuple[tuple, dict[str, LiveValues], dict[str, Segment]] | None = None
+
+    def lives(self, node: NodeFit, free: Mapping[int, int]) -> dict[str, LiveValues]:
+        """Each model's free-memory dependent values (``live_values``), remembered for the last free
+        memory seen: a scrape whose readings did not move (new fixes, say) redoes none of them."""
+        return self._live_part(node, free)[0]
+
+    def _live_part(self, node: NodeFit, free: Mapping[int, int]):
+        key = tuple(sorted(free.items()))
+        if self._live_memo is not None and self._live_memo[0] == key:
+            return self._live_memo[1], self._live_memo[2]
+        _, shown = self.prepare(node)
+        layout = self._live
+        lives = {fit.name: live_values(fit, free) for fit in node.models}
+        lv = [lives[fit.name] for fit, _ in shown]
+        # The samples free memory moves, rendered here from prefixes made once per plan: at every
+        # change of a reading they are most of the scrape's work.
+        segments = {
+            "vram_model_headroom_bytes": Segment("live", (), (), "".join(
+                [f"{p} {lv[m].free_headroom[n]}\n" for m, n, p in layout.headroom])),
+            "vram_model_gpu_memory_utilization_max": Segment("live", (), (), "".join(
+                [f"{p} {format_value(lv[m].gmu_max[n])}\n" for m, n, p in layout.top])),
+            "vram_model_startable": Segment("live", (), (), "".join(
+                [p + (" 1\n" if live.startable else " 0\n") for p, live in zip(layout.startable, lv)])),
+        }
+        self._live_memo = (key, lives, segments)
+        return lives, segments
+
+    def families(self, node: NodeFit, free: Mapping[int, int], fixes: Sequence[Segment] = ()) -> list[Family]:
+        """The families for the free memory of now (GPU index -> bytes); ``fixes``: one
+        ``fix_segment`` per model that has fixes."""
+        static, _ = self.prepare(node)
+        _, live_segments = self._live_part(node, free)
+        out = []
+        for name, (help_text, labels) in _MODEL_FAMILIES.items():
+            family = _gauge(name, help_text, labels)
+            segments = static.get(name, [])
+            if name in live_segments:
+                segments = [*segments, live_segments[name]]
+            elif name == "vram_model_fix_info":
+                segments = list(fixes)
+            family.segments = segments  # the cached list itself when nothing is live: rendered once
+            out.append(family)
+        return out
+
+    def prepare(self, node: NodeFit):
+        """Per family, the segments that only change with the fit; and per model, its shown GPUs."""
+        if self._static[0] is node:
+            return self._static[1], self._static[2]
+        uuids = {b.index: b.uuid for b in node.gpus}
+        static: dict[str, list[Segment]] = {}
+        shown_all = []
+        for fit in node.models:
+            shown = [] if fit.error else self._shown_gpus(fit)
+            for family, (labels, values) in self._static_segments(fit, shown, uuids).items():
+                # Rendered here, in the planner's thread, so that no scrape renders them.
+                text = render_samples(family, _MODEL_FAMILIES[family][1], labels, values)
+                static.setdefault(family, []).append(Segment(fit.name, labels, values, text))
+            position = {f.index: n for n, f in enumerate(fit.per_gpu)}
+            shown_all.append((fit, [(position[f.index], f) for f in shown]))
+        self._static = (node, static, shown_all)
+        self._live = _LiveLayout.of(shown_all)
+        return static, shown_all
+
+    def _static_segments(self, fit: ModelFit, shown, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
+        m = fit.name
+        out: dict[str, tuple[list, list]] = {
+            "vram_model_config_error": ([(m,)], [1 if fit.error else 0]),
+            "vram_model_schedulable": ([(m,)], [1 if fit.schedulable and not fit.error else 0]),
+            "vram_model_backend_info": ([(m, fit.backend)], [1]),
+        }
+        if fit.error:
+            return out
+        out["vram_model_weights_bytes"] = ([(m,)], [fit.weights])
+        out["vram_model_estimate_bytes"] = ([(m,)], [fit.estimate])
+        out["vram_model_kv_cache_bytes_per_token"] = ([(m,)], [fit.bytes_per_token])
+        out["vram_model_kv_cache_required_bytes"] = ([(m,)], [fit.kv_required])
+        readers = [(m, "gpustack")] + ([(m, fit.engine_reader)] if fit.engine_reader else [])  # vllm or sglang
+        out["vram_model_gpu_memory_utilization"] = (readers, [fit.gmu_gpustack, fit.gmu_vllm][:len(readers)])
+        out["vram_model_replicas_placeable"] = ([(m,)], [fit.replicas_placed])
+        out["vram_model_assigned_gpu"] = ([(m, str(i), uuids.get(i, "")) for i in fit.gpus], [1] * len(fit.gpus))
+        per_gpu = {name: ([], []) for name in _STATIC_PER_GPU}
+        for f in shown:
+            labels = (m, str(f.index), f.uuid)
+            for name, value in ((("vram_model_vllm_budget_bytes", f.budget),
+                                 ("vram_model_gpu_memory_utilization_min", f.gmu_min),
+                                 ("vram_model_max_model_len_tokens", f.max_model_len))):
+                per_gpu[name][0].append(labels)
+                per_gpu[name][1].append(value)
+            for check in CHECKS:
+                if check in f.headroom and check != f.free_check:  # that one is live
+                    per_gpu["vram_model_headroom_bytes"][0].append((*labels, check))
+                    per_gpu["vram_model_headroom_bytes"][1].append(f.headroom[check])
+        out.update(per_gpu)
+        return out
+
+    def _shown_gpus(self, fit: ModelFit):
+        """--model.gpu-detail. Whether a model fits is judged on the static fit (free memory aside), so
+        that the series shown do not come and go as readings move."""
+        if self.gpu_detail == "all" or not (fit.schedulable and fit.startable):
+            return fit.per_gpu
+        if self.gpu_detail == "relevant":
+            return [f for f in fit.per_gpu if f.index in fit.gpus]
+        return []
+
+
+def fix_segment(model: str, fixes: Sequence[Fix]) -> Segment:
+    """A model's working fixes as vram_model_fix_info samples, rendered where they are picked."""
+    labels = [(model, f.knob, f.action) for f in fixes if f.works]
+    values = [1] * len(labels)
+    return Segment(("fix", model), labels, values,
+                   render_samples("vram_model_fix_info", _MODEL_FAMILIES["vram_model_fix_info"][1], labels, values))
+
+
+@dataclass(frozen=True, slots=True)
+class _LiveLayout:
+    """Where each live sample's value comes from (model m, its n-th GPU), and its line's prefix."""
+
+    headroom: tuple[tuple[int, int, str], ...]
+    top: tuple[tuple[int, int, str], ...]
+    startable: tuple[str, ...]
+
+    @classmethod
+    def of(cls, shown) -> _LiveLayout:
+        headroom, top, startable = [], [], []
+        for m, (fit, gpus) in enumerate(shown):
+            startable.append(sample_prefix("vram_model_startable", ("model",), (fit.name,)))
+            for n, f in gpus:
+                labels = (fit.name, str(f.index), f.uuid)
+                top.append((m, n, sample_prefix("vram_model_gpu_memory_utilization_max", MODEL_GPU_LABELS, labels)))
+                if f.free_need is not None:
+                    headroom.append((m, n, sample_prefix("vram_model_headroom_bytes", (*MODEL_GPU_LABELS, "check"),
+                                                         (*labels, f.free_check))))
+        return cls(tuple(headroom), tuple(top), tuple(startable))
+
+
+_STATIC_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes",
+                   "vram_model_gpu_memory_utilization_min", "vram_model_max_model_len_tokens")
+_MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "vram_model_weights_bytes": ("Model weights: root-level weight files, as GPUStack sums them.", ("model",)),
+    "vram_model_estimate_bytes": (
+        "GPUStack's estimate E: GPUSTACK_MODEL_VRAM_CLAIM, else int(weights * 1.2) + 2 GiB.", ("model",)),
+    "vram_model_kv_cache_bytes_per_token": (
+        "KV cache bytes one token needs on one GPU (vLLM page size per token).", ("model",)),
+    "vram_model_kv_cache_required_bytes": (
+        "vLLM's minimum KV cache for max_model_len: (ceil(len / block) + 1) blocks.", ("model",)),
+    "vram_model_gpu_memory_utilization": (
+        "The fraction of each GPU booked, as each reader sees it: gpu_memory_utilization (GPUStack ignores the "
+        "underscore spelling), SGLang's mem_fraction_static (reader sglang), a custom backend's declared one.",
+        ("model", "reader")),
+    "vram_model_backend_info": (
+        "The model's backend (value always 1): vllm, sglang or custom; it picks GPUStack's selector and the "
+        "engine's rules.", ("model", "backend")),
+    "vram_model_vllm_budget_bytes": ("vLLM's budget R = ceil((total - reserved) * u).", MODEL_GPU_LABELS),
+    "vram_model_headroom_bytes": ("Room left by each check; negative means it fails.", (*MODEL_GPU_LABELS, "check")),
+    "vram_model_gpu_memory_utilization_min": (
+        "Smallest gpu_memory_utilization passing every check on this GPU (min > max: none).", MODEL_GPU_LABELS),
+    "vram_model_gpu_memory_utilization_max": (
+        "Largest gpu_memory_utilization passing every check on this GPU.", MODEL_GPU_LABELS),
+    "vram_model_max_model_len_tokens": ("Longest context whose KV cache fits on this GPU.", MODEL_GPU_LABELS),
+    "vram_model_assigned_gpu": (
+        "1 for each GPU GPUStack places (or has placed) the model's first instance on.", MODEL_GPU_LABELS),
+    "vram_model_schedulable": ("1 if GPUStack would place the model on this node.", ("model",)),
+    "vram_model_startable": (
+        "1 if vLLM would start and serve max_model_len on the GPUs the scheduler picks.", ("model",)),
+    "vram_model_replicas_placeable": ("How many of the model's replicas this node can place.", ("model",)),
+    "vram_model_config_error": (
+        "1 if the model cannot be judged (e.g. a tensor-parallel size GPUStack refuses).", ("model",)),
+    "vram_model_fix_info": (
+        "A change that would make the model fit on this node (value always 1).", ("model", "knob", "action")),
+}
+
+
+def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestStatus | None = None,
+                      fix_searches_pending: int | None = None,
+                      gpustack_success_timestamp: float | None = None) -> Iterator[Family]:
+    build = Family("vram_exporter_build_info", "vram-exporter build information; value is always 1.", "info",
+                   ("version",))
+    build.sample(__version__, 1)
+    success = _gauge("vram_exporter_collect_success", "1 if the collector succeeded in this scrape, 0 if it failed.",
+                     ("collector",))
+    duration = _gauge("vram_exporter_collect_duration_seconds", "How long the collector took in this scrape.",
+                      ("collector",))
+    for name, result in sorted(results.items()):
+        success.sample(name, 1 if result.success else 0)
+        duration.sample(name, result.duration_seconds)
+    yield from (build, success, duration)
+    if manifest is not None:
+        ok = _gauge("vram_exporter_manifest_last_reload_successful",
+                    "1 if the last manifest (re)load succeeded, 0 if it failed.", ())
+        ok.sample(1 if manifest.successful else 0)
+        when = _gauge("vram_exporter_manifest_last_reload_success_timestamp_seconds",
+                      "When the manifest was last loaded successfully (Unix time).", ())
+        when.sample(manifest.success_timestamp)
+        yield from (ok, when)
+    if fix_searches_pending is not None:
+        pending = _gauge("vram_exporter_fix_searches_pending",
+                         "Models whose fixes wait for the background search (vram_model_fix_info lags meanwhile).", ())
+        pending.sample(fix_searches_pending)
+        yield pending
+    if gpustack_success_timestamp is not None:
+        when = _gauge("vram_exporter_gpustack_last_success_timestamp_seconds",
+                      "When GPUStack's API was last read successfully (Unix time; 0: never).", ())
+        when.sample(gpustack_success_timestamp)
+        yield when
+
+
+def gpustack_families(view: GpuStackView, snapshot: NodeSnapshot, *, cluster: bool = True,
+                      node: bool = True) -> Iterator[Family]:
+    """GPUStack's own decisions next to the rulebooks' (the source is GPUStack's API).
+
+    ``cluster``: the cluster-wide model series, the same from every exporter reading this GPUStack server
+    (a fleet exports them from one: --gpustack.cluster-series). ``node``: this node's worker and its GPUs."""
+    if cluster:
+        yield from _gpustack_cluster_families(view)
+    if node and view.worker is not None:
+        yield from _gpustack_worker_families(view, snapshot)
+
+
+def _gpustack_cluster_families(view: GpuStackView) -> Iterator[Family]:
+    model = ("model",)
+    replicas = _gauge("vram_model_gpustack_replicas", "Replicas of this model GPUStack is asked to run.", model)
+    actual = _gauge("vram_model_gpustack_pending_instances",
+                    "Instances of this model GPUStack leaves Pending: its own verdict, read from its API.", model)
+    predicted = _gauge("vram_model_predicted_pending_instances",
+                       "Instances of this model the rulebooks predict GPUStack leaves Pending (its scheduler replayed "
+                       "over every worker of the model's cluster); absent where the model is not evaluated.", model)
+    known = _gauge("vram_model_size_known",
+                   "1 if the weights size and config of this vLLM model are known (local_path readable here, or the "
+                   "overlay manifest), 0 if not: the model is then not evaluated, never guessed.", model)
+    for verdict in view.verdicts:
+        replicas.sample(verdict.name, verdict.replicas)
+        actual.sample(verdict.name, verdict.gpustack_pending)
+        if verdict.predicted_pending is not None:
+            predicted.sample(verdict.name, verdict.predicted_pending)
+        if verdict.size_known is not None:
+            known.sample(verdict.name, 1 if verdict.size_known else 0)
+    yield from (replicas, actual, predicted, known)
+
+
+def _gpustack_worker_families(view: GpuStackView, snapshot: NodeSnapshot) -> Iterator[Family]:
+    worker = Family("vram_gpustack_worker_info", "The GPUStack worker this node is; value is always 1.", "info",
+                    ("worker", "worker_id", "cluster_id", "state"))
+    worker.sample(view.worker.name, str(view.worker.id), str(view.worker.cluster_id or ""), view.worker.state, 1)
+    allocated = _gauge("vram_gpu_gpustack_allocated_bytes",
+                       "GPUStack's own memory.allocated for this GPU (the sum of the claims it has bound to it), "
+                       "to compare with vram_gpu_claimed_bytes.")
+    uuids = {gpu.index: gpu.uuid for gpu in snapshot.gpus}
+    api_uuids = {gpu.index: gpu.uuid or "" for gpu in view.worker.gpus}
+    for index, size in sorted(view.allocated.items()):
+        allocated.sample(str(index), uuids.get(index) or api_uuids.get(index, ""), size)
+    yield from (worker, allocated)

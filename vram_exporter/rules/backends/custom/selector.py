@@ -1,0 +1,154 @@
+"""GPUStack 2.3.0's placement of a Custom-backend model on one worker.
+
+Source: ``gpustack/policies/candidate_selectors/custom_backend_resource_fit_selector.py``
+(``CustomBackendResourceFitSelector``), with ``base_candidate_selector.py`` for manual selection.
+
+- E is GPUStack's estimate (``estimate_model_vram``, as for vLLM: gpustack.py ``estimate_bytes``).
+- The whole-card fraction: the LAST ``--gpu-memory-utilization`` or ``--mem-fraction-static`` of
+  ``run_command`` (shell-split) followed by ``backend_parameters`` (``_find_whole_card_fraction``,
+  ``find_last_parameter``), used only when it reads as a float in (0, 1]. The vLLM and SGLang
+  selectors read the FIRST occurrence (``find_parameter``): a repeated flag is read differently.
+- Claim on a GPU: ``max(E, int(T * fraction))`` with a fraction, else E (``_vram_claim_on``).
+- Manual selection (one worker) goes first and is always taken: with no utilization ratio
+  (``{"*": 0}``) every selected GPU "satisfies", each books ``int(E / n)``, and overcommit is only
+  ``n * int(E / n) < E`` (accepted for one replica). Selection across several workers is refused.
+- Single GPU: every GPU with ``A >= claim`` is a candidate (no world size is read: TP flags of a
+  custom command are not GPUStack's business).
+- Multi-GPU, one worker (>= 2 GPUs, only when no single GPU fits): with a fraction, the GPUs with
+  ``A >= claim`` and ``sum(A) >= sum(claims)``; without one, every GPU and ``sum(A) >= E``. All of
+  them are used, each booking ``max(E // n, claim)``.
+Not modelled: the worker's RAM (the selector also needs ``max(E * 0.1, 2 GiB)`` of it) and CPU-only
+placement (``cpu_offloading``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ...gpustack import GpuView, Placement
+from ...flags import param_pairs
+
+FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
+MANUAL_MULTI_REPLICA = ("Found 1 candidate, manual scheduling for multi-replica model instances does not allow "
+                        "overcommit or heterogeneous deployment topologies.")  # base_candidate_selector.py
+GIB = 2**30
+
+
+def gpustack_gib(n: float) -> str:
+    """``gpustack.utils.unit.byte_to_gib``: round(bytes / GiB, 2), printed as Python prints a float."""
+    return f"{round(n / GIB, 2)} GiB"
+
+
+def declared_arguments(run_command: str | None, backend_parameters: Sequence[str]) -> list[str]:
+    """``_declared_arguments``: the command's tokens, then the parameters (a bad quote drops the command)."""
+    tokens: list[str] = []
+    if run_command:
+        try:
+            tokens.extend(shlex.split(run_command))
+        except ValueError:
+            pass
+    return [*tokens, *backend_parameters]
+
+
+@dataclass(frozen=True, slots=True)
+class WholeCardFraction:
+    """What the custom selector reads, and whether the flag is written more than once."""
+
+    value: float | None  # None: no usable fraction declared, the claim is the bare estimate
+    raw_values: tuple[str, ...]  # every value written for either flag, in order
+
+    @property
+    def repeated(self) -> bool:
+        return len(self.raw_values) > 1
+
+    def note(self) -> str | None:
+        """Said on the model when the flag is repeated: the readers disagree."""
+        if not self.repeated:
+            return None
+        first, last = self.raw_values[0], self.raw_values[-1]
+        return (f"the whole-card fraction is written {len(self.raw_values)} times ({', '.join(self.raw_values)}): "
+                f"GPUStack's custom-backend selector reads the last ({last}), as argparse does, while its vLLM "
+                f"and SGLang selectors read the first ({first}); write it once")
+
+
+def whole_card_fraction(run_command: str | None, backend_parameters: Sequence[str]) -> WholeCardFraction:
+    raw = tuple(value for key, value in param_pairs(declared_arguments(run_command, backend_parameters))
+                if key in FRACTION_FLAGS and value is not None)
+    if not raw:
+        return WholeCardFraction(None, ())
+    try:
+        fraction = float(raw[-1])
+    except ValueError:
+        return WholeCardFraction(None, raw)
+    return WholeCardFraction(fraction if 0 < fraction <= 1 else None, raw)
+
+
+def claim_on(gpu: GpuView, estimate: int, fraction: float | None) -> int:
+    """``_vram_claim_on``: the larger of the estimate and what the engine seizes."""
+    if fraction is None:
+        return estimate
+    return max(estimate, int(gpu.total * fraction))
+
+
+def place(gpus: Sequence[GpuView], *, estimate: int, fraction: float | None,
+          pinned: Sequence[int] | None = None, replica_count: int = 1) -> Placement | None:
+    """Where GPUStack puts one instance of a custom-backend model on this worker, or None (pending)."""
+    if pinned:
+        return _place_pinned(gpus, pinned, estimate, replica_count)
+    single = [gpu for gpu in gpus if gpu.allocatable >= claim_on(gpu, estimate, fraction)]
+    if single:
+        # Every passing GPU is a candidate; spread (the default strategy) favours the emptiest.
+        chosen = max(single, key=lambda gpu: (gpu.allocatable, -gpu.index))
+        return Placement((chosen.index,), {chosen.index: claim_on(chosen, estimate, fraction)}, "single")
+    return _place_multi(gpus, estimate, fraction)
+
+
+def _multi_members(gpus: Sequence[GpuView], estimate: int, fraction: float | None) -> tuple[list[GpuView], int]:
+    """The GPUs a multi-GPU candidate uses and what they must provide together."""
+    if fraction is None:
+        return list(gpus), estimate
+    members = [gpu for gpu in gpus if gpu.allocatable >= claim_on(gpu, estimate, fraction)]
+    return members, sum(claim_on(gpu, estimate, fraction) for gpu in members)
+
+
+def _place_multi(gpus: Sequence[GpuView], estimate: int, fraction: float | None) -> Placement | None:
+    if len(gpus) < 2:
+        return None
+    members, required = _multi_members(gpus, estimate, fraction)
+    if len(members) < 2 or sum(gpu.allocatable for gpu in members) < required:
+        return None
+    share = estimate // len(members)
+    claims = {gpu.index: max(share, claim_on(gpu, estimate, fraction) if fraction is not None else 0)
+              for gpu in members}
+    return Placement(tuple(gpu.index for gpu in members), claims, "multi")
+
+
+def _place_pinned(gpus: Sequence[GpuView], pinned: Sequence[int], estimate: int,
+                  replica_count: int) -> Placement | None:
+    by_index = {gpu.index: gpu for gpu in gpus}
+    if any(index not in by_index for index in pinned):
+        return None
+    each = int(estimate / len(pinned))  # _get_worker_resource_claim with no utilization ratio
+    overcommit = each * len(pinned) < estimate
+    if overcommit and replica_count > 1:
+        return None
+    return Placement(tuple(pinned), {index: each for index in pinned}, "pinned", overcommit)
+
+
+def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | None, pinned: bool = False) -> str:
+    """The selector's "No suitable workers" details (``_set_messages``): the multi-GPU line when a
+    worker with two or more GPUs was considered, else the single-GPU one."""
+    ram = max(int(estimate * 0.1), 2 * GIB)
+    lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM and {gpustack_gib(ram)} of RAM."]
+    if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
+        return "\n".join([*lines, MANUAL_MULTI_REPLICA])
+    members, _ = _multi_members(gpus, estimate, fraction)
+    if len(gpus) >= 2 and len(members) >= 2 and sum(g.allocatable for g in members) > 0:
+        lines.append(f"The largest available worker has {gpustack_gib(sum(g.allocatable for g in members))} "
+                     f"allocatable VRAM across {len(members)} GPUs.")
+    else:
+        largest = max((gpu.allocatable for gpu in gpus), default=0)
+        lines.append(f"The current available GPU only has {gpustack_gib(largest)} allocatable VRAM.")
+    return "\n".join(lines)

@@ -1,0 +1,353 @@
+"""GPUStack 2.3.0's placement of an SGLang model on one worker.
+
+Source: ``gpustack/policies/candidate_selectors/sglang_resource_fit_selector.py``
+(``SGLangResourceFitSelector``, ``MemFractionStaticCalculator``), ``base_candidate_selector.py``
+(manual selection, TP divisibility) and ``gpustack/policies/utils.py`` (``group_worker_gpu_by_memory``).
+
+- The fraction f GPUStack books: ``--mem-fraction-static`` when given (first occurrence, > 0), else
+  ``MemFractionStaticCalculator._cal_mem_fraction_static``, GPUStack's copy of SGLang's own default
+  (sglang ``server_args.py``): from the smallest GPU of the type (MiB, rounded to 2 decimals) a
+  chunked-prefill size and a CUDA-graph batch size, a reserve of 512 + 1.5 x chunked prefill + 2 x
+  graph batch + TP x PP / 8 GiB (at least 10 GiB on cards over 60 GiB, more for DP attention and
+  speculative decoding), f = round((mem - reserve) / mem, 3), times a ViT factor for vision models.
+  So f differs by card (TP 1, nothing given): 0.393 on 6138 MiB, 0.772 on 16384, 0.847 on 24564,
+  0.835 on 81559 (the 10 GiB floor), 0.907 on 143771 MiB.
+- E is GPUStack's estimate (``estimate_model_vram``); the claim on every GPU used is int(T * f).
+- Single GPU (unless the world size is > 1): a GPU is excluded when ``E > T * f`` or ``A / T < f``.
+- Multi-GPU on one worker: the GPUs with A > 0 grouped by allocatable (ascending, a group holds
+  GPUs whose smallest A is at least 0.9 x each one's); the first group of two or more whose every
+  GPU has ``A / T >= f`` and whose sum of A reaches ``E / f``, walked from the largest A adding
+  int(T * f) until the count divides heads and vocabulary and the sum reaches E (with a world size:
+  stops at that count).
+- Manual selection: the selected GPUs with claims int(T * f); overcommit (accepted for one replica)
+  when their claims do not reach E or a GPU has ``A / T < f``.
+Not modelled here: across workers (``distributed_inference_across_workers``), diffusion models,
+the worker's RAM (only for an extended KV cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ....errors import ModelError
+from ...gpustack import GpuView, Placement
+from ..custom.selector import MANUAL_MULTI_REPLICA, gpustack_gib
+from ...model import Architecture
+from ...flags import param_pairs
+
+MIB = 2**20
+_FALSY = frozenset({"0", "false", "no", "off", "f", "n"})  # gpustack/utils/command.py _FALSY_VALUES
+
+
+def _first(parameters: Sequence[str], names: Sequence[str]) -> str | None:
+    """``find_parameter``: the first value of any of ``names``."""
+    return next((value for key, value in param_pairs(parameters) if key in names and value is not None), None)
+
+
+def _first_int(parameters: Sequence[str], names: Sequence[str]) -> int | None:
+    value = _first(parameters, names)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _flag(parameters: Sequence[str], names: Sequence[str]) -> bool:
+    """``find_bool_parameter``: a bare flag or any value but a falsy one; the first occurrence wins."""
+    for key, value in param_pairs(parameters):
+        if key in names:
+            return value is None or value.lower() not in _FALSY
+    return False
+
+
+def _strtobool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("y", "yes", "t", "true", "on", "1"):
+        return True
+    if lowered in ("n", "no", "f", "false", "off", "0"):
+        return False
+    raise ModelError(f"GPUStack cannot read --enable-mixed-chunk {value!r} as a boolean")
+
+
+@dataclass(frozen=True, slots=True)
+class SglangGpuStackParams:
+    """backend_parameters as the SGLang selector reads them (first occurrence wins)."""
+
+    tp: int | None
+    pp: int | None
+    dp: int | None
+    dp_attention: bool
+    mem_fraction_static: float | None  # given and > 0
+    chunked_prefill_size: int | None
+    cuda_graph_max_bs: int | None
+    speculative_algorithm: str | None
+    piecewise_cuda_graph_tokens: int | None  # None: piecewise CUDA graphs not enabled
+    language_only: bool
+
+    @property
+    def world_size(self) -> int | None:
+        """``get_world_size_from_backend_parameters``: tp x pp x dp (dp not counted with DP attention)."""
+        dp = None if self.dp_attention else self.dp
+        if not (self.tp or self.pp or dp):
+            return None
+        world = 1
+        for size in (self.tp, self.pp, dp):
+            world *= size or 1
+        return world
+
+
+def gpustack_sglang_params(parameters: Sequence[str]) -> SglangGpuStackParams:
+    """Raises ModelError where the selector raises (``_validate_and_set_arguments``), but for the
+    checks that need the model's config (``validate``)."""
+    tp = _first_int(parameters, ["tp-size", "tensor-parallel-size", "tp"])
+    pp = _first_int(parameters, ["pp-size", "pipeline-parallel-size"])
+    dp = _first_int(parameters, ["dp-size", "data-parallel-size", "dp"])
+    raw_mfs = _first(parameters, ["mem-fraction-static"])
+    mfs = None
+    if raw_mfs:
+        try:
+            mfs = float(raw_mfs)
+        except ValueError:
+            raise ModelError(f"GPUStack cannot read --mem-fraction-static={raw_mfs!r} as a number") from None
+        if not 0 < mfs <= 1:
+            raise ModelError(f"--mem-fraction-static {mfs} must be in (0, 1]")
+    mixed = _first(parameters, ["enable-mixed-chunk"])
+    mixed_chunk = _strtobool(mixed) if mixed is not None else False
+    speculative = _first(parameters, ["speculative-algorithm"])
+    nnodes = int(_first(parameters, ["nnodes"]) or 1)
+    if ((tp or 1) * (pp or 1)) % nnodes:
+        raise ModelError(f"tp-size {(tp or 1) * (pp or 1)} must be divisible by nnodes")
+    if (pp or 1) > 1 and (speculative is not None or mixed_chunk):
+        raise ModelError("Pipeline parallelism is not compatible with overlap schedule, speculative decoding, "
+                         "mixed chunked prefill.")
+    dp_attention = _flag(parameters, ["enable-dp-attention"])
+    if (dp or 1) > 1 and nnodes != 1 and not dp_attention:
+        raise ModelError("multi-node data parallel is not supported unless dp attention!")
+    if speculative is not None and mixed_chunk:
+        raise ModelError("enable_mixed_chunk is required for speculative decoding")
+    piecewise = _first(parameters, ["enable-piecewise-cuda-graph"])
+    return SglangGpuStackParams(
+        tp=tp, pp=pp, dp=dp, dp_attention=dp_attention, mem_fraction_static=mfs,
+        chunked_prefill_size=_first_int(parameters, ["chunked-prefill-size"]),
+        cuda_graph_max_bs=_first_int(parameters, ["cuda-graph-max-bs"]),
+        speculative_algorithm=speculative,
+        piecewise_cuda_graph_tokens=(_first_int(parameters, ["piecewise-cuda-graph-max-tokens"]) or 0)
+        if piecewise else None,
+        language_only=_flag(parameters, ["language-only"]),
+    )
+
+
+def divisibility_problem(arch: Architecture, size: int, *, check_vision: bool) -> str | None:
+    """``_check_tp_size_divisibility``; SGLang checks vision heads unless --language-only."""
+    if arch.attention_heads % size:
+        return (f"Total number of attention heads ({arch.attention_heads}) must be divisible "
+                f"by tensor parallel size ({size}).")
+    if check_vision and arch.vision_attention_heads and arch.vision_attention_heads % size:
+        return (f"Total number of vision attention heads ({arch.vision_attention_heads}) must be "
+                f"divisible by tensor parallel size ({size}).")
+    if arch.vocab_size and arch.vocab_size % size:
+        return f"Vocabulary size ({arch.vocab_size}) must be divisible by tensor parallel size ({size})."
+    return None
+
+
+def validate(arch: Architecture, p: SglangGpuStackParams) -> None:
+    """The selector's refusals that read the config (raised before any placement)."""
+    tp = p.tp or 1
+    if arch.attention_heads % tp:
+        raise ModelError(f"Total number of attention heads ({arch.attention_heads}) must be divisible by "
+                         f"tp-size ({tp}).")
+    if problem := divisibility_problem(arch, tp, check_vision=not p.language_only):
+        raise ModelError(problem + " Consider adjusting your tp-size value.")
+
+
+# --- the fraction GPUStack assumes: MemFractionStaticCalculator._cal_mem_fraction_static --------------
+
+
+def _chunk_and_graph_bs(gpu_mem: float, max_tp: int) -> tuple[int, int]:
+    """Step 1 for NVIDIA cards: SGLang's defaults by card size (MiB)."""
+    if gpu_mem < 20 * 1024:
+        return 2048, 8
+    if gpu_mem < 35 * 1024:
+        return 2048, 24 if max_tp < 4 else 80
+    if gpu_mem < 60 * 1024:
+        return 4096, 32 if max_tp < 4 else 160
+    if gpu_mem < 160 * 1024:
+        return 8192, 256 if max_tp < 4 else 512
+    return 16384, 512
+
+
+def gpustack_mem_fraction_static(min_total_bytes: int, p: SglangGpuStackParams,
+                                 vision_config: Mapping[str, Any] | None = None, *,
+                                 selected_per_worker: Sequence[int] = (),
+                                 unchunked_prefill_tokens: int | None = None) -> float:
+    """The ``--mem-fraction-static`` GPUStack assumes on a GPU type whose smallest card has
+    ``min_total_bytes`` (a given fraction wins). ``selected_per_worker``: with manual selection, how many
+    GPUs are selected on each worker (they raise the TP and PP it assumes). ``unchunked_prefill_tokens``:
+    SGLang's own rule reserves max(--max-prefill-tokens, 2048) x 1.5 when chunked prefill is off;
+    GPUStack's port reserves nothing then (None)."""
+    if p.mem_fraction_static:
+        return p.mem_fraction_static
+    tp, pp, dp = p.tp or 1, p.pp or 1, p.dp or 1
+    max_tp = max([tp, *selected_per_worker])
+    max_pp = max(pp, len(selected_per_worker))
+    gpu_mem = round(min_total_bytes / MIB, 2)  # byte_to_mib
+    if gpu_mem:
+        chunked, graph_bs = _chunk_and_graph_bs(gpu_mem, max_tp)
+    else:
+        chunked, graph_bs = 4096, 160
+    chunked = p.chunked_prefill_size if p.chunked_prefill_size is not None else chunked
+    graph_bs = p.cuda_graph_max_bs if p.cuda_graph_max_bs is not None else graph_bs
+    reserved: float = 512
+    if chunked > 0:
+        reserved += max(chunked, 2048) * 1.5
+    elif unchunked_prefill_tokens is not None:
+        reserved += max(unchunked_prefill_tokens, 2048) * 1.5
+    reserved += graph_bs * 2
+    reserved += max_tp * max_pp / 8 * 1024
+    if p.dp_attention:
+        reserved += graph_bs * dp * 3
+        if graph_bs > 300:
+            reserved += graph_bs * dp * 1.5
+    if gpu_mem > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    if p.speculative_algorithm is not None:
+        if p.speculative_algorithm == "STANDALONE":
+            reserved += 6 * 1024
+        elif p.speculative_algorithm != "NGRAM":
+            reserved += 2 * 1024
+    if p.piecewise_cuda_graph_tokens is not None:
+        reserved += p.piecewise_cuda_graph_tokens // 4
+    fraction = round((gpu_mem - reserved) / gpu_mem, 3) if gpu_mem > 0 else 0.88
+    if vision_config is not None:
+        fraction = round(fraction * _vit_factor(vision_config), 3)
+    return fraction
+
+
+def _vit_factor(vision: Mapping[str, Any]) -> float:
+    """Step 3: vision models keep less static memory, by the ViT's size against ViT-L/14."""
+    layers = vision.get("num_hidden_layers") or vision.get("depth") or 24
+    hidden = vision.get("hidden_size", 1024)
+    ratio = layers * hidden**2 / (24 * 1024**2)
+    adjustment = max(0.8, min(1.05, 1.0 - 0.1 * (ratio - 1.0)))
+    return 0.95 * adjustment
+
+
+# --- placement on one worker -----------------------------------------------------------------------
+
+
+def claim_bytes(total: int, fraction: float) -> int:
+    return int(total * fraction)
+
+
+def single_gpu_passes(gpu: GpuView, estimate: int, fraction: float) -> bool:
+    """Not ``E > T * f`` and not ``A / T < f``."""
+    return not (estimate > gpu.total * fraction) and not (gpu.allocatable / gpu.total < fraction)
+
+
+def place(gpus: Sequence[GpuView], *, estimate: int, fraction: float, world_size: int | None, arch: Architecture,
+          check_vision: bool = True, pinned: Sequence[int] | None = None, replica_count: int = 1
+          ) -> Placement | None:
+    """Where GPUStack puts one instance of an SGLang model on this worker, or None (pending)."""
+    if pinned:
+        return _place_pinned(gpus, pinned, estimate, fraction, replica_count)
+    if not world_size or world_size <= 1:
+        fits = [gpu for gpu in gpus if gpu.total and single_gpu_passes(gpu, estimate, fraction)]
+        if fits:
+            chosen = max(fits, key=lambda gpu: (gpu.allocatable, -gpu.index))  # spread: the emptiest
+            return Placement((chosen.index,), {chosen.index: claim_bytes(chosen.total, fraction)}, "single")
+    return _place_multi(gpus, estimate, fraction, world_size, arch, check_vision)
+
+
+def memory_groups(gpus: Sequence[GpuView]) -> list[list[GpuView]]:
+    """``group_worker_gpu_by_memory``: ascending by allocatable, a GPU joins the group while the
+    group's smallest allocatable is at least 0.9 x its own."""
+    groups: list[list[GpuView]] = []
+    for gpu in sorted((g for g in gpus if g.total and g.allocatable > 0), key=lambda g: g.allocatable):
+        if groups and groups[-1][0].allocatable >= gpu.allocatable * 0.9:
+            groups[-1].append(gpu)
+        else:
+            groups.append([gpu])
+    return groups
+
+
+def _group_usable(group: Sequence[GpuView], fraction: float) -> bool:
+    return len(group) >= 2 and all(gpu.allocatable / gpu.total >= fraction for gpu in group)
+
+
+def _place_multi(gpus, estimate, fraction, world_size, arch, check_vision) -> Placement | None:
+    if len(gpus) < 2:
+        return None
+    for group in memory_groups(gpus):
+        if not _group_usable(group, fraction) or sum(g.allocatable for g in group) < estimate / fraction:
+            continue
+        chosen: list[GpuView] = []
+        booked = 0
+        found = False
+        for gpu in sorted(group, key=lambda g: g.allocatable, reverse=True):
+            chosen.append(gpu)
+            booked += claim_bytes(gpu.total, fraction)
+            if divisibility_problem(arch, len(chosen), check_vision=check_vision):
+                continue
+            if world_size and len(chosen) >= world_size:
+                found = booked >= estimate
+                break
+            if not world_size and booked >= estimate:
+                found = True
+                break
+        if found:
+            return Placement(tuple(g.index for g in chosen),
+                             {g.index: claim_bytes(g.total, fraction) for g in chosen}, "multi")
+    return None
+
+
+def _place_pinned(gpus, pinned, estimate, fraction, replica_count) -> Placement | None:
+    by_index = {gpu.index: gpu for gpu in gpus}
+    if any(index not in by_index for index in pinned):
+        return None
+    views = [by_index[index] for index in pinned]
+    claims = {g.index: claim_bytes(g.total, fraction) for g in views}
+    overcommit = (sum(claims.values()) < estimate
+                  or any(not g.total or g.allocatable / g.total < fraction for g in views))
+    if overcommit and replica_count > 1:
+        return None  # manual scheduling of several replicas does not allow overcommit
+    return Placement(tuple(pinned), claims, "pinned", overcommit)
+
+
+def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], world_size: int | None,
+                    arch: Architecture, check_vision: bool = True, pinned: bool = False) -> str:
+    """The selector's "No suitable workers" details: the default lines, then the multi-GPU path's
+    line when it ran (two or more GPUs), else the single-GPU one."""
+    lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM."]
+    if fraction > 0:  # the largest of the fractions and the initial 0: a negative one (tiny card) is not said
+        lines.append(f"With --mem-fraction-static={fraction}, all GPUs combined need to provide at least "
+                     f"{gpustack_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
+                     f"{int(fraction * 100)}% of allocatable VRAM.")
+    if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
+        lines.append(MANUAL_MULTI_REPLICA)
+    elif len(gpus) >= 2:
+        lines.append(_multi_line(gpus, fraction, arch, check_vision))
+    elif gpus and not (world_size and world_size > 1):  # the single-GPU path is skipped for a world size > 1
+        largest = max(gpus, key=lambda g: g.allocatable)  # the first of the largest
+        share = largest.allocatable / largest.total * 100 if largest.total and largest.allocatable else 0
+        lines.append(f"The current available GPU only has {gpustack_gib(largest.allocatable)} allocatable VRAM "
+                     f"({share:.2f}%).")
+    return "\n".join(lines)
+
+
+def _multi_line(gpus, fraction, arch, check_vision) -> str:
+    largest, count = 0, 0
+    for group in memory_groups(gpus):
+        if not _group_usable(group, fraction):
+            continue
+        total = sum(g.allocatable for g in group)
+        if total > largest:
+            largest, count = total, len(group)
+    if problem := divisibility_problem(arch, count, check_vision=check_vision) if count else None:
+        return problem
+    if not largest:
+        return "No worker offered a GPU set that could be sized for this model."
+    effective = gpustack_gib(int(largest * fraction * count / len(gpus)))
+    return (f"The largest available worker has {round(largest / 2**30, 2):.2f} GiB allocatable VRAM, {count}/"
+            f"{len(gpus)} of GPUs meet the VRAM utilization ratio, providing {effective} of allocatable VRAM.")

@@ -1,0 +1,175 @@
+"""Rulebook B: vLLM's start-up check and KV cache (V1 engine, vLLM 0.33; DESIGN.md section 3).
+
+Sources, vllm 0.33.0 on PyPI:
+- ``vllm/v1/worker/utils.py::request_memory``: the budget R = ceil(total * gpu_memory_utilization),
+  where total is CUDA's (NVML total - NVML reserved), and the start-up error when free memory
+  is less than R ("Free memory on device cuda:0 ... on startup is less than desired GPU memory
+  utilization ...").
+- ``vllm/v1/worker/gpu_worker.py``, ``vllm/utils/mem_utils.py``: KV = R - weights - peak activation
+  - CUDA graphs - non-torch memory (our O).
+- ``vllm/v1/core/kv_cache_planning.py``, ``vllm/v1/kv_cache_interface.py``: page size per token
+  (2 * layers * kv_heads/TP * head_dim * dtype bytes; MLA: layers * (kv_lora_rank +
+  qk_rope_head_dim) * dtype bytes, not split by TP) and the minimum of
+  (ceil(max_model_len / block) + 1) blocks: one block is held back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...model import Architecture
+
+# Block sizes in tokens: FlashAttention, Triton and FlashInfer use 16. For MLA on Hopper vLLM picks
+# FLASH_ATTN_MLA, whose kernel takes any multiple of 16 (vllm/v1/attention/backends/mla/flashattn_mla.py,
+# get_supported_kernel_block_sizes -> [MultipleOf(16)], vLLM 0.26.0), so the block stays 16: measured on an
+# H200 with DeepSeek-V2-Lite (tests/data/vllm-h200/run-2.json: FLASH_ATTN_MLA, block_size 16). FLASHMLA
+# (64) and CUTLASS_MLA (128) are picked only when asked for (--block-size 64 / 128 or the backend).
+BLOCK_TOKENS = 16
+MLA_BLOCK_TOKENS = 16
+# Sliding-window layers keep window - 1 + one batch of tokens (max_num_batched_tokens), not
+# max_model_len: SlidingWindowSpec.max_memory_usage_bytes. `vllm serve`'s default batch is 8192 tokens on
+# GPUs of 70 GiB or more that are not A100s, 2048 on others (vllm/engine/arg_utils.py,
+# _get_default_max_num_seqs_and_batched_tokens, vLLM 0.26.0; the H200 run logged 8192).
+SLIDING_BATCH_TOKENS = 2048
+LARGE_GPU_BATCH_TOKENS = 8192
+
+
+def default_scheduler_limits(device_total_bytes: int | None, device_name: str = "",
+                             usage: str = "serve") -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM uses when neither flag is given.
+
+    vllm/engine/arg_utils.py::_get_default_max_num_seqs_and_batched_tokens (0.26.0): GPUs of 70 GiB or
+    more that are not A100s get {LLM class: 16384, serve: 8192} tokens and 1024 sequences; others
+    {8192, 2048} tokens and 256 sequences. Measured on the H200: serve 8192, LLM class 16384 and 1024.
+    """
+    large = device_total_bytes is not None and device_total_bytes >= 70 * 2**30 and "a100" not in device_name.lower()
+    if large:
+        return (16384 if usage == "llm" else LARGE_GPU_BATCH_TOKENS), 1024
+    return (8192 if usage == "llm" else SLIDING_BATCH_TOKENS), 256
+
+
+def default_max_num_batched_tokens(device_total_bytes: int | None, device_name: str = "") -> int:
+    """`vllm serve`'s max_num_batched_tokens when the flag is not given (see SLIDING_BATCH_TOKENS)."""
+    return default_scheduler_limits(device_total_bytes, device_name, "serve")[0]
+
+
+def cuda_total(nvml_total: int, nvml_reserved: int | None) -> int:
+    """CUDA's total memory = NVML total - driver-reserved (measured equal on an H100, 480 MiB)."""
+    return nvml_total - (nvml_reserved or 0)
+
+
+def budget_bytes(cuda_total_bytes: int, gmu: float) -> int:
+    """R = ceil(T_cuda * u): the instance's budget, not counting its own CUDA context."""
+    return math.ceil(cuda_total_bytes * gmu)
+
+
+def kv_dtype_bytes(arch: Architecture, kv_cache_dtype: str, dtype: str) -> int:
+    if kv_cache_dtype.startswith("fp8"):
+        return 1
+    if dtype in ("float32", "fp32", "float"):
+        return 4
+    if dtype in ("bfloat16", "float16", "half", "bf16", "fp16"):
+        return 2
+    return arch.dtype_bytes
+
+
+def bytes_per_token(arch: Architecture, *, tp: int, pp: int, dtype_bytes: int) -> int:
+    """KV bytes one token needs on one GPU."""
+    layers = math.ceil(arch.layers / pp)
+    if arch.mla:
+        return layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * dtype_bytes
+    # With more TP ranks than KV heads, vLLM replicates heads: at least one per rank.
+    return 2 * layers * max(1, arch.kv_heads // tp) * arch.head_dim * dtype_bytes
+
+
+def block_tokens(arch: Architecture, requested: int | None) -> int:
+    if requested:
+        return requested
+    return MLA_BLOCK_TOKENS if arch.mla else BLOCK_TOKENS
+
+
+def tokens_held(arch: Architecture, max_model_len: int, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
+    """Tokens of KV one max-length request keeps per layer."""
+    if arch.sliding_window:
+        return min(max_model_len, arch.sliding_window - 1 + batch_tokens)
+    return max_model_len
+
+
+# Blocks vLLM holds back beyond ceil(max_model_len / B): 1 in vLLM 0.33 (DESIGN.md section 3); 0 in vLLM
+# 0.26.0, whose minimum is cdiv(max_model_len, block_size) pages (vllm/v1/kv_cache_interface.py,
+# AttentionSpec.max_memory_usage_bytes): its error for Llama-3.1-8B at 131072 tokens asks for exactly
+# 16.0 GiB = 8192 blocks of 2 MiB (tests/data/vllm-h200/run-1.json). See rules/backends/vllm/runtime.py.
+HELD_BACK_BLOCKS = 1
+
+
+def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int,
+                      held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
+    """vLLM's minimum: (ceil(max_model_len / B) + held_back) blocks of B tokens."""
+    return (math.ceil(tokens_held(arch, max_model_len, batch_tokens) / block) + _extra_blocks(arch, held_back)) \
+        * block * per_token
+
+
+def _extra_blocks(arch: Architecture, held_back: int) -> int:
+    # A sliding window may not start at a block boundary: its layers always need one block more
+    # (vllm/v1/kv_cache_interface.py, SlidingWindowSpec.max_admission_blocks_per_request, vLLM 0.26.0:
+    # cdiv(min(window - 1 + in-flight tokens, max_model_len), B) + 1).
+    return max(held_back, 1) if arch.sliding_window else held_back
+
+
+def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None,
+                    held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
+    """The longest max_model_len whose minimum fits in kv_bytes (capped at the model's own maximum)."""
+    blocks = kv_bytes // (block * per_token) if kv_bytes > 0 else 0
+    held_back = _extra_blocks(arch, held_back)
+    if blocks < 1 + held_back:
+        return 0
+    fits = (blocks - held_back) * block
+    if arch.sliding_window and fits >= arch.sliding_window - 1 + batch_tokens:
+        fits = cap or fits  # the window, not the context, bounds what is kept
+    return min(fits, cap) if cap else fits
+
+
+@dataclass(frozen=True, slots=True)
+class VllmGpuCheck:
+    """vLLM's arithmetic on one GPU; headroom >= 0 passes."""
+
+    budget: int  # R
+    free_memory_headroom: int  # free - C_pre - R
+    kv_cache_bytes: int  # R - W_gpu - O
+    kv_cache_headroom: int  # KV - required
+    max_model_len: int  # longest context that fits
+
+
+def check_gpu(
+    *,
+    cuda_total_bytes: int,
+    free_bytes: int,
+    gmu: float,
+    weights_per_gpu: int,
+    runtime_overhead: int,
+    context_overhead: int,
+    required_kv: int,
+    arch: Architecture,
+    block: int,
+    per_token: int,
+    max_len_cap: int | None,
+    held_back: int = HELD_BACK_BLOCKS,
+    batch_tokens: int = SLIDING_BATCH_TOKENS,
+) -> VllmGpuCheck:
+    budget = budget_bytes(cuda_total_bytes, gmu)
+    kv = budget - weights_per_gpu - runtime_overhead
+    return VllmGpuCheck(
+        budget=budget,
+        free_memory_headroom=free_bytes - context_overhead - budget,
+        kv_cache_bytes=kv,
+        kv_cache_headroom=kv - required_kv,  # KV <= 0 fails too: required is never 0
+        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap, held_back, batch_tokens),
+    )
+
+
+def startup_error(free: int, total: int, gmu: float, budget: int) -> str:
+    """vLLM's start-up error, verbatim in form."""
+    return (f"Free memory on device cuda:0 ({free / 2**30:.2f}/{total / 2**30:.2f} GiB) on startup is less "
+            f"than desired GPU memory utilization ({gmu}, {budget / 2**30:.2f} GiB). Decrease GPU memory "
+            "utilization or reduce GPU memory used by other processes.")

@@ -1,0 +1,375 @@
+"""GPUStack 2.3.0's candidate search for one vLLM instance over a whole cluster, path by path.
+
+A port of ``gpustack/policies/candidate_selectors/vllm_resource_fit_selector.py::select_candidates``:
+the first path that yields candidates wins, and the placement scorer (placement_scorer.py) then
+picks one of them.
+
+1. Manual GPU selection (``gpu_selector``); when set, no other path runs
+   (``should_skip_candidate_func``). ``base_candidate_selector.py::_find_manual_gpu_selection_candidates``.
+2. One GPU on any worker; skipped when the world size is above 1.
+3. Several GPUs of one worker; skipped when the world size is 1. Only the candidates with the
+   fewest GPUs are kept.
+4. Several whole workers (``distributed_inference_across_workers``, on by default for vLLM):
+   ``auto_select_multi_worker_multi_gpu_candidates``.
+
+Pure, like the rest of fit/. Workers arrive already filtered (its cluster, its worker_selector,
+ready, named by its gpu_selector: ``find_candidate``'s worker filters) and in the order GPUStack
+lists them, which decides among equal scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+
+from .. import gpustack
+from ..gpustack import GpuView
+from ..model import Architecture, Scheduler
+
+Claims = Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One worker as the selector sees it when this instance is decided."""
+
+    id: int
+    name: str
+    gpus: tuple[GpuView, ...]  # in the worker's device order
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    worker: int
+    gpus: tuple[int, ...]  # on the main worker
+    claims: Claims  # every GPU it books, subordinate workers included
+    subordinates: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (worker id, GPU indexes)
+    overcommit: bool = False
+    effective_vram: float = 0.0  # manual selection: what GPUStack ranks overcommitted candidates by
+
+    @property
+    def workers(self) -> tuple[int, ...]:
+        return (self.worker, *(worker for worker, _ in self.subordinates))
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    """The parallel sizes as GPUStack reads them (``utils/vllm_topology.py::parse_user_parallelism``)."""
+
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    dpl: int | None = None
+    pcp: int | None = None
+    executor_mp: bool = False  # --distributed-executor-backend mp: cross-worker layouts are validated
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One instance of a model, as the selector reads it."""
+
+    estimate: int  # E
+    gmu: float  # g as GPUStack reads it
+    world_size: int | None  # from the parallel sizes; None: not requested
+    arch: Architecture
+    scheduler: Scheduler = "gpustack"
+    distributed: bool = True  # distributed_inference_across_workers
+    replicas: int = 1  # the model's replicas: manual selection forbids overcommit above 1
+    selection: Mapping[str, tuple[int, ...]] | None = None  # gpu_selector: worker name -> GPU indexes
+    selected_count: int = 0  # len(gpu_selector.gpu_ids), unknown workers included
+    gpus_per_replica: int | None = None  # gpu_selector.gpus_per_replica (GPUStack fills it in)
+    skip_count_check: bool = False  # GPUSTACK_SKIP_GPU_COUNT_CHECK
+    parallel: Parallel = field(default_factory=Parallel)
+    distributed_workers: frozenset[int] = frozenset()  # workers already holding a distributed vLLM instance
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    candidates: tuple[Candidate, ...]
+    path: str  # "manual", "single", "multi", "workers", or "" when none
+    reason: str = ""  # why there is none: GPUStack's words where it has them
+
+
+def gpus_per_replica(selected_count: int, replicas: int, world_size: int | None, skip_count_check: bool) -> int:
+    """What GPUStack writes into gpu_selector.gpus_per_replica when it is not given
+    (``scheduler/scheduler.py::set_model_gpus_per_replica``)."""
+    per_replica = selected_count // max(replicas, 1)
+    if skip_count_check:
+        return per_replica
+    if world_size and world_size > 0:
+        return world_size
+    return 1 << (per_replica.bit_length() - 1) if per_replica >= 1 else 0  # utils/math.py::largest_power_of_2_leq
+
+
+def selection_of(gpu_ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker name, indexes sorted
+    (utils/gpu.py::group_gpu_indexes_by_gpu_type_and_worker); entries of another form are dropped."""
+    selection: dict[str, list[int]] = {}
+    for gpu_id in gpu_ids:
+        worker_name, _, index = gpu_id.rpartition(":")
+        worker_name = worker_name.rpartition(":")[0]
+        if worker_name and index.isdigit():
+            selection.setdefault(worker_name, []).append(int(index))
+    return {name: tuple(sorted(indexes)) for name, indexes in selection.items()}
+
+
+def manual_gpu_count(ask: Ask) -> tuple[int, str | None]:
+    """``base_candidate_selector.py::_set_gpu_count``: the GPUs per replica, or GPUStack's refusal."""
+    count = ask.gpus_per_replica or ask.selected_count
+    if ask.world_size and ask.world_size > 0:
+        if count and count != ask.world_size and not ask.skip_count_check:
+            return count, (f"the selected gpu count ({count}) does not match the world size ({ask.world_size}). "
+                           "Adjust the selected GPUs or the parallelism backend parameters so they match, or add "
+                           "GPUSTACK_SKIP_GPU_COUNT_CHECK=1 to the model's environment variables.")
+        if not (count and ask.skip_count_check):
+            count = ask.world_size
+    return count, None
+
+
+def search(nodes: Sequence[Node], ask: Ask) -> Search:
+    if ask.selection is not None:
+        return _manual(nodes, ask)
+    paths = [("single", _single), ("multi", _multi_one_worker)]
+    if ask.distributed:
+        paths.append(("workers", _multi_workers))
+    reasons = []
+    for name, path in paths:
+        found, reason = path(nodes, ask)
+        if found:
+            return Search(tuple(found), name)
+        if reason:
+            reasons.append(reason)
+    return Search((), "", reasons[-1] if reasons else "no ready worker of its cluster matches its selectors")
+
+
+def claim(view: GpuView, gmu: float) -> int:
+    return int(view.total * gmu)
+
+
+# --- 2. one GPU ---------------------------------------------------------------------------------
+
+
+def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
+    if ask.world_size and ask.world_size > 1:
+        return [], ""
+    found = [Candidate(node.id, (gpu.index,), {(node.id, gpu.index): claim(gpu, ask.gmu)})
+             for node in nodes for gpu in node.gpus
+             if gpu.total and _single_passes(gpu, ask)]
+    reason = ""
+    if not found and nodes:
+        best = max(nodes, key=lambda n: max((g.allocatable for g in n.gpus), default=0))
+        reason = f"{best.name}: " + gpustack.pending_message(ask.estimate, ask.gmu, list(best.gpus), 1)
+    return found, reason
+
+
+def _single_passes(gpu: GpuView, ask: Ask) -> bool:
+    return gpustack.single_gpu_tests(gpu, ask.estimate, ask.gmu, ask.scheduler).passes
+
+
+# --- 3. several GPUs of one worker ------------------------------------------------------------------
+
+
+def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
+    if ask.world_size == 1:
+        return [], ""
+    found = []
+    for node in nodes:
+        chosen = gpustack.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)
+        if chosen:
+            found.append(Candidate(node.id, tuple(g.index for g in chosen),
+                                   {(node.id, g.index): claim(g, ask.gmu) for g in chosen}))
+    if found:
+        fewest = min(len(c.gpus) for c in found)
+        return [c for c in found if len(c.gpus) == fewest], ""
+    multi = [n for n in nodes if len(n.gpus) >= 2]
+    if not multi:
+        return [], ""
+    best = max(multi, key=lambda n: sum(g.allocatable for g in n.gpus))
+    return [], f"{best.name}: " + gpustack.pending_message(ask.estimate, ask.gmu, list(best.gpus), ask.world_size)
+
+
+# --- 4. several whole workers -----------------------------------------------------------------------
+
+
+def _multi_workers(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
+    """Whole workers with the same GPU count, every GPU with A/T >= g, int(T * g) on each, in
+    GPUStack's order (most GPUs first, stable), stopping at the first set that covers E (and, with
+    a world size, has exactly that many GPUs)."""
+    reason = ("Cannot find a suitable worker combination to run the model in distributed mode. If you are "
+              "confident that the resources are sufficient, you may manually schedule the model by selecting the "
+              "workers and GPUs.")
+    if len(nodes) < 2:
+        return [], ""
+    groups: dict[int, list[Node]] = {}
+    for node in sorted((n for n in nodes if n.gpus), key=lambda n: len(n.gpus), reverse=True):
+        groups.setdefault(len(node.gpus), []).append(node)
+    for count, group in groups.items():
+        if len(group) < 2 or gpustack.tp_divisibility_problem(ask.arch, count):
+            continue
+        selected: list[Node] = []
+        gpu_sum = booked = 0
+        for node in group:
+            if any(not g.total or g.allocatable / g.total < ask.gmu for g in node.gpus):
+                continue
+            selected.append(node)
+            gpu_sum += count
+            booked += sum(int(g.total * (ask.gmu or 1)) for g in node.gpus)
+            if ask.world_size:
+                if gpu_sum < ask.world_size:
+                    continue
+                if gpu_sum > ask.world_size:
+                    break
+            if booked >= ask.estimate:
+                problem = topology_problem([len(n.gpus) for n in selected], ask.parallel)
+                if problem:
+                    reason = problem
+                    continue
+                return [_whole_workers(selected, ask.gmu)], ""
+    return [], reason
+
+
+def _whole_workers(selected: Sequence[Node], gmu: float) -> Candidate:
+    main, rest = selected[0], selected[1:]
+    claims = {(n.id, g.index): claim(g, gmu) for n in selected for g in n.gpus}
+    return Candidate(main.id, tuple(g.index for g in main.gpus), claims,
+                     tuple((n.id, tuple(g.index for g in n.gpus)) for n in rest))
+
+
+def topology_problem(gpu_per_node: Sequence[int], parallel: Parallel) -> str | None:
+    """``utils/vllm_topology.py::validate_multinode_topology``, run by the selector only for the MP
+    executor (``_create_candidate``); GPUStack's default executor is Ray, which it does not check."""
+    if not parallel.executor_mp or len(gpu_per_node) < 2:
+        return None
+    pp, pcp = parallel.pp or 1, parallel.pcp or 1
+    if parallel.tp is not None:
+        tp = parallel.tp
+    elif parallel.dp is not None:
+        total, denom = sum(gpu_per_node), parallel.dp * pp * pcp
+        if denom == 0 or total % denom:
+            return (f"vLLM multi-node: cannot infer --tensor-parallel-size from --data-parallel-size {parallel.dp}, "
+                    f"--pipeline-parallel-size {pp} and --prefill-context-parallel-size {pcp}.")
+        tp = total // denom
+    else:
+        tp = reduce(math.gcd, gpu_per_node)
+    per_rank = tp * pp * pcp
+    if per_rank <= min(gpu_per_node):
+        ranks = [g // per_rank for g in gpu_per_node]
+        if parallel.dp is not None and parallel.dp != sum(ranks):
+            return f"vLLM multi-node: --data-parallel-size {parallel.dp} does not match derived total {sum(ranks)}."
+        if parallel.dpl is not None and any(r != parallel.dpl for r in ranks):
+            return f"vLLM multi-node: --data-parallel-size-local {parallel.dpl} cannot be applied uniformly."
+        return None
+    if len(set(gpu_per_node)) != 1:
+        return "vLLM multi-node: cross-node TP/PP requires a homogeneous cluster."
+    if per_rank % gpu_per_node[0]:
+        return f"vLLM multi-node: workers_per_dp={per_rank} cannot evenly distribute across nodes."
+    spans = per_rank // gpu_per_node[0]
+    if len(gpu_per_node) % spans:
+        return f"vLLM multi-node: cluster size {len(gpu_per_node)} cannot evenly distribute DP ranks."
+    if parallel.dp is not None and parallel.dp != len(gpu_per_node) // spans:
+        return f"vLLM multi-node: --data-parallel-size {parallel.dp} does not match derived total."
+    if parallel.dpl is not None and parallel.dpl != 1:
+        return f"vLLM multi-node: --data-parallel-size-local {parallel.dpl} is invalid in cross-node TP/PP layouts."
+    return None
+
+
+# --- 1. manual selection ------------------------------------------------------------------------
+
+
+def _manual(nodes: Sequence[Node], ask: Ask) -> Search:
+    count, refusal = manual_gpu_count(ask)
+    if refusal:
+        return Search((), "", refusal)
+    selected = _selected_nodes(nodes, ask.selection or {})
+    found: list[Candidate] = []
+    if count == 1:
+        found = [_manual_one_worker(node, [gpu], 1, ask.gmu) for node in selected for gpu in node.gpus]
+    elif count > 1:
+        found = [c for node in selected if (c := _manual_one_worker(node, list(node.gpus), count, ask.gmu))]
+        if not found and len(selected) >= 2:
+            found = _manual_workers(selected, count, ask)
+    if not found:
+        return Search((), "", "no candidate among the selected GPUs")
+    satisfied = {(n.id, g.index) for n in selected for g in n.gpus if g.total and g.allocatable / g.total >= ask.gmu}
+    by_id = {node.id: node for node in selected}
+    judged = [_judge_overcommit(c, by_id, satisfied, ask) for c in found]
+    fitting = [c for c in judged if not c.overcommit]
+    if fitting:
+        return Search(tuple(fitting), "manual")
+    if ask.replicas > 1:
+        return Search((), "", f"Found {len(judged)} candidate, manual scheduling for multi-replica model instances "
+                              "does not allow overcommit or heterogeneous deployment topologies.")
+    best = None
+    for candidate in judged:  # the last of the largest effective VRAM (its `>=`)
+        if best is None or candidate.effective_vram >= best.effective_vram:
+            best = candidate
+    return Search((best,), "manual", "Manual GPU selection resulted in resource overcommit.")
+
+
+def _selected_nodes(nodes: Sequence[Node], selection: Mapping[str, tuple[int, ...]]) -> list[Node]:
+    """``policies/utils.py::sort_selected_workers_by_gpu_type_and_resource``: each worker's selected GPUs
+    by allocatable rate, highest first (stable), then the workers by selected GPU count, most first."""
+    out = []
+    for node in nodes:
+        indexes = set(selection.get(node.name, ()))
+        gpus = [g for g in node.gpus if g.index in indexes]
+        if not gpus:
+            continue
+        gpus.sort(key=lambda g: g.allocatable / g.total if g.total else 0, reverse=True)
+        out.append(Node(node.id, node.name, tuple(gpus)))
+    out.sort(key=lambda n: len(n.gpus), reverse=True)
+    return out
+
+
+def _manual_one_worker(node: Node, gpus: Sequence[GpuView], count: int, gmu: float) -> Candidate | None:
+    """``_manual_select_single_worker_multi_gpu_candidates``: the first ``count`` GPUs meeting g, topped
+    up with the ones that do not."""
+    if len(gpus) < count:
+        return None
+    meets, short = [], []
+    for gpu in gpus:
+        (meets if gpu.total and gpu.allocatable / gpu.total >= gmu else short).append(gpu)
+        if len(meets) >= count:
+            break
+    used = meets + short[:count - len(meets)]
+    return Candidate(node.id, tuple(g.index for g in used), {(node.id, g.index): claim(g, gmu) for g in used})
+
+
+def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Candidate]:
+    """``_manual_select_multi_worker_multi_gpu_candidates``: the worker with most selected GPUs takes
+    all of them (in index order), the others add theirs until ``count``."""
+    main = selected[0]
+    main_gpus = sorted(main.gpus, key=lambda g: g.index)
+    claims = {(main.id, g.index): claim(g, ask.gmu) for g in main_gpus}
+    used = len(main_gpus)
+    subordinates = []
+    for node in selected[1:]:
+        if node.id in ask.distributed_workers:
+            continue  # "Each worker can run only one distributed vLLM instance."
+        # sort_gpu_indexes_by_allocatable_rate, handed the claims int(T * g) rather than the allocatable
+        # memory: every rate is g but for int()'s truncation, which still orders them.
+        ranked = sorted(node.gpus, key=lambda g: claim(g, ask.gmu) / g.total if g.total else 0, reverse=True)
+        take = ranked[:min(len(ranked), max(count - used, 0))]
+        subordinates.append((node.id, tuple(g.index for g in take)))
+        claims.update({(node.id, g.index): claim(g, ask.gmu) for g in take})
+        used += len(take)
+        if used >= count:
+            break
+    if not subordinates:
+        return []
+    return [Candidate(main.id, tuple(g.index for g in main_gpus), claims, tuple(subordinates))]
+
+
+def _judge_overcommit(candidate: Candidate, nodes: Mapping[int, Node], satisfied: set[tuple[int, int]],
+                      ask: Ask) -> Candidate:
+    """``_generate_manual_selected_gpus_overcommit_message``: overcommitted when the claims do not cover
+    E or a used GPU misses g; ranked by the allocatable VRAM it offers times g."""
+    used = list(candidate.claims)
+    over = sum(candidate.claims.values()) < ask.estimate or any(key not in satisfied for key in used)
+    views = {(n.id, g.index): g for n in nodes.values() for g in n.gpus}
+    partial = len(used) < ask.selected_count
+    pool = used if partial else list(views)
+    effective = sum(views[key].allocatable for key in pool if key in views) * ask.gmu
+    return Candidate(candidate.worker, candidate.gpus, candidate.claims, candidate.subordinates, over, effective)

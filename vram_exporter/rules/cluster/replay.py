@@ -1,0 +1,287 @@
+"""GPUStack's scheduler replayed over a whole cluster: which instances it places, which it leaves Pending.
+
+Pure, like the rest of fit/. The inputs are what GPUStack's API says (workers with their GPUs'
+totals and reservations, models, instances in creation order); Rulebook A (gpustack.py) decides each
+instance as gpustack 2.3.0's scheduler does (``gpustack/scheduler/scheduler.py``):
+
+- Instances GPUStack has placed (any state but pending/analyzing; error included) hold their actual
+  claims. Each is judged against the claims of the placed instances created before it: would
+  GPUStack have accepted it when it was decided (any candidate on any path)? One already spread over
+  several workers (``distributed_servers``) is taken as placed.
+- Pending instances are decided again every 180 s (fixed in 2.3.0) against the claims of now, in
+  creation order: each is judged against every placed claim plus the pending ones before it that we
+  predict placed, as GPUStack's next re-check will do (its queue takes them one at a time).
+- Each decision is GPUStack's: the candidate paths of its vLLM selector over every ready worker of
+  the model's cluster (gpustack_paths.py: manual selection, one GPU, several GPUs of one worker,
+  several workers), then its placement scorer (placement_scorer.py, spread or binpack).
+- GPUStack lists its workers with an unordered query (``Worker.all``: PostgreSQL returns rows in
+  storage order, which moves as workers post their status), and the first of equal scores wins, so
+  the worker a tie goes to is not fixed. ``replay`` takes them in id order, or the reverse; a model
+  whose pending count differs between the two is flagged by the caller.
+"""
+
+from __future__ import annotations
+
+from ...errors import ModelError
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from .. import backends, gpustack
+from . import paths as gpustack_paths, scorer as placement_scorer
+from ..model import ModelSpec, Scheduler
+from ..flags import GpuStackParams, first_int_parameter, gpustack_params
+from .scorer import Strategy
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGpus:
+    """One worker as the scheduler sees it."""
+
+    id: int
+    name: str
+    totals: Mapping[int, int]  # GPU index -> memory total in bytes, as the worker reports it
+    system_reserved: int = 0
+    ready: bool = True  # only ready workers take new instances (worker_filters/status_filter.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One model as the scheduler sees it."""
+
+    spec: ModelSpec  # its pinned_gpus is ignored: ``selection`` says which GPUs of which worker
+    workers: frozenset[int]  # the workers it may use (its cluster, worker_selector)
+    selection: Mapping[str, tuple[int, ...]] | None = None  # gpu_selector: worker name -> GPU indexes
+    selected_count: int = 0  # len(gpu_selector.gpu_ids)
+    gpus_per_replica: int | None = None  # gpu_selector.gpus_per_replica as GPUStack filled it in
+    strategy: Strategy = "spread"  # the model's placement_strategy
+    distributed: bool = True  # distributed_inference_across_workers (GPUStack's default for vLLM)
+    executor_mp: bool = False  # --distributed-executor-backend mp
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    id: int  # creation order
+    model: str
+    placed: bool  # GPUStack's verdict: any state but pending / analyzing
+    claims: Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes, GPUStack's own
+    distributed: bool = False  # spread over several workers: not judged
+    worker: int | None = None  # where GPUStack put it (tried first when judging it: the usual answer)
+    backend: str = "vllm"  # its model's (GPUStack limits distributed instances per worker per backend)
+    stuck: bool = False  # pending with a worker bound: GPUStack never decides it again, its claims stay
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    instance: int
+    model: str
+    placed: bool  # our prediction
+    worker: int | None = None
+    gpus: tuple[int, ...] = ()
+    reason: str = ""  # why not: GPUStack's own words where it has them
+    claims: Mapping[tuple[int, int], int] = field(default_factory=dict)  # what a predicted placement books
+    overcommit: bool = False
+
+
+Claims = dict[tuple[int, int], int]
+
+
+def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], instances: Iterable[Instance],
+           scheduler: Scheduler = "gpustack", *, reverse_order: bool = False) -> dict[int, Verdict]:
+    """Our verdict for every instance whose model has a request (others are skipped, their claims kept).
+
+    Workers are taken in id order (``reverse_order``: the other way round), the order GPUStack's
+    unordered ``Worker.all`` query usually returns them in; it decides among equal scores."""
+    ordered_workers = sorted(workers, key=lambda w: w.id, reverse=reverse_order)
+    ordered = sorted(instances, key=lambda inst: inst.id)
+    claims: Claims = {}
+    holdings: list[placement_scorer.Holding] = []
+    verdicts: dict[int, Verdict] = {}
+    # Placed instances are judged on the workers as they were when placed: one since gone not ready
+    # still counts.
+    as_placed = [replace(w, ready=True) for w in ordered_workers]
+    as_placed_by_id = {w.id: w for w in as_placed}
+    for inst in ordered:
+        if inst.stuck:
+            _book(claims, inst.claims)
+            holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims), inst.backend))
+        if not inst.placed:
+            continue
+        request = requests.get(inst.model)
+        if request is not None:
+            verdicts[inst.id] = (Verdict(inst.id, inst.model, True) if inst.distributed
+                                 else _judge_placed(inst, request, as_placed, as_placed_by_id, claims, scheduler,
+                                                    holdings))
+        _book(claims, inst.claims)
+        holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims), inst.backend))
+    for inst in ordered:
+        request = requests.get(inst.model)
+        if inst.placed or request is None:
+            continue
+        if inst.stuck:
+            verdicts[inst.id] = Verdict(inst.id, inst.model, False, reason=(
+                "Pending with a worker still bound (a failed re-schedule): GPUStack does not decide it again "
+                "until it is deleted and recreated."))
+            continue
+        verdict = decide(inst, request, ordered_workers, claims, scheduler, holdings)
+        verdicts[inst.id] = verdict
+        if verdict.placed:
+            _book(claims, verdict.claims)
+            holdings.append(placement_scorer.Holding(inst.model, frozenset(verdict.claims), inst.backend))
+    return verdicts
+
+
+def pending_counts(verdicts: Mapping[int, Verdict]) -> dict[str, int]:
+    """Predicted pending instances per model (0 for a model whose every instance we place)."""
+    counts: dict[str, int] = {}
+    for verdict in verdicts.values():
+        counts[verdict.model] = counts.get(verdict.model, 0) + (not verdict.placed)
+    return counts
+
+
+def _judge_placed(inst: Instance, request: Request, workers: Sequence[WorkerGpus], by_id: Mapping[int, WorkerGpus],
+                  claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                  holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """Would GPUStack have accepted this placed instance: is there any candidate at all? Its own
+    worker is tried alone first: a candidate there means the whole search has one (the one-GPU path
+    covers every worker, the several-GPU path each), and that spares searching every worker for every
+    instance."""
+    own = by_id.get(inst.worker) if inst.worker is not None else None
+    if own is not None:
+        verdict = decide(inst, request, [own], claims, scheduler)
+        if verdict.placed:
+            return verdict
+    return decide(inst, request, workers, claims, scheduler, holdings)
+
+
+def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
+           scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding] = ()) -> Verdict:
+    """Where GPUStack would put this instance now: its candidate search over the model's ready
+    workers (gpustack_paths.py), then its placement scorer (placement_scorer.py)."""
+    if request.spec.backend != "vllm":
+        return _decide_backend(inst, request, workers, claims, scheduler, holdings)
+    try:
+        ask = _ask(request, scheduler, holdings)
+    except ModelError as exc:
+        return Verdict(inst.id, inst.model, False, reason=str(exc))
+    params = _params(request.spec)
+    if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(
+            gpustack.tp_arch(request.spec.arch, params), params.tensor_parallel_size)):
+        return Verdict(inst.id, inst.model, False, reason=problem)
+    if request.executor_mp and params.mp_arguments_problem:  # vllm_resource_fit_selector._validate_mp_multinode_arguments
+        return Verdict(inst.id, inst.model, False, reason=params.mp_arguments_problem)
+    nodes = _nodes(request, workers, claims)
+    if not nodes:
+        return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    found = gpustack_paths.search(nodes, ask)
+    if not found.candidates:
+        return Verdict(inst.id, inst.model, False, reason=found.reason)
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
+                   chosen.claims, chosen.overcommit)
+
+
+def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
+                    claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                    holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """``decide`` for SGLang and custom backends (rules/backends/__init__.py: their selectors on one worker at a
+    time; every single-GPU candidate of every worker, else each worker's multi-GPU or manual one), then
+    GPUStack's placement scorer. SGLang's default fraction is sized for the smallest GPU of the model's
+    workers, as GPUStack's selector sees them all. Not modelled: one instance across several workers, a
+    gpus_per_replica below the GPUs selected on a worker (the selection is taken whole)."""
+    spec = request.spec
+    nodes = _nodes(request, workers, claims)
+    if not nodes:
+        return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    pinned = None if request.selection is None else {node.id: request.selection[node.name] for node in nodes}
+    try:
+        book = backends.booking(spec, backends.smallest_total(_totals(nodes), pinned),
+                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
+    except ModelError as exc:
+        return Verdict(inst.id, inst.model, False, reason=str(exc))
+    candidates, reason = [], "no ready worker of its cluster matches its selectors"
+    for node in nodes:
+        chosen = None if pinned is None else pinned[node.id]
+        found = backends.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
+        candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
+                                                overcommit=p.overcommit) for p in found]
+        if not found:
+            reason = f"{node.name}: " + backends.pending_message(spec, list(node.gpus), book, chosen)
+    if not candidates:
+        return Verdict(inst.id, inst.model, False, reason=reason)
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit)
+
+
+def _totals(nodes: Sequence[gpustack_paths.Node]) -> dict[int, dict[int, int]]:
+    return {node.id: {gpu.index: gpu.total for gpu in node.gpus} for node in nodes}
+
+
+def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
+           ) -> list[gpustack_paths.Node]:
+    """find_candidate's worker filters: its cluster and labels (request.workers), ready, and named by
+    its gpu_selector (policies/worker_filters/gpu_matching_filter.py)."""
+    return [gpustack_paths.Node(worker.id, worker.name, tuple(worker_views(worker, claims)))
+            for worker in workers
+            if worker.id in request.workers and worker.ready
+            and (request.selection is None or worker.name in request.selection)]
+
+
+def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding]) -> gpustack_paths.Ask:
+    spec = request.spec
+    params = _params(spec)
+    distributed = frozenset()  # only manual selection over several workers reads it
+    if request.selection is not None and len(request.selection) > 1:
+        # base_candidate_selector.py::_validate_distributed_limit_per_worker: instances of the same backend
+        distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
+                                and holding.backend == "vllm" for key in holding.gpus)
+    skip = _skip_count_check(spec.env)
+    per_replica = request.gpus_per_replica
+    if request.selection is not None and not per_replica:
+        per_replica = gpustack_paths.gpus_per_replica(request.selected_count, spec.replicas, params.world_size, skip)
+    return gpustack_paths.Ask(
+        estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=params.gpu_memory_utilization,
+        world_size=params.world_size, arch=gpustack.tp_arch(spec.arch, params), scheduler=scheduler, distributed=request.distributed,
+        replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
+        gpus_per_replica=per_replica, skip_count_check=skip,
+        parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed)
+
+
+def _skip_count_check(env: Mapping[str, str]) -> bool:
+    """policies/utils.py::should_skip_gpu_count_check."""
+    return str(env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK", "")).strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _parallel(backend_parameters: tuple[str, ...], executor_mp: bool) -> gpustack_paths.Parallel:
+    """Parsed once per distinct list, as _params is."""
+    read = functools.partial(first_int_parameter, backend_parameters)
+    return gpustack_paths.Parallel(read(["tensor-parallel-size", "tp"]), read(["pipeline-parallel-size", "pp"]),
+                                   read(["data-parallel-size", "dp"]), read(["data-parallel-size-local", "dpl"]),
+                                   read(["prefill-context-parallel-size", "pcp"]), executor_mp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _gpustack_params(backend_parameters: tuple[str, ...]) -> GpuStackParams:
+    return gpustack_params(backend_parameters)
+
+
+def _params(spec: ModelSpec) -> GpuStackParams:
+    """backend_parameters parsed once per distinct list, not once per instance and worker."""
+    return _gpustack_params(tuple(spec.backend_parameters))
+
+
+def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> list[gpustack.GpuView]:
+    return [
+        gpustack.GpuView(index, gpustack.total_whole_mib(total),
+                         gpustack.allocatable_bytes(total, claims.get((worker.id, index), 0), worker.system_reserved))
+        for index, total in sorted(worker.totals.items())
+    ]
+
+
+def _book(claims: Claims, more: Mapping[tuple[int, int], int]) -> None:
+    for key, value in more.items():
+        claims[key] = claims.get(key, 0) + value

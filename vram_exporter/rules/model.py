@@ -1,0 +1,229 @@
+"""What the rulebooks know about a model and the cluster: plain frozen values, no I/O.
+
+``Architecture.from_config`` reads a Hugging Face config.json mapping the way vLLM
+0.33 and GPUStack 2.3.0 read the fields they need (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+from ..errors import ModelError
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from .flags import GpuStackParams, VllmParams, gpustack_params, vllm_params
+
+GIB = 2**30
+RUNTIME_OVERHEAD_FALLBACK = GIB  # O where neither manifest nor config.json gives more (DESIGN.md section 3)
+Scheduler = Literal["gpustack", "gpustack-0.6"]
+Backend = Literal["vllm", "sglang", "custom"]  # GPUStack's BackendEnum vLLM, SGLang, Custom
+
+# torch_dtype / dtype -> bytes per element (vLLM resolves "auto" to the config's dtype).
+_DTYPE_BYTES = {
+    "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
+    "float32": 4, "fp32": 4, "float": 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Architecture:
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int
+    vocab_size: int | None
+    max_position_embeddings: int | None
+    kv_lora_rank: int | None = None  # set: MLA (DeepSeek-style) attention
+    qk_rope_head_dim: int = 0
+    sliding_window: int | None = None  # applies to every layer when set
+    vision_attention_heads: int | None = None
+    # LongRoPE (Phi-3/3.5): with no --max-model-len vLLM serves original_max_position_embeddings, not
+    # max_position_embeddings (vllm/config/model.py, _get_and_verify_max_len, vLLM 0.26.0: "For LongRoPE,
+    # default to original_max_position_embeddings"); measured: Phi-3.5-mini started at 4096 on an H200
+    # (tests/data/vllm-h200/run-2.json).
+    longrope_default_len: int | None = None
+    # vision_config's ViT size: GPUStack's and SGLang's --mem-fraction-static default shrinks for it
+    # (sglang_resource_fit_selector.py step 3; sglang server_args.py adjust_mem_fraction_for_vlm).
+    has_vision: bool = False
+    vision_layers: int | None = None
+    vision_hidden_size: int | None = None
+    # The context SGLang derives (sglang 0.5.9 utils/hf_transformers_utils.py::get_context_length): the first of
+    # its context keys, times rope_scaling.factor unless original_max_position_embeddings or llama3 is there.
+    hf_context_len: int = 2048
+    # The MLP's shape, for the activation peak in vLLM's runtime overhead O (rules/backends/vllm/runtime.py); None
+    # where config.json lacks it (then O falls back to the cluster's constant).
+    hidden_size: int | None = None
+    intermediate_size: int | None = None  # dense MLP (intermediate_size; OPT: ffn_dim; GPT-2: n_inner)
+    moe: MoeShape | None = None
+    architectures: tuple[str, ...] = ()  # config.json's: GPUStack keys some rules on them
+
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def default_max_model_len(self) -> int | None:
+        """vLLM's max_model_len when none is given."""
+        return self.longrope_default_len or self.max_position_embeddings
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Architecture:
+        """Raises ValueError naming the config.json field that is missing or wrong."""
+        text = config.get("text_config") or config  # multimodal models keep the LLM here
+        heads = _positive_int(text, "num_attention_heads")
+        kv_heads = next(
+            (int(text[k]) for k in ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num")
+             if text.get(k)),
+            heads,
+        )
+        head_dim = text.get("head_dim") or (_positive_int(text, "hidden_size") // heads)
+        dtype = str(text.get("torch_dtype") or text.get("dtype") or config.get("torch_dtype") or "bfloat16")
+        if dtype not in _DTYPE_BYTES:
+            raise ModelError(f"torch_dtype {dtype!r} is not one of {', '.join(sorted(_DTYPE_BYTES))}")
+        window = text.get("sliding_window")
+        if text.get("use_sliding_window") is False or isinstance(text.get("layer_types"), list):
+            window = None  # Qwen2 ships the field switched off; mixed layer types: treat all as full
+        vision = config.get("vision_config") or {}
+        rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
+        longrope = isinstance(rope, Mapping) and (rope.get("rope_type") or rope.get("type")) in ("longrope", "su")
+        original = text.get("original_max_position_embeddings")  # vLLM reads the top-level field only
+        return cls(
+            layers=_positive_int(text, "num_hidden_layers"),
+            attention_heads=heads,
+            kv_heads=kv_heads,
+            head_dim=int(head_dim),
+            dtype_bytes=_DTYPE_BYTES[dtype],
+            vocab_size=text.get("vocab_size") or config.get("vocab_size"),
+            max_position_embeddings=text.get("max_position_embeddings"),
+            kv_lora_rank=text.get("kv_lora_rank"),
+            qk_rope_head_dim=int(text.get("qk_rope_head_dim") or 0),
+            sliding_window=int(window) if window else None,
+            vision_attention_heads=vision.get("num_attention_heads") or vision.get("num_heads"),
+            longrope_default_len=int(original) if longrope and original else None,
+            has_vision=config.get("vision_config") is not None,
+            vision_layers=vision.get("num_hidden_layers") or vision.get("depth"),
+            vision_hidden_size=vision.get("hidden_size"),
+            hf_context_len=hf_context_length(text),
+            hidden_size=_optional_int(text, "hidden_size"),
+            intermediate_size=next((v for k in ("intermediate_size", "ffn_dim", "n_inner")
+                                    if (v := _optional_int(text, k))), None),
+            moe=MoeShape.from_config(text),
+            architectures=tuple(a for a in config.get("architectures") or () if isinstance(a, str)),
+        )
+
+
+_CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings")
+
+
+def hf_context_length(text: Mapping[str, Any]) -> int:
+    """SGLang's ``get_context_length`` on a config.json mapping (its text part)."""
+    rope = text.get("rope_scaling")
+    factor = 1
+    if isinstance(rope, Mapping) and rope:
+        factor = rope.get("factor", 1)
+        if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
+            factor = 1
+    for key in _CONTEXT_KEYS:
+        if text.get(key) is not None:
+            return int(factor * text[key])
+    return 2048
+
+
+@dataclass(frozen=True, slots=True)
+class MoeShape:
+    """A mixture-of-experts MLP: what one token passes through. DeepSeek-V2/V3 (n_routed_experts,
+    n_shared_experts, moe_intermediate_size, first_k_dense_replace), Qwen-MoE (num_experts,
+    shared_expert_intermediate_size), Mixtral (num_local_experts; its experts are intermediate_size wide)."""
+
+    experts: int  # routed experts
+    experts_per_token: int
+    expert_intermediate_size: int
+    shared_intermediate_size: int = 0  # the shared experts of a token, together
+    dense_layers: int = 0  # leading layers with a dense MLP (first_k_dense_replace)
+
+    @classmethod
+    def from_config(cls, text: Mapping[str, Any]) -> MoeShape | None:
+        experts = next((v for k in ("n_routed_experts", "num_experts", "num_local_experts")
+                        if (v := _optional_int(text, k))), None)
+        per_token = _optional_int(text, "num_experts_per_tok")
+        if not experts or not per_token:
+            return None
+        width = _optional_int(text, "moe_intermediate_size") or _optional_int(text, "intermediate_size")
+        if not width:
+            return None
+        shared = (_optional_int(text, "shared_expert_intermediate_size")
+                  or (_optional_int(text, "n_shared_experts") or 0) * width)
+        return cls(experts=experts, experts_per_token=per_token, expert_intermediate_size=width,
+                   shared_intermediate_size=shared, dense_layers=_optional_int(text, "first_k_dense_replace") or 0)
+
+
+def _optional_int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _positive_int(config: Mapping[str, Any], key: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ModelError(f"config field {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model of the manifest, resolved: sizes in bytes, parameters parsed."""
+
+    name: str
+    weights_bytes: int
+    arch: Architecture
+    backend_parameters: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    max_model_len: int | None = None  # manifest's value; else from backend_parameters; else the model's
+    placed_on: tuple[int, ...] | None = None  # GPUs it already holds; None: a candidate
+    placed_claims: Mapping[int, int] | None = None  # its actual claims (GPUStack's); None: int(g * T) each
+    pinned_gpus: tuple[int, ...] | None = None  # manual GPU selection (gpu_selector)
+    replicas: int = 1
+    runtime_overhead: int | None = None  # O for this model; None: the cluster's
+    metrics_url: str | None = None  # a running model's own vLLM /metrics (read by sources/vllm_client.py)
+    backend: Backend = "vllm"  # which GPUStack selector places it and which engine's rules apply
+    run_command: str | None = None  # a custom backend's command line (GPUStack reads flags in it)
+    # SGLang under GPUStack: the smallest GPU of the workers it may use, which GPUStack sizes its default
+    # --mem-fraction-static for (None: this node's GPUs; set with GPUStack as the source)
+    sizing_total: int | None = None
+
+    @property
+    def gpustack(self) -> GpuStackParams:
+        return _gpustack_params(self.backend_parameters)
+
+    @property
+    def vllm(self) -> VllmParams:
+        return _vllm_params(self.backend_parameters)
+
+    @property
+    def placed(self) -> bool:
+        return self.placed_on is not None
+
+
+# The parameters are read at every rulebook probe: parse each distinct list once (the lists are
+# tuples, so their value is the key; a list that raises is parsed again, and raises again).
+_gpustack_params = lru_cache(maxsize=4096)(gpustack_params)
+_vllm_params = lru_cache(maxsize=4096)(vllm_params)
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Cluster-wide settings of the manifest (DESIGN.md section 5)."""
+
+    scheduler: Scheduler = "gpustack"
+    # GPUStack >= 2.0.2 reserves no VRAM by default; v0.5.1-v2.0.1 reserved 1 GiB.
+    system_reserved_vram: int = 0
+    vllm_default_gpu_memory_utilization: float = 0.92  # vLLM >= 0.20 (0.9 before)
+    vllm_context_overhead: int = 512 * 2**20  # C_pre: CUDA context + cuBLAS of the new process
+    # O: activation peak + non-torch memory (+ CUDA graphs where the version counts them). None: the
+    # fitted model of rules/backends/vllm/runtime.py for each model whose config.json has the MLP's shape, else
+    # RUNTIME_OVERHEAD_FALLBACK; a value: that O for every model (a model's own runtime_overhead wins).
+    vllm_runtime_overhead: int | None = None
+    vllm_version: str = "0.33"  # the rules that differ by version: rules/backends/vllm/runtime.py VLLM_RULES

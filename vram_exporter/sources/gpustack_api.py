@@ -1,0 +1,202 @@
+"""What GPUStack's API says, parsed: workers, models and model instances (gpustack 2.3.0, /v2).
+
+Pure: ``parse_page`` turns one JSON page into typed records; the HTTP client (sources/gpustack_client.py)
+fetches the pages. The records keep only the fields the exporter reads and ignore the rest, since
+GPUStack adds fields between releases. Field meanings (gpustack 2.3.0 ``gpustack/schemas``):
+- workers.py: ``state`` (only ``ready`` takes new instances), ``system_reserved.vram`` (bytes),
+  ``labels``, ``status.gpu_devices[].memory.total`` (bytes) and ``memory.allocated``, the server's own
+  sum of the claims bound to that GPU, computed at each query (``policies/resource_view.py``).
+- models.py: ``Model`` (backend, backend_parameters, env, replicas, gpu_selector.gpu_ids as
+  ``"<worker>:<device>:<index>"``, worker_selector, local_path) and ``ModelInstance`` (state,
+  worker_id, gpu_indexes, computed_resource_claim.vram as ``{"<index>": bytes}``,
+  distributed_servers.subordinate_workers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+PENDING_STATES = frozenset({"pending", "analyzing"})  # not yet bound to a worker: no claim
+
+
+class _ApiRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class GpuMemory(_ApiRecord):
+    total: int = 0
+    allocated: int | None = None
+
+
+class GpuDevice(_ApiRecord):
+    index: int | None = None
+    uuid: str | None = None
+    name: str = ""
+    type: str | None = None
+    memory: GpuMemory | None = None
+
+
+class WorkerStatus(_ApiRecord):
+    gpu_devices: list[GpuDevice] | None = None
+
+
+class SystemReserved(_ApiRecord):
+    vram: int | None = None
+
+
+class Worker(_ApiRecord):
+    id: int
+    name: str
+    hostname: str = ""
+    cluster_id: int | None = None
+    state: str = ""
+    labels: dict[str, str] = {}
+    system_reserved: SystemReserved | None = None
+    status: WorkerStatus | None = None
+
+    @property
+    def gpus(self) -> list[GpuDevice]:
+        return [gpu for gpu in (self.status.gpu_devices or []) if gpu.index is not None] if self.status else []
+
+    @property
+    def reserved_vram(self) -> int:
+        return (self.system_reserved.vram or 0) if self.system_reserved else 0
+
+
+class GpuSelector(_ApiRecord):
+    gpu_ids: list[str] | None = None
+    gpus_per_replica: int | None = None
+
+
+class Model(_ApiRecord):
+    id: int
+    name: str
+    cluster_id: int | None = None
+    backend: str | None = None
+    backend_parameters: list[str] | None = None
+    run_command: str | None = None  # Custom backend: its command line
+    env: dict[str, str] | None = None
+    replicas: int = 1
+    source: str | None = None
+    local_path: str | None = None
+    huggingface_repo_id: str | None = None
+    model_scope_model_id: str | None = None
+    worker_selector: dict[str, str] | None = None
+    gpu_selector: GpuSelector | None = None
+    backend_version: str | None = None
+    image_name: str | None = None
+    placement_strategy: str = "spread"  # spread or binpack: how its scorer ranks candidates
+    categories: list[str] | None = None  # llm, embedding, reranker, ... (GPUStack fills it in when empty)
+    distributed_inference_across_workers: bool | None = None  # None: GPUStack's default, on for vLLM
+    roles: list[Any] | None = None  # prefill/decode disaggregation: not modelled
+    disaggregation: Any = None
+
+    @property
+    def is_vllm(self) -> bool:
+        return (self.backend or "").lower() == "vllm"
+
+    @property
+    def backend_kind(self) -> str | None:
+        """vllm, sglang or custom (the backends the rulebooks judge); None for the others (MindIE, VoxBox)."""
+        kind = (self.backend or "").lower()
+        return kind if kind in ("vllm", "sglang", "custom") else None
+
+
+class ResourceClaim(_ApiRecord):
+    vram: dict[int, int] | None = None  # JSON keys are strings; pydantic turns them into ints
+
+
+class SubordinateWorker(_ApiRecord):
+    worker_id: int | None = None
+    worker_ip: str | None = None  # where its engine listens, with port: its own /metrics
+    port: int | None = None
+    gpu_indexes: list[int] | None = None
+    computed_resource_claim: ResourceClaim | None = None
+
+
+class DistributedServers(_ApiRecord):
+    subordinate_workers: list[SubordinateWorker] | None = None
+
+
+class ModelInstance(_ApiRecord):
+    id: int
+    name: str = ""
+    model_id: int
+    model_name: str = ""
+    state: str = "pending"
+    state_message: str | None = None
+    worker_id: int | None = None
+    worker_ip: str | None = None  # where its engine listens, with port: its own /metrics
+    port: int | None = None
+    gpu_indexes: list[int] | None = None
+    computed_resource_claim: ResourceClaim | None = None
+    distributed_servers: DistributedServers | None = None
+
+    @property
+    def placed(self) -> bool:
+        return self.state not in PENDING_STATES
+
+    @property
+    def stuck(self) -> bool:
+        """Pending with a worker still bound: what a failed re-schedule of a scheduled instance leaves
+        (scheduler.py::_schedule_one clears only its main claim). ``_should_schedule`` wants no worker
+        for a pending instance, so GPUStack never decides it again."""
+        return self.state == "pending" and self.worker_id is not None
+
+    @property
+    def subordinates(self) -> list[SubordinateWorker]:
+        return (self.distributed_servers.subordinate_workers or []) if self.distributed_servers else []
+
+    def claims(self) -> dict[tuple[int, int], int]:
+        """(worker id, GPU index) -> bytes this instance holds, on its worker and its subordinates. Pending
+        instances hold nothing, but for a stuck one's subordinate claims, which GPUStack's resource view
+        still counts (policies/resource_view.py::compute_worker_allocated)."""
+        if not self.placed and not self.stuck:
+            return {}
+        held: dict[tuple[int, int], int] = {}
+        parts = [(self.worker_id, self.computed_resource_claim)]
+        parts += [(sub.worker_id, sub.computed_resource_claim) for sub in self.subordinates]
+        for worker_id, claim in parts:
+            if worker_id is None or claim is None:
+                continue
+            for index, size in (claim.vram or {}).items():
+                held[(worker_id, index)] = held.get((worker_id, index), 0) + size
+        return held
+
+
+Kind = Literal["workers", "models", "model-instances"]
+RECORDS: dict[str, type[_ApiRecord]] = {"workers": Worker, "models": Model, "model-instances": ModelInstance}
+
+
+class ApiFormatError(ValueError):
+    """A page GPUStack sent that does not have the shape of its 2.x API."""
+
+
+def parse_page(kind: Kind, document: Any) -> tuple[list[Any], int]:
+    """The records of one page of ``/v2/<kind>`` and the number of pages."""
+    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
+        raise ApiFormatError(f"/v2/{kind}: expected an object with a list of items")
+    pagination = document.get("pagination") or {}
+    record = RECORDS[kind]
+    records = []
+    for i, item in enumerate(document["items"]):
+        try:
+            records.append(record.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in ("items", i, *first["loc"]))
+            raise ApiFormatError(f"/v2/{kind}: {where}: {first['msg']}") from None
+    pages = pagination.get("totalPage", 1)
+    return records, pages if isinstance(pages, int) and pages > 0 else 1
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStackState:
+    """Everything the exporter reads from GPUStack, from one refresh."""
+
+    workers: tuple[Worker, ...]
+    models: tuple[Model, ...]
+    instances: tuple[ModelInstance, ...]

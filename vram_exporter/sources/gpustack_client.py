@@ -1,0 +1,105 @@
+"""The HTTP edge to a GPUStack server: pages through /v2/workers, /v2/models and /v2/model-instances.
+
+One of the two modules that import aiohttp (the other is app/server.py). Every failure (refused
+connection, timeout, TLS, 401/403, a page that is not GPUStack's JSON) becomes a ``GpuStackError``
+whose message says what to fix; the caller keeps serving its last good view.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import aiohttp
+
+from .gpustack_api import ApiFormatError, GpuStackState, Kind, parse_page
+
+PER_PAGE = 100  # GPUStack's default; -1 ("all") is refused by 2.x
+MAX_PAGES = 1000
+
+
+class GpuStackError(Exception):
+    """GPUStack could not be read; the message is meant for the operator."""
+
+
+def read_api_key(path: Path | str) -> str:
+    """The key file holds the key alone (GPUStack shows it once, when it is created)."""
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise GpuStackError(f"cannot read the GPUStack API key file {path}: {exc.strerror}") from None
+    if not key:
+        raise GpuStackError(f"the GPUStack API key file {path} is empty")
+    return key
+
+
+class GpuStackClient:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0,
+                 verify_tls: bool = True, ca_file: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file:
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+        elif not verify_tls:
+            self._ssl = False
+        self._session: aiohttp.ClientSession | None = None
+
+    async def read(self) -> GpuStackState:
+        workers = await self._all("workers")
+        models = await self._all("models")
+        instances = await self._all("model-instances")
+        return GpuStackState(tuple(workers), tuple(models), tuple(instances))
+
+    async def _all(self, kind: Kind) -> list:
+        records: list = []
+        page, pages = 1, 1
+        while page <= pages and page <= MAX_PAGES:
+            document = await self._get(f"/v2/{kind}", page)
+            try:
+                items, pages = parse_page(kind, document)
+            except ApiFormatError as exc:
+                raise GpuStackError(f"{self.url}: not GPUStack 2.x's API: {exc}") from None
+            records.extend(items)
+            page += 1
+        return records
+
+    async def _get(self, path: str, page: int):
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        url = f"{self.url}{path}"
+        try:
+            async with self._session.get(url, params={"page": page, "perPage": PER_PAGE}, ssl=self._ssl) as response:
+                if response.status in (401, 403):
+                    raise GpuStackError(f"GPUStack refused the API key ({response.status} on {path}): check "
+                                        "--gpustack.api-key-file (a key with management scope)")
+                if response.status != 200:
+                    text = (await response.text())[:200]
+                    hint = "; is this a GPUStack 2.x server?" if response.status == 404 else ""
+                    raise GpuStackError(f"GET {url}: HTTP {response.status}: {text}{hint}")
+                return await response.json(content_type=None)
+        except GpuStackError:
+            raise
+        except TimeoutError:
+            raise GpuStackError(f"GET {url}: no answer within {self._timeout.total:g}s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise GpuStackError(f"GET {url}: TLS certificate not trusted ({exc.certificate_error}); give "
+                                "--gpustack.tls.ca-file") from None
+        except aiohttp.ClientError as exc:
+            raise GpuStackError(f"GET {url}: {exc}") from None
+        except ValueError as exc:  # the body is not JSON
+            raise GpuStackError(f"GET {url}: not JSON ({exc}); is this a GPUStack 2.x server?") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def read_once(client: GpuStackClient) -> GpuStackState:
+    """One read, for ``vram-exporter check``."""
+    try:
+        return await client.read()
+    finally:
+        await client.close()

@@ -1,0 +1,367 @@
+"""GPUStack as the source of the models: what its API says, turned into what the rulebooks read.
+
+``build_view`` is pure but for reading model directories (injected): from one ``GpuStackState`` it
+makes
+- the node view: this node's worker (matched by name or hostname), its ``system_reserved``, the
+  claims of the instances bound to its GPUs, and the models it could take, as the same
+  models, settings and bookings a manifest file gives (``NodeModels``) (so every per-node metric works unchanged);
+- the cluster view: for every model, GPUStack's own verdict (its pending instances) next to ours
+  (rules/cluster/replay.py replays the scheduler over all workers), and per GPU of this worker GPUStack's own
+  ``memory.allocated`` next to our claimed bytes.
+
+Weights sizes are not in GPUStack's API: they come from the model's ``local_path`` when this node
+can read it, or from the overlay manifest (``--manifest``: same format, matched by model name).
+A model with neither is reported with ``vram_model_size_known 0``, never guessed.
+
+``GpuStackSource`` refreshes the view in the background; a failed refresh keeps the last good view
+and shows as ``vram_exporter_collect_success{collector="gpustack"} 0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import BadInput, ModelError
+from .manifest import LoadedManifest, NodeModels, read_model_directory
+from ..rules import backends
+from ..rules.cluster import replay
+from ..rules.cluster import paths as gpustack_paths
+from ..rules.model import Architecture, Cluster, ModelSpec
+from ..rules.flags import executor_is_mp
+from . import vllm_instance
+from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
+
+log = logging.getLogger(__name__)
+
+ModelReader = Callable[[Path], tuple[dict[str, Any], int]]  # directory -> (config.json, weights bytes); BadInput
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVerdict:
+    """One GPUStack model: GPUStack's verdict and ours."""
+
+    name: str
+    replicas: int
+    gpustack_pending: int
+    predicted_pending: int | None  # None: not evaluated (see note)
+    size_known: bool | None  # None: not a vLLM model, the rulebooks do not apply
+    note: str = ""  # why it is not evaluated, or why an instance stays pending
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStackView:
+    worker: Worker | None  # this node's worker; None: not found (node view empty)
+    node_models: NodeModels | None  # this worker's models, judged as a manifest's would be
+    verdicts: tuple[ModelVerdict, ...] = ()
+    allocated: Mapping[int, int] = field(default_factory=dict)  # GPU index -> GPUStack's memory.allocated
+
+
+def build_view(state: GpuStackState, *, worker_name: str | None, source: str, overlay: LoadedManifest | None = None,
+               read_model: ModelReader = read_model_directory) -> GpuStackView:
+    worker = find_worker(state.workers, worker_name)
+    specs, unknown = _specs(state.models, overlay, read_model)
+    requests = _requests(state, specs)
+    verdicts = replay_state(state, requests, overlay)
+    # Ties go to the worker GPUStack lists first, and it lists them in no fixed order: decide again
+    # with the order reversed and flag every model whose pending count then differs.
+    other_order = (replay.pending_counts(replay_state(state, requests, overlay, reverse_order=True))
+                   if any(not i.placed for i in state.instances) else replay.pending_counts(verdicts))
+    return GpuStackView(
+        worker=worker,
+        node_models=(replace(_node_models(worker, state, specs, requests, overlay, source),
+                             predicted=_predicted_here(worker, state, verdicts)) if worker else None),
+        verdicts=_verdicts(state, specs, unknown, verdicts, other_order),
+        allocated=_allocated(worker),
+    )
+
+
+def replay_state(state: GpuStackState, requests: Mapping[str, replay.Request], overlay: LoadedManifest | None = None,
+                 *, reverse_order: bool = False) -> dict[int, replay.Verdict]:
+    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed."""
+    models = {m.id: m for m in state.models}
+    instances = [i for i in (_instance(inst, models) for inst in state.instances) if i is not None]
+    return replay.replay([_worker_gpus(w) for w in state.workers], requests, instances,
+                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order)
+
+
+def _requests(state: GpuStackState, specs: Mapping[str, ModelSpec]) -> dict[str, replay.Request]:
+    return {m.name: _request(m, specs[m.name], state.workers) for m in state.models if m.name in specs}
+
+
+def find_worker(workers: Sequence[Worker], name: str | None) -> Worker | None:
+    """The worker named ``name``, else the one whose hostname it is (GPUStack names workers after
+    their hostname unless told otherwise); None for a cluster-only exporter (``name`` None)."""
+    if name is None:
+        return None
+    return (next((w for w in workers if w.name == name), None)
+            or next((w for w in workers if w.hostname == name), None))
+
+
+def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: ModelReader,
+           ) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """Rulebook input per vLLM model, and why it is missing for the others."""
+    given = {spec.name: spec for spec in overlay.models} if overlay else {}
+    specs, unknown = {}, {}
+    for model in models:
+        if model.backend_kind is None:
+            continue
+        if model.roles or model.disaggregation:
+            unknown[model.name] = NotModelled("prefill/decode roles are not modelled")
+            continue
+        try:
+            spec = _spec(model, given.get(model.name), read_model)
+        except BadInput as exc:  # config.json unreadable or wrong, weights size unknown
+            unknown[model.name] = str(exc)
+            continue
+        if _claims_without_gmu(model, spec):
+            unknown[model.name] = NotModelled(f"a {'/'.join(model.categories or [])} model: GPUStack does not read "
+                                              "--gpu-memory-utilization for it and claims the estimate instead; "
+                                              "not modelled")
+            continue
+        specs[model.name] = spec
+    return specs, unknown
+
+
+# vllm_resource_fit_selector.py::_disable_gpu_memory_utilization: vLLM takes no share of the card for
+# models outside these categories, but for these architectures (Qwen3 embedding and reranker).
+_GMU_CATEGORIES = frozenset({"llm", "speech_to_text"})
+_GMU_ARCHITECTURES = frozenset({"Qwen3ForCausalLM", "Qwen3ForSequenceClassification",
+                                "Qwen3VLForConditionalGeneration", "Qwen3VLForSequenceClassification"})
+
+
+class NotModelled(str):
+    """Why a model is not judged when its size is not the reason (vram_model_size_known stays absent)."""
+
+
+def _claims_without_gmu(model: Model, spec: ModelSpec) -> bool:
+    if model.backend_kind != "vllm" or not model.categories:
+        return False
+    if any(category.lower() in _GMU_CATEGORIES for category in model.categories):
+        return False
+    return not _GMU_ARCHITECTURES & set(spec.arch.architectures)
+
+
+def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> ModelSpec:
+    if given is not None:
+        weights, arch, max_len, overhead = given.weights_bytes, given.arch, given.max_model_len, given.runtime_overhead
+    elif model.local_path:
+        config, weights = read_model(Path(model.local_path))
+        arch, max_len, overhead = Architecture.from_config(config), None, None
+    else:
+        where = model.huggingface_repo_id or model.model_scope_model_id or model.source or "its source"
+        raise ModelError(f"weights size unknown: {where} is not a local path this node can read; give the model "
+                         "in the overlay manifest (--manifest) with weights_bytes and config")
+    return ModelSpec(name=model.name, weights_bytes=weights, arch=arch,
+                     backend_parameters=tuple(model.backend_parameters or ()), env=dict(model.env or {}),
+                     max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead,
+                     backend=model.backend_kind or "vllm", run_command=model.run_command)
+
+
+def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request:
+    """The workers (and GPUs) the scheduler may use for this model."""
+    selector = model.worker_selector or {}
+    allowed = frozenset(w.id for w in workers if w.cluster_id == model.cluster_id
+                        and all(w.labels.get(k) == v for k, v in selector.items()))
+    gpu_ids = (model.gpu_selector.gpu_ids or []) if model.gpu_selector else []
+    distributed = model.distributed_inference_across_workers
+    return replay.Request(
+        spec, allowed, gpustack_paths.selection_of(gpu_ids) if gpu_ids else None, len(gpu_ids),
+        model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
+        "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
+        True if distributed is None else distributed,
+        _executor_mp(model))
+
+
+def _executor_mp(model: Model) -> bool:
+    return executor_is_mp(model.backend_parameters, model.backend_version, model.image_name)
+
+
+def _instance(inst: ModelInstance, models: Mapping[int, Model]) -> replay.Instance | None:
+    model = models.get(inst.model_id)
+    if model is None:
+        return None
+    return replay.Instance(inst.id, model.name, inst.placed, inst.claims(), distributed=bool(inst.subordinates),
+                           worker=inst.worker_id, backend=(model.backend or "").lower(), stuck=inst.stuck)
+
+
+def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
+    return replay.WorkerGpus(
+        worker.id, worker.name, {gpu.index: gpu.memory.total if gpu.memory else 0 for gpu in worker.gpus},
+        worker.reserved_vram, worker.state == "ready")
+
+
+def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str],
+              verdicts: Mapping[int, replay.Verdict], other_order: Mapping[str, int]) -> tuple[ModelVerdict, ...]:
+    out = []
+    predicted = replay.pending_counts(verdicts)
+    by_model: dict[str, list[replay.Verdict]] = {}
+    for verdict in verdicts.values():
+        by_model.setdefault(verdict.model, []).append(verdict)
+    for model in sorted(state.models, key=lambda m: m.name):
+        instances = [i for i in state.instances if i.model_id == model.id]
+        pending = sum(1 for i in instances if i.state == "pending")
+        judged = model.backend_kind is not None
+        size_known = (model.name in specs if judged and not isinstance(unknown.get(model.name), NotModelled)
+                      else None)
+        evaluated = model.name in specs
+        if not judged:
+            note = f"backend {model.backend} is not vLLM, SGLang or Custom: the rulebooks do not apply"
+        elif model.name in unknown:
+            note = unknown[model.name]
+        else:
+            note = next((v.reason for v in sorted(by_model.get(model.name, []), key=lambda v: v.instance)
+                         if not v.placed), "")
+        if evaluated and other_order.get(model.name, 0) != predicted.get(model.name, 0):
+            note = (f"{predicted.get(model.name, 0)} pending with GPUStack's workers in id order, "
+                    f"{other_order.get(model.name, 0)} in the reverse order: which worker wins a tie is not fixed "
+                    f"in GPUStack. {note}").strip()
+        out.append(ModelVerdict(model.name, model.replicas, pending,
+                                predicted.get(model.name, 0) if evaluated else None, size_known, note))
+    return tuple(out)
+
+
+def _predicted_here(worker: Worker, state: GpuStackState, verdicts: Mapping[int, replay.Verdict]) -> dict[int, int]:
+    """What the pending instances our replay places on this worker would claim on each of its GPUs."""
+    pending = {i.id for i in state.instances if not i.placed}
+    predicted: dict[int, int] = {}
+    for instance, verdict in verdicts.items():
+        if instance in pending and verdict.placed:
+            for (worker_id, index), size in verdict.claims.items():
+                if worker_id == worker.id:
+                    predicted[index] = predicted.get(index, 0) + size
+    return predicted
+
+
+def _allocated(worker: Worker | None) -> dict[int, int]:
+    if worker is None:
+        return {}
+    return {gpu.index: gpu.memory.allocated for gpu in worker.gpus
+            if gpu.memory is not None and gpu.memory.allocated is not None}
+
+
+def _metrics_url(instance: ModelInstance) -> str | None:
+    """A running instance's own vLLM /metrics, from GPUStack's API (its worker_ip and port)."""
+    if instance.state != "running":
+        return None
+    return vllm_instance.metrics_url({}, {"worker_ip": instance.worker_ip, "port": instance.port})
+
+
+def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, ModelSpec],
+                 requests: Mapping[str, replay.Request], overlay: LoadedManifest | None,
+                 source: str) -> NodeModels:
+    """This worker as a manifest would describe it: the models it could take (their pending instances), the model
+    it runs (placed_on, with GPUStack's actual claims), and the claims of everything else bound here."""
+    booked: dict[int, int] = {}
+    models: list[ModelSpec] = []
+    for model in sorted(state.models, key=lambda m: m.id):
+        if model.cluster_id != worker.cluster_id:
+            continue
+        instances = sorted((i for i in state.instances if i.model_id == model.id), key=lambda i: i.id)
+        here = [(i, _claims_on(i, worker.id)) for i in instances]
+        here = [(i, claims) for i, claims in here if claims]
+        pending = [i for i in instances if not i.placed]
+        request = requests.get(model.name)
+        spec = _sized(specs.get(model.name), request, state.workers)
+        if spec is not None and request is not None and pending and worker.id in request.workers:
+            pinned = None if request.selection is None else request.selection.get(worker.name)
+            if request.selection is None or pinned:
+                models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned))
+        elif spec is not None and here and here[0][0].worker_id == worker.id and not here[0][0].subordinates:
+            instance, claims = here.pop(0)
+            models.append(replace(spec, placed_on=tuple(sorted(claims)), placed_claims=claims, replicas=1,
+                                  metrics_url=spec.metrics_url or _metrics_url(instance)))
+        for _, claims in here:  # every instance bound here that is not shown as a model above
+            for index, size in claims.items():
+                booked[index] = booked.get(index, 0) + size
+    base = overlay.cluster if overlay else Cluster()
+    cluster = replace(base, system_reserved_vram=worker.reserved_vram)
+    return NodeModels(f"GPUStack {source}, worker {worker.name}", cluster, tuple(models), booked)
+
+
+def _sized(spec: ModelSpec | None, request: replay.Request | None, workers: Sequence[Worker]) -> ModelSpec | None:
+    """An SGLang model with the smallest GPU of its workers: GPUStack sizes its fraction for that card."""
+    if spec is None or request is None or spec.backend != "sglang":
+        return spec
+    usable = [w for w in workers if w.id in request.workers and w.state == "ready"
+              and (request.selection is None or w.name in request.selection)]
+    pinned = None if request.selection is None else {w.id: request.selection[w.name] for w in usable}
+    totals = {w.id: _worker_gpus(w).totals for w in usable}
+    return replace(spec, sizing_total=backends.smallest_total(totals, pinned))
+
+
+def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:
+    return {index: size for (wid, index), size in inst.claims().items() if wid == worker_id}
+
+
+class StateReader(Protocol):
+    async def read(self) -> GpuStackState: ...
+
+    async def close(self) -> None: ...
+
+
+class GpuStackSource:
+    """Keeps the last good GpuStackView, refreshed every ``interval`` seconds."""
+
+    def __init__(self, client: StateReader, *, worker_name: str | None, source: str,
+                 overlay: Callable[[], LoadedManifest | None] = lambda: None,
+                 read_model: ModelReader = read_model_directory) -> None:
+        self._client = client
+        self._worker_name = worker_name
+        self._source = source
+        self._overlay = overlay
+        self._read_model = read_model
+        self.view: GpuStackView | None = None
+        self.success = False
+        self.duration_seconds = 0.0
+        self.last_success_timestamp = 0.0
+        self._last_error: str | None = None
+        self._worker_missing_logged = False
+
+    async def refresh(self) -> bool:
+        started = time.perf_counter()
+        try:
+            state = await self._client.read()
+            # Off the event loop: it reads model directories and replays the whole cluster.
+            view = await asyncio.to_thread(build_view, state, worker_name=self._worker_name, source=self._source,
+                                           overlay=self._overlay(), read_model=self._read_model)
+        except Exception as exc:  # noqa: BLE001 - whatever GPUStack sends, the exporter keeps serving
+            self._failed(exc)
+            return False
+        finally:
+            self.duration_seconds = time.perf_counter() - started
+        self.view = _keep_identity(self.view, view)
+        self.success, self.last_success_timestamp = True, time.time()
+        if self._last_error is not None:
+            log.info("GPUStack read again after: %s", self._last_error)
+            self._last_error = None
+        self._log_worker(view)
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self.success = False
+        message = str(exc) or type(exc).__name__
+        if message != self._last_error:  # once per distinct problem, not at every refresh
+            log.error("GPUStack refresh failed, keeping the last good view: %s", message)
+            self._last_error = message
+
+    def _log_worker(self, view: GpuStackView) -> None:
+        if view.worker is None and self._worker_name is not None and not self._worker_missing_logged:
+            log.warning("no GPUStack worker is named %r or has that hostname: per-node fit metrics are off "
+                        "(set --gpustack.worker-name)", self._worker_name)
+        self._worker_missing_logged = view.worker is None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _keep_identity(old: GpuStackView | None, new: GpuStackView) -> GpuStackView:
+    """The previous node models object when nothing in it changed: the planner recognises it at once."""
+    if old is not None and old.node_models is not None and old.node_models == new.node_models:
+        return replace(new, node_models=old.node_models)
+    return new

@@ -1,0 +1,283 @@
+"""The manifest: the models a team runs or wants to run, and the cluster's settings (DESIGN.md section 5).
+
+Validated by pydantic with unknown keys rejected; every error names the file, the
+line and the field. ``load_manifest`` also resolves each model given by ``path``
+(a local Hugging Face directory: config.json and the weight files' sizes, counted
+exactly as GPUStack counts them), so the rulebooks receive plain values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from ..rules.gpustack import ENV_CLAIM
+from ..rules.model import Architecture, Cluster, ModelSpec
+from ..rules.flags import parse_model_len
+from ..units import parse_size
+from ..errors import BadInput
+from .yamlfile import InputFileError, Strict, field_path, load_located
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Utilization = Annotated[float, Field(gt=0, le=1)]
+
+# Root-level files with these extensions are the weights, as GPUStack 2.3.0 counts them. From a local
+# directory every one counts, consolidated.safetensors too (gpustack/scheduler/calculator.py::
+# calculate_llm_model_weight_size); from a Hugging Face or ModelScope listing consolidated.safetensors
+# is left out, "usually a duplicate of other weight files" (gpustack/utils/hub.py::get_model_weight_size).
+WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+EXCLUDED_FROM_HUB_LISTING = ("consolidated.safetensors",)
+WeightsFrom = Literal["local", "huggingface", "modelscope"]
+
+
+class ClusterSettings(Strict):
+    scheduler: Literal["gpustack", "gpustack-0.6"] = "gpustack"
+    system_reserved_vram: Size = 0
+    vllm_default_gpu_memory_utilization: Utilization = 0.92
+    vllm_context_overhead: Size = 512 * 2**20
+    vllm_runtime_overhead: Size | None = None  # None: fitted per model (rules/backends/vllm/runtime.py), else 1 GiB
+    vllm_version: Literal["0.26", "0.33"] = "0.33"  # rules that differ: rules/backends/vllm/runtime.py VLLM_RULES
+
+    @field_validator("system_reserved_vram")
+    @classmethod
+    def _whole_gib(cls, value: int) -> int:
+        # GPUStack's --system-reserved takes whole GiB for VRAM.
+        if value % 2**30:
+            raise ValueError("GPUStack reserves VRAM in whole GiB (--system-reserved '{\"vram\": N}')")
+        return value
+
+    def to_cluster(self) -> Cluster:
+        return Cluster(**self.model_dump())
+
+class ModelEntry(Strict):
+    name: str = Field(min_length=1)
+    path: str | None = None
+    # Where GPUStack sizes the model from: a local directory (local_path), or a hub's file listing.
+    weights_from: WeightsFrom = "local"
+    weights_bytes: Size | None = None
+    config: dict[str, Any] | None = None
+    max_model_len: int | str | None = None
+    backend_parameters: list[str] = []
+    env: dict[str, str] = {}
+    placed_on: list[Annotated[int, Field(ge=0)]] | None = None
+    pinned_gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    replicas: int = Field(default=1, ge=1)
+    runtime_overhead: Size | None = None
+    # A running model's own vLLM /metrics: its real KV cache is shown next to the prediction.
+    metrics_url: str | None = None
+    # Which GPUStack selector places it and which engine's rules apply (GPUStack's backend field).
+    backend: Literal["vllm", "sglang", "custom"] = "vllm"
+    run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
+    # With the manifest's workers (a cluster): the worker placed_on / pinned_gpus refer to, GPUStack's
+    # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
+    worker: str | None = None
+    gpu_ids: list[str] = []
+    worker_selector: dict[str, str] = {}
+    placement_strategy: Literal["spread", "binpack"] = "spread"
+    distributed_inference_across_workers: bool = True
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                    for k, v in value.items()}
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _claim_is_bytes(cls, env: dict[str, str]) -> dict[str, str]:
+        claim = env.get(ENV_CLAIM)
+        if claim is not None and not claim.strip().isdigit():
+            raise ValueError(f"{ENV_CLAIM} must be a whole number of bytes, as GPUStack reads it "
+                             f"(it silently ignores anything else), got {claim!r}")
+        return env
+
+    @field_validator("max_model_len")
+    @classmethod
+    def _model_len(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str):
+            parse_model_len(value)
+        elif isinstance(value, int) and value <= 0 and value != -1:
+            raise ValueError("max_model_len must be positive (or -1 / 'auto')")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        inline = self.weights_bytes is not None or self.config is not None
+        if self.path is not None and inline:
+            raise ValueError("give either path (a local model directory) or weights_bytes with config, not both")
+        if self.path is None and (self.weights_bytes is None or self.config is None):
+            raise ValueError("a model needs path (a local model directory), or both weights_bytes and config")
+        if self.placed_on is not None and self.pinned_gpus is not None:
+            raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
+        if self.metrics_url is not None and self.placed_on is None:
+            raise ValueError("metrics_url is a running vLLM's /metrics: it needs placed_on")
+        if self.run_command is not None and self.backend != "custom":
+            raise ValueError("run_command is a custom backend's command line: it needs backend: custom")
+        if self.metrics_url is not None and not self.metrics_url.startswith(("http://", "https://")):
+            raise ValueError(f"metrics_url must be an http:// or https:// URL, got {self.metrics_url!r}")
+        if self.weights_from != "local" and self.path is None:
+            raise ValueError("weights_from says how the files under path are counted: it needs path")
+        return self
+
+class WorkerEntry(Strict):
+    """One GPUStack worker of a manifest's cluster: what ``vram-exporter check`` places models on."""
+
+    name: str = Field(min_length=1)
+    gpus: list[Size] = Field(min_length=1)  # each GPU's memory total as the worker reports it (e.g. 81559MiB)
+    system_reserved_vram: Size | None = None  # None: the cluster's
+    labels: dict[str, str] = {}
+
+
+class Manifest(Strict):
+    cluster: ClusterSettings = ClusterSettings()
+    # GPUStack's workers: with them, `check` answers where GPUStack would place each model in the
+    # whole cluster (its candidate search over every worker), not only on this node.
+    workers: list[WorkerEntry] = []
+    models: list[ModelEntry] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Manifest:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} appears twice")
+            seen.add(model.name)
+        workers = {w.name: w for w in self.workers}
+        if len(workers) != len(self.workers):
+            raise ValueError("two workers have the same name")
+        for model in self.models:
+            _check_cluster_fields(model, workers)
+        return self
+
+
+def _check_cluster_fields(model: ModelEntry, workers: Mapping[str, WorkerEntry]) -> None:
+    """The cluster fields of a model name workers and GPUs the manifest has."""
+    uses = model.worker or model.gpu_ids or model.worker_selector
+    if uses and not workers:
+        raise ValueError(f"model {model.name!r}: worker, gpu_ids and worker_selector need the manifest's workers")
+    if not workers:
+        return
+    if model.worker is not None and model.worker not in workers:
+        raise ValueError(f"model {model.name!r}: worker {model.worker!r} is not among the manifest's workers")
+    if (model.placed_on is not None or model.pinned_gpus is not None) and model.worker is None and len(workers) > 1:
+        raise ValueError(f"model {model.name!r}: with several workers, placed_on and pinned_gpus need `worker`")
+    if model.gpu_ids and model.pinned_gpus is not None:
+        raise ValueError(f"model {model.name!r}: give gpu_ids or pinned_gpus, not both")
+    worker = workers[model.worker] if model.worker else next(iter(workers.values()))
+    for index in (model.placed_on or []) + (model.pinned_gpus or []):
+        if index >= len(worker.gpus):
+            raise ValueError(f"model {model.name!r}: worker {worker.name!r} has no GPU {index}")
+    for gpu_id in model.gpu_ids:
+        name, _, index = gpu_id.rpartition(":")
+        name = name.rpartition(":")[0]
+        if name not in workers or not index.isdigit() or int(index) >= len(workers[name].gpus):
+            raise ValueError(f"model {model.name!r}: gpu_ids entry {gpu_id!r} names no GPU of the manifest's "
+                             "workers (the form is <worker>:cuda:<index>)")
+
+@dataclass(frozen=True, slots=True)
+class LoadedManifest:
+    """A manifest file, validated and resolved."""
+
+    path: Path
+    cluster: Cluster
+    models: tuple[ModelSpec, ...]
+    booked: Mapping[int, int] = field(default_factory=dict)  # claims of instances not among the models
+    workers: tuple[WorkerEntry, ...] = ()  # the cluster, when the manifest describes one
+    entries: tuple[ModelEntry, ...] = ()  # the models as written (their cluster fields)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeModels:
+    """The models judged on this node and the settings they are judged with, when they come from
+    somewhere else than a manifest file (GPUStack's API): the same three values as a manifest."""
+
+    origin: str  # where they were read, for a person
+    cluster: Cluster
+    models: tuple[ModelSpec, ...]
+    booked: Mapping[int, int] = field(default_factory=dict)
+    # What the candidates would add per GPU, decided over the whole cluster (GPUStack may put a pending
+    # instance on another worker): replaces the node's own placement of them in the bookings.
+    predicted: Mapping[int, int] | None = None
+
+def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
+    """Validate and resolve a manifest; InputFileError lists every problem with its line. ``cluster``:
+    the reader places models over the manifest's workers (`check`); the exporter judges its own node
+    and refuses them rather than book models running elsewhere on its GPUs."""
+    path = Path(path)
+    manifest, line_of = load_located(Manifest, path)
+    problems: list[tuple[int | None, str, str]] = []
+    if manifest.workers and not cluster:
+        problems.append((line_of(("workers",)), "workers", "a manifest's workers (a whole cluster) are read by "
+                         "`vram-exporter check`; `serve` judges its own node: give it a manifest without workers"))
+    models = []
+    for i, entry in enumerate(manifest.models):
+        try:
+            models.append(_resolve(entry, path.parent))
+        except _FieldError as exc:
+            loc = ("models", i, exc.field)
+            problems.append((line_of(loc), field_path(loc), str(exc)))
+    if problems:
+        raise InputFileError(path, problems)
+    return LoadedManifest(path, manifest.cluster.to_cluster(), tuple(models), workers=tuple(manifest.workers),
+                          entries=tuple(manifest.models))
+
+class _FieldError(BadInput):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
+    if entry.path is not None:
+        directory = (base / entry.path).expanduser()
+        config, weights = read_model_directory(directory, entry.weights_from)
+        source_field = "path"
+    else:
+        config, weights, source_field = entry.config, entry.weights_bytes, "config"
+    try:
+        arch = Architecture.from_config(config)
+    except ValueError as exc:
+        raise _FieldError(source_field, str(exc)) from None
+    max_len = parse_model_len(entry.max_model_len) if isinstance(entry.max_model_len, str) else entry.max_model_len
+    return ModelSpec(
+        name=entry.name, weights_bytes=weights, arch=arch,
+        backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
+        placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
+        runtime_overhead=entry.runtime_overhead, metrics_url=entry.metrics_url,
+        backend=entry.backend, run_command=entry.run_command,
+    )
+
+def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
+
+def read_model_directory(directory: Path, weights_from: WeightsFrom = "local") -> tuple[dict[str, Any], int]:
+    """config.json and the weights' size, counted as GPUStack does for ``weights_from``."""
+    config_file = directory / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _FieldError("path", f"{config_file} does not exist (path must be a Hugging Face model directory)") from None
+    except (OSError, ValueError) as exc:
+        raise _FieldError("path", f"cannot read {config_file}: {exc}") from None
+    if not isinstance(config, dict):
+        raise _FieldError("path", f"{config_file} is not a JSON object")
+    weights = weight_files_size(directory, weights_from)
+    if weights == 0:
+        raise _FieldError("path", f"{directory} has no weight files ({', '.join(WEIGHT_EXTENSIONS)}) at its root")
+    return config, weights
+
+def weight_files_size(directory: Path, weights_from: WeightsFrom = "local") -> int:
+    """Sum of the root-level weight files' sizes, as GPUStack counts them (sparse files count in full;
+    symbolic links are followed, as os.scandir's is_file and stat do)."""
+    excluded = () if weights_from == "local" else EXCLUDED_FROM_HUB_LISTING
+    return sum(
+        entry.stat().st_size
+        for entry in directory.iterdir()
+        if entry.is_file() and entry.name.endswith(WEIGHT_EXTENSIONS) and entry.name not in excluded
+    )

@@ -1,0 +1,72 @@
+"""NVML read off the event loop, with a time limit: a hung driver never hangs a scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from .nvml import NvmlReader
+from ..snapshot import GpuReading, NodeSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class NvmlSampler:
+    """Snapshots from one NvmlReader, one read at a time."""
+
+    def __init__(self, reader: NvmlReader, timeout: float = 5.0) -> None:
+        self._reader = reader
+        self._timeout = timeout
+        # One thread: a hung NVML call holds it, and every scrape meanwhile joins
+        # the read in flight instead of piling more threads onto the driver.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._inflight: asyncio.Future[NodeSnapshot] | None = None
+        self._last_gpus: tuple[GpuReading, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return self._reader.source
+
+    async def snapshot(self) -> NodeSnapshot:
+        """A fresh snapshot; on timeout or NVML failure, the last known GPUs marked down."""
+        started = time.perf_counter()
+        if self._inflight is None or self._inflight.done():
+            loop = asyncio.get_running_loop()
+            self._inflight = asyncio.ensure_future(loop.run_in_executor(self._pool, self._reader.read))
+        try:
+            snap = await asyncio.wait_for(asyncio.shield(self._inflight), self._timeout)
+        except TimeoutError:
+            log.warning("NVML read did not finish within %.1fs", self._timeout)
+            snap = NodeSnapshot(driver_version="", error="TIMEOUT", source=self.source)
+        snap = replace(snap, duration_seconds=time.perf_counter() - started)
+        return self._remember(snap)
+
+    def _remember(self, snap: NodeSnapshot) -> NodeSnapshot:
+        if snap.ok:
+            self._last_gpus = snap.gpus
+            return snap
+        # Keep GPUs seen before on the page as down, so vram_gpu_up goes to 0
+        # instead of the series vanishing when the driver stops answering.
+        down = tuple(replace(g, memory=None, processes=(), error=snap.error) for g in self._last_gpus)
+        return replace(snap, gpus=down)
+
+
+    def close(self) -> None:
+        self._reader.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class NoNvmlReader:
+    """The reader of an exporter that reads no GPU (--no-collector.nvml: a cluster-only exporter that
+    exports GPUStack's cluster-wide series from a host that is not a GPU node)."""
+
+    source = "none (--no-collector.nvml)"
+
+    def read(self) -> NodeSnapshot:
+        return NodeSnapshot(driver_version="", source=self.source)
+
+    def close(self) -> None:
+        pass

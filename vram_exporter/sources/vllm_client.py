@@ -1,0 +1,73 @@
+"""The HTTP edge to running vLLM instances: each running model's own /metrics, read in the background.
+
+The third module that imports aiohttp (with app/server.py and sources/gpustack_client.py). Every
+``--vllm.metrics-interval`` seconds each running model with a ``metrics_url`` is read (never on the
+scrape path); its ``vllm:cache_config_info`` gives the KV cache the engine really allocated
+(sources/vllm_instance.py). A vLLM that does not answer, answers with an error, or is not up yet is shown as
+``vram_model_vllm_instance_up 0`` with its last reading dropped, never as a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..rules.model import ModelSpec
+from .vllm_instance import CacheConfigInfo, parse_cache_config_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReading:
+    url: str
+    info: CacheConfigInfo | None  # None: no usable answer this time
+    error: str | None = None
+
+    @property
+    def instance(self) -> str:
+        """host:port, the label the series carry (Prometheus's own ``instance`` is the exporter)."""
+        return urlsplit(self.url).netloc
+
+
+class VllmInstances:
+    """The last reading of each running model's vLLM, by model name."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._readings: dict[str, InstanceReading] = {}
+        self._errors_logged: dict[str, str] = {}
+
+    @property
+    def readings(self) -> Mapping[str, InstanceReading]:
+        return self._readings
+
+    async def refresh(self, models: Iterable[ModelSpec]) -> None:
+        wanted = {m.name: m.metrics_url for m in models if m.placed and m.metrics_url}
+        async with aiohttp.ClientSession(timeout=self._timeout) as session:
+            results = await asyncio.gather(*(self._read(session, url) for url in wanted.values()))
+        readings = dict(zip(wanted, results, strict=True))
+        for name, reading in readings.items():
+            if reading.error and self._errors_logged.get(name) != reading.error:
+                log.warning("vLLM of model %s at %s: %s", name, reading.url, reading.error)  # once per new error
+            self._errors_logged[name] = reading.error or ""
+        self._readings = readings  # one assignment: a scrape sees the old readings or the new
+
+    async def _read(self, session: aiohttp.ClientSession, url: str) -> InstanceReading:
+        try:
+            async with session.get(url) as response:
+                if response.status != 200:
+                    return InstanceReading(url, None, f"HTTP {response.status}")
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return InstanceReading(url, None, f"cannot read it: {exc.__class__.__name__}: {exc}")
+        try:
+            infos = await asyncio.to_thread(parse_cache_config_info, text)
+        except ValueError as exc:
+            return InstanceReading(url, None, str(exc))
+        return InstanceReading(url, infos[0])
