@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	@echo
-	@echo "vram-exporter demo: the seed scenario of DESIGN.md (Qwen2.5-1.5B on a 6 GiB RTX A2000, 1 GiB"
+	@echo "vram-exporter demo: the seed scenario of docs/design.md (Qwen2.5-1.5B on a 6 GiB RTX A2000, 1 GiB"
 	@echo "reserved) replayed from examples/seed/: GPUStack would leave the model Pending."
 	@echo "  browser:    http://localhost$(LISTEN)/   (the explain page: why, and which knob fixes it)"
 	@echo "  metrics:    curl http://localhost$(LISTEN)/metrics"

@@ -38,7 +38,7 @@ def write(path, header, doc):
 seed = {"driver_version": "580.159.04", "gpus": [
     gpu(0, "NVIDIA RTX A2000", 6138 * MIB, 0, [], bus="00000000:01:00.0",
         uuid="GPU-5eed0a20-0000-4a20-8c1e-000000006138")]}
-seed_header = ("The seed scenario of DESIGN.md section 4: an RTX A2000 with 6 GiB (NVML total 6138 MiB),\n"
+seed_header = ("The seed scenario of docs/design.md: an RTX A2000 with 6 GiB (NVML total 6138 MiB),\n"
                "headless, nothing running.")
 write("examples/seed/fixture.yaml", seed_header, seed)
 write("tests/fixtures/seed-a2000.yaml", seed_header, seed)
