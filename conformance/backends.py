@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 
+from vram_exporter.rules import backends
 from vram_exporter.rules.model import Architecture, Cluster, ModelSpec
 from vram_exporter.rules.node import fit_node
 from vram_exporter.snapshot import GpuReading, MemoryReading, NodeSnapshot
@@ -105,13 +106,12 @@ def ours(s: dict) -> dict:
     fit = fit_node(snapshot, Cluster(system_reserved_vram=s["system_reserved"]), [*placed, candidate]).models[-1]
     claims = {}
     if fit.schedulable and not fit.error:
-        from vram_exporter.rules.backends import backend_fit
         gpus = list(snapshot.gpus)
         booked = {i: 0 for i in range(len(s["gpus"]))}
         for p in s["placed"]:
             for k, v in p["claims"].items():
                 booked[int(k)] += v
-        place = backend_fit.placement(candidate, Cluster(system_reserved_vram=s["system_reserved"]), gpus, booked)
+        place = backends.of(candidate.backend).fit.placement(candidate, Cluster(system_reserved_vram=s["system_reserved"]), gpus, booked)
         claims = {str(k): v for k, v in place.claims.items()} if place else {}
     pending = next((r.split("\n", 1)[1] for r in fit.reasons if r.startswith("GPUStack leaves it Pending")), "")
     return {"gpus": list(fit.gpus) if fit.schedulable else [], "error": fit.error, "overcommit": fit.overcommit,

@@ -120,7 +120,6 @@ def test_imports_go_one_way():
     assert upward == []
 
 
-@MOVING
 def test_no_circle_between_modules():
     graph = {dotted(p): {m for m, _, _ in own_imports(p) if m != "vram_exporter" and _is_module(m)} for p in modules()}
     # A package is reached through its __init__: an import of a submodule runs its parents first.
@@ -146,7 +145,6 @@ def test_no_circle_between_modules():
     assert circles == []
 
 
-@MOVING
 def test_no_import_inside_a_function_within_the_package():
     """A late import of our own module hides a circle or a wrong direction; cli.py alone imports its
     subcommands late (a `check` needs no aiohttp)."""
@@ -177,7 +175,6 @@ def test_rules_are_pure():
 BACKEND_TEST = re.compile(r"""\bbackend\s*(==|!=)|==\s*["'](vllm|sglang|custom)["']|\bbackend\s+(not\s+)?in\s""")
 
 
-@MOVING
 def test_only_rules_backends_names_a_backend():
     offenders = []
     for path in modules():
@@ -190,7 +187,6 @@ def test_only_rules_backends_names_a_backend():
     assert offenders == []
 
 
-@MOVING
 def test_a_backend_folder_has_the_same_shape_as_the_others():
     folders = sorted(p for p in (PACKAGE / "rules" / "backends").iterdir() if p.is_dir() and p.name != "__pycache__")
     assert [p.name for p in folders] == ["custom", "sglang", "vllm"]

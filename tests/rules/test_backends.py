@@ -321,7 +321,7 @@ def test_explain_page_names_each_backend_and_its_knob(start_exporter):
 
 
 def test_sglang_tp_fix_is_read_alike_by_gpustack_and_sglang():
-    from vram_exporter.rules.backends.fixes_backends import _tp
+    from vram_exporter.rules.backends.sglang.fixes import _tp
     from vram_exporter.rules.backends.sglang.selector import gpustack_sglang_params
     params = _tp(("--tp 2", "--mem-fraction-static=0.8"), 4)
     assert gpustack_sglang_params(params).tp == 4 and sglang.sglang_params(params).tp == 4

@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlencode
 
 from ..errors import BadInput
+from ..rules import backends
 from ..rules.gpustack import ENV_CLAIM
 from ..rules.flags import parse_model_len, with_param
 from .plan import NodeInputs, Planner
@@ -108,8 +109,7 @@ class WhatIf:
     def _model(self, spec):
         parameters, env, max_len = tuple(spec.backend_parameters), dict(spec.env), spec.max_model_len
         # SGLang's own flags for the same knobs (its booked fraction, its context; rules/backends/__init__.py).
-        fraction, length = (("mem-fraction-static", "context-length") if spec.backend == "sglang"
-                            else ("gpu-memory-utilization", "max-model-len"))
+        fraction, length = backends.of(spec.backend).what_if_flags
         if self.gpu_memory_utilization is not None:
             # Written with dashes: GPUStack and vLLM both read it (rules/flags.py).
             parameters = with_param(parameters, fraction, self.gpu_memory_utilization)

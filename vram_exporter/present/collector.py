@@ -13,6 +13,7 @@ from typing import Literal
 
 from .. import __version__
 from .exposition import Family, Segment, format_value, render_samples, sample_prefix
+from ..rules import backends
 from ..rules.fixes import Fix
 from ..rules.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit, live_values
 from ..sources.gpustack_view import GpuStackView
@@ -183,7 +184,8 @@ class ModelFamilies:
         out["vram_model_estimate_bytes"] = ([(m,)], [fit.estimate])
         out["vram_model_kv_cache_bytes_per_token"] = ([(m,)], [fit.bytes_per_token])
         out["vram_model_kv_cache_required_bytes"] = ([(m,)], [fit.kv_required])
-        readers = [(m, "gpustack")] + ([(m, fit.engine_reader)] if fit.engine_reader else [])  # vllm or sglang
+        reader = backends.of(fit.backend).engine_reader
+        readers = [(m, "gpustack")] + ([(m, reader)] if reader else [])  # vllm or sglang
         out["vram_model_gpu_memory_utilization"] = (readers, [fit.gmu_gpustack, fit.gmu_vllm][:len(readers)])
         out["vram_model_replicas_placeable"] = ([(m,)], [fit.replicas_placed])
         out["vram_model_assigned_gpu"] = ([(m, str(i), uuids.get(i, "")) for i in fit.gpus], [1] * len(fit.gpus))

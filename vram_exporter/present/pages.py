@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from .. import __version__
+from ..rules import backends
 from ..rules.node import CHECKS
 from .report import EXPLAIN
 from ..units import GIB, gib
@@ -331,15 +332,15 @@ _KNOB = {"vllm": "gpu_memory_utilization", "sglang": "--mem-fraction-static (GPU
 
 def _checks(model: dict[str, Any]) -> list[str]:
     """vLLM's four checks always (n/a where one does not apply); another backend's where they apply."""
-    if model.get("backend", "vllm") == "vllm":
+    if backends.of(model.get("backend", "vllm")).checks_shown_always:
         return list(CHECKS[:4])
     return [c for c in CHECKS if any(c in checks for checks in model["checks"].values())]
 
 
 def _fraction_words(backend: str, gmu: dict[str, Any]) -> str:
-    if backend == "sglang":
+    if backends.of(backend).engine_sizes_own_fraction:
         return f"--mem-fraction-static booked by GPUStack {gmu['gpustack']}, taken by SGLang {gmu['sglang']:.4g}"
-    if backend == "custom":
+    if not backends.of(backend).engine_modelled:
         return (f"fraction GPUStack's custom selector reads (the last --gpu-memory-utilization or "
                 f"--mem-fraction-static): {gmu['gpustack'] or 'none, it books the estimate'}")
     return f"gpu_memory_utilization read by GPUStack {gmu['gpustack']}, by vLLM {gmu['vllm']}"
@@ -347,7 +348,7 @@ def _fraction_words(backend: str, gmu: dict[str, Any]) -> str:
 
 def _engine_words(model: dict[str, Any]) -> str:
     backend = model.get("backend", "vllm")
-    if backend == "custom":
+    if not backends.of(backend).engine_modelled:
         return "a custom backend's engine is not modelled"
     engine = _ENGINE[backend]
     if model["schedulable"]:

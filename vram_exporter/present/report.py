@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInput
+from ..rules import backends
 from ..rules.fixes import Fix
 from ..rules.gpustack import ENV_CLAIM
 from ..rules.model import ModelSpec
@@ -102,8 +103,9 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
         # GPUs where vLLM on its own (`vllm serve`, no scheduler) would start and serve max_model_len.
         "vllm_alone_gpus": [f.index for f in fit.per_gpu if vllm_starts_on(f, free.get(f.index, 0))],
         "backend": fit.backend,
-        "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, **({fit.engine_reader: fit.gmu_vllm}
-                                   if fit.engine_reader else {}), "mismatch": fit.gmu_mismatch},
+        "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, **({reader: fit.gmu_vllm}
+                                   if (reader := backends.of(fit.backend).engine_reader) else {}),
+                                   "mismatch": fit.gmu_mismatch},
         "checks": {
             str(f.index): {
                 **{name: {"headroom_bytes": f.headroom[name], "passed": f.headroom[name] >= 0}
@@ -120,7 +122,7 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
 
 
 def _mismatch_reason(fit: ModelFit) -> list[str]:
-    if fit.error or not fit.gmu_mismatch or fit.backend != "vllm":
+    if fit.error or not fit.gmu_mismatch or not backends.of(fit.backend).fraction_spelling_matters:
         return []  # SGLang's mismatch is said by backend_fit.py, custom has no engine reading
     return [f"GPUStack books with gpu_memory_utilization {fit.gmu_gpustack} but vLLM runs with {fit.gmu_vllm}: "
             "write --gpu-memory-utilization=X with dashes so that both read the same value."]
@@ -191,9 +193,9 @@ def _verdict(model: dict[str, Any]) -> str:
 def _fraction_line(model: dict[str, Any]) -> str:
     """The backend's own knob, as GPUStack and the engine read it."""
     gmu, backend = model["gpu_memory_utilization"], model.get("backend", "vllm")
-    if backend == "sglang":
+    if backends.of(backend).engine_sizes_own_fraction:
         return f"SGLang backend, --mem-fraction-static: GPUStack {gmu['gpustack']}, SGLang {gmu['sglang']:.4g}"
-    if backend == "custom":
+    if not backends.of(backend).engine_modelled:
         return f"custom backend, declared fraction (GPUStack's custom selector): {gmu['gpustack'] or 'none'}"
     return f"gpu_memory_utilization: GPUStack {gmu['gpustack']}, vLLM {gmu['vllm']}"
 

@@ -106,7 +106,8 @@ def find_bool_parameter(parameters: Sequence[str] | None, names: Sequence[str]) 
     return False
 
 
-def _first(parameters: Sequence[str] | None, names: Sequence[str]) -> str | None:
+def first_parameter(parameters: Sequence[str] | None, names: Sequence[str]) -> str | None:
+    """gpustack ``find_parameter``: the first value of any of ``names`` (GPUStack reads the FIRST occurrence)."""
     for key, value in param_pairs(parameters):
         if key in names and value is not None:
             return value
@@ -119,7 +120,7 @@ def first_int_parameter(parameters: Sequence[str] | None, names: Sequence[str]) 
 
 
 def _first_int(parameters: Sequence[str] | None, names: Sequence[str]) -> int | None:
-    value = _first(parameters, names)
+    value = first_parameter(parameters, names)
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -128,7 +129,7 @@ def _first_int(parameters: Sequence[str] | None, names: Sequence[str]) -> int | 
 
 def gpustack_params(parameters: Sequence[str] | None) -> GpuStackParams:
     """Raises ValueError where GPUStack would refuse the model (bad float, non-positive sizes)."""
-    raw_gmu = _first(parameters, ["gpu-memory-utilization"])
+    raw_gmu = first_parameter(parameters, ["gpu-memory-utilization"])
     gmu = GPUSTACK_DEFAULT_GMU
     if raw_gmu is not None:
         try:

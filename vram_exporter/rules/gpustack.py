@@ -1,6 +1,7 @@
-"""Rulebook A: GPUStack's placement of a vLLM model on one worker (DESIGN.md section 2).
+"""Rulebook A: what GPUStack's scheduler does alike for every backend (DESIGN.md section 2).
 
-Sources, gpustack 2.3.0 on PyPI:
+The vLLM selector's own walk is rules/backends/vllm/selector.py, SGLang's and a custom backend's
+their folders' selector.py; this module holds what they share. Sources, gpustack 2.3.0 on PyPI:
 - ``gpustack/policies/resource_view.py``: allocatable = max(total - claims - system_reserved, 0);
   live used/free memory is never read.
 - ``gpustack/policies/utils.py::estimate_model_vram``: E = GPUSTACK_MODEL_VRAM_CLAIM, else
@@ -21,12 +22,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ..units import GIB, MIB, gib
+from ..snapshot import GpuReading
+from ..units import GIB, MIB
 from .model import Architecture, Scheduler
 
 ESTIMATE_FACTOR = 1.2  # https://blog.eleuther.ai/transformer-math/#total-inference-memory
 ESTIMATE_FRAMEWORK = 2 * GIB  # CUDA graphs etc., for LLMs
 ENV_CLAIM = "GPUSTACK_MODEL_VRAM_CLAIM"
+MANUAL_MULTI_REPLICA = ("Found 1 candidate, manual scheduling for multi-replica model instances does not allow "
+                        "overcommit or heterogeneous deployment topologies.")  # base_candidate_selector.py
+
+
+def byte_to_gib(n: float) -> str:
+    """``gpustack.utils.unit.byte_to_gib``: round(bytes / GiB, 2), printed as Python prints a float (the
+    SGLang and custom selectors' messages; the vLLM selector's print two decimals: units.gib)."""
+    return f"{round(n / GIB, 2)} GiB"
 
 
 def total_whole_mib(total_bytes: int) -> int:
@@ -76,12 +86,13 @@ def tp_arch(arch: Architecture, params) -> Architecture:
     return arch
 
 
-def tp_divisibility_problem(arch: Architecture, size: int) -> str | None:
-    """GPUStack's refusal text when ``size`` does not divide the heads or the vocabulary."""
+def tp_divisibility_problem(arch: Architecture, size: int, *, check_vision: bool = True) -> str | None:
+    """GPUStack's refusal text when ``size`` does not divide the heads (the vision heads too, unless
+    ``check_vision`` is off) or the vocabulary (``_check_tp_size_divisibility``)."""
     if arch.attention_heads % size:
         return (f"Total number of attention heads ({arch.attention_heads}) must be divisible "
                 f"by tensor parallel size ({size}).")
-    if arch.vision_attention_heads and arch.vision_attention_heads % size:
+    if check_vision and arch.vision_attention_heads and arch.vision_attention_heads % size:
         return (f"Total number of vision attention heads ({arch.vision_attention_heads}) must be "
                 f"divisible by tensor parallel size ({size}).")
     if arch.vocab_size and arch.vocab_size % size:
@@ -108,8 +119,35 @@ class GpuView:
 
 
 @dataclass(frozen=True, slots=True)
+class Booking:
+    """What a selector reads of one model's parameters to place it on a worker (rules/backends/)."""
+
+    fraction: float | None  # booked of each card's total; None: custom without one (claims E)
+    world_size: int | None
+    fraction_given: bool = True
+    note: str | None = None  # said on the model (a repeated flag read differently)
+
+
+def views_of(gpus: Sequence[GpuReading], claims: Mapping[int, int], system_reserved: int) -> list[GpuView]:
+    """This node's GPUs as the scheduler sees them, with ``claims`` booked."""
+    return [GpuView(gpu.index, total_whole_mib(gpu.memory.total),
+                    allocatable_bytes(gpu.memory.total, claims.get(gpu.index, 0), system_reserved))
+            for gpu in gpus]
+
+
+def smallest_total(totals: Mapping[int, Mapping[int, int]], pinned: Mapping[int, Sequence[int]] | None) -> int:
+    """``_get_min_gpu_sum``, the card a fraction that depends on the card is sized for (SGLang's default):
+    ``totals`` worker -> GPU index -> bytes (the ready workers the model may use); with manual selection
+    only the selected GPUs count. Whole MiB, as workers report."""
+    chosen = [t for w, gpus in totals.items() for i, t in gpus.items()
+              if pinned is None or i in pinned.get(w, ())]
+    return total_whole_mib(min(chosen, default=0))
+
+
+@dataclass(frozen=True, slots=True)
 class SingleGpuTests:
-    """Both single-GPU tests on one GPU; headroom >= 0 passes (test 2 compares ratios)."""
+    """GPUStack's two tests on one GPU at a booked fraction g (vLLM's --gpu-memory-utilization, SGLang's
+    --mem-fraction-static); headroom >= 0 passes."""
 
     estimate_headroom: float  # g*T - E (v0.7+), or A - E (v0.6)
     allocatable_headroom: float  # A - g*T
@@ -127,6 +165,14 @@ def single_gpu_tests(gpu: GpuView, estimate: int, gmu: float, scheduler: Schedul
     return SingleGpuTests(estimate_headroom, gpu.allocatable - gpu.total * gmu)
 
 
+def gpu_tests(gpu: GpuView, estimate: int, gmu: float, n_gpus: int, scheduler: Scheduler) -> SingleGpuTests:
+    """The tests as headroom on one GPU of an ``n_gpus`` placement: on one GPU the single-GPU tests;
+    on several, each GPU contributes int(g * T) towards E and books g * T of its allocatable."""
+    if n_gpus == 1:
+        return single_gpu_tests(gpu, estimate, gmu, scheduler)
+    return SingleGpuTests(claim_bytes(gpu.total, gmu) - estimate / n_gpus, gpu.allocatable - gpu.total * gmu)
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     gpus: tuple[int, ...]
@@ -135,110 +181,3 @@ class Placement:
     overcommit: bool = False
 
 
-def place(
-    gpus: Sequence[GpuView],
-    *,
-    estimate: int,
-    gmu: float,
-    world_size: int | None,
-    arch: Architecture,
-    scheduler: Scheduler,
-    pinned: Sequence[int] | None = None,
-    replica_count: int = 1,
-) -> Placement | None:
-    """Where GPUStack puts one instance on this worker, or None (pending)."""
-    if pinned:
-        return _place_pinned(gpus, pinned, estimate, gmu, scheduler, replica_count)
-    if not world_size or world_size == 1:
-        single = _place_single(gpus, estimate, gmu, scheduler)
-        if single is not None or world_size == 1:
-            return single
-    return _place_multi(gpus, estimate, gmu, world_size, arch)
-
-
-def _place_single(gpus: Sequence[GpuView], estimate: int, gmu: float, scheduler: Scheduler) -> Placement | None:
-    fits = [gpu for gpu in gpus if single_gpu_tests(gpu, estimate, gmu, scheduler).passes]
-    if not fits:
-        return None
-    # Every passing GPU is a candidate; the placement strategy picks one. Spread (the default)
-    # favours the emptiest: the most allocatable, then the lowest index.
-    chosen = max(fits, key=lambda gpu: (gpu.allocatable, -gpu.index))
-    return Placement((chosen.index,), {chosen.index: claim_bytes(chosen.total, gmu)}, "single")
-
-
-def multi_gpu_eligible(gpu: GpuView, gmu: float) -> bool:
-    """A GPU may join a multi-GPU placement only with A/T > g, strictly."""
-    return bool(gpu.total) and gpu.allocatable / gpu.total > gmu
-
-
-def _place_multi(
-    gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None, arch: Architecture
-) -> Placement | None:
-    chosen = multi_gpu_choice(gpus, estimate, gmu, world_size, arch)
-    return _multi(chosen, gmu) if chosen else None
-
-
-def multi_gpu_choice(gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None,
-                     arch: Architecture) -> list[GpuView] | None:
-    """The GPUs of one worker a multi-GPU placement takes (largest allocatable first), or None."""
-    if len(gpus) < 2:
-        return None
-    eligible = [gpu for gpu in gpus if multi_gpu_eligible(gpu, gmu)]
-    eligible.sort(key=lambda gpu: gpu.allocatable, reverse=True)  # stable: index order among equals
-    chosen: list[GpuView] = []
-    booked = 0
-    for gpu in eligible:
-        chosen.append(gpu)
-        booked += claim_bytes(gpu.total, gmu)
-        if tp_divisibility_problem(arch, len(chosen)):
-            continue
-        if world_size and len(chosen) >= world_size:
-            # GPUStack stops at the requested count (or the first divisible count past it).
-            return chosen if booked >= estimate else None
-        if not world_size and booked >= estimate:
-            return chosen
-    return None
-
-
-def _multi(chosen: Sequence[GpuView], gmu: float) -> Placement:
-    return Placement(tuple(g.index for g in chosen), {g.index: claim_bytes(g.total, gmu) for g in chosen}, "multi")
-
-
-def _place_pinned(
-    gpus: Sequence[GpuView], pinned: Sequence[int], estimate: int, gmu: float, scheduler: Scheduler,
-    replica_count: int,
-) -> Placement | None:
-    by_index = {gpu.index: gpu for gpu in gpus}
-    if any(index not in by_index for index in pinned):
-        return None
-    views = [by_index[index] for index in pinned]
-    if len(views) == 1:
-        fits = single_gpu_tests(views[0], estimate, gmu, scheduler).passes
-    else:
-        fits = (all(g.allocatable / g.total >= gmu for g in views)
-                and sum(claim_bytes(g.total, gmu) for g in views) >= estimate)
-    if not fits and replica_count > 1:
-        return None  # overcommit is accepted only for a single replica
-    return Placement(tuple(pinned), {g.index: claim_bytes(g.total, gmu) for g in views}, "pinned", not fits)
-
-
-def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_size: int | None) -> str:
-    """GPUStack's own "No suitable workers" details (vllm_resource_fit_selector.py): the multi-GPU
-    line when that path was tried (two or more GPUs and no world size of 1), else the single-GPU one."""
-    lines = [
-        f"The model requires approximately {gib(estimate)} of VRAM.",
-        f"With --gpu-memory-utilization={gmu}, all GPUs combined need to provide at least "
-        f"{gib(int(estimate / gmu))} of total VRAM and each GPU needs {int(gmu * 100)}% of allocatable VRAM.",
-    ]
-    if len(gpus) >= 2 and world_size != 1:
-        eligible = [g for g in gpus if multi_gpu_eligible(g, gmu)]
-        total = sum(g.allocatable for g in gpus)
-        effective = total / GIB * gmu * len(eligible) / len(gpus)
-        lines.append(f"The largest available worker has {gib(total)} allocatable VRAM, {len(eligible)}/{len(gpus)} "
-                     f"of GPUs meet the VRAM utilization ratio, providing {effective:.2f} GiB of allocatable VRAM.")
-    elif gpus:
-        largest = max(gpus, key=lambda g: g.allocatable)
-        if largest.total:
-            lines.append(f"The current available GPU only has {gib(largest.allocatable)} allocatable VRAM "
-                         f"({largest.allocatable / largest.total * 100:.2f}%).")
-    return "\n".join(lines)

@@ -11,11 +11,12 @@ from ..errors import ModelError
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
+from ..units import GIB
 from .flags import GpuStackParams, VllmParams, gpustack_params, vllm_params
 
-GIB = 2**30
+T = TypeVar("T")
 RUNTIME_OVERHEAD_FALLBACK = GIB  # O where neither manifest nor config.json gives more (DESIGN.md section 3)
 Scheduler = Literal["gpustack", "gpustack-0.6"]
 Backend = Literal["vllm", "sglang", "custom"]  # GPUStack's BackendEnum vLLM, SGLang, Custom
@@ -194,23 +195,31 @@ class ModelSpec:
     # --mem-fraction-static for (None: this node's GPUs; set with GPUStack as the source)
     sizing_total: int | None = None
 
+    def read(self, reader: Callable[[tuple[str, ...]], T]) -> T:
+        """``backend_parameters`` as ``reader`` (one program's flag reader: rules/flags.py and each backend's)
+        reads them, parsed once per distinct list: by value, for every spec that carries it."""
+        return _read(reader, tuple(self.backend_parameters))
+
     @property
     def gpustack(self) -> GpuStackParams:
-        return _gpustack_params(self.backend_parameters)
+        """As GPUStack's vLLM selector reads them (the first occurrence)."""
+        return self.read(gpustack_params)
 
     @property
     def vllm(self) -> VllmParams:
-        return _vllm_params(self.backend_parameters)
+        """As vLLM reads them (the last occurrence)."""
+        return self.read(vllm_params)
 
     @property
     def placed(self) -> bool:
         return self.placed_on is not None
 
 
-# The parameters are read at every rulebook probe: parse each distinct list once (the lists are
-# tuples, so their value is the key; a list that raises is parsed again, and raises again).
-_gpustack_params = lru_cache(maxsize=4096)(gpustack_params)
-_vllm_params = lru_cache(maxsize=4096)(vllm_params)
+# The parameters are read at every rulebook probe: parse each distinct list once per reader (the lists
+# are tuples, so their value is the key; a list that raises is parsed again, and raises again).
+@lru_cache(maxsize=16384)
+def _read(reader, parameters: tuple[str, ...]):
+    return reader(parameters)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..rules import backends
+
 PENDING_STATES = frozenset({"pending", "analyzing"})  # not yet bound to a worker: no claim
 
 
@@ -96,13 +98,13 @@ class Model(_ApiRecord):
 
     @property
     def is_vllm(self) -> bool:
-        return (self.backend or "").lower() == "vllm"
+        return (self.backend or "").lower() == backends.VLLM
 
     @property
     def backend_kind(self) -> str | None:
         """vllm, sglang or custom (the backends the rulebooks judge); None for the others (MindIE, VoxBox)."""
         kind = (self.backend or "").lower()
-        return kind if kind in ("vllm", "sglang", "custom") else None
+        return kind if kind in backends.NAMES else None
 
 
 class ResourceClaim(_ApiRecord):

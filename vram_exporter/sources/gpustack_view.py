@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from ..errors import BadInput, ModelError
 from .manifest import LoadedManifest, NodeModels, read_model_directory
-from ..rules import backends
+from ..rules import backends, gpustack
 from ..rules.cluster import replay
 from ..rules.cluster import paths as gpustack_paths
 from ..rules.model import Architecture, Cluster, ModelSpec
@@ -286,13 +286,13 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
 
 def _sized(spec: ModelSpec | None, request: replay.Request | None, workers: Sequence[Worker]) -> ModelSpec | None:
     """An SGLang model with the smallest GPU of its workers: GPUStack sizes its fraction for that card."""
-    if spec is None or request is None or spec.backend != "sglang":
+    if spec is None or request is None or not backends.of(spec.backend).engine_sizes_own_fraction:
         return spec
     usable = [w for w in workers if w.id in request.workers and w.state == "ready"
               and (request.selection is None or w.name in request.selection)]
     pinned = None if request.selection is None else {w.id: request.selection[w.name] for w in usable}
     totals = {w.id: _worker_gpus(w).totals for w in usable}
-    return replace(spec, sizing_total=backends.smallest_total(totals, pinned))
+    return replace(spec, sizing_total=gpustack.smallest_total(totals, pinned))
 
 
 def _claims_on(inst: ModelInstance, worker_id: int) -> dict[int, int]:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..rules import backends
 from ..rules.gpustack import ENV_CLAIM
 from ..rules.model import Architecture, Cluster, ModelSpec
 from ..rules.flags import parse_model_len
@@ -118,7 +119,7 @@ class ModelEntry(Strict):
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
         if self.metrics_url is not None and self.placed_on is None:
             raise ValueError("metrics_url is a running vLLM's /metrics: it needs placed_on")
-        if self.run_command is not None and self.backend != "custom":
+        if self.run_command is not None and not backends.of(self.backend).reads_run_command:
             raise ValueError("run_command is a custom backend's command line: it needs backend: custom")
         if self.metrics_url is not None and not self.metrics_url.startswith(("http://", "https://")):
             raise ValueError(f"metrics_url must be an http:// or https:// URL, got {self.metrics_url!r}")

@@ -1,140 +1,119 @@
-"""Which GPUStack selector places a model: the one place that branches on the model's backend.
+"""The backends, behind one contract: the only place that names a backend.
 
-GPUStack 2.3.0 picks the selector by backend (``gpustack/scheduler/scheduler.py``):
-vLLM -> ``VLLMResourceFitSelector`` (gpustack.py), SGLang -> ``SGLangResourceFitSelector``
-(gpustack_sglang.py), Custom -> ``CustomBackendResourceFitSelector`` (gpustack_custom.py).
-Each books a fraction of every card it uses: vLLM's --gpu-memory-utilization (0.9 if absent),
-SGLang's --mem-fraction-static (GPUStack's port of SGLang's default if absent), a custom backend's
-declared fraction (none if absent: the bare estimate).
+GPUStack 2.3.0 picks the selector by backend (``gpustack/scheduler/scheduler.py``): vLLM ->
+``VLLMResourceFitSelector``, SGLang -> ``SGLangResourceFitSelector``, Custom ->
+``CustomBackendResourceFitSelector``. Each books a fraction of every card it uses: vLLM's
+--gpu-memory-utilization (0.9 if absent), SGLang's --mem-fraction-static (GPUStack's port of SGLang's
+default if absent), a custom backend's declared fraction (none if absent: the bare estimate).
+
+Every backend is a folder of the same shape: ``selector.py`` (GPUStack's side: the ``Selector``
+contract), ``fit.py`` (the engine's side on one node: the ``Fit`` contract), ``fixes.py`` (its knobs:
+``Fixes``), and ``engine.py`` where the engine's memory is modelled. Adding a backend is a folder and a
+line in ``REGISTRY``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from ...errors import ModelError
-from .. import gpustack
-from .custom import selector as gpustack_custom
-from .sglang import selector as gpustack_sglang
-from ..model import ModelSpec, Scheduler
-
-FRACTION_FLAG = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static",
-                 "custom": "--gpu-memory-utilization / --mem-fraction-static"}
-ENGINE = {"vllm": "vLLM", "sglang": "SGLang", "custom": "a custom backend"}
-
-
-@dataclass(frozen=True, slots=True)
-class Booking:
-    """What GPUStack reads of one model's parameters to place it on a worker."""
-
-    fraction: float | None  # booked of each card's total; None: custom without one (claims E)
-    world_size: int | None
-    fraction_given: bool = True
-    note: str | None = None  # said on the model (a repeated flag read differently)
+from ...snapshot import GpuReading
+from ..gpustack import Booking, GpuView, Placement
+from ..model import Cluster, ModelSpec, Scheduler
+from ..verdicts import Context, GpuFit, Knob, ModelFit, NodeFit, Probe
+from .custom import fit as custom_fit, fixes as custom_fixes, selector as custom_selector
+from .sglang import fit as sglang_fit, fixes as sglang_fixes, selector as sglang_selector
+from .vllm import fit as vllm_fit, fixes as vllm_fixes, selector as vllm_selector
 
 
-def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
-    """GPUStack's reading of ``spec`` for GPUs whose smallest total is ``min_total`` (SGLang's
-    default fraction depends on it). Raises ModelError where GPUStack refuses the model."""
-    if spec.backend == "sglang":
-        p = gpustack_sglang.gpustack_sglang_params(spec.backend_parameters)
-        gpustack_sglang.validate(spec.arch, p)
-        if problem := gpustack.pinned_count_problem(spec.pinned_gpus, p.world_size, spec.env):
-            raise ModelError(problem)  # base_candidate_selector.py::_set_gpu_count
-        vision = ({"num_hidden_layers": spec.arch.vision_layers, "hidden_size": spec.arch.vision_hidden_size or 1024}
-                  if spec.arch.has_vision else None)
-        fraction = gpustack_sglang.gpustack_mem_fraction_static(min_total, p, vision,
-                                                                selected_per_worker=selected_per_worker)
-        return Booking(fraction, p.world_size, p.mem_fraction_static is not None)
-    if spec.backend == "custom":
-        declared = gpustack_custom.whole_card_fraction(spec.run_command, spec.backend_parameters)
-        return Booking(declared.value, None, declared.value is not None, declared.note())
-    gs = spec.gpustack
-    if gs.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(spec.arch, gs.tensor_parallel_size)):
-        raise ModelError(problem + " Consider adjusting your tensor-parallel-size value.")
-    return Booking(gs.gpu_memory_utilization, gs.world_size, gs.gmu_given)
+class Selector(Protocol):
+    """GPUStack's side: how its selector for this backend books and places a model on one worker."""
+
+    def booking(self, spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+        """What it reads of the model's parameters, for GPUs whose smallest total is ``min_total``
+        (rules/gpustack.py ``smallest_total``); raises ModelError where GPUStack refuses the model."""
+
+    def place_spec(self, spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+                   pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
+        """Where it puts one instance on this worker, or None (pending)."""
+
+    def candidates(self, spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+                   pinned: Sequence[int] | None = None) -> list[Placement]:
+        """Every candidate of this worker, as listed before the placement scorer picks."""
+
+    def pending_message_of(self, spec: ModelSpec, views: Sequence[GpuView], book: Booking,
+                           pinned: Sequence[int] | None = None) -> str:
+        """Its own "No suitable workers" details."""
+
+    def claims_of(self, spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
+        """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
 
 
-def smallest_total(totals: Mapping[int, Mapping[int, int]], pinned: Mapping[int, Sequence[int]] | None) -> int:
-    """``_get_min_gpu_sum`` over several workers: ``totals`` worker -> GPU index -> bytes (the ready workers
-    the model may use); with manual selection only the selected GPUs count. Whole MiB, as workers report."""
-    chosen = [t for w, gpus in totals.items() for i, t in gpus.items()
-              if pinned is None or i in pinned.get(w, ())]
-    return gpustack.total_whole_mib(min(chosen, default=0))
+class Fit(Protocol):
+    """The engine's side on one node: the model's verdict, GPU by GPU, at its turn."""
+
+    def evaluate(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context,
+                 placed_on: Sequence[int] | None = None) -> ModelFit: ...
+
+    def probe(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
+        """``evaluate`` reduced to its verdict (a property test holds them equal)."""
+
+    def placement(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
+                  claims: Mapping[int, int]) -> Placement | None: ...
+
+    def placed_claims(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> dict[int, int]: ...
+
+    def committed_on(self, model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
+        """What the engine takes of a GPU it is placed on (the models after it see it gone)."""
+
+    def free_reasons(self, fit: ModelFit, f: GpuFit) -> list[str]:
+        """What the engine says of this GPU's free memory, where it falls short."""
 
 
-def min_total(views: Sequence[gpustack.GpuView], pinned: Sequence[int] | None = None) -> int:
-    """The smallest card SGLang's default fraction is computed for (``_get_min_gpu_sum``): the selected
-    GPUs with manual selection, else every GPU of the worker(s)."""
-    chosen = [v for v in views if not pinned or v.index in pinned]
-    return min((v.total for v in chosen), default=0)
+class Fixes(Protocol):
+    def knobs(self, model: ModelSpec, fit: ModelFit, node: NodeFit,
+              gpus: Sequence[GpuReading]) -> dict[str, Knob]: ...
 
 
-def place(spec: ModelSpec, views: Sequence[gpustack.GpuView], *, scheduler: Scheduler, book: Booking,
-          pinned: Sequence[int] | None = None, replica_count: int | None = None) -> gpustack.Placement | None:
-    """Where GPUStack puts one instance of ``spec`` on this worker, or None (pending)."""
-    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
-    replicas = spec.replicas if replica_count is None else replica_count
-    if spec.backend == "sglang":
-        assert book.fraction is not None
-        return gpustack_sglang.place(views, estimate=estimate, fraction=book.fraction, world_size=book.world_size,
-                                     arch=spec.arch, check_vision=not _language_only(spec), pinned=pinned,
-                                     replica_count=replicas)
-    if spec.backend == "custom":
-        return gpustack_custom.place(views, estimate=estimate, fraction=book.fraction, pinned=pinned,
-                                     replica_count=replicas)
-    assert book.fraction is not None
-    return gpustack.place(views, estimate=estimate, gmu=book.fraction, world_size=book.world_size, arch=spec.arch,
-                          scheduler=scheduler, pinned=pinned, replica_count=replicas)
+@dataclass(frozen=True)
+class Backend:
+    """One backend: its GPUStack selector, its engine's fit and fixes, and what is said of it."""
+
+    name: str  # GPUStack's BackendEnum, lower case; ModelSpec.backend
+    display_name: str  # the engine, in words
+    fraction_flag: str  # the flag(s) GPUStack books a card's fraction by
+    engine_reader: str | None  # the ``reader`` label of the engine's own fraction; None: not modelled
+    what_if_flags: tuple[str, str]  # the flags a what-if writes for (the booked fraction, the context length)
+    engine_sizes_own_fraction: bool  # the engine sizes its default fraction for its own card, GPUStack ports it
+    fraction_spelling_matters: bool  # GPUStack and the engine read the one flag by different spellings
+    checks_shown_always: bool  # its checks are shown on every model, n/a where one does not apply
+    reads_run_command: bool  # GPUStack reads its flags in the model's run_command too
+    selector: Selector
+    fit: Fit
+    fixes: Fixes
+
+    @property
+    def engine_modelled(self) -> bool:
+        return self.engine_reader is not None
 
 
-def candidates(spec: ModelSpec, views: Sequence[gpustack.GpuView], *, scheduler: Scheduler, book: Booking,
-               pinned: Sequence[int] | None = None) -> list[gpustack.Placement]:
-    """Every candidate of this worker, as the selector lists them before the placement scorer picks:
-    one per passing GPU on the single-GPU path, else the one ``place`` finds."""
-    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
-    single: list[gpustack.Placement] = []
-    if not pinned and spec.backend == "sglang" and not (book.world_size and book.world_size > 1):
-        assert book.fraction is not None
-        single = [gpustack.Placement((g.index,), {g.index: gpustack_sglang.claim_bytes(g.total, book.fraction)},
-                                     "single")
-                  for g in views if g.total and gpustack_sglang.single_gpu_passes(g, estimate, book.fraction)]
-    elif not pinned and spec.backend == "custom":
-        single = [gpustack.Placement((g.index,), {g.index: c}, "single") for g in views
-                  if g.allocatable >= (c := gpustack_custom.claim_on(g, estimate, book.fraction))]
-    if single:
-        return single
-    found = place(spec, views, scheduler=scheduler, book=book, pinned=pinned)
-    return [found] if found is not None else []
+VLLM = "vllm"
+REGISTRY: Mapping[str, Backend] = {b.name: b for b in (
+    Backend(VLLM, "vLLM", "--gpu-memory-utilization", "vllm", ("gpu-memory-utilization", "max-model-len"),
+            engine_sizes_own_fraction=False, fraction_spelling_matters=True, checks_shown_always=True,
+            reads_run_command=False, selector=vllm_selector, fit=vllm_fit, fixes=vllm_fixes),
+    Backend("sglang", "SGLang", "--mem-fraction-static", "sglang", ("mem-fraction-static", "context-length"),
+            engine_sizes_own_fraction=True, fraction_spelling_matters=False, checks_shown_always=False,
+            reads_run_command=False, selector=sglang_selector, fit=sglang_fit, fixes=sglang_fixes),
+    Backend("custom", "a custom backend", "--gpu-memory-utilization / --mem-fraction-static", None,
+            ("gpu-memory-utilization", "max-model-len"), engine_sizes_own_fraction=False,
+            fraction_spelling_matters=False, checks_shown_always=False, reads_run_command=True,
+            selector=custom_selector, fit=custom_fit, fixes=custom_fixes),
+)}
+NAMES = tuple(REGISTRY)  # the backends the rulebooks judge
 
 
-def pending_message(spec: ModelSpec, views: Sequence[gpustack.GpuView], book: Booking,
-                    pinned: Sequence[int] | None = None) -> str:
-    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
-    if spec.backend == "sglang":
-        assert book.fraction is not None
-        return gpustack_sglang.pending_message(estimate, book.fraction, views, book.world_size, spec.arch,
-                                               not _language_only(spec), pinned=bool(pinned))
-    if spec.backend == "custom":
-        return gpustack_custom.pending_message(estimate, views, book.fraction, pinned=bool(pinned))
-    assert book.fraction is not None
-    return gpustack.pending_message(estimate, book.fraction, views, book.world_size)
-
-
-def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
-    """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
-    estimate = gpustack.estimate_bytes(spec.weights_bytes, spec.env)
-    if spec.backend == "custom":  # as the single-GPU and multi-GPU paths book (a manual one: GPUStack's claims)
-        views = {i: gpustack.GpuView(i, gpustack.total_whole_mib(t), 0) for i, t in totals.items()}
-        if len(views) == 1:
-            return {i: gpustack_custom.claim_on(v, estimate, book.fraction) for i, v in views.items()}
-        return {i: max(estimate // len(views), gpustack_custom.claim_on(v, estimate, book.fraction)
-                       if book.fraction is not None else 0) for i, v in views.items()}
-    assert book.fraction is not None
-    return {i: int(gpustack.total_whole_mib(t) * book.fraction) for i, t in totals.items()}
-
-
-def _language_only(spec: ModelSpec) -> bool:
-    return gpustack_sglang.gpustack_sglang_params(spec.backend_parameters).language_only if spec.backend == "sglang" \
-        else False
+def of(name: str) -> Backend:
+    """The backend named ``name`` (ModelSpec.backend)."""
+    return REGISTRY[name]

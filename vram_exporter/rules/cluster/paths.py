@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 
 from .. import gpustack
+from ..backends.vllm import selector as vllm_selector
 from ..gpustack import GpuView
 from ..model import Architecture, Scheduler
 
@@ -160,7 +161,7 @@ def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
     reason = ""
     if not found and nodes:
         best = max(nodes, key=lambda n: max((g.allocatable for g in n.gpus), default=0))
-        reason = f"{best.name}: " + gpustack.pending_message(ask.estimate, ask.gmu, list(best.gpus), 1)
+        reason = f"{best.name}: " + vllm_selector.pending_message(ask.estimate, ask.gmu, list(best.gpus), 1)
     return found, reason
 
 
@@ -176,7 +177,7 @@ def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate],
         return [], ""
     found = []
     for node in nodes:
-        chosen = gpustack.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)
+        chosen = vllm_selector.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)
         if chosen:
             found.append(Candidate(node.id, tuple(g.index for g in chosen),
                                    {(node.id, g.index): claim(g, ask.gmu) for g in chosen}))
@@ -187,7 +188,7 @@ def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate],
     if not multi:
         return [], ""
     best = max(multi, key=lambda n: sum(g.allocatable for g in n.gpus))
-    return [], f"{best.name}: " + gpustack.pending_message(ask.estimate, ask.gmu, list(best.gpus), ask.world_size)
+    return [], f"{best.name}: " + vllm_selector.pending_message(ask.estimate, ask.gmu, list(best.gpus), ask.world_size)
 
 
 # --- 4. several whole workers -----------------------------------------------------------------------

@@ -29,9 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .. import backends, gpustack
+from ..backends.vllm import selector as vllm_selector
 from . import paths as gpustack_paths, scorer as placement_scorer
 from ..model import ModelSpec, Scheduler
-from ..flags import GpuStackParams, first_int_parameter, gpustack_params
+from ..flags import GpuStackParams, first_int_parameter
 from .scorer import Strategy
 
 
@@ -159,15 +160,14 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
            scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding] = ()) -> Verdict:
     """Where GPUStack would put this instance now: its candidate search over the model's ready
     workers (gpustack_paths.py), then its placement scorer (placement_scorer.py)."""
-    if request.spec.backend != "vllm":
+    if backends.of(request.spec.backend).selector is not vllm_selector:  # the vLLM selector's own search: paths.py
         return _decide_backend(inst, request, workers, claims, scheduler, holdings)
     try:
         ask = _ask(request, scheduler, holdings)
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     params = _params(request.spec)
-    if params.tensor_parallel_size and (problem := gpustack.tp_divisibility_problem(
-            gpustack.tp_arch(request.spec.arch, params), params.tensor_parallel_size)):
+    if problem := vllm_selector.tp_divisibility(request.spec):
         return Verdict(inst.id, inst.model, False, reason=problem)
     if request.executor_mp and params.mp_arguments_problem:  # vllm_resource_fit_selector._validate_mp_multinode_arguments
         return Verdict(inst.id, inst.model, False, reason=params.mp_arguments_problem)
@@ -197,18 +197,19 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
         return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
     pinned = None if request.selection is None else {node.id: request.selection[node.name] for node in nodes}
     try:
-        book = backends.booking(spec, backends.smallest_total(_totals(nodes), pinned),
+        selector = backends.of(spec.backend).selector
+        book = selector.booking(spec, gpustack.smallest_total(_totals(nodes), pinned),
                                 selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     candidates, reason = [], "no ready worker of its cluster matches its selectors"
     for node in nodes:
         chosen = None if pinned is None else pinned[node.id]
-        found = backends.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
+        found = selector.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
         candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
                                                 overcommit=p.overcommit) for p in found]
         if not found:
-            reason = f"{node.name}: " + backends.pending_message(spec, list(node.gpus), book, chosen)
+            reason = f"{node.name}: " + selector.pending_message_of(spec, list(node.gpus), book, chosen)
     if not candidates:
         return Verdict(inst.id, inst.model, False, reason=reason)
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
@@ -237,7 +238,7 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
     if request.selection is not None and len(request.selection) > 1:
         # base_candidate_selector.py::_validate_distributed_limit_per_worker: instances of the same backend
         distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
-                                and holding.backend == "vllm" for key in holding.gpus)
+                                and backends.REGISTRY.get(holding.backend) is backends.of(spec.backend) for key in holding.gpus)
     skip = _skip_count_check(spec.env)
     per_replica = request.gpus_per_replica
     if request.selection is not None and not per_replica:
@@ -264,14 +265,8 @@ def _parallel(backend_parameters: tuple[str, ...], executor_mp: bool) -> gpustac
                                    read(["prefill-context-parallel-size", "pcp"]), executor_mp)
 
 
-@functools.lru_cache(maxsize=4096)
-def _gpustack_params(backend_parameters: tuple[str, ...]) -> GpuStackParams:
-    return gpustack_params(backend_parameters)
-
-
 def _params(spec: ModelSpec) -> GpuStackParams:
-    """backend_parameters parsed once per distinct list, not once per instance and worker."""
-    return _gpustack_params(tuple(spec.backend_parameters))
+    return spec.gpustack
 
 
 def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> list[gpustack.GpuView]:

@@ -24,21 +24,16 @@ placement (``cpu_offloading``).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ...gpustack import GpuView, Placement
+from ....units import GIB
 from ...flags import param_pairs
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, estimate_bytes,
+                         total_whole_mib)
+from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
-MANUAL_MULTI_REPLICA = ("Found 1 candidate, manual scheduling for multi-replica model instances does not allow "
-                        "overcommit or heterogeneous deployment topologies.")  # base_candidate_selector.py
-GIB = 2**30
-
-
-def gpustack_gib(n: float) -> str:
-    """``gpustack.utils.unit.byte_to_gib``: round(bytes / GiB, 2), printed as Python prints a float."""
-    return f"{round(n / GIB, 2)} GiB"
 
 
 def declared_arguments(run_command: str | None, backend_parameters: Sequence[str]) -> list[str]:
@@ -92,6 +87,14 @@ def claim_on(gpu: GpuView, estimate: int, fraction: float | None) -> int:
     return max(estimate, int(gpu.total * fraction))
 
 
+def claim_among(gpu: GpuView, estimate: int, fraction: float | None, n_gpus: int) -> int:
+    """What one GPU of an ``n_gpus`` placement books: on one GPU ``claim_on``; on several (the multi-GPU
+    path), ``max(E // n, claim_on)``, or the bare share without a fraction."""
+    if n_gpus > 1:
+        return max(estimate // n_gpus, claim_on(gpu, estimate, fraction) if fraction is not None else 0)
+    return claim_on(gpu, estimate, fraction)
+
+
 def place(gpus: Sequence[GpuView], *, estimate: int, fraction: float | None,
           pinned: Sequence[int] | None = None, replica_count: int = 1) -> Placement | None:
     """Where GPUStack puts one instance of a custom-backend model on this worker, or None (pending)."""
@@ -119,9 +122,7 @@ def _place_multi(gpus: Sequence[GpuView], estimate: int, fraction: float | None)
     members, required = _multi_members(gpus, estimate, fraction)
     if len(members) < 2 or sum(gpu.allocatable for gpu in members) < required:
         return None
-    share = estimate // len(members)
-    claims = {gpu.index: max(share, claim_on(gpu, estimate, fraction) if fraction is not None else 0)
-              for gpu in members}
+    claims = {gpu.index: claim_among(gpu, estimate, fraction, len(members)) for gpu in members}
     return Placement(tuple(gpu.index for gpu in members), claims, "multi")
 
 
@@ -141,14 +142,54 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
     """The selector's "No suitable workers" details (``_set_messages``): the multi-GPU line when a
     worker with two or more GPUs was considered, else the single-GPU one."""
     ram = max(int(estimate * 0.1), 2 * GIB)
-    lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM and {gpustack_gib(ram)} of RAM."]
+    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM and {byte_to_gib(ram)} of RAM."]
     if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
         return "\n".join([*lines, MANUAL_MULTI_REPLICA])
     members, _ = _multi_members(gpus, estimate, fraction)
     if len(gpus) >= 2 and len(members) >= 2 and sum(g.allocatable for g in members) > 0:
-        lines.append(f"The largest available worker has {gpustack_gib(sum(g.allocatable for g in members))} "
+        lines.append(f"The largest available worker has {byte_to_gib(sum(g.allocatable for g in members))} "
                      f"allocatable VRAM across {len(members)} GPUs.")
     else:
         largest = max((gpu.allocatable for gpu in gpus), default=0)
-        lines.append(f"The current available GPU only has {gpustack_gib(largest)} allocatable VRAM.")
+        lines.append(f"The current available GPU only has {byte_to_gib(largest)} allocatable VRAM.")
     return "\n".join(lines)
+
+
+# --- the selector contract (rules/backends/__init__.py) --------------------------------------------
+
+
+def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+    """The declared fraction (the card does not matter: ``min_total`` is not read)."""
+    declared = whole_card_fraction(spec.run_command, spec.backend_parameters)
+    return Booking(declared.value, None, declared.value is not None, declared.note())
+
+
+def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
+    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), fraction=book.fraction,
+                 pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
+
+
+def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None) -> list[Placement]:
+    """Every candidate of this worker before the placement scorer picks: one per passing GPU on the
+    single-GPU path, else the one ``place`` finds."""
+    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    single = [] if pinned else [Placement((g.index,), {g.index: c}, "single") for g in views
+                                if g.allocatable >= (c := claim_on(g, estimate, book.fraction))]
+    if single:
+        return single
+    found = place_spec(spec, views, scheduler=scheduler, book=book, pinned=pinned)
+    return [found] if found is not None else []
+
+
+def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
+                       pinned: Sequence[int] | None = None) -> str:
+    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), views, book.fraction, pinned=bool(pinned))
+
+
+def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
+    """As the single-GPU and multi-GPU paths book (a manual one: GPUStack's claims are known)."""
+    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    views = [GpuView(i, total_whole_mib(t), 0) for i, t in totals.items()]
+    return {v.index: claim_among(v, estimate, book.fraction, len(views)) for v in views}

@@ -34,12 +34,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ....errors import ModelError
+from ....units import GIB, MIB
 from . import selector as gpustack_sglang
 from ...model import Architecture
 from ...flags import last_number, param_pairs
 
-GIB = 2**30
-MIB = 2**20
 REQ_MARGIN = 5  # max_req_input_len = max_req_len - 5 must stay positive
 _KV_BYTES = {"fp8_e5m2": 1, "fp8_e4m3": 1, "bf16": 2, "bfloat16": 2}
 

@@ -32,34 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ....errors import ModelError
-from ...gpustack import GpuView, Placement
-from ..custom.selector import MANUAL_MULTI_REPLICA, gpustack_gib
-from ...model import Architecture
-from ...flags import param_pairs
-
-MIB = 2**20
-_FALSY = frozenset({"0", "false", "no", "off", "f", "n"})  # gpustack/utils/command.py _FALSY_VALUES
-
-
-def _first(parameters: Sequence[str], names: Sequence[str]) -> str | None:
-    """``find_parameter``: the first value of any of ``names``."""
-    return next((value for key, value in param_pairs(parameters) if key in names and value is not None), None)
-
-
-def _first_int(parameters: Sequence[str], names: Sequence[str]) -> int | None:
-    value = _first(parameters, names)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _flag(parameters: Sequence[str], names: Sequence[str]) -> bool:
-    """``find_bool_parameter``: a bare flag or any value but a falsy one; the first occurrence wins."""
-    for key, value in param_pairs(parameters):
-        if key in names:
-            return value is None or value.lower() not in _FALSY
-    return False
+from ....units import GIB, MIB
+from ...flags import find_bool_parameter as _flag, first_int_parameter as _first_int, first_parameter as _first
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, claim_bytes,
+                         estimate_bytes, gpu_tests, pinned_count_problem, tp_divisibility_problem)
+from ...model import Architecture, ModelSpec, Scheduler
 
 
 def _strtobool(value: str) -> bool:
@@ -139,26 +116,13 @@ def gpustack_sglang_params(parameters: Sequence[str]) -> SglangGpuStackParams:
     )
 
 
-def divisibility_problem(arch: Architecture, size: int, *, check_vision: bool) -> str | None:
-    """``_check_tp_size_divisibility``; SGLang checks vision heads unless --language-only."""
-    if arch.attention_heads % size:
-        return (f"Total number of attention heads ({arch.attention_heads}) must be divisible "
-                f"by tensor parallel size ({size}).")
-    if check_vision and arch.vision_attention_heads and arch.vision_attention_heads % size:
-        return (f"Total number of vision attention heads ({arch.vision_attention_heads}) must be "
-                f"divisible by tensor parallel size ({size}).")
-    if arch.vocab_size and arch.vocab_size % size:
-        return f"Vocabulary size ({arch.vocab_size}) must be divisible by tensor parallel size ({size})."
-    return None
-
-
 def validate(arch: Architecture, p: SglangGpuStackParams) -> None:
     """The selector's refusals that read the config (raised before any placement)."""
     tp = p.tp or 1
     if arch.attention_heads % tp:
         raise ModelError(f"Total number of attention heads ({arch.attention_heads}) must be divisible by "
                          f"tp-size ({tp}).")
-    if problem := divisibility_problem(arch, tp, check_vision=not p.language_only):
+    if problem := tp_divisibility_problem(arch, tp, check_vision=not p.language_only):
         raise ModelError(problem + " Consider adjusting your tp-size value.")
 
 
@@ -237,13 +201,10 @@ def _vit_factor(vision: Mapping[str, Any]) -> float:
 # --- placement on one worker -----------------------------------------------------------------------
 
 
-def claim_bytes(total: int, fraction: float) -> int:
-    return int(total * fraction)
-
-
-def single_gpu_passes(gpu: GpuView, estimate: int, fraction: float) -> bool:
-    """Not ``E > T * f`` and not ``A / T < f``."""
-    return not (estimate > gpu.total * fraction) and not (gpu.allocatable / gpu.total < fraction)
+def single_gpu_tests(gpu: GpuView, estimate: int, fraction: float, n_gpus: int = 1):
+    """GPUStack's two tests as headroom (rules/gpustack.py ``gpu_tests``): on one GPU ``E > T * f`` and
+    ``A / T < f`` exclude it; the SGLang selector has no v0.6 form."""
+    return gpu_tests(gpu, estimate, fraction, n_gpus, "gpustack")
 
 
 def place(gpus: Sequence[GpuView], *, estimate: int, fraction: float, world_size: int | None, arch: Architecture,
@@ -253,7 +214,7 @@ def place(gpus: Sequence[GpuView], *, estimate: int, fraction: float, world_size
     if pinned:
         return _place_pinned(gpus, pinned, estimate, fraction, replica_count)
     if not world_size or world_size <= 1:
-        fits = [gpu for gpu in gpus if gpu.total and single_gpu_passes(gpu, estimate, fraction)]
+        fits = [gpu for gpu in gpus if gpu.total and single_gpu_tests(gpu, estimate, fraction).passes]
         if fits:
             chosen = max(fits, key=lambda gpu: (gpu.allocatable, -gpu.index))  # spread: the emptiest
             return Placement((chosen.index,), {chosen.index: claim_bytes(chosen.total, fraction)}, "single")
@@ -288,7 +249,7 @@ def _place_multi(gpus, estimate, fraction, world_size, arch, check_vision) -> Pl
         for gpu in sorted(group, key=lambda g: g.allocatable, reverse=True):
             chosen.append(gpu)
             booked += claim_bytes(gpu.total, fraction)
-            if divisibility_problem(arch, len(chosen), check_vision=check_vision):
+            if tp_divisibility_problem(arch, len(chosen), check_vision=check_vision):
                 continue
             if world_size and len(chosen) >= world_size:
                 found = booked >= estimate
@@ -319,10 +280,10 @@ def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], wor
                     arch: Architecture, check_vision: bool = True, pinned: bool = False) -> str:
     """The selector's "No suitable workers" details: the default lines, then the multi-GPU path's
     line when it ran (two or more GPUs), else the single-GPU one."""
-    lines = [f"The model requires approximately {gpustack_gib(estimate)} of VRAM."]
+    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM."]
     if fraction > 0:  # the largest of the fractions and the initial 0: a negative one (tiny card) is not said
         lines.append(f"With --mem-fraction-static={fraction}, all GPUs combined need to provide at least "
-                     f"{gpustack_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
+                     f"{byte_to_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
                      f"{int(fraction * 100)}% of allocatable VRAM.")
     if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
         lines.append(MANUAL_MULTI_REPLICA)
@@ -331,7 +292,7 @@ def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], wor
     elif gpus and not (world_size and world_size > 1):  # the single-GPU path is skipped for a world size > 1
         largest = max(gpus, key=lambda g: g.allocatable)  # the first of the largest
         share = largest.allocatable / largest.total * 100 if largest.total and largest.allocatable else 0
-        lines.append(f"The current available GPU only has {gpustack_gib(largest.allocatable)} allocatable VRAM "
+        lines.append(f"The current available GPU only has {byte_to_gib(largest.allocatable)} allocatable VRAM "
                      f"({share:.2f}%).")
     return "\n".join(lines)
 
@@ -344,10 +305,68 @@ def _multi_line(gpus, fraction, arch, check_vision) -> str:
         total = sum(g.allocatable for g in group)
         if total > largest:
             largest, count = total, len(group)
-    if problem := divisibility_problem(arch, count, check_vision=check_vision) if count else None:
+    if problem := tp_divisibility_problem(arch, count, check_vision=check_vision) if count else None:
         return problem
     if not largest:
         return "No worker offered a GPU set that could be sized for this model."
-    effective = gpustack_gib(int(largest * fraction * count / len(gpus)))
-    return (f"The largest available worker has {round(largest / 2**30, 2):.2f} GiB allocatable VRAM, {count}/"
+    effective = byte_to_gib(int(largest * fraction * count / len(gpus)))
+    return (f"The largest available worker has {round(largest / GIB, 2):.2f} GiB allocatable VRAM, {count}/"
             f"{len(gpus)} of GPUs meet the VRAM utilization ratio, providing {effective} of allocatable VRAM.")
+
+
+# --- the selector contract (rules/backends/__init__.py) --------------------------------------------
+
+
+def params_of(spec: ModelSpec) -> SglangGpuStackParams:
+    return spec.read(gpustack_sglang_params)
+
+
+def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+    """GPUStack's reading of ``spec`` for GPUs whose smallest total is ``min_total`` (the default
+    fraction depends on it: rules/gpustack.py ``smallest_total``). Raises ModelError where GPUStack
+    refuses the model."""
+    p = params_of(spec)
+    validate(spec.arch, p)
+    if problem := pinned_count_problem(spec.pinned_gpus, p.world_size, spec.env):
+        raise ModelError(problem)  # base_candidate_selector.py::_set_gpu_count
+    vision = ({"num_hidden_layers": spec.arch.vision_layers, "hidden_size": spec.arch.vision_hidden_size or 1024}
+              if spec.arch.has_vision else None)
+    fraction = gpustack_mem_fraction_static(min_total, p, vision, selected_per_worker=selected_per_worker)
+    return Booking(fraction, p.world_size, p.mem_fraction_static is not None)
+
+
+def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
+    assert book.fraction is not None
+    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), fraction=book.fraction,
+                 world_size=book.world_size, arch=spec.arch, check_vision=not params_of(spec).language_only,
+                 pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
+
+
+def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None) -> list[Placement]:
+    """Every candidate of this worker before the placement scorer picks: one per passing GPU on the
+    single-GPU path, else the one ``place`` finds."""
+    assert book.fraction is not None
+    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    single = []
+    if not pinned and not (book.world_size and book.world_size > 1):
+        single = [Placement((g.index,), {g.index: claim_bytes(g.total, book.fraction)}, "single")
+                  for g in views if g.total and single_gpu_tests(g, estimate, book.fraction).passes]
+    if single:
+        return single
+    found = place_spec(spec, views, scheduler=scheduler, book=book, pinned=pinned)
+    return [found] if found is not None else []
+
+
+def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
+                       pinned: Sequence[int] | None = None) -> str:
+    assert book.fraction is not None
+    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), book.fraction, views, book.world_size,
+                           spec.arch, not params_of(spec).language_only, pinned=bool(pinned))
+
+
+def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
+    """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
+    assert book.fraction is not None
+    return {i: claim_bytes(t, book.fraction) for i, t in totals.items()}

@@ -135,7 +135,6 @@ class VllmGpuCheck:
     """vLLM's arithmetic on one GPU; headroom >= 0 passes."""
 
     budget: int  # R
-    free_memory_headroom: int  # free - C_pre - R
     kv_cache_bytes: int  # R - W_gpu - O
     kv_cache_headroom: int  # KV - required
     max_model_len: int  # longest context that fits
@@ -144,11 +143,9 @@ class VllmGpuCheck:
 def check_gpu(
     *,
     cuda_total_bytes: int,
-    free_bytes: int,
     gmu: float,
     weights_per_gpu: int,
     runtime_overhead: int,
-    context_overhead: int,
     required_kv: int,
     arch: Architecture,
     block: int,
@@ -161,7 +158,6 @@ def check_gpu(
     kv = budget - weights_per_gpu - runtime_overhead
     return VllmGpuCheck(
         budget=budget,
-        free_memory_headroom=free_bytes - context_overhead - budget,
         kv_cache_bytes=kv,
         kv_cache_headroom=kv - required_kv,  # KV <= 0 fails too: required is never 0
         max_model_len=longest_context(arch, kv, block, per_token, max_len_cap, held_back, batch_tokens),

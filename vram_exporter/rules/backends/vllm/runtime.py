@@ -31,8 +31,6 @@ from .engine import default_scheduler_limits  # noqa: F401 - the one rule, read 
 if TYPE_CHECKING:
     from ...model import Architecture
 
-MIB = 2**20
-
 
 @dataclass(frozen=True, slots=True)
 class VllmRules:

@@ -1,0 +1,306 @@
+"""vLLM's fit of one model on one node: GPUStack's vLLM selector (selector.py) and vLLM's own KV cache
+check (engine.py), per GPU as headroom in bytes, with the working window of --gpu-memory-utilization.
+
+Free memory is applied later, by node.py ``with_free`` (vLLM's start-up check); ``free_reasons`` says
+what it finds in vLLM's words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from ....errors import ModelError
+from ....snapshot import GpuReading
+from ....units import gib
+from ... import gpustack
+from ...model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
+from ...verdicts import Context, GpuFit, ModelFit, Probe, reasons
+from . import engine as vllm, runtime as vllm_runtime, selector
+
+
+def evaluate(
+    model: ModelSpec,
+    cluster: Cluster,
+    gpus: Sequence[GpuReading],
+    context: Context,
+    placed_on: Sequence[int] | None = None,
+) -> ModelFit:
+    """One model against the node as it stands at its turn. Pure; used again by the fix search."""
+    try:
+        return _evaluate(model, cluster, gpus, context, placed_on)
+    except ModelError as exc:
+        return ModelFit(model.name, error=str(exc), placed=placed_on is not None, weights=model.weights_bytes,
+                        context=context)
+
+
+@dataclass(frozen=True, slots=True)
+class _KvTerms:
+    """What vLLM's KV check needs of a model, whichever GPU it lands on."""
+
+    gmu: float
+    per_token: int
+    block: int
+    cap: int | None
+    target_len: int
+    required: int
+    weights_per_gpu: int
+    overhead: int
+    held_back: int  # blocks vLLM holds back beyond the minimum (its version's rule)
+    batch_flag: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
+
+
+def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
+    """Raise ModelError where the model cannot be judged (or GPUStack refuses it outright)."""
+    for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
+        if not 0 < value <= 1:
+            raise ModelError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
+    if problem := selector.tp_problem(model):
+        raise ModelError(problem)
+    if problem := gpustack.pinned_count_problem(model.pinned_gpus, gs.world_size, model.env):
+        raise ModelError(problem)
+
+
+def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> _KvTerms:
+    vp = model.vllm
+    tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
+    dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
+    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
+    block = vllm.block_tokens(model.arch, vp.block_size)
+    cap = model.arch.max_position_embeddings
+    target_len = _target_len(model, vp, cap)
+    held = vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks
+    required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
+                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None),
+                                                                     vp.max_num_batched_tokens))
+                if target_len > 0 else 0)
+    return _KvTerms(
+        gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
+        required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
+        overhead=_runtime_overhead(model, cluster, next((g for g in gpus if g.up), None)), held_back=held,
+        batch_flag=vp.max_num_batched_tokens)
+
+
+def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+    """O: the model's own, else the cluster's, else (one GPU, no tensor or pipeline parallelism) the fitted
+    model at the batch `vllm serve` will run (rules/backends/vllm/runtime.py), else the fallback constant."""
+    for given in (model.runtime_overhead, cluster.vllm_runtime_overhead):
+        if given is not None:
+            return given
+    if model.vllm.tensor_parallel_size * model.vllm.pipeline_parallel_size > 1:
+        return RUNTIME_OVERHEAD_FALLBACK  # the fit is of one GPU; NCCL and sharded MLPs were not measured
+    fitted = vllm_runtime.fitted_runtime_overhead(
+        model.arch, version=cluster.vllm_version, device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
+        device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+    return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
+
+
+def _batch_in_flight(gpu: GpuReading | None, flag: int | None = None) -> int:
+    """Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
+    depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
+    (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0)."""
+    if flag is not None:
+        return 2 * flag
+    if gpu is None or gpu.memory is None:
+        return 2 * vllm.SLIDING_BATCH_TOKENS
+    return 2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name)
+
+
+def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.VllmGpuCheck:
+    return vllm.check_gpu(
+        cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), gmu=kv.gmu,
+        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, required_kv=kv.required, arch=arch, block=kv.block,
+        per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
+        batch_tokens=_batch_in_flight(gpu, kv.batch_flag))
+
+
+def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
+    """The same rules as ``evaluate`` (a property test holds them equal), without what the verdict
+    does not need: the other GPUs' checks, the replica count, the reasons."""
+    try:
+        gs = model.gpustack
+        kv = _kv_terms(model, cluster, gpus)
+        _refuse(model, gs, kv.gmu)
+    except ModelError:
+        return Probe(False)
+    placement = _placement(model, cluster, gpus, context.claims, gs)
+    if placement is None:
+        return Probe(False)
+    by_index = {gpu.index: gpu for gpu in gpus}
+    needs = []
+    for index in placement.gpus:
+        check = _kv_check(by_index[index], kv, cluster, model.arch)
+        if check.kv_cache_headroom < 0:
+            return Probe(False)
+        needs.append((index, context.committed.get(index, 0) + cluster.vllm_context_overhead + check.budget))
+    return Probe(True, tuple(needs))
+
+
+def _placement(model, cluster, gpus, claims, params, replica_count=None):
+    return selector.place(
+        gpustack.views_of(gpus, claims, cluster.system_reserved_vram),
+        estimate=gpustack.estimate_bytes(model.weights_bytes, model.env),
+        gmu=params.gpu_memory_utilization,
+        world_size=params.world_size,
+        arch=gpustack.tp_arch(model.arch, params),
+        scheduler=cluster.scheduler,
+        pinned=model.pinned_gpus,
+        replica_count=model.replicas if replica_count is None else replica_count,
+    )
+
+
+def _vllm_gmu(model: ModelSpec, cluster: Cluster) -> float:
+    given = model.vllm.gpu_memory_utilization
+    return cluster.vllm_default_gpu_memory_utilization if given is None else given
+
+
+def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
+    gs = model.gpustack
+    kv = _kv_terms(model, cluster, gpus)
+    _refuse(model, gs, kv.gmu)
+    gmu_v = kv.gmu
+    estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
+
+    placement = None
+    if placed_on is not None:
+        chosen = tuple(placed_on)
+    else:
+        placement = _placement(model, cluster, gpus, context.claims, gs)
+        chosen = placement.gpus if placement else ()
+    replicas_placed = _count_replicas(model, cluster, gpus, context, gs) if placement else 0
+    n_gpus = len(chosen) or gs.world_size or 1
+
+    per_gpu = []
+    views = {v.index: v for v in gpustack.views_of(gpus, context.claims, cluster.system_reserved_vram)}
+    shown = [g for g in gpus if placed_on is None or g.index in placed_on]
+    for gpu in shown:
+        per_gpu.append(_gpu_fit(
+            gpu, views[gpu.index], context, running=placed_on is not None, estimate=estimate, n_gpus=n_gpus,
+            gmu_g=gs.gpu_memory_utilization, scheduler=cluster.scheduler, cluster=cluster, kv=kv, model=model))
+    # Static: vLLM's KV check on the GPUs picked; with_free adds its start-up check.
+    startable = bool(chosen) and all(f.headroom["vllm_kv_cache"] >= 0 for f in per_gpu if f.index in chosen)
+    schedulable = placed_on is not None or placement is not None
+    fit = ModelFit(
+        name=model.name, placed=placed_on is not None, weights=model.weights_bytes, estimate=estimate,
+        bytes_per_token=kv.per_token, kv_required=kv.required, max_model_len=kv.target_len, block_tokens=kv.block,
+        gmu_gpustack=gs.gpu_memory_utilization, gmu_vllm=gmu_v, schedulable=schedulable, startable=startable,
+        gpus=chosen, overcommit=bool(placement and placement.overcommit),
+        replicas_placed=replicas_placed if placed_on is None else model.replicas, replicas=model.replicas,
+        per_gpu=tuple(per_gpu), context=context,
+    )
+    return _with_static_reasons(fit, model, views, cluster)
+
+
+def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
+    wanted = model.max_model_len if model.max_model_len is not None else vp.max_model_len
+    if wanted is None:
+        if cap is None:
+            raise ModelError("max_model_len is not given and config has no max_position_embeddings")
+        return model.arch.default_max_model_len or cap  # LongRoPE: original_max_position_embeddings
+    if wanted == -1:  # auto: the longest that fits; the check is that at least one block fits
+        return 1
+    if wanted <= 0:
+        raise ModelError(f"max_model_len must be positive, got {wanted}")
+    return wanted
+
+
+def _count_replicas(model, cluster, gpus, context, params) -> int:
+    return gpustack.replicas_placed(model.replicas, context.claims,
+                                    lambda claims: _placement(model, cluster, gpus, claims, params))
+
+
+def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, running: bool, estimate: int,
+             n_gpus: int, gmu_g: float, scheduler: str, cluster: Cluster, kv: _KvTerms, model: ModelSpec) -> GpuFit:
+    t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
+    committed = context.committed.get(gpu.index, 0)
+    check = _kv_check(gpu, kv, cluster, model.arch)
+    weights_per_gpu, overhead, required = kv.weights_per_gpu, kv.overhead, kv.required
+    tests = gpustack.gpu_tests(view, estimate, gmu_g, n_gpus, scheduler)
+    headroom = {"gpustack_estimate": tests.estimate_headroom, "gpustack_allocatable": tests.allocatable_headroom,
+                "vllm_kv_cache": check.kv_cache_headroom}
+    lo, hi_static = _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required)
+    # A running instance passed its start-up check long ago: it needs no free memory.
+    need = None if running else committed + cluster.vllm_context_overhead + check.budget
+    return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi_static, check.max_model_len,
+                  cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, free_need=need,
+                  kv_bytes=check.kv_cache_bytes, weights=weights_per_gpu)
+
+
+def _round_down(x: float) -> float:
+    return math.floor(x * 10_000 + 1e-9) / 10_000
+
+
+def _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required) -> tuple[float, float]:
+    """[min, max] of a --gpu-memory-utilization (read alike by both) passing every check here but
+    vLLM's start-up one, which depends on free memory (``free_top``). Ends are rounded inwards
+    so that they themselves pass."""
+    lows = [(required + weights_per_gpu + overhead) / t_cuda]
+    highs = [1.0, view.allocatable / view.total if view.total else 0.0]
+    if scheduler == "gpustack-0.6":
+        if estimate > view.allocatable * (n_gpus if n_gpus > 1 else 1):
+            highs.append(0.0)  # E <= A does not depend on g: nothing works
+    else:
+        lows.append(estimate / (n_gpus * view.total) if view.total else 1.0)
+    lo = math.ceil(max(lows) * 10_000 - 1e-9) / 10_000
+    return lo, max(_round_down(min(highs)), 0.0)
+
+
+def _with_static_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) -> ModelFit:
+    head = []
+    if not fit.schedulable:
+        head.append(_pending_reason(fit, model, views, cluster))
+    elif fit.overcommit:
+        head.append("GPUStack accepts the manual GPU selection as overcommit: its own tests fail there.")
+    kv = {f.index: f"GPU {f.index}: " + _kv_reason(fit, f) for f in fit.per_gpu
+          if f.index in fit.gpus and f.headroom["vllm_kv_cache"] < 0}
+    fit = replace(fit, static_reasons=tuple(head), kv_reasons=kv)
+    return replace(fit, reasons=reasons(fit))
+
+
+def _pending_reason(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) -> str:
+    text = "GPUStack leaves it Pending (No suitable workers):\n" + selector.pending_message(
+        fit.estimate, fit.gmu_gpustack, list(views.values()), model.gpustack.world_size)
+    if fit.per_gpu and all(not f.window_open for f in fit.per_gpu):
+        f = fit.per_gpu[0]
+        text += (f"\nNo value of --gpu-memory-utilization places it on this node: it needs at least "
+                 f"{f.gmu_min:.4f} but at most {f.gmu_max:.4f} works.")
+    return text
+
+
+def _kv_reason(fit: ModelFit, f: GpuFit) -> str:
+    kv = f.headroom["vllm_kv_cache"] + fit.kv_required
+    if kv <= 0:
+        return ("vLLM fails: No available memory for the cache blocks "
+                f"(budget {gib(f.budget)} minus weights and overhead leaves {gib(kv)}).")
+    return (f"vLLM fails: To serve at least one request with the model's max seq len ({fit.max_model_len}), "
+            f"{gib(fit.kv_required)} KV cache is needed, which is larger than the available KV cache memory "
+            f"({gib(kv)}); the longest context that fits is {f.max_model_len} tokens.")
+
+
+def placement(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: Mapping[int, int]):
+    """Where GPUStack puts the next instance with ``claims`` booked (None: pending)."""
+    return _placement(model, cluster, gpus, claims, model.gpustack)
+
+
+def placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> dict[int, int]:
+    """A running instance's claims when GPUStack's own are not known: int(g * T) on each of its GPUs."""
+    by_index = {gpu.index: gpu for gpu in gpus}
+    gmu = model.gpustack.gpu_memory_utilization
+    return {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
+
+
+def committed_on(model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
+    """What vLLM takes of a GPU it is placed on: its budget R, and the new process's CUDA context."""
+    return (vllm.budget_bytes(vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), _vllm_gmu(model, cluster))
+            + cluster.vllm_context_overhead)
+
+
+def free_reasons(fit: ModelFit, f: GpuFit) -> list[str]:
+    """vLLM's start-up check on this GPU's free memory, in its own words, where it fails."""
+    headroom = f.headroom.get("vllm_free_memory", 0)
+    if headroom >= 0:
+        return []
+    available = headroom + f.budget  # free - committed - C_pre
+    return [f"GPU {f.index}: vLLM will not start: " + vllm.startup_error(available, f.cuda_total, fit.gmu_vllm,
+                                                                         f.budget)]

@@ -1,0 +1,178 @@
+"""GPUStack 2.3.0's placement of a vLLM model on one worker (DESIGN.md section 2).
+
+Source: ``gpustack/policies/candidate_selectors/vllm_resource_fit_selector.py``: the single-GPU tests
+(``E > total * g`` and ``allocatable / total < g`` exclude a GPU: rules/gpustack.py ``single_gpu_tests``),
+the multi-GPU walk (``allocatable / total > g`` strictly, largest allocatable first, each GPU adding
+int(total * g), stopping at the first count that divides the heads and vocabulary and covers E), and the
+claim int(total * g) on every GPU used. g is --gpu-memory-utilization as GPUStack reads it (the first
+occurrence; 0.9 if absent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ....errors import ModelError
+from ....units import GIB, gib
+from ...gpustack import (Booking, GpuView, Placement, claim_bytes, estimate_bytes, single_gpu_tests, tp_arch,
+                         tp_divisibility_problem)
+from ...model import Architecture, ModelSpec, Scheduler
+
+
+def tp_divisibility(spec: ModelSpec) -> str | None:
+    """The selector's refusal of a --tensor-parallel-size that does not divide the heads or vocabulary
+    (the vision heads unless --language-model-only: ``tp_arch``)."""
+    gs = spec.gpustack
+    if not gs.tensor_parallel_size:
+        return None
+    return tp_divisibility_problem(tp_arch(spec.arch, gs), gs.tensor_parallel_size)
+
+
+def tp_problem(spec: ModelSpec) -> str | None:
+    """``tp_divisibility`` as the single-worker selector words it."""
+    problem = tp_divisibility(spec)
+    return problem + " Consider adjusting your tensor-parallel-size value." if problem else None
+
+
+def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+    """GPUStack's reading of ``spec``; raises ModelError where it refuses the model."""
+    if problem := tp_problem(spec):
+        raise ModelError(problem)
+    gs = spec.gpustack
+    return Booking(gs.gpu_memory_utilization, gs.world_size, gs.gmu_given)
+
+
+def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
+    """``place`` for ``spec`` as GPUStack books it (``book``)."""
+    assert book.fraction is not None
+    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), gmu=book.fraction,
+                 world_size=book.world_size, arch=tp_arch(spec.arch, spec.gpustack), scheduler=scheduler,
+                 pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
+
+
+def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
+               pinned: Sequence[int] | None = None) -> list[Placement]:
+    found = place_spec(spec, views, scheduler=scheduler, book=book, pinned=pinned)
+    return [found] if found is not None else []
+
+
+def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
+                       pinned: Sequence[int] | None = None) -> str:
+    assert book.fraction is not None
+    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), book.fraction, views, book.world_size)
+
+
+def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
+    """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
+    assert book.fraction is not None
+    return {i: claim_bytes(t, book.fraction) for i, t in totals.items()}
+
+
+def place(
+    gpus: Sequence[GpuView],
+    *,
+    estimate: int,
+    gmu: float,
+    world_size: int | None,
+    arch: Architecture,
+    scheduler: Scheduler,
+    pinned: Sequence[int] | None = None,
+    replica_count: int = 1,
+) -> Placement | None:
+    """Where GPUStack puts one instance on this worker, or None (pending)."""
+    if pinned:
+        return _place_pinned(gpus, pinned, estimate, gmu, scheduler, replica_count)
+    if not world_size or world_size == 1:
+        single = _place_single(gpus, estimate, gmu, scheduler)
+        if single is not None or world_size == 1:
+            return single
+    return _place_multi(gpus, estimate, gmu, world_size, arch)
+
+
+def _place_single(gpus: Sequence[GpuView], estimate: int, gmu: float, scheduler: Scheduler) -> Placement | None:
+    fits = [gpu for gpu in gpus if single_gpu_tests(gpu, estimate, gmu, scheduler).passes]
+    if not fits:
+        return None
+    # Every passing GPU is a candidate; the placement strategy picks one. Spread (the default)
+    # favours the emptiest: the most allocatable, then the lowest index.
+    chosen = max(fits, key=lambda gpu: (gpu.allocatable, -gpu.index))
+    return Placement((chosen.index,), {chosen.index: claim_bytes(chosen.total, gmu)}, "single")
+
+
+def multi_gpu_eligible(gpu: GpuView, gmu: float) -> bool:
+    """A GPU may join a multi-GPU placement only with A/T > g, strictly."""
+    return bool(gpu.total) and gpu.allocatable / gpu.total > gmu
+
+
+def _place_multi(
+    gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None, arch: Architecture
+) -> Placement | None:
+    chosen = multi_gpu_choice(gpus, estimate, gmu, world_size, arch)
+    return _multi(chosen, gmu) if chosen else None
+
+
+def multi_gpu_choice(gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None,
+                     arch: Architecture) -> list[GpuView] | None:
+    """The GPUs of one worker a multi-GPU placement takes (largest allocatable first), or None."""
+    if len(gpus) < 2:
+        return None
+    eligible = [gpu for gpu in gpus if multi_gpu_eligible(gpu, gmu)]
+    eligible.sort(key=lambda gpu: gpu.allocatable, reverse=True)  # stable: index order among equals
+    chosen: list[GpuView] = []
+    booked = 0
+    for gpu in eligible:
+        chosen.append(gpu)
+        booked += claim_bytes(gpu.total, gmu)
+        if tp_divisibility_problem(arch, len(chosen)):
+            continue
+        if world_size and len(chosen) >= world_size:
+            # GPUStack stops at the requested count (or the first divisible count past it).
+            return chosen if booked >= estimate else None
+        if not world_size and booked >= estimate:
+            return chosen
+    return None
+
+
+def _multi(chosen: Sequence[GpuView], gmu: float) -> Placement:
+    return Placement(tuple(g.index for g in chosen), {g.index: claim_bytes(g.total, gmu) for g in chosen}, "multi")
+
+
+def _place_pinned(
+    gpus: Sequence[GpuView], pinned: Sequence[int], estimate: int, gmu: float, scheduler: Scheduler,
+    replica_count: int,
+) -> Placement | None:
+    by_index = {gpu.index: gpu for gpu in gpus}
+    if any(index not in by_index for index in pinned):
+        return None
+    views = [by_index[index] for index in pinned]
+    if len(views) == 1:
+        fits = single_gpu_tests(views[0], estimate, gmu, scheduler).passes
+    else:
+        fits = (all(g.allocatable / g.total >= gmu for g in views)
+                and sum(claim_bytes(g.total, gmu) for g in views) >= estimate)
+    if not fits and replica_count > 1:
+        return None  # overcommit is accepted only for a single replica
+    return Placement(tuple(pinned), {g.index: claim_bytes(g.total, gmu) for g in views}, "pinned", not fits)
+
+
+def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_size: int | None) -> str:
+    """GPUStack's own "No suitable workers" details (vllm_resource_fit_selector.py): the multi-GPU
+    line when that path was tried (two or more GPUs and no world size of 1), else the single-GPU one."""
+    lines = [
+        f"The model requires approximately {gib(estimate)} of VRAM.",
+        f"With --gpu-memory-utilization={gmu}, all GPUs combined need to provide at least "
+        f"{gib(int(estimate / gmu))} of total VRAM and each GPU needs {int(gmu * 100)}% of allocatable VRAM.",
+    ]
+    if len(gpus) >= 2 and world_size != 1:
+        eligible = [g for g in gpus if multi_gpu_eligible(g, gmu)]
+        total = sum(g.allocatable for g in gpus)
+        effective = total / GIB * gmu * len(eligible) / len(gpus)
+        lines.append(f"The largest available worker has {gib(total)} allocatable VRAM, {len(eligible)}/{len(gpus)} "
+                     f"of GPUs meet the VRAM utilization ratio, providing {effective:.2f} GiB of allocatable VRAM.")
+    elif gpus:
+        largest = max(gpus, key=lambda g: g.allocatable)
+        if largest.total:
+            lines.append(f"The current available GPU only has {gib(largest.allocatable)} allocatable VRAM "
+                         f"({largest.allocatable / largest.total * 100:.2f}%).")
+    return "\n".join(lines)
