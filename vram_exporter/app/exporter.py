@@ -23,6 +23,7 @@ from ..sources.nvml import NvmlReader
 from ..sources.sampler import NoNvmlReader, NvmlSampler
 from .inputs import NodeInputs, node_inputs
 from .plan import Plan, Planner
+from ..present import vllm_instances
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
 from ..sources import vllm_instance
@@ -202,7 +203,7 @@ class Exporter:
         if not readings:
             return []
         comparisons = vllm_instance.node_comparisons(plan.node, readings) if plan is not None else []
-        return [vllm_instance.up_family(readings), *vllm_instance.families(comparisons)]
+        return [vllm_instances.up_family(readings), *vllm_instances.families(comparisons)]
 
     def close(self) -> None:
         self._planner.close()
