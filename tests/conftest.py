@@ -139,16 +139,17 @@ def in_ci() -> bool:
 
 
 class RecordedGpuStack:
-    """GPUStack's API answered from tests/fixtures/gpustack (recorded from the real server)."""
+    """GPUStack's API answered from tests/fixtures/gpustack (recorded from the real server), or from
+    ``directory``: the same three documents, edited by a test."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path = FIXTURES / "gpustack") -> None:
         import http.server
         import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 kind = self.path.split("?")[0].removeprefix("/v2/")
-                document = FIXTURES / "gpustack" / f"{kind}.json"
+                document = directory / f"{kind}.json"
                 if "/" in kind or not document.exists():
                     self.send_error(404)
                     return

@@ -66,9 +66,9 @@ def test_rules_only_use_metrics_the_exporter_exports():
         exported |= set(re.findall(r"^(vram_\w+)", golden.read_text(), re.M))
     # The series beside a running vLLM appear only with one answering (tests/sources/test_vllm_instance.py's end-to-end
     # test reads them from the real process): take their names from the families the exporter renders.
-    from vram_exporter.sources import vllm_instance
+    from vram_exporter.present import vllm_instances
 
-    exported |= {f.name for f in vllm_instance.families([])} | {vllm_instance.up_family({}).name}
+    exported |= {f.name for f in vllm_instances.families([])} | {vllm_instances.up_family({}).name}
     used = set(re.findall(r"(?<![:\w])vram_[a-z_]+(?![:\w])", RULES.read_text()))  # not recorded names
     assert used - exported == set()
 

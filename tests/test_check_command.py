@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, exporter_command
+from conftest import FIXTURES, ROOT, ExporterProcess, RecordedGpuStack, exporter_command
 
 SEED = ["--manifest", str(ROOT / "examples/seed/manifest.yaml"),
         "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml")]
@@ -147,6 +147,62 @@ def test_check_reads_gpustack_once_as_recorded(recorded_gpustack, tmp_path):
     text = check(*args).stdout
     assert "NO  seed-qwen: replicas 1, GPUStack pending 1, predicted 1: Pending, both agree" in text
     assert "7 of 11 models have instances pending; 0 where the rulebooks and GPUStack disagree." in text
+
+
+def _predicted_here_state(directory) -> None:
+    """The recorded API, edited: seed-node and alone-node (24 GiB each) in one cluster, and both their
+    models (at utilization 0.4) pending there. GPUStack's scheduler, replayed over the cluster,
+    spreads them: one instance is predicted onto seed-node, where the node alone would place both."""
+    directory.mkdir()
+    docs = {kind: json.loads((FIXTURES / "gpustack" / f"{kind}.json").read_text())
+            for kind in ("workers", "models", "model-instances")}
+    for worker in docs["workers"]["items"]:
+        if worker["name"] in ("seed-node", "alone-node"):
+            worker["cluster_id"] = 1
+            for device in worker["status"]["gpu_devices"]:
+                device["memory"]["total"] = 24 * 2**30
+    moved = {m["id"] for m in docs["models"]["items"] if m["name"] in ("seed-qwen", "alone-qwen")}
+    for model in docs["models"]["items"]:
+        if model["id"] in moved:
+            model["cluster_id"], model["backend_parameters"] = 1, ["--gpu-memory-utilization=0.4"]
+    for instance in docs["model-instances"]["items"]:
+        if instance["model_id"] in moved:
+            instance["cluster_id"] = 1
+    for kind, document in docs.items():
+        (directory / f"{kind}.json").write_text(json.dumps(document))
+
+
+def _without_timestamps(report: dict) -> dict:
+    return {**report, "gpustack": {**report["gpustack"], "last_success_timestamp": None}}
+
+
+def test_check_json_is_the_exporters_fit_document_where_the_cluster_places_a_pending_instance_here(tmp_path):
+    """``check --gpustack.url`` judges the node on the inputs ``serve`` builds, the cluster-wide
+    prediction included: its JSON is the exporter's /api/v1/fit for the same state and flags."""
+    _predicted_here_state(tmp_path / "gpustack")
+    fixture = tmp_path / "nvml.yaml"
+    fixture.write_text((ROOT / "examples/seed/fixture.yaml").read_text().replace("6436159488", str(24 * 2**30)))
+    key = tmp_path / "key"
+    key.write_text("recorded\n")
+    server = RecordedGpuStack(tmp_path / "gpustack")
+    try:
+        flags = ["--gpustack.url", server.url, "--gpustack.api-key-file", str(key), "--gpustack.worker-name",
+                 "seed-node", "--manifest", str(FIXTURES / "gpustack/overlay.yaml"), "--nvml.fixture", str(fixture)]
+        result = check(*flags, "--format", "json")
+        assert result.returncode in (0, 1), result.stderr
+        report = json.loads(result.stdout)
+        exporter = ExporterProcess(*flags)
+        try:
+            with exporter.get("/api/v1/fit") as response:
+                api = json.loads(response.read())
+        finally:
+            exporter.stop()
+    finally:
+        server.stop()
+    [gpu] = report["gpus"]
+    # The replay puts one of the two pending instances here (0.4 of the card), not both.
+    assert 0 < gpu["gpustack"]["predicted_claims"] < 0.5 * 24 * 2**30
+    assert _without_timestamps(report) == _without_timestamps(api)
 
 
 @pytest.mark.parametrize(("args", "message"), [

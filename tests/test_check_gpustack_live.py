@@ -10,8 +10,9 @@ import subprocess
 import pytest
 
 from conftest import exporter_command, free_port
-from gpustack_live.harness import GIB, nvml_fixture
-from test_gpustack_live import QWEN_1_5B, QWEN_1_5B_WEIGHTS, gpustack_pending, live  # noqa: F401 - the fixture
+from gpustack_live.harness import GIB, nvml_fixture, wait_for
+from test_gpustack_live import (QWEN_1_5B, QWEN_1_5B_WEIGHTS, QWEN_7B, QWEN_7B_WEIGHTS, gpustack_pending,  # noqa: F401
+                               live)
 
 pytestmark = pytest.mark.gpustack_live
 
@@ -82,6 +83,35 @@ def test_seed_pending_as_gpustack_decides_in_text_and_json(live):  # noqa: F811
     finally:
         exporter.stop()
     assert without_timestamps(report) == without_timestamps(api)
+
+
+def test_json_is_the_exporters_fit_where_the_cluster_places_a_pending_instance_here(live):  # noqa: F811
+    """A 7B model waits while a small one holds one of two 16 GiB workers; once that is deleted the
+    replay of GPUStack's scheduler places the pending instance over both workers, so part of it on this
+    one: check's JSON is still the exporter's /api/v1/fit (the cluster's prediction included)."""
+    cluster = live.cluster("check-predicted")
+    workers = [live.worker(cluster, f"check-predicted-{n}", [16384]) for n in ("a", "b")]
+    small = live.server.create_model(cluster, "check-predicted-small",
+                                     live.model("check-predicted-small", QWEN_1_5B, QWEN_1_5B_WEIGHTS))
+    big = live.server.create_model(cluster, "check-predicted-big",
+                                   live.model("check-predicted-big", QWEN_7B, QWEN_7B_WEIGHTS))
+    assert gpustack_pending(live.server, big) == 1
+    live.server.request("DELETE", f"/v2/models/{small}")
+    wait_for(lambda: not live.server.instances(small), "the small model's instance gone")
+    worker = workers[0]
+    fixture = fixture_of(live, worker)
+    result = check(live, "--gpustack.worker-name", worker.name, "--nvml.fixture", fixture, "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    report = json.loads(result.stdout)
+    [gpu] = report["gpus"]
+    assert gpu["gpustack"]["predicted_claims"] > 0  # the replay places the pending instance here
+    exporter = live.exporter(worker)
+    try:
+        api = json.loads(exporter.text("/api/v1/fit"))
+    finally:
+        exporter.stop()
+    assert without_timestamps(report) == without_timestamps(api)
+    live.server.request("DELETE", f"/v2/models/{big}")  # nothing of this test left Pending for the next
 
 
 def test_without_this_nodes_worker_the_cluster_view_alone(live):  # noqa: F811

@@ -172,16 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         return _serve(args)
-    except BadInput as exc:  # InputFileError included
+    except BadInput as exc:  # InputFileError and UpstreamError (GPUStack unreadable) included
         print(f"vram-exporter: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as exc:
-        from .sources.gpustack_client import GpuStackError  # imported late: aiohttp is not needed for check/capture
-
-        if isinstance(exc, GpuStackError):
-            print(f"vram-exporter: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        raise
 
 
 def _reader(args: argparse.Namespace):
@@ -247,7 +240,8 @@ def _check(args: argparse.Namespace) -> int:
     import json
 
     from .sources.manifest import load_manifest
-    from .app.plan import NodeInputs, Planner
+    from .app.inputs import node_inputs
+    from .app.plan import Planner
     from .present.report import all_fit, plan_report, render_text
 
     if args.gpustack_url is not None:
@@ -260,8 +254,7 @@ def _check(args: argparse.Namespace) -> int:
         return _check_cluster(manifest, args.format)
     snapshot = _reader(args).read()
     # The same plan the exporter serves, built here in one go.
-    inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snapshot)
-    report = plan_report(Planner().build_now(inputs, snapshot), snapshot)
+    report = plan_report(Planner().build_now(node_inputs(manifest, snapshot), snapshot), snapshot)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

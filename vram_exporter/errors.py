@@ -19,3 +19,8 @@ class FlagError(BadInput):
 class ModelError(BadInput):
     """A model the rulebooks cannot judge (a parameter GPUStack or vLLM refuses, a config.json field
     missing...). It never stops the exporter: the model shows vram_model_config_error 1 and why."""
+
+
+class UpstreamError(BadInput):
+    """A service this program reads (GPUStack's API) could not be read; the message says what to fix
+    (the URL, the key, the network), so to the command line it is input to correct, exit code 2."""

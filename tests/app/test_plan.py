@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from fitcases import GIB, MIB, gpu, node, seed_cluster, seed_model
 from vram_exporter.rules.node import fit_node
-from vram_exporter.app.plan import NodeInputs, Planner
+from vram_exporter.app.plan import LastOne, NodeInputs, Planner
 from vram_exporter.present.report import plan_report
 
 
@@ -132,3 +132,22 @@ def test_the_report_is_kept_while_nothing_it_is_made_of_changes():
     assert later["models"][0]["checks"]["0"]["vllm_free_memory"]["headroom_bytes"] == \
         first["models"][0]["checks"]["0"]["vllm_free_memory"]["headroom_bytes"] - GIB
     exporter.close()
+
+
+def test_what_is_remembered_is_keyed_by_value():
+    """The last body and report (``LastOne``) and each plan's live part come back for an equal key,
+    whatever object it was built from, and are made again for another."""
+    last: LastOne[str] = LastOne()
+    made = []
+    make = lambda text: lambda: made.append(text) or text  # noqa: E731
+    assert last.of(("plan", 1, (0, 5)), make("first")) == "first"
+    assert last.of(("plan", 1, tuple([0, 5])), make("again")) == "first"  # an equal key, another object
+    assert last.of(("plan", 2, (0, 5)), make("second")) == "second"
+    assert made == ["first", "second"]
+
+    planner = Planner()
+    snap = node(gpu(0), gpu(1, 12288 * MIB))
+    plan = _plan(planner, NodeInputs.of(seed_cluster(), (seed_model(),), {}, snap), snap)
+    assert plan.live({0: GIB, 1: 2 * GIB}) is plan.live(dict([(1, 2 * GIB), (0, GIB)]))
+    assert plan.live({0: GIB, 1: 3 * GIB}) is not plan.live({0: GIB, 1: 2 * GIB})
+    planner.close()

@@ -301,8 +301,10 @@ def test_failed_refresh_keeps_the_last_good_view_and_says_so():
     models = [line for line in first.splitlines() if line.startswith("vram_model_gpustack_pending_instances")]
     assert models and all(line in second for line in models)  # the last good view, still served
     view = source.view
+    plan = asyncio.run(exporter.plan(asyncio.run(exporter.snapshot())))
     asyncio.run(source.refresh())
-    assert source.success and source.view.node_models is view.node_models  # unchanged: same object, fit cache hits
+    assert source.success and source.view.node_models == view.node_models  # unchanged in value
+    assert asyncio.run(exporter.plan(asyncio.run(exporter.snapshot()))) is plan  # so the plan is the same
     exporter.close()
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, require_tool
 from test_vllm_h200_replay import CASES, _predict, WEIGHTS
+from vram_exporter.present import vllm_instances
 from vram_exporter.sources import vllm_instance
 from vram_exporter.present.exposition import Renderer
 
@@ -66,7 +67,7 @@ def test_families_render_and_lint(tmp_path):
     got = _predict(run, case)
     c = vllm_instance.compare("phi-3.5-mini", "127.0.0.1:8011", info, bytes_per_token=got["per_token"],
                               predicted_kv_bytes=got["kv"], budget_bytes=got["budget"], weights_bytes=WEIGHTS["phi-3.5-mini"])
-    body = Renderer().render(vllm_instance.families([c])).decode()
+    body = Renderer().render(vllm_instances.families([c])).decode()
     assert f'vram_model_vllm_kv_cache_actual_bytes{{model="phi-3.5-mini",vllm_instance="127.0.0.1:8011"}} {c.actual_kv_bytes}' in body
     result = subprocess.run([require_tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

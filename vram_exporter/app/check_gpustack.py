@@ -1,9 +1,9 @@
 """``vram-exporter check --gpustack.url URL``: what GPUStack would do with the cluster as it is now, once.
 
 One read of GPUStack's API (sources/gpustack_client.py), the same view the exporter serves
-(gpustack_source.build_view: the cluster replayed over every worker, and this node's worker as a
-manifest would describe it), this node's verdicts from its NVML readings (or a fixture), and the
-same document as the exporter's ``/api/v1/fit``. A worker name given and not found is bad input
+(sources/gpustack_view.build_view: the cluster replayed over every worker, and this node's worker as a
+manifest would describe it), this node's verdicts from its NVML readings (or a fixture) on the inputs ``serve``
+builds (app/inputs.py), and the same document as the exporter's ``/api/v1/fit``. A worker name given and not found is bad input
 (exit 2); with the default (this host's name) and no such worker, only the cluster view is shown.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 from ..sources.manifest import LoadedManifest
@@ -20,7 +19,8 @@ from ..errors import FlagError
 from ..sources.gpustack_api import Worker
 from ..sources.gpustack_client import GpuStackClient, read_once
 from ..sources.gpustack_view import build_view
-from .plan import NodeInputs, Planner
+from .inputs import node_inputs
+from .plan import Planner
 from ..present.report import gpustack_report, plan_report, render_text
 from ..snapshot import NodeSnapshot
 
@@ -35,14 +35,11 @@ def check_report(client: GpuStackClient, *, worker_name: str, explicit_worker: b
         raise FlagError(f"--gpustack.worker-name {worker_name!r}: no worker of {url} has that name or hostname "
                         f"(its workers: {_names(state.workers)})")
     snapshot: NodeSnapshot = read_snapshot()
-    node = view.node_models
-    if node is None or snapshot.error:
-        # No worker here, or no GPU readings to judge it on: the cluster view alone.
-        inputs = NodeInputs.of(None, (), None, snapshot)
-    else:
-        inputs = NodeInputs.of(node.cluster, node.models, node.booked, snapshot)
+    # No worker here, or no GPU readings to judge it on: the cluster view alone. Else the inputs
+    # ``serve`` builds, the cluster's placement of the pending instances here included.
+    inputs = node_inputs(None if snapshot.error else view.node_models, snapshot)
     report = plan_report(Planner().build_now(inputs, snapshot), snapshot)
-    report["gpustack"] = gpustack_report(view, SimpleNamespace(success=True, last_success_timestamp=time.time()))
+    report["gpustack"] = gpustack_report(view, refresh_success=True, last_success_timestamp=time.time())
     return report
 
 

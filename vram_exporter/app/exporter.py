@@ -12,18 +12,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
-from typing import NamedTuple
 
-from ..present.collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, fix_segment,
-                                 gpu_families, gpustack_families)
+from ..present.collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, gpu_families,
+                                 gpustack_families)
 from ..sources.manifest import LoadedManifest, NodeModels, load_manifest
-from ..present.exposition import (OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Family, Renderer, Segment,
-                                  wants_openmetrics)
+from ..present.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Family, Renderer, wants_openmetrics
 from ..rules.node import free_memory
 from ..sources.gpustack_view import GpuStackSource, GpuStackView
 from ..sources.nvml import NvmlReader
 from ..sources.sampler import NoNvmlReader, NvmlSampler
-from .plan import NodeInputs, Plan, Planner, gpu_sizes, pick_key
+from .inputs import NodeInputs, node_inputs
+from .plan import Plan, Planner
+from ..present import vllm_instances
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
 from ..sources import vllm_instance
@@ -33,17 +33,6 @@ log = logging.getLogger(__name__)
 
 # How long a page or /api/v1/fit waits for a new plan's fixes before answering without them.
 FIXES_WAIT_SECONDS = 10.0
-
-
-class _Rendered(NamedTuple):
-    """The last scrape's body but the exporter's own series, and what it was made from."""
-
-    openmetrics: bool
-    plan: Plan | None
-    fixes_known: bool
-    gpustack: GpuStackView | None
-    snapshot: NodeSnapshot
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +49,8 @@ class Scrape:
 
 class Exporter:
     """Wires the parts together: the NVML reader, the model source (a manifest or GPUStack), the
-    planner that owns everything derived from them, and the renderers of a scrape."""
+    planner that owns everything derived from them and everything remembered (app/plan.py), and the
+    renderers of a scrape. Nothing is remembered here."""
 
     def __init__(
         self,
@@ -86,12 +76,8 @@ class Exporter:
         self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
         self._sampler = NvmlSampler(reader, nvml_timeout)
         self._planner = Planner(gpu_detail)
-        self._last_inputs: tuple[LoadedManifest | NodeModels | None, tuple, NodeInputs] | None = None
-        self._picks = _FixPicks()
         self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
         self._tail_renderer = Renderer()
-        self._last_content: _Rendered | None = None
-        self._last_report: tuple[tuple, dict] | None = None
         # More of the exporter's own series (e.g. the web config's reload status), rendered at each scrape.
         self.extra_families: list[Callable[[], Iterable[Family]]] = []
 
@@ -116,14 +102,9 @@ class Exporter:
             results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
         fixes_known = plan is not None and plan.fixes is not None
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
-        last = self._last_content
-        if (last is not None and last.openmetrics == openmetrics and last.plan is plan
-                and last.fixes_known == fixes_known and last.gpustack is view and last.snapshot == snap):
-            content = last.body
-        else:
-            families = self._content(snap, plan, view)
-            content = self._renderers[openmetrics].render(families, openmetrics, eof=False)
-            self._last_content = _Rendered(openmetrics, plan, fixes_known, view, snap, content)
+        key = (openmetrics, plan.version if plan else None, fixes_known, view, snap)
+        content = self._planner.last_body.of(key, lambda: self._renderers[openmetrics].render(
+            self._content(snap, plan, view), openmetrics, eof=False))
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
@@ -167,20 +148,8 @@ class Exporter:
         return True
 
     def inputs(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> NodeInputs:
-        """What the plan is derived from; without a manifest, only the GPUs' bookings (GPUStack defaults).
-        The same manifest object on GPUs of the same sizes gives the same inputs object back, which
-        the planner recognises without comparing every model."""
-        sizes = gpu_sizes(snap)
-        last = self._last_inputs
-        if last is not None and last[0] is manifest and last[1] == sizes:
-            return last[2]
-        if manifest is None:
-            inputs = NodeInputs.of(None, (), None, snap)
-        else:
-            inputs = NodeInputs.of(manifest.cluster, manifest.models, manifest.booked, snap,
-                                   manifest.predicted if isinstance(manifest, NodeModels) else None)
-        self._last_inputs = (manifest, sizes, inputs)
-        return inputs
+        """What the plan is derived from (app/inputs.py, the same for ``check``)."""
+        return node_inputs(manifest, snap)
 
     async def start_planning(self) -> None:
         """Plan for the first readings before any scrape asks: the first one then finds it made."""
@@ -198,16 +167,16 @@ class Exporter:
         except TimeoutError:
             log.warning("fixes not known after %.0fs: the report goes without them", FIXES_WAIT_SECONDS)
         view = self._gpustack.view if self._gpustack else None
-        key = (plan, plan.fixes is not None, snap, view,
+        key = (plan.version, plan.fixes is not None, snap, view,
                self._gpustack.last_success_timestamp if self._gpustack else None)
-        last = self._last_report
-        if last is not None and last[0][0] is plan and last[0][1:] == key[1:]:
-            return last[1]  # nothing it is made of changed: the same document (do not modify it)
+        report = self._planner.last_report.get(key)
+        if report is not None:
+            return report  # nothing it is made of changed: the same document (do not modify it)
         report = await asyncio.to_thread(plan_report, plan, snap)
         if self._gpustack is not None:
-            report["gpustack"] = gpustack_report(view, self._gpustack)
-        self._last_report = (key, report)
-        return report
+            report["gpustack"] = gpustack_report(view, refresh_success=self._gpustack.success,
+                                                 last_success_timestamp=self._gpustack.last_success_timestamp)
+        return self._planner.last_report.keep(key, report)
 
     async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:
         try:
@@ -226,9 +195,7 @@ class Exporter:
         if view is not None:
             yield from gpustack_families(view, snap, cluster=self._cluster_series, node=self._node)
         if plan is not None and plan.specs:
-            free = free_memory(snap)
-            fixes = self._picks.get(plan, free, plan.families.lives(node, free))
-            yield from plan.families.families(node, free, fixes)
+            yield from plan.model_families(free_memory(snap))
 
     def _instance_families(self, plan: Plan | None) -> list[Family]:
         """Prediction beside reality for the running models whose vLLM was read (sources/vllm_instance.py)."""
@@ -236,35 +203,8 @@ class Exporter:
         if not readings:
             return []
         comparisons = vllm_instance.node_comparisons(plan.node, readings) if plan is not None else []
-        return [vllm_instance.up_family(readings), *vllm_instance.families(comparisons)]
+        return [vllm_instances.up_family(readings), *vllm_instances.families(comparisons)]
 
     def close(self) -> None:
         self._planner.close()
         self._sampler.close()
-
-
-class _FixPicks:
-    """Each model's fixes for the free memory of the moment, picked from its plan and rendered; a
-    model whose GPUs' free memory did not move keeps its last pick."""
-
-    def __init__(self) -> None:
-        self._plan: Plan | None = None
-        self._last: dict[str, tuple[tuple, Segment]] = {}
-
-    def get(self, plan: Plan, free: dict[int, int], lives) -> list[Segment]:
-        if plan.fixes is None:
-            return []
-        if plan is not self._plan:
-            self._plan, self._last = plan, dict(plan.first_picks)
-        out = []
-        for fit in plan.node.models:
-            fix_plan = plan.fixes.get(fit.name)
-            if fix_plan is None or fit.error or fit.placed or (fit.schedulable and lives[fit.name].startable):
-                continue
-            key = pick_key(fit, free)
-            last = self._last.get(fit.name)
-            if last is None or last[0] != key:
-                last = (key, fix_segment(fit.name, fix_plan.working(fit, free)))
-                self._last[fit.name] = last
-            out.append(last[1])
-        return out

@@ -1,4 +1,5 @@
-"""The one owner of derived state: the node's inputs, compared by value, turned into a versioned plan.
+"""The one owner of derived and remembered state: the node's inputs, compared by value, turned into a
+versioned plan, and what the scrapes and pages remember of it.
 
 A node's inputs are the cluster settings, the models, the other instances' bookings (from a
 manifest or from GPUStack) and the GPUs' identities and sizes. Everything derived from them alone
@@ -12,6 +13,11 @@ the plan and everything built on it.
 The fit comes first (tens of milliseconds at 8 GPUs x 200 models); the fixes follow in the same
 worker thread (a few hundred milliseconds), and ``Plan.fixes`` is set once they are all known, so
 a scrape never waits for them.
+
+What is remembered, all of it here and every piece keyed by value (never by which object was handed
+in): the current plan (by its inputs), per plan the live part of the last free memory seen and each
+model's picked fixes (by the free memory of its GPUs), and the last scrape body and the last report
+(``LastOne``, by what they are made of). Why each is kept is said where it is.
 """
 
 from __future__ import annotations
@@ -20,54 +26,50 @@ import asyncio
 import gc
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from ..present.collector import GpuDetail, ModelFamilies, fix_segment
-from .cooperative import yielding
-from ..present.exposition import Segment
+from ..present.collector import GpuDetail, LivePart, ModelFamilies, fix_segment
+from ..present.exposition import Family, Segment
 from ..rules.fixes import FixPlan, plan_fixes
-from ..rules.model import Cluster, ModelSpec
+from ..rules.model import ModelSpec
 from ..rules.node import NodeFit, free_memory, static_fit
 from ..snapshot import GpuReading, NodeSnapshot
+from .cooperative import yielding
+from .inputs import GpuSize, NodeInputs, gpu_sizes, node_inputs
+
+__all__ = ["GpuSize", "LastOne", "NodeInputs", "Plan", "Planner", "gpu_sizes", "node_inputs"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class GpuSize:
-    """What the static fit reads of a GPU: its identity and sizes (its name gives vLLM's default batch),
-    never its free memory."""
-
-    index: int
-    uuid: str
-    name: str
-    up: bool
-    total: int | None
-    reserved: int | None
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class NodeInputs:
-    """Everything a plan is derived from, compared by value."""
+class LastOne(Generic[T]):
+    """One value and the key it was made for, compared by value (``==``): the same key gives the same
+    value back. On a hit the newer key is kept (it is equal): the next comparison then meets the same
+    objects and stops at their identity, whatever object the caller built the key from."""
 
-    cluster: Cluster
-    models: tuple[ModelSpec, ...]
-    booked: tuple[tuple[int, int], ...]
-    gpus: tuple[GpuSize, ...]
-    predicted: tuple[tuple[int, int], ...] | None = None  # the cluster's placement of the candidates here
+    def __init__(self) -> None:
+        self._last: tuple[Hashable, T] | None = None
 
-    @classmethod
-    def of(cls, cluster: Cluster | None, models, booked: Mapping[int, int] | None,
-           snapshot: NodeSnapshot, predicted: Mapping[int, int] | None = None) -> NodeInputs:
-        return cls(cluster or Cluster(), tuple(models), tuple(sorted((booked or {}).items())), gpu_sizes(snapshot),
-                   None if predicted is None else tuple(sorted(predicted.items())))
+    def get(self, key: Hashable) -> T | None:
+        last = self._last
+        if last is None or not (last[0] is key or last[0] == key):
+            return None
+        self._last = (key, last[1])
+        return last[1]
 
+    def keep(self, key: Hashable, value: T) -> T:
+        self._last = (key, value)  # one assignment: a reader sees the old pair or the new
+        return value
 
-def gpu_sizes(snapshot: NodeSnapshot) -> tuple[GpuSize, ...]:
-    return tuple(GpuSize(g.index, g.uuid, g.name, g.up, g.memory.total if g.memory else None,
-                         g.memory.reserved if g.memory else None) for g in snapshot.gpus)
+    def of(self, key: Hashable, make: Callable[[], T]) -> T:
+        found = self.get(key)
+        return found if found is not None else self.keep(key, make())
 
 
 @dataclass(eq=False, slots=True)
@@ -80,13 +82,46 @@ class Plan:
     fixes: Mapping[str, FixPlan] | None = field(default=None)  # None until every model's are known
     # Done when ``fixes`` is set, or with None when a newer plan made this one's search pointless.
     fixes_known: Future = field(default_factory=Future)
-    # Each model's working fixes on the free memory the plan was made with, picked in the planner's
-    # thread so that the scrape that first shows the fixes need not pick them (readings rarely moved).
-    first_picks: Mapping[str, tuple[tuple, Segment]] = field(default_factory=dict)
+    # The live part of the last free memory seen (by value): a scrape whose readings did not move (the
+    # fixes just known, say) redoes none of it.
+    _live: LastOne[LivePart] = field(default_factory=LastOne)
+    # Each model's rendered working fixes and the free memory of its GPUs they were picked for. The
+    # planner's thread fills it for the free memory the plan was made with before ``fixes`` is set,
+    # so that the scrape that first shows the fixes need not pick them: that scrape was the slowest
+    # of those meanwhile (benchmarks/RESULTS.md, "What a user sees": p99 meanwhile 8.7 ms at 8 x 200).
+    _picks: dict[str, tuple[tuple, Segment]] = field(default_factory=dict)
 
     @property
     def specs(self) -> tuple[ModelSpec, ...]:
         return self.inputs.models
+
+    def live(self, free: Mapping[int, int]) -> LivePart:
+        return self._live.of(tuple(sorted(free.items())), lambda: self.families.live(free))
+
+    def model_families(self, free: Mapping[int, int]) -> list[Family]:
+        """The per-model families on ``free`` (GPU index -> bytes), the fixes once known."""
+        live = self.live(free)
+        return self.families.families(self.node, free, self.fix_segments(free, live), live)
+
+    def fix_segments(self, free: Mapping[int, int], live: LivePart) -> list[Segment]:
+        """Each model's working fixes on ``free``, rendered; a model whose GPUs' free memory did not
+        move keeps its last pick. Empty while the fixes are not known."""
+        if self.fixes is None:
+            return []
+        out = []
+        for fit in self.node.models:
+            fix_plan = self.fixes.get(fit.name)
+            if fix_plan is None or fit.error or fit.placed or (fit.schedulable and live.lives[fit.name].startable):
+                continue
+            out.append(self._pick(fit, fix_plan, free))
+        return out
+
+    def _pick(self, fit, fix_plan: FixPlan, free: Mapping[int, int]) -> Segment:
+        key = pick_key(fit, free)
+        last = self._picks.get(fit.name)
+        if last is None or last[0] != key:
+            last = self._picks[fit.name] = (key, fix_segment(fit.name, fix_plan.working(fit, free)))
+        return last[1]
 
 
 class Planner:
@@ -94,6 +129,11 @@ class Planner:
 
     def __init__(self, gpu_detail: GpuDetail = "all") -> None:
         self._gpu_detail = gpu_detail
+        # The last scrape's body but the exporter's own series, by what it was made of: a scrape that
+        # finds nothing read or decided changed sends the same bytes (no family built, no render).
+        self.last_body: LastOne[bytes] = LastOne()
+        # The last verdicts document (/api/v1/fit, the explain page), by what it was made of.
+        self.last_report: LastOne[dict] = LastOne()
         self._lock = threading.Lock()
         self._version = 0
         self._current: Plan | None = None
@@ -106,6 +146,8 @@ class Planner:
         with self._lock:
             current = self._current
             if current is not None and (current.inputs is inputs or current.inputs == inputs):
+                # Equal values: keep the newer object, so that the next comparison stops at identity.
+                current.inputs = inputs
                 done: Future[Plan] = Future()
                 done.set_result(current)
                 return done
@@ -144,7 +186,7 @@ class Planner:
             # it stops within one model, and the newer plan's fit, queued behind it, starts.
             fixes = _fixes(plan, lambda: self._version != plan.version)
             if fixes is not None:
-                plan.first_picks = _first_picks(plan, fixes)
+                _first_picks(plan, fixes)
                 plan.fixes = fixes  # one assignment: readers see None or every model's
                 _settle_memory()
         except Exception:  # noqa: BLE001 - the plan serves without fixes rather than never answering
@@ -160,9 +202,7 @@ class Planner:
 def _fit(version: int, inputs: NodeInputs, snapshot: NodeSnapshot, gpu_detail: GpuDetail) -> Plan:
     node = static_fit(snapshot, inputs.cluster, inputs.models, dict(inputs.booked),
                       None if inputs.predicted is None else dict(inputs.predicted))
-    families = ModelFamilies(gpu_detail)
-    families.prepare(node)
-    return Plan(version, inputs, node, families, snapshot.gpus)
+    return Plan(version, inputs, node, ModelFamilies(node, gpu_detail), snapshot.gpus)
 
 
 def _settle_memory() -> None:
@@ -180,16 +220,16 @@ def pick_key(fit, free: Mapping[int, int]) -> tuple:
     return tuple(free.get(f.index) for f in fit.per_gpu)
 
 
-def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> dict[str, tuple[tuple, Segment]]:
+def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> None:
+    """Each model's fixes on the free memory the plan was made with (readings rarely moved since),
+    picked before ``plan.fixes`` is set: no scrape reads ``_picks`` until then."""
     free = free_memory(NodeSnapshot(driver_version="", gpus=plan.gpus))
-    picks = {}
     for fit in plan.node.models:
         if fit.name in fixes:
             try:
-                picks[fit.name] = (pick_key(fit, free), fix_segment(fit.name, fixes[fit.name].working(fit, free)))
+                plan._pick(fit, fixes[fit.name], free)
             except Exception:  # noqa: BLE001 - the scrape picks this one itself
                 log.exception("picking the fixes of model %s failed", fit.name)
-    return picks
 
 
 def _fixes(plan: Plan, stale) -> dict[str, FixPlan] | None:

@@ -20,6 +20,7 @@ from .exporter import Exporter
 from ..present.pages import explain_page
 from . import whatif
 from ..filestamp import file_stamp
+from .background import every
 from .web.auth import Overloaded
 from .web.config import WebConfig
 
@@ -127,51 +128,25 @@ def create_app(
     if exporter.manifest is not None:
         app.cleanup_ctx.append(_manifest_watcher(exporter, manifest_check_interval))
     if web_config is not None:
-        app.cleanup_ctx.append(_web_config_watcher(web_config, web_config_check_interval))
+        # Re-read the web config and every file it names: a policy no client can pass still gets
+        # replaced, and certificates rotated on disk are picked up by the next handshake.
+        app.cleanup_ctx.append(every(web_config_check_interval, web_config.poll, "web config watcher",
+                                     at_stop=web_config.close))
     if exporter.gpustack is not None:
-        app.cleanup_ctx.append(_gpustack_refresher(exporter, gpustack_refresh_interval))
+        source = exporter.gpustack
+        # The first read before the first scrape, so that it already shows GPUStack's models.
+        app.cleanup_ctx.append(every(gpustack_refresh_interval, source.refresh, "GPUStack refresh",
+                                     at_start=source.refresh, at_stop=source.close))
     if exporter.instances is not None:
-        app.cleanup_ctx.append(_vllm_reader(exporter, vllm_metrics_interval))
+        app.cleanup_ctx.append(every(vllm_metrics_interval, lambda: _read_instances(exporter),
+                                     "reading the vLLM instances", step_first=True))
     return app
 
 
-def _vllm_reader(exporter: Exporter, interval: float):
-    """Read the running models' own vLLM /metrics every ``interval`` seconds, in the background."""
-
-    async def read(app: web.Application):
-        task = asyncio.create_task(_read_loop(exporter, interval))
-        yield
-        task.cancel()
-
-    return read
-
-
-async def _read_loop(exporter: Exporter, interval: float) -> None:
-    while True:
-        models = exporter.node_manifest()
-        try:
-            await exporter.instances.refresh(models.models if models else ())
-        except Exception:  # noqa: BLE001 - one bad answer must not stop the readings for good
-            log.exception("reading the vLLM instances failed")
-        await asyncio.sleep(interval)
-
-
-def _gpustack_refresher(exporter: Exporter, interval: float):
-    async def refresh(app: web.Application):
-        source = exporter.gpustack
-        await source.refresh()  # before the first scrape, so that it already shows GPUStack's models
-        task = asyncio.create_task(_refresh_loop(source, interval))
-        yield
-        task.cancel()
-        await source.close()
-
-    return refresh
-
-
-async def _refresh_loop(source, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        await source.refresh()
+async def _read_instances(exporter: Exporter) -> None:
+    """The running models' own vLLM /metrics (sources/vllm_client.py)."""
+    models = exporter.node_manifest()
+    await exporter.instances.refresh(models.models if models else ())
 
 
 def _form_values(items: list[tuple[str, str]]) -> dict[str, str]:
@@ -300,28 +275,6 @@ async def _authorised(web_config: WebConfig, request: web.Request) -> bool | Non
         return None
 
 
-def _web_config_watcher(web_config: WebConfig, interval: float):
-    """Re-read the web config and every file it names in the background: a policy no client can pass
-    still gets replaced, and certificates rotated on disk are picked up by the next handshake."""
-
-    async def watch(app: web.Application):
-        task = asyncio.create_task(_poll_web_config(web_config, interval))
-        yield
-        task.cancel()
-        web_config.close()
-
-    return watch
-
-
-async def _poll_web_config(web_config: WebConfig, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            web_config.poll()
-        except Exception:  # never let the watcher die: the last good config keeps serving
-            log.exception("web config watcher")
-
-
 def _limit(max_requests: int):
     in_flight = 0
 
@@ -342,29 +295,22 @@ def _limit(max_requests: int):
 
 def _manifest_watcher(exporter: Exporter, interval: float):
     """Reload the manifest on SIGHUP and whenever the file changes (checked every ``interval`` s)."""
+    last = [None]
 
-    async def watch(app: web.Application):
-        loop = asyncio.get_running_loop()
+    def at_start() -> None:
+        last[0] = file_stamp(exporter.manifest.path)
         try:
-            loop.add_signal_handler(signal.SIGHUP, exporter.reload_manifest)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, exporter.reload_manifest)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
             log.debug("SIGHUP reload unavailable")
-        task = asyncio.create_task(_poll(exporter, interval))
-        yield
-        task.cancel()
 
-    return watch
-
-
-async def _poll(exporter: Exporter, interval: float) -> None:
-    last = file_stamp(exporter.manifest.path)
-    while True:
-        await asyncio.sleep(interval)
+    def check() -> None:
         current = file_stamp(exporter.manifest.path)
-        if current != last:
-            last = current
+        if current != last[0]:
+            last[0] = current
             exporter.reload_manifest()
 
+    return every(interval, check, "manifest watcher", at_start=at_start)
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:

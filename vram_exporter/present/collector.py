@@ -95,67 +95,25 @@ def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> 
     return [info, up, total, reserved, used, free, api, proc, sys_reserved, claimed, alloc, predicted]
 
 
-class ModelFamilies:
-    """The per-model families of one plan's static fit.
+@dataclass(frozen=True, slots=True)
+class LivePart:
+    """What free memory moves, for one free memory: each model's values and the samples rendered."""
 
-    Everything but what free memory moves is built once (``prepare``), so it is neither computed nor
-    rendered again while the plan holds. What free memory moves (vLLM's start-up headroom, the
-    window's top, ``startable``) comes in at every scrape as ``LiveValues``.
+    lives: Mapping[str, LiveValues]
+    segments: Mapping[str, Segment]
+
+
+class ModelFamilies:
+    """The per-model families of one plan's static fit, prepared once with the plan (in the planner's
+    thread): everything but what free memory moves is built and rendered here, never again while the
+    plan holds. What free memory moves (vLLM's start-up headroom, the window's top, ``startable``)
+    comes in at every scrape as a ``LivePart``. Nothing is remembered here: the plan (app/plan.py)
+    keeps the live part of the last free memory seen.
     """
 
-    def __init__(self, gpu_detail: GpuDetail = "all") -> None:
+    def __init__(self, node: NodeFit, gpu_detail: GpuDetail = "all") -> None:
         self.gpu_detail = gpu_detail
-        self._static: tuple[NodeFit | None, dict[str, list[Segment]], list[tuple[ModelFit, list]]] = (None, {}, [])
-        self._live: _LiveLayout | None = None
-        self._live_memo: tuple[tuple, dict[str, LiveValues], dict[str, Segment]] | None = None
-
-    def lives(self, node: NodeFit, free: Mapping[int, int]) -> dict[str, LiveValues]:
-        """Each model's free-memory dependent values (``live_values``), remembered for the last free
-        memory seen: a scrape whose readings did not move (new fixes, say) redoes none of them."""
-        return self._live_part(node, free)[0]
-
-    def _live_part(self, node: NodeFit, free: Mapping[int, int]):
-        key = tuple(sorted(free.items()))
-        if self._live_memo is not None and self._live_memo[0] == key:
-            return self._live_memo[1], self._live_memo[2]
-        _, shown = self.prepare(node)
-        layout = self._live
-        lives = {fit.name: live_values(fit, free) for fit in node.models}
-        lv = [lives[fit.name] for fit, _ in shown]
-        # The samples free memory moves, rendered here from prefixes made once per plan: at every
-        # change of a reading they are most of the scrape's work.
-        segments = {
-            "vram_model_headroom_bytes": Segment("live", (), (), "".join(
-                [f"{p} {lv[m].free_headroom[n]}\n" for m, n, p in layout.headroom])),
-            "vram_model_gpu_memory_utilization_max": Segment("live", (), (), "".join(
-                [f"{p} {format_value(lv[m].gmu_max[n])}\n" for m, n, p in layout.top])),
-            "vram_model_startable": Segment("live", (), (), "".join(
-                [p + (" 1\n" if live.startable else " 0\n") for p, live in zip(layout.startable, lv)])),
-        }
-        self._live_memo = (key, lives, segments)
-        return lives, segments
-
-    def families(self, node: NodeFit, free: Mapping[int, int], fixes: Sequence[Segment] = ()) -> list[Family]:
-        """The families for the free memory of now (GPU index -> bytes); ``fixes``: one
-        ``fix_segment`` per model that has fixes."""
-        static, _ = self.prepare(node)
-        _, live_segments = self._live_part(node, free)
-        out = []
-        for name, (help_text, labels) in _MODEL_FAMILIES.items():
-            family = _gauge(name, help_text, labels)
-            segments = static.get(name, [])
-            if name in live_segments:
-                segments = [*segments, live_segments[name]]
-            elif name == "vram_model_fix_info":
-                segments = list(fixes)
-            family.segments = segments  # the cached list itself when nothing is live: rendered once
-            out.append(family)
-        return out
-
-    def prepare(self, node: NodeFit):
-        """Per family, the segments that only change with the fit; and per model, its shown GPUs."""
-        if self._static[0] is node:
-            return self._static[1], self._static[2]
+        self.node = node
         uuids = {b.index: b.uuid for b in node.gpus}
         static: dict[str, list[Segment]] = {}
         shown_all = []
@@ -167,9 +125,43 @@ class ModelFamilies:
                 static.setdefault(family, []).append(Segment(fit.name, labels, values, text))
             position = {f.index: n for n, f in enumerate(fit.per_gpu)}
             shown_all.append((fit, [(position[f.index], f) for f in shown]))
-        self._static = (node, static, shown_all)
-        self._live = _LiveLayout.of(shown_all)
-        return static, shown_all
+        self._static = static  # per family, the same list at every scrape: the renderer reuses it whole
+        self._layout = _LiveLayout.of(shown_all)
+
+    def live(self, free: Mapping[int, int]) -> LivePart:
+        """Each model's free-memory dependent values (``live_values``) and their samples."""
+        lives = {fit.name: live_values(fit, free) for fit in self.node.models}
+        layout = self._layout
+        lv = [lives[name] for name in layout.models]
+        # The samples free memory moves, rendered here from prefixes made once per plan: at every
+        # change of a reading they are most of the scrape's work.
+        segments = {
+            "vram_model_headroom_bytes": Segment("live", (), (), "".join(
+                [f"{p} {lv[m].free_headroom[n]}\n" for m, n, p in layout.headroom])),
+            "vram_model_gpu_memory_utilization_max": Segment("live", (), (), "".join(
+                [f"{p} {format_value(lv[m].gmu_max[n])}\n" for m, n, p in layout.top])),
+            "vram_model_startable": Segment("live", (), (), "".join(
+                [p + (" 1\n" if live.startable else " 0\n") for p, live in zip(layout.startable, lv)])),
+        }
+        return LivePart(lives, segments)
+
+    def families(self, node: NodeFit, free: Mapping[int, int], fixes: Sequence[Segment] = (),
+                 live: LivePart | None = None) -> list[Family]:
+        """The families for the free memory of now (GPU index -> bytes); ``node``: the fit they were
+        prepared from; ``fixes``: one ``fix_segment`` per model that has fixes; ``live``: this free
+        memory's, if already made."""
+        live_segments = (live or self.live(free)).segments
+        out = []
+        for name, (help_text, labels) in _MODEL_FAMILIES.items():
+            family = _gauge(name, help_text, labels)
+            segments = self._static.get(name, [])
+            if name in live_segments:
+                segments = [*segments, live_segments[name]]
+            elif name == "vram_model_fix_info":
+                segments = list(fixes)
+            family.segments = segments  # the prepared list itself when nothing is live: rendered once
+            out.append(family)
+        return out
 
     def _static_segments(self, fit: ModelFit, shown, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
         m = fit.name
@@ -226,6 +218,7 @@ def fix_segment(model: str, fixes: Sequence[Fix]) -> Segment:
 class _LiveLayout:
     """Where each live sample's value comes from (model m, its n-th GPU), and its line's prefix."""
 
+    models: tuple[str, ...]  # model m's name
     headroom: tuple[tuple[int, int, str], ...]
     top: tuple[tuple[int, int, str], ...]
     startable: tuple[str, ...]
@@ -241,7 +234,7 @@ class _LiveLayout:
                 if f.free_need is not None:
                     headroom.append((m, n, sample_prefix("vram_model_headroom_bytes", (*MODEL_GPU_LABELS, "check"),
                                                          (*labels, f.free_check))))
-        return cls(tuple(headroom), tuple(top), tuple(startable))
+        return cls(tuple(fit.name for fit, _ in shown), tuple(headroom), tuple(top), tuple(startable))
 
 
 _STATIC_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes",

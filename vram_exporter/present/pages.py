@@ -20,7 +20,7 @@ from ..rules import backends
 from ..rules.node import CHECKS
 from .report import EXPLAIN
 from ..units import GIB, gib
-from ..app.whatif import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, from_fix
+from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, from_fix
 from .page_demand import demand_chart
 
 _STYLE = """

@@ -4,18 +4,16 @@ page) and as text for a person in a terminal (``check``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import BadInput
 from ..rules import backends
-from ..rules.fixes import Fix
+from ..rules.fixes import Fix, FixPlan
 from ..rules.gpustack import ENV_CLAIM
 from ..rules.model import ModelSpec
 from ..rules.node import CHECKS, ModelFit, NodeFit, apply_free, free_memory, vllm_starts_on
 from ..snapshot import NodeSnapshot
 
-if TYPE_CHECKING:
-    from ..app.plan import Plan
 from ..units import GIB, gib
 
 EXPLAIN = {
@@ -30,7 +28,21 @@ EXPLAIN = {
 }
 
 
-def plan_report(plan: Plan, snapshot: NodeSnapshot) -> dict[str, Any]:
+class Planned(Protocol):
+    """What a report reads of a plan: the static fit, the models it judged, their fix plans (None
+    while not yet known)."""
+
+    @property
+    def node(self) -> NodeFit: ...
+
+    @property
+    def specs(self) -> Sequence[ModelSpec]: ...
+
+    @property
+    def fixes(self) -> Mapping[str, FixPlan] | None: ...
+
+
+def plan_report(plan: Planned, snapshot: NodeSnapshot) -> dict[str, Any]:
     """The plan with the free memory of ``snapshot`` applied; fixes left out while not yet known."""
     free = free_memory(snapshot)
     node = apply_free(plan.node, free)
@@ -128,11 +140,11 @@ def _mismatch_reason(fit: ModelFit) -> list[str]:
             "write --gpu-memory-utilization=X with dashes so that both read the same value."]
 
 
-def gpustack_report(view, source) -> dict[str, Any]:
+def gpustack_report(view, *, refresh_success: bool, last_success_timestamp: float) -> dict[str, Any]:
     """GPUStack's verdict next to ours, per model (``view``: a GpuStackView or None before the first read)."""
     return {
-        "refresh_success": source.success,
-        "last_success_timestamp": source.last_success_timestamp,
+        "refresh_success": refresh_success,
+        "last_success_timestamp": last_success_timestamp,
         "worker": view.worker.name if view and view.worker else None,
         "models": [{"name": v.name, "replicas": v.replicas, "gpustack_pending": v.gpustack_pending,
                     "predicted_pending": v.predicted_pending, "size_known": v.size_known,

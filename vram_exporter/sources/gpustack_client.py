@@ -12,13 +12,14 @@ from pathlib import Path
 
 import aiohttp
 
+from ..errors import UpstreamError
 from .gpustack_api import ApiFormatError, GpuStackState, Kind, parse_page
 
 PER_PAGE = 100  # GPUStack's default; -1 ("all") is refused by 2.x
 MAX_PAGES = 1000
 
 
-class GpuStackError(Exception):
+class GpuStackError(UpstreamError):
     """GPUStack could not be read; the message is meant for the operator."""
 
 

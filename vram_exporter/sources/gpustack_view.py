@@ -335,7 +335,7 @@ class GpuStackSource:
             return False
         finally:
             self.duration_seconds = time.perf_counter() - started
-        self.view = _keep_identity(self.view, view)
+        self.view = view
         self.success, self.last_success_timestamp = True, time.time()
         if self._last_error is not None:
             log.info("GPUStack read again after: %s", self._last_error)
@@ -359,9 +359,3 @@ class GpuStackSource:
     async def close(self) -> None:
         await self._client.close()
 
-
-def _keep_identity(old: GpuStackView | None, new: GpuStackView) -> GpuStackView:
-    """The previous node models object when nothing in it changed: the planner recognises it at once."""
-    if old is not None and old.node_models is not None and old.node_models == new.node_models:
-        return replace(new, node_models=old.node_models)
-    return new

@@ -17,10 +17,9 @@ the instance's worker IP and port from GPUStack's API (``http://{worker_ip}:{por
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..present.exposition import Family
 from ..rules.node import NodeFit
 
 _INFO = re.compile(r"^vllm:cache_config_info\{(?P<labels>.*)\}\s+\S+\s*$", re.M)
@@ -101,27 +100,6 @@ def compare(model: str, instance: str, info: CacheConfigInfo, *, bytes_per_token
     )
 
 
-def families(comparisons: Iterable[InstanceComparison]) -> list[Family]:
-    """The comparison as metric families, labels ``model`` and ``vllm_instance`` (the scraped URL's host:port)."""
-    names = ("model", "vllm_instance")  # not "instance": Prometheus sets that to the exporter
-    predicted = Family("vram_model_vllm_kv_cache_predicted_bytes",
-                       "KV cache memory rulebook B predicts for a running vLLM instance.", "gauge", names)
-    actual = Family("vram_model_vllm_kv_cache_actual_bytes",
-                    "KV cache memory the running vLLM allocated (vllm:cache_config_info num_gpu_blocks x block).",
-                    "gauge", names)
-    tolerance = Family("vram_model_vllm_kv_cache_tolerance_bytes",
-                       "Allowed |actual - predicted| KV: 2% of actual or 256 MiB, whichever is larger.", "gauge", names)
-    overhead = Family("vram_model_vllm_runtime_overhead_observed_bytes",
-                      "Runtime overhead O the instance really had: budget - weights - actual KV.", "gauge", names)
-    for c in comparisons:
-        predicted.sample(c.model, c.instance, c.predicted_kv_bytes)
-        actual.sample(c.model, c.instance, c.actual_kv_bytes)
-        tolerance.sample(c.model, c.instance, c.tolerance_bytes)
-        if c.observed_runtime_overhead is not None:
-            overhead.sample(c.model, c.instance, c.observed_runtime_overhead)
-    return [predicted, actual, tolerance, overhead]
-
-
 def node_comparisons(node: NodeFit, readings: Mapping) -> list[InstanceComparison]:
     """Each running model with a reading (vllm_client.InstanceReading) against its static fit, on the
     first GPU it holds (vLLM's worker 0)."""
@@ -134,15 +112,6 @@ def node_comparisons(node: NodeFit, readings: Mapping) -> list[InstanceCompariso
         out.append(compare(fit.name, reading.instance, reading.info, bytes_per_token=fit.bytes_per_token,
                            predicted_kv_bytes=gpu.kv_bytes, budget_bytes=gpu.budget, weights_bytes=gpu.weights))
     return out
-
-
-def up_family(readings: Mapping) -> Family:
-    up = Family("vram_model_vllm_instance_up",
-                "1 if the running model's own vLLM answered its /metrics with its KV cache at the last read "
-                "(--vllm.metrics-interval), 0 if not.", "gauge", ("model", "vllm_instance"))
-    for name, reading in sorted(readings.items()):
-        up.sample(name, reading.instance, 1 if reading.info is not None else 0)
-    return up
 
 
 def metrics_url(model: Mapping, instance: Mapping | None = None) -> str | None:
