@@ -25,6 +25,7 @@ class NvmlSampler:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         self._inflight: asyncio.Future[NodeSnapshot] | None = None
         self._last_gpus: tuple[GpuReading, ...] = ()
+        self._hung = False  # a read past the time limit: logged when it starts and when it ends
 
     @property
     def source(self) -> str:
@@ -39,8 +40,15 @@ class NvmlSampler:
         try:
             snap = await asyncio.wait_for(asyncio.shield(self._inflight), self._timeout)
         except TimeoutError:
-            log.warning("NVML read did not finish within %.1fs", self._timeout)
+            if not self._hung:
+                log.warning("NVML read did not finish within %.1fs; the GPUs show as down until it does",
+                            self._timeout)
+                self._hung = True
             snap = NodeSnapshot(driver_version="", error="TIMEOUT", source=self.source)
+        else:
+            if self._hung:
+                log.info("NVML answers again")
+                self._hung = False
         snap = replace(snap, duration_seconds=time.perf_counter() - started)
         return self._remember(snap)
 
@@ -52,7 +60,6 @@ class NvmlSampler:
         # instead of the series vanishing when the driver stops answering.
         down = tuple(replace(g, memory=None, processes=(), error=snap.error) for g in self._last_gpus)
         return replace(snap, gpus=down)
-
 
     def close(self) -> None:
         self._reader.close()
