@@ -15,7 +15,7 @@ DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium b
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium buildah mmdebstrap systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpustack image venv debian-deps postgres-deps fixtures golden conformance clean
+.PHONY: demo test test-gpustack image venv debian-deps postgres-deps fixtures golden conformance soak clean
 
 venv: $(VENV)/.installed
 
@@ -94,6 +94,12 @@ $(GPUSTACK_VENV)/.installed:
 fixtures: venv
 	$(PY) tools/make_fixtures.py
 	$(PY) tools/convert_h100_probe.py ../shared/fixtures/real/h100-nvml-probe.json tests/fixtures
+
+# An hour of churn and upstream faults against one exporter (tools/soak.py, GPUStack mode): RSS, open
+# files and threads recorded every 10 s into soak.json; CI runs two minutes of it (tests/test_soak.py).
+SOAK_SECONDS ?= 3600
+soak: venv
+	$(PY) tools/soak.py --gpustack --duration $(SOAK_SECONDS) --out soak.json
 
 golden: venv
 	$(PY) -m pytest tests/test_golden_metrics.py --update-golden

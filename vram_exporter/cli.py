@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import BadInput, FlagError
+from .units import parse_size
 
 COMMANDS = ("serve", "check", "capture")
 EXIT_SOME_DO_NOT_FIT = 1
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vllm.metrics-interval", dest="vllm_metrics_interval", type=_positive_seconds,
                        default=30.0, metavar="SECONDS", help="how often to read each running model's own vLLM "
                        "/metrics (the manifest's metrics_url) for its real KV cache (default 30)")
+    serve.add_argument("--vllm.max-body-bytes", dest="vllm_max_body_bytes", type=_positive_size,
+                       default="8MiB", metavar="SIZE", help="largest vLLM /metrics answer read; a larger one is "
+                       "that instance's error, never memory (default 8MiB)")
     _add_log_flag(serve)
 
     check = commands.add_parser(
@@ -94,6 +98,12 @@ def _add_gpustack_flags(parser: argparse.ArgumentParser, refresh: bool = True) -
                            default=30.0, metavar="SECONDS", help="how often to read GPUStack's API (default 30)")
     group.add_argument("--gpustack.timeout", dest="gpustack_timeout", type=_positive_seconds, default=10.0,
                        metavar="SECONDS", help="time limit for each request to GPUStack (default 10)")
+    group.add_argument("--gpustack.read-deadline", dest="gpustack_read_deadline", type=_positive_seconds,
+                       default=60.0, metavar="SECONDS", help="time limit for one whole read of GPUStack's workers, "
+                       "models and instances, every page (default 60)")
+    group.add_argument("--gpustack.max-body-bytes", dest="gpustack_max_body_bytes", type=_positive_size,
+                       default="16MiB", metavar="SIZE", help="largest page of GPUStack's API read; a larger one "
+                       "fails the read, never grows memory (default 16MiB)")
     group.add_argument("--gpustack.tls.ca-file", dest="gpustack_ca_file", metavar="FILE",
                        help="CA certificates to trust for GPUStack's TLS certificate (default: the system's)")
     group.add_argument("--gpustack.tls.insecure-skip-verify", dest="gpustack_insecure", action="store_true",
@@ -145,12 +155,23 @@ def _gpustack_client(args: argparse.Namespace):
         raise FlagError(f"--gpustack.url {url!r}: expected http(s)://HOST[:PORT]")
     api_key = read_api_key(args.gpustack_api_key_file) if args.gpustack_api_key_file else None
     return GpuStackClient(url, api_key=api_key, timeout=args.gpustack_timeout,
-                          verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file)
+                          verify_tls=not args.gpustack_insecure, ca_file=args.gpustack_ca_file,
+                          max_body_bytes=args.gpustack_max_body_bytes, read_deadline=args.gpustack_read_deadline)
 
 
 def _add_log_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=["debug", "info", "warn", "error"], help="log level (default info)")
+
+
+def _positive_size(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, got {text}")
+    return value
 
 
 def _positive_seconds(text: str) -> float:
@@ -218,7 +239,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .sources.vllm_client import VllmInstances
 
     exporter = Exporter(_serve_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
-                        gpu_detail=args.gpu_detail, gpustack=gpustack, instances=VllmInstances(),
+                        gpu_detail=args.gpu_detail, gpustack=gpustack,
+                        instances=VllmInstances(max_body_bytes=args.vllm_max_body_bytes),
                         cluster_series=args.gpustack_cluster_series == "export")
     web_config = None
     if args.web_config_file is not None:

@@ -23,6 +23,7 @@ from ..filestamp import file_stamp
 from .background import every
 from .web.auth import Overloaded
 from .web.config import WebConfig
+from .web.quiet_log import quiet_client_faults
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,7 @@ def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_
     # Background threads (the planner, the pages' documents) hand the interpreter back to the event
     # loop every millisecond instead of every 5: a probe or a scrape waits for it less.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    quiet_client_faults()  # a malformed request is the client's fault: no traceback in our log
     log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
     try:
         web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,

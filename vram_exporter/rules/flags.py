@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 GPUSTACK_DEFAULT_GMU = 0.9  # vllm_resource_fit_selector.py::_set_gpu_memory_utilization
+# Beyond this a --gpu-memory-utilization is a typo, not a fraction (GPUStack itself does not bound it, but
+# its arithmetic overflows from about 1e300 and fails on inf and nan); a finite 1.5 is still replayed as it is.
+MAX_GMU = 100.0
 
 
 def _is_key(token: str) -> bool:
@@ -136,6 +139,10 @@ def gpustack_params(parameters: Sequence[str] | None) -> GpuStackParams:
             gmu = float(raw_gmu)
         except ValueError:
             raise ModelError(f"GPUStack cannot read --gpu-memory-utilization={raw_gmu!r} as a number") from None
+        if not math.isfinite(gmu) or abs(gmu) > MAX_GMU:
+            # GPUStack's own arithmetic (int(g * 100), int(T * g)) fails on it: the model is never placed.
+            raise ModelError(f"--gpu-memory-utilization={raw_gmu} is no fraction of a card: GPUStack cannot "
+                             "schedule it (not modelled)")
     sizes = {
         "tensor-parallel-size": _first_int(parameters, ["tensor-parallel-size", "tp"]),
         "pipeline-parallel-size": _first_int(parameters, ["pipeline-parallel-size", "pp"]),

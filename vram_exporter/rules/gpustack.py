@@ -18,8 +18,9 @@ v0.4-v0.6 tested ``E <= allocatable`` instead of ``E <= total * g`` (changed in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Literal
 
 from ..snapshot import GpuReading
@@ -47,6 +48,25 @@ def total_whole_mib(total_bytes: int) -> int:
 def allocatable_bytes(total_bytes: int, claimed: int, system_reserved: int) -> int:
     """A = max(T - claims - R_res, 0)."""
     return max(total_whole_mib(total_bytes) - claimed - system_reserved, 0)
+
+
+# A GPU larger than this (4 TiB) is no GPU: the reservation search stops there, whatever the worker says.
+MAX_RESERVATION_STEPS = 4096
+
+
+def reservations_below(current: int, totals_bytes: Iterable[int]) -> Iterator[int]:
+    """The worker reservations a fix search tries: each whole GiB below ``current``, highest first.
+
+    Every reservation at or above the largest GPU's T leaves every allocatable at 0, so GPUStack
+    decides them all alike: the first of them stands for the rest, which could only repeat it (a
+    worker reporting 2^30 GiB costs one try there, not 2^30). The work is bounded by the largest
+    GPU's size in GiB, never by the reservation."""
+    if current < GIB:
+        return
+    yield current - GIB
+    ceiling = max((total_whole_mib(t) for t in totals_bytes), default=0)
+    below = max(2, (current - ceiling) // GIB + 1)  # the first step under the ceiling, after the one above
+    yield from islice(range(current - below * GIB, -1, -GIB), MAX_RESERVATION_STEPS)
 
 
 def estimate_bytes(weights_bytes: int, env: Mapping[str, str]) -> int:

@@ -64,8 +64,34 @@ class GpuStackView:
 
 def build_view(state: GpuStackState, *, worker_name: str | None, source: str, overlay: LoadedManifest | None = None,
                read_model: ModelReader = read_model_directory) -> GpuStackView:
-    worker = find_worker(state.workers, worker_name)
     specs, unknown = _specs(state.models, overlay, read_model)
+    try:
+        return _view(state, specs, unknown, worker_name, source, overlay)
+    except Exception:  # noqa: BLE001 - one bad model must not freeze the whole view: find it, set it aside
+        broken = _broken_models(state, specs, worker_name, source, overlay)
+        if not broken:
+            raise
+        for name, why in broken.items():
+            del specs[name]
+            unknown[name] = NotModelled(f"not modelled: judging it failed ({why})")
+        return _view(state, specs, unknown, worker_name, source, overlay)
+
+
+def _broken_models(state: GpuStackState, specs: Mapping[str, ModelSpec], worker_name: str | None, source: str,
+                   overlay: LoadedManifest | None) -> dict[str, str]:
+    """The models whose view fails on its own (only looked for once the whole view has failed)."""
+    broken = {}
+    for name, spec in specs.items():
+        try:
+            _view(state, {name: spec}, {}, worker_name, source, overlay)
+        except Exception as exc:  # noqa: BLE001 - the culprit's error becomes its note
+            broken[name] = f"{type(exc).__name__}: {exc}"
+    return broken
+
+
+def _view(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str], worker_name: str | None,
+          source: str, overlay: LoadedManifest | None) -> GpuStackView:
+    worker = find_worker(state.workers, worker_name)
     requests = _requests(state, specs)
     verdicts = replay_state(state, requests, overlay)
     # Ties go to the worker GPUStack lists first, and it lists them in no fixed order: decide again

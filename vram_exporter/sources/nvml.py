@@ -103,6 +103,8 @@ class NvmlReader:
         # Last error per GPU index: a lost GPU is logged when it goes and when it
         # comes back, not on every scrape.
         self._gpu_errors: dict[int, str] = {}
+        # Why NVML as a whole is unavailable (None: it is not): logged when it starts and when it ends.
+        self._unavailable: str | None = None
         # NVML is thread-safe, but one read at a time keeps the state above simple.
         self._lock = threading.Lock()
 
@@ -131,6 +133,9 @@ class NvmlReader:
             count = self._lib.nvmlDeviceGetCount()
         except Exception as exc:  # noqa: BLE001 - NVML missing must never kill a scrape
             return self._failed(exc)
+        if self._unavailable is not None:
+            log.info("NVML available again (it was %s)", self._unavailable)
+            self._unavailable = None
         gpus = tuple(self._read_gpu(index) for index in range(count))
         return NodeSnapshot(
             driver_version=self._driver_version, gpus=gpus, source=self._source
@@ -146,7 +151,10 @@ class NvmlReader:
 
     def _failed(self, exc: BaseException) -> NodeSnapshot:
         name = error_name(exc)
-        log.warning("NVML unavailable (%s): %s; will retry on the next scrape", name, exc)
+        if name != self._unavailable:  # once when it starts, not at every scrape
+            log.warning("NVML unavailable (%s): %s; retrying at every scrape, logged again when it changes",
+                        name, exc)
+            self._unavailable = name
         # Whatever went wrong, start again from nvmlInit next time.
         if self._initialized:
             self._initialized = False

@@ -7,10 +7,16 @@ during the handshake (certificate, key, CA store). A reload therefore builds a f
 everything (so that a removed CA is really gone: ``load_verify_locations`` only ever adds), switches each
 new connection to it in ``sni_callback`` (OpenSSL calls it on every ClientHello, with or without SNI), and
 applies the policy to the listening context as well.
+
+A refused handshake ends with OpenSSL's alert (``certificate required`` for a TLS 1.3 client that sends
+no certificate, ``protocol version``...), as exporter-toolkit's Go server sends it: OpenSSL writes it, but
+asyncio's SSL transport closes without sending it before Python 3.15 (CPython gh-98078), so
+``send_handshake_alerts`` makes the transport send what OpenSSL left for the peer first.
 """
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import ctypes
 import ipaddress
 import os
@@ -70,6 +76,7 @@ class TLSMaterial:
 
 def build_context(material: TLSMaterial) -> ssl.SSLContext:
     """A complete server context; raises ssl.SSLError/ValueError with OpenSSL's reason."""
+    send_handshake_alerts()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _load_key_pair(context, material.cert_pem, material.key_pem)
     if material.policy.verify_mode != ssl.CERT_NONE:
@@ -79,6 +86,27 @@ def build_context(material: TLSMaterial) -> ssl.SSLContext:
             context.load_verify_locations(cadata=material.ca_pem.decode("ascii", "replace"))
     apply_policy(context, material.policy)
     return context
+
+
+def send_handshake_alerts() -> None:
+    """Send the alert OpenSSL wrote for a failed handshake before asyncio closes the connection (the
+    fix of CPython gh-98078, for the Pythons without it; idempotent, and a no-op where asyncio's SSL
+    transport is not the one it knows)."""
+    protocol = asyncio.sslproto.SSLProtocol
+    complete = getattr(protocol, "_on_handshake_complete", None)
+    if complete is None or not hasattr(protocol, "_process_outgoing") or getattr(complete, "sends_alerts", False):
+        return
+
+    def on_handshake_complete(self, handshake_exc):
+        if handshake_exc is not None:
+            try:
+                self._process_outgoing()  # the alert, while the transport is still open
+            except Exception:  # noqa: BLE001 - the connection is failing anyway; closing it is what matters
+                pass
+        return complete(self, handshake_exc)
+
+    on_handshake_complete.sends_alerts = True
+    protocol._on_handshake_complete = on_handshake_complete
 
 
 def apply_policy(context: ssl.SSLContext, policy: TLSPolicy) -> None:

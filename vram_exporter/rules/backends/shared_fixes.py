@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from ...snapshot import GpuReading
 from ...units import GIB
+from .. import gpustack
 from ..flags import with_param
 from ..model import Cluster, ModelSpec
 from ..verdicts import Context, Fix, Knob, ModelFit, Option
@@ -59,7 +60,7 @@ class Search:
         current = self.cluster.system_reserved_vram
         candidates = ((Fix("system_reserved_vram", f"lower the worker's --system-reserved vram from {current // GIB} "
                            f"to {r // GIB} GiB", True), self.model, replace(self.cluster, system_reserved_vram=r))
-                      for r in range(current - GIB, -1, -GIB))
+                      for r in gpustack.reservations_below(current, (g.memory.total for g in self.gpus)))
         return self._knob(candidates, None)
 
     def pin(self) -> Knob:

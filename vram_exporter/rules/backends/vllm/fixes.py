@@ -102,7 +102,7 @@ class _Search:
         if current == 0:
             return Knob((), None)
         options = []
-        for reserved in range(current - GIB, -1, -GIB):
+        for reserved in self._reservations():
             fix = Fix("system_reserved_vram",
                       f"lower the worker's --system-reserved vram from {current // GIB} to {reserved // GIB} GiB", True,
                       (("system_reserved_vram", reserved),))
@@ -115,13 +115,16 @@ class _Search:
     def reservation_and_utilization(self) -> Knob:
         current = self.cluster.system_reserved_vram
         options = []
-        for reserved in range(current - GIB, -1, -GIB) if current else ():
+        for reserved in self._reservations():
             cluster = replace(self.cluster, system_reserved_vram=reserved)
             options += self._gmu_options(cluster, lambda g, r=reserved: Fix(
                 "system_reserved_vram+gpu_memory_utilization",
                 f"lower --system-reserved vram to {r // GIB} GiB and set --gpu-memory-utilization={g}", True,
                 (("system_reserved_vram", r), ("gpu_memory_utilization", g))))
         return Knob(tuple(options), None)
+
+    def _reservations(self) -> Iterable[int]:
+        return gpustack.reservations_below(self.cluster.system_reserved_vram, (g.memory.total for g in self.gpus))
 
     def claim(self) -> Knob:
         # The largest claim test (1) admits on the roomiest GPUs; the claim is GPUStack's
