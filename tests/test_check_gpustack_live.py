@@ -48,7 +48,7 @@ def test_exit_0_when_gpustack_placed_everything(live):  # noqa: F811
 
 
 def test_seed_pending_as_gpustack_decides_in_text_and_json(live):  # noqa: F811
-    """DESIGN.md section 4 on a real server: Pending there, Pending in check, with the same numbers and
+    """The seed scenario (docs/design.md#the-seed-scenario-worked) on a real server: Pending there, Pending in check, with the same numbers and
     the fixes; the JSON is the exporter's /api/v1/fit for the same worker."""
     cluster = live.cluster("check-seed")
     worker = live.worker(cluster, "check-seed-node", [6138], reserved_gib=1)

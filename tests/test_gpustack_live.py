@@ -149,7 +149,7 @@ def assert_agrees(live: Live, worker: Worker, models: dict[str, int]) -> str:
 
 
 def test_seed_scenario_pending_as_gpustack_decides(live):
-    """DESIGN.md section 4: 6138 MiB card, 1 GiB reserved, g = 0.9: GPUStack leaves it Pending."""
+    """docs/design.md#the-seed-scenario-worked: 6138 MiB card, 1 GiB reserved, g = 0.9: GPUStack leaves it Pending."""
     cluster = live.cluster("seed")
     worker = live.worker(cluster, "seed-node", [6138], reserved_gib=1)
     model_id = live.server.create_model(cluster, "seed-qwen", live.model("seed-qwen", QWEN_1_5B, QWEN_1_5B_WEIGHTS),

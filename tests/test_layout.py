@@ -19,10 +19,8 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
 from conftest import ROOT
 
-MOVING = pytest.mark.xfail(strict=True, reason="the house issue's move is under way: this mark goes when it passes")
 
 PACKAGE = ROOT / "vram_exporter"
 GROUND = {"errors", "units", "snapshot", "filestamp", "__init__"}
@@ -194,7 +192,6 @@ def test_a_backend_folder_has_the_same_shape_as_the_others():
         assert {"__init__.py", "selector.py", "fit.py"} <= names, folder.name
 
 
-@MOVING
 def test_docstrings_point_inside_the_repository():
     """Every file a docstring or comment names as ours exists (no DESIGN.md outside the repository)."""
     missing = []

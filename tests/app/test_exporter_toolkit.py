@@ -6,7 +6,7 @@ certificates, credentials, request counts.
 Each row is (toolkit test / case name, config file, client, what the toolkit expects, what we check).
 The toolkit's client trusts tls-ca-chain.pem, which OpenSSL 3.0 refuses (its CAs carry only
 anyExtendedKeyUsage): our client pins server.crt instead (the exact certificate must be presented).
-Rows marked REFUSED are documented refusals (README, web config): the file is refused at start with the
+Rows marked REFUSED are documented refusals (docs/web-configuration.md#refused-at-start): the file is refused at start with the
 reason, never accepted and ignored.
 """
 

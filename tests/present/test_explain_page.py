@@ -112,7 +112,7 @@ def test_working_fixes_come_first_and_the_futile_ones_are_greyed_and_short(start
 
 
 def test_the_demand_is_drawn_on_gpustacks_bar_with_the_gaps(start_exporter, tmp_path):
-    """DESIGN.md section 4: E 5.45 GiB > g x T 5.39 GiB > A 4.99 GiB; both gaps drawn red and named."""
+    """docs/design.md#the-seed-scenario-worked: E 5.45 GiB > g x T 5.39 GiB > A 4.99 GiB; both gaps drawn red and named."""
     exporter = start_exporter(*SEED)
     dom = chromium("--dump-dom", exporter.url + "/").stdout
     assert ('aria-label="GPU 0: estimate E 5.45 GiB &gt; g x total 5.39 GiB: 0.06 GiB short; '
@@ -247,7 +247,7 @@ def submit(exporter, page: str, model: str, **typed: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(("typed", "verdict"), [
-    # DESIGN.md section 4, the fix matrix (GPUStack >= 0.7), each change made through the form.
+    # docs/design.md#the-seed-scenario-worked, the fix matrix (GPUStack >= 0.7), each change made through the form.
     ({"system_reserved_vram": "0"}, "Pending"),
     ({"gpu_memory_utilization": "0.8"}, "Pending"),
     ({"system_reserved_vram": "0", "gpu_memory_utilization": "0.91"}, "fits on GPU 0"),

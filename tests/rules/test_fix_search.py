@@ -99,7 +99,7 @@ def test_probe_is_evaluate_reduced_to_its_verdict(scenario):
 
 
 def test_seed_fix_matrix_from_the_plan():
-    """DESIGN.md section 4: reserved 0 and g >= 0.91 schedules the seed model; the claim and the pin
+    """docs/design.md#the-seed-scenario-worked: reserved 0 and g >= 0.91 schedules the seed model; the claim and the pin
     work; no g alone does. The plan is made once and picked on two free memories."""
     snap = node(gpu())
     plan_node = static_fit(snap, seed_cluster(), [seed_model()])

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import bruteforce_fixes
 from fitcases import GIB, MIB, gpu, node, seed_cluster, seed_model
-from vram_exporter.rules import fixes, gpustack
+from vram_exporter.rules import gpustack
+from vram_exporter.rules.backends.vllm import fit as vllm_fit
 from vram_exporter.rules.fixes import plan_fixes
 from vram_exporter.rules.node import fit_node, static_fit, with_free
 
@@ -36,8 +37,8 @@ def test_reservations_fold_everything_above_the_largest_gpu():
 
 def test_an_absurd_reservation_costs_a_bounded_number_of_probes(monkeypatch):
     calls = []
-    real_probe = fixes.probe
-    monkeypatch.setattr(fixes, "probe", lambda *a: calls.append(1) or real_probe(*a))
+    real_probe = vllm_fit.probe
+    monkeypatch.setattr(vllm_fit, "probe", lambda *a: calls.append(1) or real_probe(*a))
     snap = node(gpu(0), gpu(1))
     cluster = seed_cluster(system_reserved_vram=10_000 * GIB)
     plan_node = static_fit(snap, cluster, [seed_model()])

@@ -1,4 +1,4 @@
-"""Rulebook A, GPUStack's placement: the seed scenario's numbers and fix matrix (DESIGN.md section 4),
+"""Rulebook A, GPUStack's placement: the seed scenario's numbers and fix matrix (docs/design.md#the-seed-scenario-worked),
 multi-GPU placement, divisibility, pinning, claims placed before."""
 
 from __future__ import annotations

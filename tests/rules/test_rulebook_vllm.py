@@ -1,4 +1,4 @@
-"""Rulebook B, vLLM's start-up check and KV cache: DESIGN.md section 3's numbers, checked with
+"""Rulebook B, vLLM's start-up check and KV cache: the numbers of docs/rulebooks.md#b-vllms-start-up-and-kv-cache, checked with
 vLLM 0.33's own classes, and the behaviour around them."""
 
 from __future__ import annotations

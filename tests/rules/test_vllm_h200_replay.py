@@ -244,7 +244,7 @@ def test_default_context_and_batch_are_vllms():
     serve_batch, serve_seqs = vllm_runtime.default_scheduler_limits(run["nvml_idle"]["total"], run["gpu"], "serve")
     assert f"max_num_batched_tokens={serve_batch}." in phi["log"]["chunked_prefill"]
     assert vllm.default_max_num_batched_tokens(run["nvml_idle"]["total"], run["gpu"]) == serve_batch == 8192
-    # the underscore spelling reached vLLM (GPUStack does not read it: DESIGN.md section 2)
+    # the underscore spelling reached vLLM (GPUStack does not read it: docs/rulebooks.md#a-gpustacks-placement)
     assert vllm_params(phi["serve_cmd"][5:]).spelled_with_underscore
     assert any('gpu_memory_utilization="0.5"' in line for line in phi["cache_config_info"])
     _, q05 = by_name["qwen0.5b-u0.9-llmdefaults"]

@@ -1,4 +1,4 @@
-"""Turns a snapshot and a fit into metric families (names from DESIGN.md section 5).
+"""Turns a snapshot and a fit into metric families (names from docs/design.md#metric-catalogue).
 
 Families are built fresh at every scrape, client_python style, but made of segments (one GPU, one
 model...) so that the renderer reuses what did not change. The per-model segments that only change

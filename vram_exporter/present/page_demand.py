@@ -1,7 +1,7 @@
 """The explain page's demand chart: a model's demand drawn on GPUStack's bar of each GPU it is judged on.
 
 GPUStack (>= 0.7) places a model on one GPU when (1) its estimate E <= g x total and (2) g x total
-<= allocatable (DESIGN.md section 2). Both are drawn from the start of the allocatable part of the
+<= allocatable (docs/rulebooks.md#a-gpustacks-placement). Both are drawn from the start of the allocatable part of the
 GPU's bar: the claim g x total must end before the GPU ends (test 2), the estimate before the claim
 ends (test 1; under gpustack-0.6 rules, before the GPU ends: E <= allocatable). What sticks out is
 red, so the gap is seen at a glance. The figures come from the report's headroom per check (the

@@ -1,4 +1,4 @@
-"""Rulebook A: what GPUStack's scheduler does alike for every backend (DESIGN.md section 2).
+"""Rulebook A: what GPUStack's scheduler does alike for every backend (docs/rulebooks.md#a-gpustacks-placement).
 
 The vLLM selector's own walk is rules/backends/vllm/selector.py, SGLang's and a custom backend's
 their folders' selector.py; this module holds what they share. Sources, gpustack 2.3.0 on PyPI:

@@ -1,7 +1,7 @@
 """What the rulebooks know about a model and the cluster: plain frozen values, no I/O.
 
 ``Architecture.from_config`` reads a Hugging Face config.json mapping the way vLLM
-0.33 and GPUStack 2.3.0 read the fields they need (DESIGN.md section 3).
+0.33 and GPUStack 2.3.0 read the fields they need (docs/rulebooks.md#b-vllms-start-up-and-kv-cache, "config.json fields").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..units import GIB
 from .flags import GpuStackParams, VllmParams, gpustack_params, vllm_params
 
 T = TypeVar("T")
-RUNTIME_OVERHEAD_FALLBACK = GIB  # O where neither manifest nor config.json gives more (DESIGN.md section 3)
+RUNTIME_OVERHEAD_FALLBACK = GIB  # O where neither manifest nor config.json gives more (docs/rulebooks.md#measured-on-a-real-gpu-issue-17)
 Scheduler = Literal["gpustack", "gpustack-0.6"]
 Backend = Literal["vllm", "sglang", "custom"]  # GPUStack's BackendEnum vLLM, SGLang, Custom
 
@@ -224,7 +224,7 @@ def _read(reader, parameters: tuple[str, ...]):
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
-    """Cluster-wide settings of the manifest (DESIGN.md section 5)."""
+    """Cluster-wide settings of the manifest (docs/design.md#manifest)."""
 
     scheduler: Scheduler = "gpustack"
     # GPUStack >= 2.0.2 reserves no VRAM by default; v0.5.1-v2.0.1 reserved 1 GiB.

@@ -1,6 +1,6 @@
 """The NVML fixture format: a recorded snapshot of a node's GPUs (YAML or JSON).
 
-Format (DESIGN.md section 5), with the optional keys this project adds::
+Format (docs/design.md#nvml-fixture), with the optional keys this project adds::
 
     driver_version: "580.159.04"
     nvml_error: null          # an NVML error name raised by nvmlInit (e.g. DRIVER_NOT_LOADED)

@@ -1,4 +1,4 @@
-"""The manifest: the models a team runs or wants to run, and the cluster's settings (DESIGN.md section 5).
+"""The manifest: the models a team runs or wants to run, and the cluster's settings (docs/design.md#manifest).
 
 Validated by pydantic with unknown keys rejected; every error names the file, the
 line and the field. ``load_manifest`` also resolves each model given by ``path``

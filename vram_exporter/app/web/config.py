@@ -1,6 +1,6 @@
 """``--web.config.file``: TLS, basic auth, headers and rate limit in Prometheus exporter-toolkit's format.
 
-The format (https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md)::
+The format (docs/web-configuration.md; upstream: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md)::
 
     tls_server_config:
       cert_file: server.crt          # or cert: inline PEM
@@ -21,7 +21,7 @@ The format (https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-
       alice: $2y$10$...                              # bcrypt hashes
 
 Refused with the reason, never accepted and ignored: client_auth_type RequestClientCert and
-RequireAnyClientCert (Python's ssl verifies every client certificate it asks for; see the README).
+RequireAnyClientCert (Python's ssl verifies every client certificate it asks for; docs/web-configuration.md#refused-at-start).
 The file and every file it names are watched in the background (``WebConfig.poll``): the next handshake
 after a change uses the new files; a broken change keeps the last good config serving, is logged once,
 and ``vram_exporter_web_config_last_reload_successful`` goes to 0. Turning TLS on or off needs a restart.

@@ -112,7 +112,7 @@ def send_handshake_alerts() -> None:
 def apply_policy(context: ssl.SSLContext, policy: TLSPolicy) -> None:
     legacy = TLS_VERSIONS[policy.min_version] < ssl.TLSVersion.TLSv1_2
     # OpenSSL 3 refuses TLS 1.0/1.1 at its default security level 1 and above: a file that asks for them
-    # gets them (level 0), as in Go; the README says what else level 0 allows.
+    # gets them (level 0), as in Go; docs/web-configuration.md says what else level 0 allows.
     cipher_string = ":".join(policy.ciphers) or "DEFAULT"
     context.set_ciphers(cipher_string + (":@SECLEVEL=0" if legacy else ""))
     context.minimum_version = TLS_VERSIONS[policy.min_version]

@@ -1,4 +1,4 @@
-"""Rulebook B: vLLM's start-up check and KV cache (V1 engine, vLLM 0.33; DESIGN.md section 3).
+"""Rulebook B: vLLM's start-up check and KV cache (V1 engine, vLLM 0.33; docs/rulebooks.md#b-vllms-start-up-and-kv-cache).
 
 Sources, vllm 0.33.0 on PyPI:
 - ``vllm/v1/worker/utils.py::request_memory``: the budget R = ceil(total * gpu_memory_utilization),
@@ -96,7 +96,7 @@ def tokens_held(arch: Architecture, max_model_len: int, batch_tokens: int = SLID
     return max_model_len
 
 
-# Blocks vLLM holds back beyond ceil(max_model_len / B): 1 in vLLM 0.33 (DESIGN.md section 3); 0 in vLLM
+# Blocks vLLM holds back beyond ceil(max_model_len / B): 1 in vLLM 0.33 (docs/rulebooks.md, section B); 0 in vLLM
 # 0.26.0, whose minimum is cdiv(max_model_len, block_size) pages (vllm/v1/kv_cache_interface.py,
 # AttentionSpec.max_memory_usage_bytes): its error for Llama-3.1-8B at 131072 tokens asks for exactly
 # 16.0 GiB = 8192 blocks of 2 MiB (tests/data/vllm-h200/run-1.json). See rules/backends/vllm/runtime.py.

@@ -6,7 +6,7 @@ What the runs showed (vLLM 0.26.0, torch 2.11.0+cu130, NVIDIA H200, driver 580.1
 - KV = R - weights - peak activation - non-torch, to the byte, in every case that started
   (``vllm/v1/worker/gpu_worker.py::determine_available_memory``). CUDA graph memory is *not* taken out
   of R in 0.26: its estimate is applied only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS set; the
-  graphs (0.24-1.20 GiB measured) come on top of R. vLLM 0.33 takes them out of R (DESIGN.md section 3).
+  graphs (0.24-1.20 GiB measured) come on top of R. vLLM 0.33 takes them out of R (docs/rulebooks.md#b-vllms-start-up-and-kv-cache).
 - non-torch memory grew by 230 MiB in every dense case (232 MiB for the MoE model): NCCL-free, one GPU.
 - The activation peak is that of ``profile_run``: a forward pass of max_num_batched_tokens tokens, then a
   sampler pass (``vllm/v1/worker/gpu_model_runner.py::profile_run``). It is the forward pass's width
@@ -45,7 +45,7 @@ VLLM_RULES = {
     # vllm/v1/kv_cache_interface.py AttentionSpec.max_memory_usage_bytes = cdiv(len, B) * page (0.26.0);
     # gpu_worker.py applies the CUDA graph estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS.
     "0.26": VllmRules("0.26", held_back_blocks=0, graphs_in_budget=False),
-    # DESIGN.md section 3 (vLLM 0.33.0: kv_cache_planning.py holds back one block; O includes graphs).
+    # docs/rulebooks.md#b-vllms-start-up-and-kv-cache (vLLM 0.33.0: kv_cache_planning.py holds back one block; O includes graphs).
     "0.33": VllmRules("0.33", held_back_blocks=1, graphs_in_budget=True),
 }
 

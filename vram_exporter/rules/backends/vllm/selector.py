@@ -1,4 +1,4 @@
-"""GPUStack 2.3.0's placement of a vLLM model on one worker (DESIGN.md section 2).
+"""GPUStack 2.3.0's placement of a vLLM model on one worker (docs/rulebooks.md#a-gpustacks-placement).
 
 Source: ``gpustack/policies/candidate_selectors/vllm_resource_fit_selector.py``: the single-GPU tests
 (``E > total * g`` and ``allocatable / total < g`` exclude a GPU: rules/gpustack.py ``single_gpu_tests``),
