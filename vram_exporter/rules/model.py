@@ -174,6 +174,14 @@ def _positive_int(config: Mapping[str, Any], key: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineVersion:
+    """The engine version a verdict assumes, and why (said beside every verdict: metrics, check, the page)."""
+
+    version: str  # "0.17.1", "0.5.9"
+    why: str  # "the running instance reports it", "the model's backend_version", "GPUStack's runner for CUDA 12.8"...
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model of the manifest, resolved: sizes in bytes, parameters parsed."""
 
@@ -194,6 +202,7 @@ class ModelSpec:
     # SGLang under GPUStack: the smallest GPU of the workers it may use, which GPUStack sizes its default
     # --mem-fraction-static for (None: this node's GPUs; set with GPUStack as the source)
     sizing_total: int | None = None
+    engine_version: EngineVersion | None = None  # None: the cluster's default for the backend (Cluster)
 
     def read(self, reader: Callable[[tuple[str, ...]], T]) -> T:
         """``backend_parameters`` as ``reader`` (one program's flag reader: rules/flags.py and each backend's)
