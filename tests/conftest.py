@@ -22,6 +22,9 @@ settings.register_profile("vram-exporter", deadline=None)
 settings.load_profile("vram-exporter")
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tests mirror the package's wings (tests/rules, tests/sources, ...); some borrow another's helpers
+# (test_backends.py the collector's sample reader): every wing's folder is importable, whichever runs alone.
+sys.path[1:1] = [str(ROOT / "tests" / wing) for wing in ("rules", "sources", "present", "app")]
 FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN = ROOT / "tests" / "golden"
 
