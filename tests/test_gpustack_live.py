@@ -5,7 +5,7 @@ cluster per scenario. Workers with made-up GPUs register through GPUStack's API;
 one by one and GPUStack's decision awaited; then a real ``vram-exporter`` process per worker reads the
 same server through ``--gpustack.url`` and must agree with GPUStack on every model (pending instances)
 and on every GPU (our claimed bytes against GPUStack's ``memory.allocated``). Run by ``make
-test-gpustack`` (part of .ci/run); facts about the server: ../shared/GPUSTACK_LIVE.md.
+test-gpustack`` (part of .ci/run); how the server runs without GPUs: docs/gpustack-live.md.
 """
 
 from __future__ import annotations
