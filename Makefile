@@ -15,7 +15,7 @@ DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium b
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium buildah mmdebstrap systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpustack image venv debian-deps postgres-deps fixtures golden conformance soak clean
+.PHONY: demo test test-gpustack gpustack-suite image venv debian-deps postgres-deps fixtures golden conformance soak clean
 
 venv: $(VENV)/.installed
 
@@ -51,8 +51,15 @@ debian-deps:
 
 # Every test, the real-GPUStack ones included (they need postgresql-15 and gpustack==2.3.0 in its own
 # venv: about 900 MB and 2-3 minutes the first time, then about 70 s of tests).
-test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL)
+test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL) gpustack-suite
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python SGLANG_WHEEL=$(SGLANG_WHEEL) $(PY) -m pytest
+
+# GPUStack's own selector tests (conformance/gpustack_suite/upstream/, copied at the commit in its SOURCE:
+# the 2.3.0 wheel ships no tests) run against gpustack 2.3.0 and then with its selectors swapped for ours;
+# prints "<test file>: N/M agree" per file and fails on a disagreement not listed in
+# conformance/gpustack_suite/expected_disagreements.json, or on a listed one that now agrees.
+gpustack-suite: venv $(GPUSTACK_VENV)/.installed
+	$(PY) conformance/gpustack_suite/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python
 
 # SGLang's wheel (source only, no install: its functions run on the CPU in tests/rules/test_rulebook_sglang.py).
 $(SGLANG_WHEEL): venv

@@ -1,0 +1,67 @@
+"""Our answer to one of GPUStack's selector calls, decided as the exporter decides it from GPUStack's API.
+
+Runs in vram-exporter's environment, as a long-lived child of adapters.py (inside the gpustack==2.3.0
+environment): one JSON request per stdin line, one JSON answer per stdout line. A request is what the
+selector was handed, dumped by GPUStack's own schemas (workers, the model, its other instances), plus the
+model's config and weight size as GPUStack resolved them from the hub. The answer comes from the same path
+as the exporter against a live server (sources/gpustack_view.py: the API's objects -> rulebook specs ->
+rules/cluster/replay.py), for one new pending instance of the model:
+{"placed": bool, "worker": id, "gpus": [...], "claims": {"worker:gpu": bytes}, "subordinates": [...],
+ "message": str, "not_modelled": str | null}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from vram_exporter.sources.gpustack_api import GpuStackState, Model, ModelInstance, Worker
+from vram_exporter.sources.gpustack_view import _requests, _specs, replay_state
+
+NEW_INSTANCE = 10**9  # the instance being scheduled: after every existing one
+
+
+def answer(request: dict) -> dict:
+    model_json = dict(request["model"], cluster_id=request["model"].get("cluster_id") or 1)
+    model_json["local_path"] = model_json.get("local_path") or f"/hub/{model_json['name']}"
+    model = Model.model_validate(model_json)
+    workers = tuple(Worker.model_validate(dict(w, cluster_id=w.get("cluster_id") or 1)) for w in request["workers"])
+    instances = tuple(ModelInstance.model_validate(dict(i, model_id=model.id)) for i in request["instances"])
+    pending = ModelInstance.model_validate({"id": NEW_INSTANCE, "model_id": model.id, "state": "pending",
+                                            "name": "new"})
+    state = GpuStackState(workers, (model,), instances + (pending,))
+
+    def read(_: Path) -> tuple[dict, int]:
+        return request["config"], int(request["weights"])
+
+    specs, unknown = _specs(state.models, None, read)
+    if model.name in unknown:
+        return {"placed": False, "message": "", "not_modelled": str(unknown[model.name])}
+    verdict = replay_state(state, _requests(state, specs))[NEW_INSTANCE]
+    if not verdict.placed:
+        return {"placed": False, "message": verdict.reason, "not_modelled": None}
+    subordinates: dict[int, dict[int, int]] = {}
+    for (worker, gpu), claim in sorted(verdict.claims.items()):
+        if worker != verdict.worker:
+            subordinates.setdefault(worker, {})[gpu] = claim
+    return {"placed": True, "worker": verdict.worker, "gpus": sorted(verdict.gpus), "not_modelled": None,
+            "gmu": specs[model.name].gpustack.gpu_memory_utilization,
+            "claims": {str(g): c for (w, g), c in verdict.claims.items() if w == verdict.worker},
+            "subordinates": [{"worker": w, "claims": {str(g): c for g, c in gpus.items()}}
+                             for w, gpus in subordinates.items()],
+            "message": verdict.reason}
+
+
+def main() -> None:
+    for line in sys.stdin:
+        try:
+            reply = answer(json.loads(line))
+        except Exception as exc:  # one bad case must not stop the others: the adapter shows it
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
