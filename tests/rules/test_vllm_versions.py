@@ -1,4 +1,5 @@
-"""The vLLM version as a cluster setting (issue 17): the rules that differ between 0.26 and 0.33."""
+"""The vLLM version as a cluster setting or a model's own (issues 17, 21): the rules that differ between versions
+(rules/backends/vllm/versions.py)."""
 
 from __future__ import annotations
 
@@ -24,21 +25,29 @@ def test_manifest_setting_reaches_the_rules():
     with pytest.raises(ValidationError):
         ClusterSettings(vllm_version="0.30")
     assert vllm_runtime.rules_for("0.26.0").held_back_blocks == 0
-    assert vllm_runtime.rules_for("0.34.1") == vllm_runtime.VLLM_RULES["0.33"]
+    assert vllm_runtime.rules_for("0.34.1") == vllm_runtime.VLLM_RULES["0.34"]
     assert vllm_runtime.rules_for("0.27") == vllm_runtime.VLLM_RULES["0.26"]
+    assert vllm_runtime.rules_for("0.17.1") == vllm_runtime.VLLM_RULES["0.17"]
+    assert vllm_runtime.rules_for("0.10.0") == vllm_runtime.VLLM_RULES["0.17"]  # older than any read: the oldest
 
 
-def test_full_attention_minimum_differs_by_one_block_sliding_window_does_not():
+def test_full_attention_minimum_differs_by_the_held_back_block_and_so_does_sliding_window():
     per = vllm.bytes_per_token(QWEN, tp=1, pp=1, dtype_bytes=2)
     old = vllm.required_kv_bytes(QWEN, 32768, 16, per, held_back=0)
     new = vllm.required_kv_bytes(QWEN, 32768, 16, per, held_back=1)
     assert old == 2048 * 16 * per and new - old == 16 * per
-    # sliding-window layers always keep one block for a window that starts mid-block (0.26 source)
+    # sliding-window layers keep one block more for a window that starts mid-block
+    # (SlidingWindowSpec.max_admission_blocks_per_request), and the pool's held-back block comes on top
     per_m = vllm.bytes_per_token(MISTRAL, tp=1, pp=1, dtype_bytes=2)
     in_flight = 2 * 8192  # async scheduling: two batches of serve's H200 default
+    window_blocks = -(-(4096 - 1 + in_flight) // 16) + 1
     assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=0, batch_tokens=in_flight) == \
-        vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=in_flight) == \
-        (-(-(4096 - 1 + in_flight) // 16) + 1) * 16 * per_m
+        window_blocks * 16 * per_m
+    assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=in_flight) == \
+        (window_blocks + 1) * 16 * per_m
+    # issue 21's case: Mistral-7B-v0.1 at 32768 tokens on an H100 (two batches of 8192 in flight): vLLM
+    # 0.33 needs 1282 blocks = cdiv(4095 + 16384, 16) + 1 (mid-block) + 1 (held back)
+    assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=16384) == 1282 * 16 * per_m
 
 
 def test_node_fit_uses_the_clusters_version():
@@ -60,5 +69,5 @@ def test_sliding_window_minimum_follows_the_batch_flag():
         model = seed_model("--gpu-memory-utilization=0.9", *flags, arch=MISTRAL, max_model_len=32768)
         return fit_node(snapshot, Cluster(vllm_runtime_overhead=2**30), [model]).models[0].kv_required
 
-    assert required() == (-(-(4095 + 2 * 8192) // 16) + 1) * 16 * per
-    assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 1) * 16 * per
+    assert required() == (-(-(4095 + 2 * 8192) // 16) + 2) * 16 * per
+    assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 2) * 16 * per
