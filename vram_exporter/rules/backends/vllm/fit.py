@@ -100,13 +100,13 @@ def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None
 
 def _batch_in_flight(gpu: GpuReading | None, rules: versions.VllmRules, flag: int | None = None) -> int:
     """Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
-    depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
-    (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0)."""
+    depends on the GPU and the version, and so do the batches in flight (versions.py in_flight_batches)."""
+    batches = rules.in_flight_batches
     if flag is not None:
-        return 2 * flag
+        return batches * flag
     if gpu is None or gpu.memory is None:
-        return 2 * vllm.SLIDING_BATCH_TOKENS
-    return 2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name, rules)
+        return batches * vllm.SLIDING_BATCH_TOKENS
+    return batches * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name, rules)
 
 
 def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.VllmGpuCheck:

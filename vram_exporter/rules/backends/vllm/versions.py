@@ -43,6 +43,10 @@ class VllmRules:
     default_gmu: float  # --gpu-memory-utilization unset, estimate-based sizing
     extensible_kv_cache: bool  # the KV cache is sized after warm-up from measured memory (unset gmu: 1.0)
     batch_tiers: tuple[BatchTier, ...]
+    # batches a sliding-window layer holds beyond its window: 0.17.1's SlidingWindowSpec keeps one
+    # (scheduler_config.max_num_batched_tokens); from 0.26 VllmConfig.max_in_flight_tokens, two with async
+    # scheduling (max_concurrent_batches)
+    in_flight_batches: int = 2
 
     def batch_defaults(self, device_total_bytes: int | None, device_name: str = "") -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) `vllm serve` runs when neither flag is given."""
@@ -65,7 +69,7 @@ VLLM_RULES = {
     # vllm/v1/core/kv_cache_utils.py::get_kv_cache_configs checks the whole memory (no null block held
     # back); vllm/v1/worker/gpu_worker.py takes no CUDA graph estimate out of the budget.
     "0.17": VllmRules("0.17", held_back_blocks=0, graphs_in_budget=False, block_tokens=16, default_gmu=0.9,
-                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031),
+                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, in_flight_batches=1),
     # 0.26.0 as measured on an H200 (tests/data/vllm-h200): the minimum is cdiv(max_model_len, B) pages
     # (vllm/v1/kv_cache_interface.py); CUDA graphs only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS.
     # gpu_memory_utilization 0.92 from 0.20 (vllm/config/cache.py).
