@@ -12,12 +12,15 @@ group, the pool's bytes per block (one page per layer, ``_get_kv_cache_bytes_per
 
 from __future__ import annotations
 
+import ast
 import random
 import re
+from types import SimpleNamespace
 
 import pytest
 
-from vllm_source import PLANNING, VERSIONS, Dtype, functions, namespace, spec, spec_class, vllm_config
+from vllm_source import (PLANNING, VERSIONS, Dtype, _compile, functions, namespace, source, spec, spec_class,
+                         vllm_config)
 from vram_exporter.rules.backends.vllm import engine as vllm, versions
 from vram_exporter.rules.model import Architecture
 
@@ -154,3 +157,27 @@ def test_the_versions_differ_where_the_source_does():
     # 0.17.1: one batch in flight, nothing held back; 0.32-0.33: two batches and the null block; 0.34: 64-token blocks
     assert blocks == {"0.17.1": -(-(4095 + 8192) // 16) + 1, "0.32.0": 1282, "0.33.0": 1282,
                       "0.34.0": -(-(4095 + 16384) // 64) + 1 + 1}
+
+
+def test_extensible_kv_sizing_is_vllm_034s():
+    """vLLM 0.34's measure_kv_cache_bytes (extensible_kv_cache.py, its margin constants with CUDA's values)
+    against ours on random measurements."""
+    ns = namespace() | {"current_platform": SimpleNamespace(is_rocm=lambda: False)}
+    tree = source("0.34.0", "v1/worker/extensible_kv_cache.py")
+    constants = [n for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id.startswith("KV_CACHE_MARGIN") for t in n.targets)]
+    _compile(constants, "0.34.0", "v1/worker/extensible_kv_cache.py", ns)
+    theirs = functions("0.34.0", "v1/worker/extensible_kv_cache.py", ("measure_kv_cache_bytes",), ns)[
+        "measure_kv_cache_bytes"]
+    rng = random.Random("extensible")
+    for _ in range(500):
+        total = rng.choice([24, 48, 80, 141]) * 2**30
+        init_free = rng.randint(total // 4, total)
+        committed = rng.randint(0, 2**30)
+        free = rng.randint(0, init_free - committed)
+        m = dict(init_free_memory=init_free, free_memory=free, committed_bytes=committed,
+                 requested_memory=rng.choice([init_free, total, int(total * 0.9)]),
+                 transient_peak_bytes=rng.randint(0, 8 * 2**30), torch_reserve_growth_bytes=rng.randint(0, 2**30))
+        assert vllm.extensible_kv_bytes(init_free=init_free, free=free, committed=committed,
+                                        requested=m["requested_memory"], transient_peak=m["transient_peak_bytes"],
+                                        torch_growth=m["torch_reserve_growth_bytes"]) == theirs(**m), m

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pydantic import ValidationError
 
 from fitcases import gpu, node, seed_model
 from vram_exporter.sources.manifest import ClusterSettings
 from vram_exporter.rules.backends.vllm import engine as vllm, runtime as vllm_runtime
-from vram_exporter.rules.model import Architecture, Cluster
+from vram_exporter.rules.model import RUNTIME_OVERHEAD_FALLBACK, Architecture, Cluster, EngineVersion
 from vram_exporter.rules.node import fit_node
 
 QWEN = Architecture.from_config({"num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
@@ -71,3 +73,40 @@ def test_sliding_window_minimum_follows_the_batch_flag():
 
     assert required() == (-(-(4095 + 2 * 8192) // 16) + 2) * 16 * per
     assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 2) * 16 * per
+
+
+H100 = 85_520_809_984
+
+
+def _pair(version_a: str):
+    """Two models GPUStack places on one H100 (each books int(0.45 x T)); the first runs ``version_a`` with
+    --gpu-memory-utilization left unset (GPUStack never passes it), the second vLLM 0.33 at 0.45."""
+    first = replace(seed_model("--tensor-parallel-size=1", name="a"), engine_version=EngineVersion(version_a, "test"),
+                    env={"GPUSTACK_MODEL_VRAM_CLAIM": str(int(0.45 * H100))})
+    second = replace(seed_model("--gpu-memory-utilization=0.45", name="b"), engine_version=EngineVersion("0.33", "test"))
+    return fit_node(node(gpu(0, H100)), Cluster(), [first, second]).models
+
+
+def test_version_034_unset_utilization_takes_the_card_and_checks_no_free_memory():
+    a, b = _pair("0.34.0")
+    assert a.gmu_vllm == 1.0 and a.per_gpu[0].free_need is None  # no start-up check in 0.34
+    # the extensible cache is sized from what is free after warm-up, a 1 GiB margin kept
+    # the seed's config.json has no MLP shape: O is the 1 GiB fallback
+    assert a.per_gpu[0].kv_bytes == H100 - Cluster().vllm_context_overhead - 2**30 - a.per_gpu[0].weights \
+        - RUNTIME_OVERHEAD_FALLBACK
+    # issue 21 item 6: GPUStack booked 0.45 x T for it, but it takes the card; the model placed beside it
+    # finds no free memory for its own start-up check
+    assert b.per_gpu[0].committed >= H100 and b.per_gpu[0].headroom["vllm_free_memory"] < 0
+    old_a, old_b = _pair("0.33.0")
+    assert old_a.gmu_vllm == 0.92 and old_b.per_gpu[0].committed < H100
+
+
+def test_version_017_defaults_to_09_and_16_token_blocks_034_to_64():
+    model = seed_model("--tensor-parallel-size=1")
+    fits = {v: fit_node(node(gpu(0, H100)), Cluster(), [replace(model, engine_version=EngineVersion(v, "t"))]).models[0]
+            for v in ("0.17.1", "0.32.0", "0.34.0")}
+    assert (fits["0.17.1"].gmu_vllm, fits["0.17.1"].block_tokens) == (0.9, 16)
+    assert (fits["0.32.0"].gmu_vllm, fits["0.32.0"].block_tokens) == (0.92, 16)
+    assert (fits["0.34.0"].gmu_vllm, fits["0.34.0"].block_tokens) == (1.0, 64)
+    # the cluster's version where the model names none
+    assert fit_node(node(gpu(0, H100)), Cluster(vllm_version="0.17"), [model]).models[0].gmu_vllm == 0.9

@@ -173,3 +173,30 @@ def startup_error(free: int, total: int, gmu: float, budget: int) -> str:
     return (f"Free memory on device cuda:0 ({free / 2**30:.2f}/{total / 2**30:.2f} GiB) on startup is less "
             f"than desired GPU memory utilization ({gmu}, {budget / 2**30:.2f} GiB). Decrease GPU memory "
             "utilization or reduce GPU memory used by other processes.")
+
+
+# --- vLLM 0.34's extensible KV cache (versions.py extensible_kv_cache) ----------------------------------
+# vllm/v1/worker/extensible_kv_cache.py (0.34.0): what the KV cache may take is measured after warm-up and
+# CUDA graph capture; a margin of max(1 GiB, 0.75 x the transient peak) stays free on CUDA.
+KV_CACHE_MARGIN_FLOOR_BYTES = 1 << 30
+KV_CACHE_MARGIN_FRACTION = 0.75
+
+
+def extensible_kv_bytes(*, init_free: int, free: int, committed: int, requested: int, transient_peak: int = 0,
+                        torch_growth: int = 0) -> int:
+    """measure_kv_cache_bytes: min(R - non-KV used, free + committed - margin) - max(transient peak, torch
+    growth), never below 0; non-KV used = free at start - free now - the KV committed so far."""
+    non_kv_used = init_free - free - committed
+    margin = max(KV_CACHE_MARGIN_FLOOR_BYTES, int(transient_peak * KV_CACHE_MARGIN_FRACTION))
+    available = min(requested - non_kv_used, free + committed - margin) - max(transient_peak, torch_growth)
+    return max(available, 0)
+
+
+def extensible_kv_static(*, budget: int, device_room: int, weights_per_gpu: int, runtime_overhead: int,
+                         transient_peak: int) -> int:
+    """The KV 0.34 sizes on a GPU where ``device_room`` bytes are free when it starts (CUDA total less its own
+    context and what others hold): ``extensible_kv_bytes`` with the engine's own use, weights and O (the
+    transient peak is part of O), measured after warm-up."""
+    non_kv = weights_per_gpu + runtime_overhead - transient_peak
+    return extensible_kv_bytes(init_free=device_room, free=device_room - non_kv, committed=0, requested=budget,
+                               transient_peak=transient_peak)

@@ -109,12 +109,25 @@ def _batch_in_flight(gpu: GpuReading | None, rules: versions.VllmRules, flag: in
     return batches * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name, rules)
 
 
-def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.VllmGpuCheck:
-    return vllm.check_gpu(
-        cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), gmu=kv.gmu,
+def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch, committed: int = 0) -> vllm.VllmGpuCheck:
+    t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
+    check = vllm.check_gpu(
+        cuda_total_bytes=t_cuda, gmu=kv.gmu,
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, required_kv=kv.required, arch=arch, block=kv.block,
         per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
         batch_tokens=_batch_in_flight(gpu, kv.rules, kv.batch_flag))
+    if not kv.rules.extensible_kv_cache:
+        return check
+    # 0.34: sized after warm-up from what is free then, the margin kept free (engine.extensible_kv_static);
+    # the transient peak is not split out of O here, so the margin is its 1 GiB floor.
+    kv_bytes = vllm.extensible_kv_static(
+        budget=check.budget, device_room=t_cuda - cluster.vllm_context_overhead - committed,
+        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, transient_peak=0)
+    if check.kv_cache_bytes <= 0:
+        kv_bytes = check.kv_cache_bytes  # nothing left even before the margin: vLLM's "No available memory"
+    return replace(check, kv_cache_bytes=kv_bytes, kv_cache_headroom=kv_bytes - kv.required,
+                   max_model_len=vllm.longest_context(arch, kv_bytes, kv.block, kv.per_token, kv.cap, kv.held_back,
+                                                      _batch_in_flight(gpu, kv.rules, kv.batch_flag)))
 
 
 def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
@@ -132,10 +145,12 @@ def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], contex
     by_index = {gpu.index: gpu for gpu in gpus}
     needs = []
     for index in placement.gpus:
-        check = _kv_check(by_index[index], kv, cluster, model.arch)
+        committed = context.committed.get(index, 0)
+        check = _kv_check(by_index[index], kv, cluster, model.arch, committed)
         if check.kv_cache_headroom < 0:
             return Probe(False)
-        needs.append((index, context.committed.get(index, 0) + cluster.vllm_context_overhead + check.budget))
+        if not kv.rules.extensible_kv_cache:  # 0.34 checks no free memory at start-up
+            needs.append((index, committed + cluster.vllm_context_overhead + check.budget))
     return Probe(True, tuple(needs))
 
 
@@ -220,14 +235,15 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
              n_gpus: int, gmu_g: float, scheduler: str, cluster: Cluster, kv: _KvTerms, model: ModelSpec) -> GpuFit:
     t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
     committed = context.committed.get(gpu.index, 0)
-    check = _kv_check(gpu, kv, cluster, model.arch)
+    check = _kv_check(gpu, kv, cluster, model.arch, committed)
     weights_per_gpu, overhead, required = kv.weights_per_gpu, kv.overhead, kv.required
     tests = gpustack.gpu_tests(view, estimate, gmu_g, n_gpus, scheduler)
     headroom = {"gpustack_estimate": tests.estimate_headroom, "gpustack_allocatable": tests.allocatable_headroom,
                 "vllm_kv_cache": check.kv_cache_headroom}
     lo, hi_static = _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required)
     # A running instance passed its start-up check long ago: it needs no free memory.
-    need = None if running else committed + cluster.vllm_context_overhead + check.budget
+    # vLLM 0.34's extensible KV cache checks no free memory at start-up (vllm/v1/worker/utils.py::request_memory).
+    need = None if running or kv.rules.extensible_kv_cache else committed + cluster.vllm_context_overhead + check.budget
     return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi_static, check.max_model_len,
                   cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, free_need=need,
                   kv_bytes=check.kv_cache_bytes, weights=weights_per_gpu)
