@@ -7,6 +7,11 @@ PY     := $(VENV)/bin/python
 LISTEN ?= :9845
 GPUSTACK_VENV ?= .venv-gpustack
 SGLANG_WHEEL  := .cache/sglang/sglang-0.5.9-py3-none-any.whl
+# vLLM's KV code per version (tests/rules/test_vllm_source.py): only the .py files read, out of each wheel
+VLLM_VERSIONS := 0.17.1 0.32.0 0.33.0 0.34.0
+VLLM_SOURCES  := $(foreach v,$(VLLM_VERSIONS),.cache/vllm/$(v)/.extracted)
+VLLM_FILES    := vllm/v1/kv_cache_interface.py vllm/v1/core/kv_cache_utils.py vllm/v1/core/kv_cache_planning.py \
+                 vllm/v1/worker/extensible_kv_cache.py vllm/v1/worker/utils.py vllm/config/cache.py
 IMAGE ?= localhost/vram-exporter:dev
 # Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium,
 # buildah + mmdebstrap (the container image, built on a Debian base: tools/build_image.sh), and
@@ -15,7 +20,7 @@ DEBIAN_TOOLS    := promtool prometheus prometheus-alertmanager amtool chromium b
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium buildah mmdebstrap systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpustack gpustack-suite image venv debian-deps postgres-deps fixtures golden conformance soak clean
+.PHONY: demo test test-gpustack gpustack-suite image venv debian-deps postgres-deps fixtures golden conformance soak clean vllm-sources
 
 venv: $(VENV)/.installed
 
@@ -51,7 +56,7 @@ debian-deps:
 
 # Every test, the real-GPUStack ones included (they need postgresql-15 and gpustack==2.3.0 in its own
 # venv: about 900 MB and 2-3 minutes the first time, then about 70 s of tests).
-test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL) gpustack-suite
+test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL) $(VLLM_SOURCES) gpustack-suite
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python SGLANG_WHEEL=$(SGLANG_WHEEL) $(PY) -m pytest
 
 # GPUStack's own selector tests (conformance/gpustack_suite/upstream/, copied at the commit in its SOURCE:
@@ -64,6 +69,18 @@ gpustack-suite: venv $(GPUSTACK_VENV)/.installed
 # SGLang's wheel (source only, no install: its functions run on the CPU in tests/rules/test_rulebook_sglang.py).
 $(SGLANG_WHEEL): venv
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps sglang==0.5.9 -d .cache/sglang
+
+# vLLM's wheels (240-430 MB each, about a minute apiece): downloaded once, the few .py files its KV check is
+# made of kept under .cache/vllm/<version>/ (a few MB), the wheel deleted.
+vllm-sources: $(VLLM_SOURCES)
+
+.cache/vllm/%/.extracted: | venv
+	rm -rf .cache/vllm/$*.tmp && mkdir -p .cache/vllm/$*.tmp
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps vllm==$* -d .cache/vllm/$*.tmp
+	$(PY) -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(".cache/vllm/$*.tmp/*.whl")[0]); \
+	  names = set(z.namelist()); [z.extract(f, ".cache/vllm/$*") for f in sys.argv[1:] if f in names]' $(VLLM_FILES)
+	rm -rf .cache/vllm/$*.tmp
+	@touch $@
 
 # Only the end-to-end tests against a real GPUStack 2.3.0 server (all on 127.0.0.1).
 test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed

@@ -108,7 +108,7 @@ def test_sliding_window_layers_need_window_plus_batch_not_max_model_len():
                                         "max_position_embeddings": 32768})
     per_token = vllm.bytes_per_token(mistral, tp=1, pp=1, dtype_bytes=2)
     assert vllm.required_kv_bytes(mistral, 32768, 16, per_token) == (
-        (-(-(4096 - 1 + vllm.SLIDING_BATCH_TOKENS) // 16) + 1) * 16 * per_token)
+        (-(-(4096 - 1 + vllm.SLIDING_BATCH_TOKENS) // 16) + 1 + 1) * 16 * per_token)  # + mid-block + held back
     # Qwen2 ships the field switched off: full attention.
     qwen = Architecture.from_config({"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 256,
                                      "sliding_window": 4096, "use_sliding_window": False})

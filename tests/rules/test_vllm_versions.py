@@ -1,6 +1,9 @@
-"""The vLLM version as a cluster setting (issue 17): the rules that differ between 0.26 and 0.33."""
+"""The vLLM version as a cluster setting or a model's own (issues 17, 21): the rules that differ between versions
+(rules/backends/vllm/versions.py)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from pydantic import ValidationError
@@ -8,7 +11,7 @@ from pydantic import ValidationError
 from fitcases import gpu, node, seed_model
 from vram_exporter.sources.manifest import ClusterSettings
 from vram_exporter.rules.backends.vllm import engine as vllm, runtime as vllm_runtime
-from vram_exporter.rules.model import Architecture, Cluster
+from vram_exporter.rules.model import RUNTIME_OVERHEAD_FALLBACK, Architecture, Cluster, EngineVersion
 from vram_exporter.rules.node import fit_node
 
 QWEN = Architecture.from_config({"num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
@@ -24,21 +27,29 @@ def test_manifest_setting_reaches_the_rules():
     with pytest.raises(ValidationError):
         ClusterSettings(vllm_version="0.30")
     assert vllm_runtime.rules_for("0.26.0").held_back_blocks == 0
-    assert vllm_runtime.rules_for("0.34.1") == vllm_runtime.VLLM_RULES["0.33"]
+    assert vllm_runtime.rules_for("0.34.1") == vllm_runtime.VLLM_RULES["0.34"]
     assert vllm_runtime.rules_for("0.27") == vllm_runtime.VLLM_RULES["0.26"]
+    assert vllm_runtime.rules_for("0.17.1") == vllm_runtime.VLLM_RULES["0.17"]
+    assert vllm_runtime.rules_for("0.10.0") == vllm_runtime.VLLM_RULES["0.17"]  # older than any read: the oldest
 
 
-def test_full_attention_minimum_differs_by_one_block_sliding_window_does_not():
+def test_full_attention_minimum_differs_by_the_held_back_block_and_so_does_sliding_window():
     per = vllm.bytes_per_token(QWEN, tp=1, pp=1, dtype_bytes=2)
     old = vllm.required_kv_bytes(QWEN, 32768, 16, per, held_back=0)
     new = vllm.required_kv_bytes(QWEN, 32768, 16, per, held_back=1)
     assert old == 2048 * 16 * per and new - old == 16 * per
-    # sliding-window layers always keep one block for a window that starts mid-block (0.26 source)
+    # sliding-window layers keep one block more for a window that starts mid-block
+    # (SlidingWindowSpec.max_admission_blocks_per_request), and the pool's held-back block comes on top
     per_m = vllm.bytes_per_token(MISTRAL, tp=1, pp=1, dtype_bytes=2)
     in_flight = 2 * 8192  # async scheduling: two batches of serve's H200 default
+    window_blocks = -(-(4096 - 1 + in_flight) // 16) + 1
     assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=0, batch_tokens=in_flight) == \
-        vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=in_flight) == \
-        (-(-(4096 - 1 + in_flight) // 16) + 1) * 16 * per_m
+        window_blocks * 16 * per_m
+    assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=in_flight) == \
+        (window_blocks + 1) * 16 * per_m
+    # issue 21's case: Mistral-7B-v0.1 at 32768 tokens on an H100 (two batches of 8192 in flight): vLLM
+    # 0.33 needs 1282 blocks = cdiv(4095 + 16384, 16) + 1 (mid-block) + 1 (held back)
+    assert vllm.required_kv_bytes(MISTRAL, 32768, 16, per_m, held_back=1, batch_tokens=16384) == 1282 * 16 * per_m
 
 
 def test_node_fit_uses_the_clusters_version():
@@ -60,5 +71,42 @@ def test_sliding_window_minimum_follows_the_batch_flag():
         model = seed_model("--gpu-memory-utilization=0.9", *flags, arch=MISTRAL, max_model_len=32768)
         return fit_node(snapshot, Cluster(vllm_runtime_overhead=2**30), [model]).models[0].kv_required
 
-    assert required() == (-(-(4095 + 2 * 8192) // 16) + 1) * 16 * per
-    assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 1) * 16 * per
+    assert required() == (-(-(4095 + 2 * 8192) // 16) + 2) * 16 * per
+    assert required("--max-num-batched-tokens=2048") == (-(-(4095 + 2 * 2048) // 16) + 2) * 16 * per
+
+
+H100 = 85_520_809_984
+
+
+def _pair(version_a: str):
+    """Two models GPUStack places on one H100 (each books int(0.45 x T)); the first runs ``version_a`` with
+    --gpu-memory-utilization left unset (GPUStack never passes it), the second vLLM 0.33 at 0.45."""
+    first = replace(seed_model("--tensor-parallel-size=1", name="a"), engine_version=EngineVersion(version_a, "test"),
+                    env={"GPUSTACK_MODEL_VRAM_CLAIM": str(int(0.45 * H100))})
+    second = replace(seed_model("--gpu-memory-utilization=0.45", name="b"), engine_version=EngineVersion("0.33", "test"))
+    return fit_node(node(gpu(0, H100)), Cluster(), [first, second]).models
+
+
+def test_version_034_unset_utilization_takes_the_card_and_checks_no_free_memory():
+    a, b = _pair("0.34.0")
+    assert a.gmu_vllm == 1.0 and a.per_gpu[0].free_need is None  # no start-up check in 0.34
+    # the extensible cache is sized from what is free after warm-up, a 1 GiB margin kept
+    # the seed's config.json has no MLP shape: O is the 1 GiB fallback
+    assert a.per_gpu[0].kv_bytes == H100 - Cluster().vllm_context_overhead - 2**30 - a.per_gpu[0].weights \
+        - RUNTIME_OVERHEAD_FALLBACK
+    # issue 21 item 6: GPUStack booked 0.45 x T for it, but it takes the card; the model placed beside it
+    # finds no free memory for its own start-up check
+    assert b.per_gpu[0].committed >= H100 and b.per_gpu[0].headroom["vllm_free_memory"] < 0
+    old_a, old_b = _pair("0.33.0")
+    assert old_a.gmu_vllm == 0.92 and old_b.per_gpu[0].committed < H100
+
+
+def test_version_017_defaults_to_09_and_16_token_blocks_034_to_64():
+    model = seed_model("--tensor-parallel-size=1")
+    fits = {v: fit_node(node(gpu(0, H100)), Cluster(), [replace(model, engine_version=EngineVersion(v, "t"))]).models[0]
+            for v in ("0.17.1", "0.32.0", "0.34.0")}
+    assert (fits["0.17.1"].gmu_vllm, fits["0.17.1"].block_tokens) == (0.9, 16)
+    assert (fits["0.32.0"].gmu_vllm, fits["0.32.0"].block_tokens) == (0.92, 16)
+    assert (fits["0.34.0"].gmu_vllm, fits["0.34.0"].block_tokens) == (1.0, 64)
+    # the cluster's version where the model names none
+    assert fit_node(node(gpu(0, H100)), Cluster(vllm_version="0.17"), [model]).models[0].gmu_vllm == 0.9

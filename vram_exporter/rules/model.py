@@ -238,10 +238,12 @@ class Cluster:
     scheduler: Scheduler = "gpustack"
     # GPUStack >= 2.0.2 reserves no VRAM by default; v0.5.1-v2.0.1 reserved 1 GiB.
     system_reserved_vram: int = 0
-    vllm_default_gpu_memory_utilization: float = 0.92  # vLLM >= 0.20 (0.9 before)
+    # --gpu-memory-utilization where a model does not set it; None: its vLLM version's default
+    # (rules/backends/vllm/versions.py: 0.9 before 0.20, 0.92 from 0.20, 1.0 with 0.34's extensible KV cache)
+    vllm_default_gpu_memory_utilization: float | None = None
     vllm_context_overhead: int = 512 * 2**20  # C_pre: CUDA context + cuBLAS of the new process
     # O: activation peak + non-torch memory (+ CUDA graphs where the version counts them). None: the
     # fitted model of rules/backends/vllm/runtime.py for each model whose config.json has the MLP's shape, else
     # RUNTIME_OVERHEAD_FALLBACK; a value: that O for every model (a model's own runtime_overhead wins).
     vllm_runtime_overhead: int | None = None
-    vllm_version: str = "0.33"  # the rules that differ by version: rules/backends/vllm/runtime.py VLLM_RULES
+    vllm_version: str = "0.33"  # a model's vLLM version where it names none: rules/backends/vllm/versions.py

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ...model import Architecture
+from .versions import VLLM_RULES, VllmRules
 
 # Block sizes in tokens: FlashAttention, Triton and FlashInfer use 16. For MLA on Hopper vLLM picks
 # FLASH_ATTN_MLA, whose kernel takes any multiple of 16 (vllm/v1/attention/backends/mla/flashattn_mla.py,
@@ -36,22 +37,22 @@ LARGE_GPU_BATCH_TOKENS = 8192
 
 
 def default_scheduler_limits(device_total_bytes: int | None, device_name: str = "",
-                             usage: str = "serve") -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) vLLM uses when neither flag is given.
-
-    vllm/engine/arg_utils.py::_get_default_max_num_seqs_and_batched_tokens (0.26.0): GPUs of 70 GiB or
-    more that are not A100s get {LLM class: 16384, serve: 8192} tokens and 1024 sequences; others
-    {8192, 2048} tokens and 256 sequences. Measured on the H200: serve 8192, LLM class 16384 and 1024.
+                             usage: str = "serve", rules: VllmRules | None = None) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) vLLM uses when neither flag is given: `vllm serve`'s are the
+    version's (versions.py, 0.26 unless given); the LLM class's, as read in 0.26.0 and measured on the
+    H200 (16384 tokens and 1024 sequences on GPUs of 70 GiB or more that are not A100s, else 8192 and 256).
     """
-    large = device_total_bytes is not None and device_total_bytes >= 70 * 2**30 and "a100" not in device_name.lower()
-    if large:
-        return (16384 if usage == "llm" else LARGE_GPU_BATCH_TOKENS), 1024
-    return (8192 if usage == "llm" else SLIDING_BATCH_TOKENS), 256
+    if usage == "llm":
+        large = device_total_bytes is not None and device_total_bytes >= 70 * 2**30 \
+            and "a100" not in device_name.lower()
+        return (16384, 1024) if large else (8192, 256)
+    return (rules or VLLM_RULES["0.26"]).batch_defaults(device_total_bytes, device_name)
 
 
-def default_max_num_batched_tokens(device_total_bytes: int | None, device_name: str = "") -> int:
+def default_max_num_batched_tokens(device_total_bytes: int | None, device_name: str = "",
+                                   rules: VllmRules | None = None) -> int:
     """`vllm serve`'s max_num_batched_tokens when the flag is not given (see SLIDING_BATCH_TOKENS)."""
-    return default_scheduler_limits(device_total_bytes, device_name, "serve")[0]
+    return default_scheduler_limits(device_total_bytes, device_name, "serve", rules)[0]
 
 
 def cuda_total(nvml_total: int, nvml_reserved: int | None) -> int:
@@ -83,10 +84,12 @@ def bytes_per_token(arch: Architecture, *, tp: int, pp: int, dtype_bytes: int) -
     return 2 * layers * max(1, arch.kv_heads // tp) * arch.head_dim * dtype_bytes
 
 
-def block_tokens(arch: Architecture, requested: int | None) -> int:
+def block_tokens(arch: Architecture, requested: int | None, default: int = BLOCK_TOKENS) -> int:
+    """--block-size, else the version's default (versions.py VllmRules.block_tokens): 16 before 0.34, 64
+    from 0.34, for MLA too (the default is CacheConfig's, whatever the layer kind)."""
     if requested:
         return requested
-    return MLA_BLOCK_TOKENS if arch.mla else BLOCK_TOKENS
+    return default
 
 
 def tokens_held(arch: Architecture, max_model_len: int, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
@@ -112,9 +115,10 @@ def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_to
 
 def _extra_blocks(arch: Architecture, held_back: int) -> int:
     # A sliding window may not start at a block boundary: its layers always need one block more
-    # (vllm/v1/kv_cache_interface.py, SlidingWindowSpec.max_admission_blocks_per_request, vLLM 0.26.0:
-    # cdiv(min(window - 1 + in-flight tokens, max_model_len), B) + 1).
-    return max(held_back, 1) if arch.sliding_window else held_back
+    # (vllm/v1/kv_cache_interface.py, SlidingWindowSpec.max_admission_blocks_per_request, 0.17.1-0.34.0:
+    # cdiv(min(window - 1 + in-flight tokens, max_model_len), B) + 1), on top of the block the pool
+    # holds back (Mistral-7B-v0.1 at 32768 tokens in 0.33: 1282 blocks = 1280 + 1 + 1).
+    return held_back + 1 if arch.sliding_window else held_back
 
 
 def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None,
@@ -169,3 +173,30 @@ def startup_error(free: int, total: int, gmu: float, budget: int) -> str:
     return (f"Free memory on device cuda:0 ({free / 2**30:.2f}/{total / 2**30:.2f} GiB) on startup is less "
             f"than desired GPU memory utilization ({gmu}, {budget / 2**30:.2f} GiB). Decrease GPU memory "
             "utilization or reduce GPU memory used by other processes.")
+
+
+# --- vLLM 0.34's extensible KV cache (versions.py extensible_kv_cache) ----------------------------------
+# vllm/v1/worker/extensible_kv_cache.py (0.34.0): what the KV cache may take is measured after warm-up and
+# CUDA graph capture; a margin of max(1 GiB, 0.75 x the transient peak) stays free on CUDA.
+KV_CACHE_MARGIN_FLOOR_BYTES = 1 << 30
+KV_CACHE_MARGIN_FRACTION = 0.75
+
+
+def extensible_kv_bytes(*, init_free: int, free: int, committed: int, requested: int, transient_peak: int = 0,
+                        torch_growth: int = 0) -> int:
+    """measure_kv_cache_bytes: min(R - non-KV used, free + committed - margin) - max(transient peak, torch
+    growth), never below 0; non-KV used = free at start - free now - the KV committed so far."""
+    non_kv_used = init_free - free - committed
+    margin = max(KV_CACHE_MARGIN_FLOOR_BYTES, int(transient_peak * KV_CACHE_MARGIN_FRACTION))
+    available = min(requested - non_kv_used, free + committed - margin) - max(transient_peak, torch_growth)
+    return max(available, 0)
+
+
+def extensible_kv_static(*, budget: int, device_room: int, weights_per_gpu: int, runtime_overhead: int,
+                         transient_peak: int) -> int:
+    """The KV 0.34 sizes on a GPU where ``device_room`` bytes are free when it starts (CUDA total less its own
+    context and what others hold): ``extensible_kv_bytes`` with the engine's own use, weights and O (the
+    transient peak is part of O), measured after warm-up."""
+    non_kv = weights_per_gpu + runtime_overhead - transient_peak
+    return extensible_kv_bytes(init_free=device_room, free=device_room - non_kv, committed=0, requested=budget,
+                               transient_peak=transient_peak)

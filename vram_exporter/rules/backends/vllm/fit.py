@@ -17,7 +17,7 @@ from ....units import gib
 from ... import gpustack
 from ...model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
 from ...verdicts import Context, GpuFit, ModelFit, Probe, reasons
-from . import engine as vllm, runtime as vllm_runtime, selector
+from . import engine as vllm, runtime as vllm_runtime, selector, versions
 
 
 def evaluate(
@@ -48,6 +48,7 @@ class _KvTerms:
     weights_per_gpu: int
     overhead: int
     held_back: int  # blocks vLLM holds back beyond the minimum (its version's rule)
+    rules: versions.VllmRules  # the version's rules (versions.rules_of: the one place they are chosen)
     batch_flag: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
 
 
@@ -67,18 +68,19 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
     dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
     per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
-    block = vllm.block_tokens(model.arch, vp.block_size)
+    rules = versions.rules_of(model, cluster)
+    block = vllm.block_tokens(model.arch, vp.block_size, rules.block_tokens)
     cap = model.arch.max_position_embeddings
     target_len = _target_len(model, vp, cap)
-    held = vllm_runtime.rules_for(cluster.vllm_version).held_back_blocks
+    held = rules.held_back_blocks
+    first_up = next((g for g in gpus if g.up), None)
     required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
-                                       batch_tokens=_batch_in_flight(next((g for g in gpus if g.up), None),
-                                                                     vp.max_num_batched_tokens))
+                                       batch_tokens=_batch_in_flight(first_up, rules, vp.max_num_batched_tokens))
                 if target_len > 0 else 0)
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
-        overhead=_runtime_overhead(model, cluster, next((g for g in gpus if g.up), None)), held_back=held,
+        overhead=_runtime_overhead(model, cluster, first_up), held_back=held, rules=rules,
         batch_flag=vp.max_num_batched_tokens)
 
 
@@ -91,28 +93,41 @@ def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None
     if model.vllm.tensor_parallel_size * model.vllm.pipeline_parallel_size > 1:
         return RUNTIME_OVERHEAD_FALLBACK  # the fit is of one GPU; NCCL and sharded MLPs were not measured
     fitted = vllm_runtime.fitted_runtime_overhead(
-        model.arch, version=cluster.vllm_version, device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
+        model.arch, version=versions.version_of(model, cluster), device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
         device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
     return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
 
 
-def _batch_in_flight(gpu: GpuReading | None, flag: int | None = None) -> int:
+def _batch_in_flight(gpu: GpuReading | None, rules: versions.VllmRules, flag: int | None = None) -> int:
     """Sliding-window layers hold the tokens in flight beyond the window: `vllm serve`'s default batch
-    depends on the GPU, and with async scheduling (vLLM's default) two batches are in flight
-    (vllm/config/vllm.py, VllmConfig.max_in_flight_tokens / max_concurrent_batches, vLLM 0.26.0)."""
+    depends on the GPU and the version, and so do the batches in flight (versions.py in_flight_batches)."""
+    batches = rules.in_flight_batches
     if flag is not None:
-        return 2 * flag
+        return batches * flag
     if gpu is None or gpu.memory is None:
-        return 2 * vllm.SLIDING_BATCH_TOKENS
-    return 2 * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name)
+        return batches * vllm.SLIDING_BATCH_TOKENS
+    return batches * vllm.default_max_num_batched_tokens(gpu.memory.total, gpu.name, rules)
 
 
-def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch) -> vllm.VllmGpuCheck:
-    return vllm.check_gpu(
-        cuda_total_bytes=vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), gmu=kv.gmu,
+def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch, committed: int = 0) -> vllm.VllmGpuCheck:
+    t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
+    check = vllm.check_gpu(
+        cuda_total_bytes=t_cuda, gmu=kv.gmu,
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, required_kv=kv.required, arch=arch, block=kv.block,
         per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
-        batch_tokens=_batch_in_flight(gpu, kv.batch_flag))
+        batch_tokens=_batch_in_flight(gpu, kv.rules, kv.batch_flag))
+    if not kv.rules.extensible_kv_cache:
+        return check
+    # 0.34: sized after warm-up from what is free then, the margin kept free (engine.extensible_kv_static);
+    # the transient peak is not split out of O here, so the margin is its 1 GiB floor.
+    kv_bytes = vllm.extensible_kv_static(
+        budget=check.budget, device_room=t_cuda - cluster.vllm_context_overhead - committed,
+        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, transient_peak=0)
+    if check.kv_cache_bytes <= 0:
+        kv_bytes = check.kv_cache_bytes  # nothing left even before the margin: vLLM's "No available memory"
+    return replace(check, kv_cache_bytes=kv_bytes, kv_cache_headroom=kv_bytes - kv.required,
+                   max_model_len=vllm.longest_context(arch, kv_bytes, kv.block, kv.per_token, kv.cap, kv.held_back,
+                                                      _batch_in_flight(gpu, kv.rules, kv.batch_flag)))
 
 
 def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
@@ -130,10 +145,12 @@ def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], contex
     by_index = {gpu.index: gpu for gpu in gpus}
     needs = []
     for index in placement.gpus:
-        check = _kv_check(by_index[index], kv, cluster, model.arch)
+        committed = context.committed.get(index, 0)
+        check = _kv_check(by_index[index], kv, cluster, model.arch, committed)
         if check.kv_cache_headroom < 0:
             return Probe(False)
-        needs.append((index, context.committed.get(index, 0) + cluster.vllm_context_overhead + check.budget))
+        if not kv.rules.extensible_kv_cache:  # 0.34 checks no free memory at start-up
+            needs.append((index, committed + cluster.vllm_context_overhead + check.budget))
     return Probe(True, tuple(needs))
 
 
@@ -151,8 +168,12 @@ def _placement(model, cluster, gpus, claims, params, replica_count=None):
 
 
 def _vllm_gmu(model: ModelSpec, cluster: Cluster) -> float:
+    """The --gpu-memory-utilization vLLM runs with: the model's flag, else the cluster's setting, else the
+    version's default (versions.py: 0.9 before 0.20, 0.92 from 0.20, 1.0 with 0.34's extensible KV cache)."""
     given = model.vllm.gpu_memory_utilization
-    return cluster.vllm_default_gpu_memory_utilization if given is None else given
+    if given is None:
+        given = cluster.vllm_default_gpu_memory_utilization
+    return versions.rules_of(model, cluster).gmu(given)
 
 
 def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
@@ -214,14 +235,15 @@ def _gpu_fit(gpu: GpuReading, view: gpustack.GpuView, context: Context, *, runni
              n_gpus: int, gmu_g: float, scheduler: str, cluster: Cluster, kv: _KvTerms, model: ModelSpec) -> GpuFit:
     t_cuda = vllm.cuda_total(gpu.memory.total, gpu.memory.reserved)
     committed = context.committed.get(gpu.index, 0)
-    check = _kv_check(gpu, kv, cluster, model.arch)
+    check = _kv_check(gpu, kv, cluster, model.arch, committed)
     weights_per_gpu, overhead, required = kv.weights_per_gpu, kv.overhead, kv.required
     tests = gpustack.gpu_tests(view, estimate, gmu_g, n_gpus, scheduler)
     headroom = {"gpustack_estimate": tests.estimate_headroom, "gpustack_allocatable": tests.allocatable_headroom,
                 "vllm_kv_cache": check.kv_cache_headroom}
     lo, hi_static = _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead, required)
     # A running instance passed its start-up check long ago: it needs no free memory.
-    need = None if running else committed + cluster.vllm_context_overhead + check.budget
+    # vLLM 0.34's extensible KV cache checks no free memory at start-up (vllm/v1/worker/utils.py::request_memory).
+    need = None if running or kv.rules.extensible_kv_cache else committed + cluster.vllm_context_overhead + check.budget
     return GpuFit(gpu.index, gpu.uuid, check.budget, headroom, lo, hi_static, check.max_model_len,
                   cuda_total=t_cuda, committed=committed, gmu_max_static=hi_static, free_need=need,
                   kv_bytes=check.kv_cache_bytes, weights=weights_per_gpu)

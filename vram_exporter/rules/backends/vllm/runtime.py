@@ -27,38 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .engine import default_scheduler_limits  # noqa: F401 - the one rule, read here for O's batch
+from .versions import VLLM_RULES, VllmRules, rules_for  # noqa: F401 - the rules by version live in versions.py
 
 if TYPE_CHECKING:
     from ...model import Architecture
-
-
-@dataclass(frozen=True, slots=True)
-class VllmRules:
-    """What differs between the vLLM versions the rulebook knows."""
-
-    version: str
-    held_back_blocks: int  # blocks beyond ceil(max_model_len / B) the minimum KV needs
-    graphs_in_budget: bool  # CUDA graph memory is taken out of R (part of O)
-
-
-VLLM_RULES = {
-    # vllm/v1/kv_cache_interface.py AttentionSpec.max_memory_usage_bytes = cdiv(len, B) * page (0.26.0);
-    # gpu_worker.py applies the CUDA graph estimate only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS.
-    "0.26": VllmRules("0.26", held_back_blocks=0, graphs_in_budget=False),
-    # docs/rulebooks.md#b-vllms-start-up-and-kv-cache (vLLM 0.33.0: kv_cache_planning.py holds back one block; O includes graphs).
-    "0.33": VllmRules("0.33", held_back_blocks=1, graphs_in_budget=True),
-}
-
-
-def rules_for(version: str) -> VllmRules:
-    """The rules of a vLLM version "X.Y[.Z]": the newest known rules not newer than it."""
-    major_minor = tuple(int(p) for p in version.split(".")[:2])
-    known = sorted(VLLM_RULES, key=lambda v: tuple(int(p) for p in v.split(".")))
-    chosen = known[0]
-    for v in known:
-        if tuple(int(p) for p in v.split(".")) <= major_minor:
-            chosen = v
-    return VLLM_RULES[chosen]
 
 
 # --- the activation peak -------------------------------------------------------------------------------
@@ -179,6 +151,7 @@ def fitted_runtime_overhead(arch: Architecture, *, version: str, device_total_by
     where the version takes them out of R. Calibrated on an H200 with vLLM 0.26; elsewhere a starting
     point, checked against a running instance (vram_exporter/sources/vllm_instance.py). None: config.json lacks
     the MLP's shape."""
-    tokens = max_num_batched_tokens or default_scheduler_limits(device_total_bytes, device_name, "serve")[0]
+    rules = rules_for(version)
+    tokens = max_num_batched_tokens or rules.batch_defaults(device_total_bytes, device_name)[0]
     parts = runtime_overhead(arch, tokens)
-    return None if parts is None else parts.total(rules_for(version))
+    return None if parts is None else parts.total(rules)
