@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 LISTEN ?= :9845
 GPUSTACK_VENV ?= .venv-gpustack
 SGLANG_WHEEL  := .cache/sglang/sglang-0.5.9-py3-none-any.whl
+SGLANG_VERSIONS := 0.5.6.post2 0.5.18 0.5.22 0.5.23
+SGLANG_WHEELS := .cache/sglang/.versions-$(subst $() ,-,$(SGLANG_VERSIONS))
 IMAGE ?= localhost/vram-exporter:dev
 # Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium,
 # buildah + mmdebstrap (the container image, built on a Debian base: tools/build_image.sh), and
@@ -51,12 +53,19 @@ debian-deps:
 
 # Every test, the real-GPUStack ones included (they need postgresql-15 and gpustack==2.3.0 in its own
 # venv: about 900 MB and 2-3 minutes the first time, then about 70 s of tests).
-test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL)
+test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL) $(SGLANG_WHEELS)
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python SGLANG_WHEEL=$(SGLANG_WHEEL) $(PY) -m pytest
 
 # SGLang's wheel (source only, no install: its functions run on the CPU in tests/rules/test_rulebook_sglang.py).
 $(SGLANG_WHEEL): venv
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps sglang==0.5.9 -d .cache/sglang
+
+# The other SGLang versions whose rules are checked (tests/rules/test_rulebook_sglang_versions.py), one pip call
+# each (pip refuses several versions of one package at once); the newer wheels are built per platform.
+$(SGLANG_WHEELS): venv
+	for v in $(SGLANG_VERSIONS); do \
+		$(PY) -m pip download -q --disable-pip-version-check --no-deps sglang==$$v -d .cache/sglang || exit 1; done
+	touch $@
 
 # Only the end-to-end tests against a real GPUStack 2.3.0 server (all on 127.0.0.1).
 test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed
