@@ -12,6 +12,9 @@ VLLM_VERSIONS := 0.17.1 0.32.0 0.33.0 0.34.0
 VLLM_SOURCES  := $(foreach v,$(VLLM_VERSIONS),.cache/vllm/$(v)/.extracted)
 VLLM_FILES    := vllm/v1/kv_cache_interface.py vllm/v1/core/kv_cache_utils.py vllm/v1/core/kv_cache_planning.py \
                  vllm/v1/worker/extensible_kv_cache.py vllm/v1/worker/utils.py vllm/config/cache.py
+
+SGLANG_VERSIONS := 0.5.6.post2 0.5.18 0.5.22 0.5.23
+SGLANG_WHEELS := .cache/sglang/.versions-$(subst $() ,-,$(SGLANG_VERSIONS))
 IMAGE ?= localhost/vram-exporter:dev
 # Debian packages the tests run for real: promtool/prometheus, alertmanager/amtool, headless chromium,
 # buildah + mmdebstrap (the container image, built on a Debian base: tools/build_image.sh), and
@@ -56,7 +59,7 @@ debian-deps:
 
 # Every test, the real-GPUStack ones included (they need postgresql-15 and gpustack==2.3.0 in its own
 # venv: about 900 MB and 2-3 minutes the first time, then about 70 s of tests).
-test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL) $(VLLM_SOURCES) gpustack-suite
+test: debian-deps postgres-deps venv $(GPUSTACK_VENV)/.installed $(SGLANG_WHEEL) $(SGLANG_WHEELS) $(VLLM_SOURCES) gpustack-suite
 	GPUSTACK_PYTHON=$(GPUSTACK_VENV)/bin/python SGLANG_WHEEL=$(SGLANG_WHEEL) $(PY) -m pytest
 
 # GPUStack's own selector tests (conformance/gpustack_suite/upstream/, copied at the commit in its SOURCE:
@@ -81,6 +84,13 @@ vllm-sources: $(VLLM_SOURCES)
 	  names = set(z.namelist()); [z.extract(f, ".cache/vllm/$*") for f in sys.argv[1:] if f in names]' $(VLLM_FILES)
 	rm -rf .cache/vllm/$*.tmp
 	@touch $@
+
+# The other SGLang versions whose rules are checked (tests/rules/test_rulebook_sglang_versions.py), one pip call
+# each (pip refuses several versions of one package at once); the newer wheels are built per platform.
+$(SGLANG_WHEELS): venv
+	for v in $(SGLANG_VERSIONS); do \
+		$(PY) -m pip download -q --disable-pip-version-check --no-deps sglang==$$v -d .cache/sglang || exit 1; done
+	touch $@
 
 # Only the end-to-end tests against a real GPUStack 2.3.0 server (all on 127.0.0.1).
 test-gpustack: venv postgres-deps $(GPUSTACK_VENV)/.installed

@@ -23,16 +23,33 @@ ROOT = Path(__file__).resolve().parent.parent
 WHEEL = Path(os.environ.get("SGLANG_WHEEL", ROOT / ".cache" / "sglang" / "sglang-0.5.9-py3-none-any.whl"))
 
 
-def wheel() -> zipfile.ZipFile:
-    if not WHEEL.exists():
-        pytest.fail(f"{WHEEL} is missing: `make test` downloads it (pip download --no-deps sglang==0.5.9 -d "
+WHEELS = Path(os.environ.get("SGLANG_WHEELS", WHEEL.parent))  # the other versions' wheels (sglang-<version>-*.whl)
+
+
+def wheel(path: Path = WHEEL) -> zipfile.ZipFile:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: `make test` downloads it (pip download --no-deps sglang==<version> -d "
                     ".cache/sglang)")
-    return zipfile.ZipFile(WHEEL)
+    return zipfile.ZipFile(path)
 
 
-def function(module: str, name: str, namespace: dict[str, Any], cls: str | None = None):
+def wheel_of(version: str) -> Path:
+    """The wheel of SGLang ``version`` (pure Python up to 0.5.9, built per platform since)."""
+    found = sorted(WHEELS.glob(f"sglang-{version}-*.whl"))
+    if not found:
+        pytest.fail(f"no sglang-{version} wheel in {WHEELS}: `make test` downloads it (pip download --no-deps "
+                    f"sglang=={version} -d .cache/sglang)")
+    return found[0]
+
+
+def source(module: str, wheel_file: Path = WHEEL) -> str:
+    with wheel(wheel_file) as z:
+        return z.read(f"sglang/srt/{module}").decode()
+
+
+def function(module: str, name: str, namespace: dict[str, Any], cls: str | None = None, wheel_file: Path = WHEEL):
     """``name`` (a method of ``cls`` when given) from ``sglang/srt/<module>``, defined in ``namespace``."""
-    with wheel() as z:
+    with wheel(wheel_file) as z:
         source = z.read(f"sglang/srt/{module}").decode()
     tree = ast.parse(source)
     body = tree.body

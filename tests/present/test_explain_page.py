@@ -84,6 +84,7 @@ def test_page_renders_the_verdicts_without_javascript(start_exporter):
     assert "The current available GPU only has 4.99 GiB allocatable VRAM (83.32%)." in dom
     assert "lower --system-reserved vram to 0 GiB and set --gpu-memory-utilization=0.91" in dom
     assert dom.count("<svg") == 2 and "<rect" in dom  # the GPU's bars, and the model's demand on them
+    assert "assumes vLLM 0.33: version unknown: the rules of vLLM 0.33 are assumed" in dom  # no cuda_version
 
 
 def test_working_fixes_come_first_and_the_futile_ones_are_greyed_and_short(start_exporter, tmp_path, update_golden):

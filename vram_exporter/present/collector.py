@@ -170,6 +170,9 @@ class ModelFamilies:
             "vram_model_schedulable": ([(m,)], [1 if fit.schedulable and not fit.error else 0]),
             "vram_model_backend_info": ([(m, fit.backend)], [1]),
         }
+        if fit.engine_version is not None:
+            out["vram_model_engine_info"] = ([(m, fit.backend, fit.engine_version.version, fit.engine_version.why)],
+                                             [1])
         if fit.error:
             return out
         out["vram_model_weights_bytes"] = ([(m,)], [fit.weights])
@@ -254,6 +257,10 @@ _MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vram_model_backend_info": (
         "The model's backend (value always 1): vllm, sglang or custom; it picks GPUStack's selector and the "
         "engine's rules.", ("model", "backend")),
+    "vram_model_engine_info": (
+        "The engine version the model's verdicts assume (value always 1), and why: what the running engine "
+        "reports, the version GPUStack deployed or the model names, GPUStack's runner for the node's CUDA, or "
+        "\"version unknown\" and the rules assumed.", ("model", "backend", "version", "why")),
     "vram_model_vllm_budget_bytes": ("vLLM's budget R = ceil((total - reserved) * u).", MODEL_GPU_LABELS),
     "vram_model_headroom_bytes": ("Room left by each check; negative means it fails.", (*MODEL_GPU_LABELS, "check")),
     "vram_model_gpu_memory_utilization_min": (

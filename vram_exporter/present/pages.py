@@ -18,7 +18,7 @@ from typing import Any
 from .. import __version__
 from ..rules import backends
 from ..rules.node import CHECKS
-from .report import EXPLAIN
+from .report import EXPLAIN, engine_version_words
 from ..units import GIB, gib
 from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, from_fix
 from .page_demand import demand_chart
@@ -259,8 +259,9 @@ def _bar(label: str, parts: list[tuple[str, int]], total: int, row: int) -> str:
 def _model_section(model: dict[str, Any], bookings: dict[str, dict[str, Any]], report: dict[str, Any],
                    what_if: dict[str, Any] | None) -> str:
     name = escape(model["name"])
+    version = f'<p class="version">{escape(engine_version_words(model))}</p>' if model.get("engine_version") else ""
     if model["error"]:
-        return (f'<div class="model" id="{name}"><h3>{name}</h3><p class="bad">cannot be judged: '
+        return (f'<div class="model" id="{name}"><h3>{name}</h3>{version}<p class="bad">cannot be judged: '
                 f"{escape(model['error'])}</p></div>")
     ok = model["schedulable"] and model["startable"]
     verdict = (f'<span class="{"good" if ok else "bad"}">'
@@ -273,7 +274,7 @@ def _model_section(model: dict[str, Any], bookings: dict[str, dict[str, Any]], r
     claim = settings.get("vram_claim")
     reasons = "".join(f"<pre>{escape(r)}</pre>" for r in model["reasons"])
     backend = model.get("backend", "vllm")
-    return f"""<div class="model" id="{name}"><h3>{name} <small>({_ENGINE[backend]} backend)</small></h3><p>{verdict}</p>
+    return f"""<div class="model" id="{name}"><h3>{name} <small>({_ENGINE[backend]} backend)</small></h3>{version}<p>{verdict}</p>
 {_fixes(model, ok, report['fixes_known'])}
 {demand_chart(model, bookings, report['scheduler'])}
 <p>weights {gib(model['weights_bytes'])} &middot; GPUStack estimate {gib(model['estimate_bytes'])}

@@ -115,6 +115,9 @@ def _model(fit: ModelFit, fixes: Sequence[Fix], free: Mapping[int, int]) -> dict
         # GPUs where vLLM on its own (`vllm serve`, no scheduler) would start and serve max_model_len.
         "vllm_alone_gpus": [f.index for f in fit.per_gpu if vllm_starts_on(f, free.get(f.index, 0))],
         "backend": fit.backend,
+        # The engine version the verdict assumes and why (rules/runner_pick.py); None: not said.
+        "engine_version": ({"version": fit.engine_version.version, "why": fit.engine_version.why}
+                           if fit.engine_version else None),
         "gpu_memory_utilization": {"gpustack": fit.gmu_gpustack, **({reader: fit.gmu_vllm}
                                    if (reader := backends.of(fit.backend).engine_reader) else {}),
                                    "mismatch": fit.gmu_mismatch},
@@ -212,9 +215,20 @@ def _fraction_line(model: dict[str, Any]) -> str:
     return f"gpu_memory_utilization: GPUStack {gmu['gpustack']}, vLLM {gmu['vllm']}"
 
 
+def engine_version_words(model: dict[str, Any]) -> str:
+    """The version a verdict assumes, for a person: "assumes vLLM 0.17.1: GPUStack's runner for CUDA 12.8 (...)"."""
+    version = model["engine_version"]
+    engine = backends.of(model.get("backend", "vllm")).display_name
+    if version["version"] == "unknown":
+        return f"assumes {engine}, {version['why']}"
+    return f"assumes {engine} {version['version']}: {version['why']}"
+
+
 def _model_lines(model: dict[str, Any]) -> list[str]:
     ok = model["schedulable"] and model["startable"] and not model["error"]
     lines = [f"{'ok ' if ok else 'NO '} {model['name']}: {_verdict(model)}"]
+    if model.get("engine_version"):
+        lines.append(f"    {engine_version_words(model)}")
     if model["error"]:
         return lines + [f"    {model['error']}"]
     gmu = model["gpu_memory_utilization"]

@@ -63,7 +63,12 @@ def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelS
                    claims[gpu.index] - today[gpu.index] if predicted is None else predicted.get(gpu.index, 0))
         for gpu in gpus
     )
-    return NodeFit(bookings, tuple(results[m.name] for m in models), cluster)
+    return NodeFit(bookings, tuple(_with_version(results[m.name], m) for m in models), cluster)
+
+
+def _with_version(fit: ModelFit, model: ModelSpec) -> ModelFit:
+    """Every verdict says the engine version it assumed."""
+    return fit if model.engine_version is None else replace(fit, engine_version=model.engine_version)
 
 
 # --- free memory: vLLM's start-up check (free - C_pre >= R), written here only -------------------

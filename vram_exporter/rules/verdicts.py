@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .model import Cluster
+from .model import Cluster, EngineVersion
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache",
           "gpustack_custom_claim", "sglang_kv_pool", "sglang_context", "sglang_free_memory")  # rules/backends/*/fit.py
@@ -86,6 +86,8 @@ class ModelFit:
     static_reasons: tuple[str, ...] = field(default=(), compare=False)
     kv_reasons: Mapping[int, str] = field(default_factory=dict, compare=False)
     backend: str = "vllm"  # vllm, sglang, custom: which selector and engine (rules/backends/__init__.py)
+    # The engine version the verdict assumes, and why (ModelSpec.engine_version; None: not said).
+    engine_version: EngineVersion | None = field(default=None, compare=False)
 
     @property
     def fits(self) -> bool:

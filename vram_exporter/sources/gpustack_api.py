@@ -5,11 +5,14 @@ fetches the pages. The records keep only the fields the exporter reads and ignor
 GPUStack adds fields between releases. Field meanings (gpustack 2.3.0 ``gpustack/schemas``):
 - workers.py: ``state`` (only ``ready`` takes new instances), ``system_reserved.vram`` (bytes),
   ``labels``, ``status.gpu_devices[].memory.total`` (bytes) and ``memory.allocated``, the server's own
-  sum of the claims bound to that GPU, computed at each query (``policies/resource_view.py``).
+  sum of the claims bound to that GPU, computed at each query (``policies/resource_view.py``); each GPU's
+  ``type`` (cuda, rocm, cann...), ``runtime_version`` (for cuda: the CUDA version, which picks the runner)
+  and ``compute_capability``.
 - models.py: ``Model`` (backend, backend_parameters, env, replicas, gpu_selector.gpu_ids as
   ``"<worker>:<device>:<index>"``, worker_selector, local_path) and ``ModelInstance`` (state,
   worker_id, gpu_indexes, computed_resource_claim.vram as ``{"<index>": bytes}``,
-  distributed_servers.subordinate_workers).
+  distributed_servers.subordinate_workers, and ``backend_version``, the version GPUStack deployed it with,
+  and ``api_detected_backend_version``, what the running engine answers on /version).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class GpuDevice(_ApiRecord):
     name: str = ""
     type: str | None = None
     memory: GpuMemory | None = None
+    runtime_version: str | None = None  # cuda: the CUDA version
+    compute_capability: str | None = None
 
 
 class WorkerStatus(_ApiRecord):
@@ -136,6 +141,8 @@ class ModelInstance(_ApiRecord):
     gpu_indexes: list[int] | None = None
     computed_resource_claim: ResourceClaim | None = None
     distributed_servers: DistributedServers | None = None
+    backend_version: str | None = None  # the version GPUStack resolved when it deployed it
+    api_detected_backend_version: str | None = None  # what the running engine answers on /version
 
     @property
     def placed(self) -> bool:

@@ -29,13 +29,13 @@ from typing import Any, Protocol
 
 from ..errors import BadInput, ModelError
 from .manifest import LoadedManifest, NodeModels, read_model_directory
-from ..rules import backends, gpustack
+from ..rules import backends, gpustack, runner_pick
 from ..rules.cluster import replay
 from ..rules.cluster import paths as gpustack_paths
-from ..rules.model import Architecture, Cluster, ModelSpec
+from ..rules.model import Architecture, Cluster, EngineVersion, ModelSpec
 from ..rules.flags import executor_is_mp
 from . import vllm_instance
-from .gpustack_api import GpuStackState, Model, ModelInstance, Worker
+from .gpustack_api import GpuDevice, GpuStackState, Model, ModelInstance, Worker
 
 log = logging.getLogger(__name__)
 
@@ -297,17 +297,44 @@ def _node_models(worker: Worker, state: GpuStackState, specs: Mapping[str, Model
         if spec is not None and request is not None and pending and worker.id in request.workers:
             pinned = None if request.selection is None else request.selection.get(worker.name)
             if request.selection is None or pinned:
-                models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned))
+                models.append(replace(spec, replicas=len(pending), pinned_gpus=pinned,
+                                      engine_version=engine_version(model, None, worker, pinned or (), overlay)))
         elif spec is not None and here and here[0][0].worker_id == worker.id and not here[0][0].subordinates:
             instance, claims = here.pop(0)
             models.append(replace(spec, placed_on=tuple(sorted(claims)), placed_claims=claims, replicas=1,
-                                  metrics_url=spec.metrics_url or _metrics_url(instance)))
+                                  metrics_url=spec.metrics_url or _metrics_url(instance),
+                                  engine_version=engine_version(model, instance, worker, instance.gpu_indexes or (),
+                                                                overlay)))
         for _, claims in here:  # every instance bound here that is not shown as a model above
             for index, size in claims.items():
                 booked[index] = booked.get(index, 0) + size
     base = overlay.cluster if overlay else Cluster()
     cluster = replace(base, system_reserved_vram=worker.reserved_vram)
     return NodeModels(f"GPUStack {source}, worker {worker.name}", cluster, tuple(models), booked)
+
+
+def engine_version(model: Model, instance: ModelInstance | None, worker: Worker, gpu_indexes: Sequence[int],
+                   overlay: LoadedManifest | None) -> EngineVersion:
+    """The engine version of ``model`` on ``worker`` (its ``instance`` there, if running), as GPUStack knows or
+    picks it (rules/runner_pick.py); the overlay's engine_version for the model where GPUStack leaves it on
+    "Auto" and has deployed nothing yet."""
+    detected = instance.api_detected_backend_version if instance else None
+    deployed = instance.backend_version if instance else None
+    entry = next((e for e in overlay.entries if e.name == model.name), None) if overlay else None
+    if not (detected or deployed or model.backend_version) and entry is not None and entry.engine_version:
+        return EngineVersion(entry.engine_version, "the overlay manifest's engine_version for the model")
+    gpu = _device_of(worker, gpu_indexes)
+    return runner_pick.choose(model.backend_kind or backends.VLLM, detected=detected, deployed=deployed,
+                              chosen=model.backend_version, cuda=gpu.runtime_version if gpu else None,
+                              cuda_known=gpu is not None and gpu.type == "cuda")  # runners: CUDA builds only
+
+
+def _device_of(worker: Worker, gpu_indexes: Sequence[int]) -> GpuDevice | None:
+    """The GPU whose runtime GPUStack resolves the runner for: the first of those selected, else the
+    worker's first (gpustack/worker/backends/base.py::_get_device_info)."""
+    by_index = {gpu.index: gpu for gpu in worker.gpus}
+    selected = [by_index[i] for i in gpu_indexes if i in by_index]
+    return selected[0] if selected else (worker.gpus[0] if worker.gpus else None)
 
 
 def _sized(spec: ModelSpec | None, request: replay.Request | None, workers: Sequence[Worker]) -> ModelSpec | None:

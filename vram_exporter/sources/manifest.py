@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from ..rules import backends
+from ..rules import backends, runner_pick
 from ..rules.gpustack import ENV_CLAIM
-from ..rules.model import Architecture, Cluster, ModelSpec
+from ..rules.model import Architecture, Cluster, EngineVersion, ModelSpec
 from ..rules.flags import parse_model_len
 from ..units import parse_size
 from ..errors import BadInput
@@ -26,6 +26,7 @@ from .yamlfile import InputFileError, Strict, field_path, load_located
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Utilization = Annotated[float, Field(gt=0, le=1)]
+Version = Annotated[str, Field(min_length=1, pattern=r"^v?[0-9][0-9A-Za-z.+_-]*$")]
 
 # Root-level files with these extensions are the weights, as GPUStack 2.3.0 counts them. From a local
 # directory every one counts, consolidated.safetensors too (gpustack/scheduler/calculator.py::
@@ -43,6 +44,26 @@ class ClusterSettings(Strict):
     vllm_context_overhead: Size = 512 * 2**20
     vllm_runtime_overhead: Size | None = None  # None: fitted per model (rules/backends/vllm/runtime.py), else 1 GiB
     vllm_version: Literal["0.26", "0.33"] = "0.33"  # rules that differ: rules/backends/vllm/runtime.py VLLM_RULES
+    # The engine version per backend for every model that names none (README "Versions"); else the runner
+    # GPUStack picks for the node's CUDA (cuda_version); else unknown, and said.
+    engine_version: dict[Literal["vllm", "sglang"], Version] = {}
+    cuda_version: Version | None = None  # the node's CUDA (GPUStack: each GPU's runtime_version)
+
+    @model_validator(mode="after")
+    def _one_vllm_version(self) -> ClusterSettings:
+        if "vllm_version" in self.model_fields_set and "vllm" in self.engine_version:
+            raise ValueError("give the vLLM version once: engine_version.vllm (vllm_version is its older spelling)")
+        return self
+
+    def engine_version_of(self, backend: str) -> EngineVersion:
+        """The version a model of ``backend`` that names none runs, and why."""
+        given = self.engine_version.get(backend)  # type: ignore[call-overload]
+        if given is not None:
+            return EngineVersion(given, "the manifest's cluster engine_version")
+        older = {backends.VLLM: self.vllm_version} if "vllm_version" in self.model_fields_set else {}
+        if (given := older.get(backend)) is not None:
+            return EngineVersion(given, "the manifest's cluster vllm_version")
+        return runner_pick.choose(backend, cuda=self.cuda_version, cuda_known=self.cuda_version is not None)
 
     @field_validator("system_reserved_vram")
     @classmethod
@@ -53,7 +74,7 @@ class ClusterSettings(Strict):
         return value
 
     def to_cluster(self) -> Cluster:
-        return Cluster(**self.model_dump())
+        return Cluster(**self.model_dump(exclude={"engine_version", "cuda_version"}))
 
 class ModelEntry(Strict):
     name: str = Field(min_length=1)
@@ -74,6 +95,7 @@ class ModelEntry(Strict):
     # Which GPUStack selector places it and which engine's rules apply (GPUStack's backend field).
     backend: Literal["vllm", "sglang", "custom"] = "vllm"
     run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
+    engine_version: Version | None = None  # the engine version it runs (GPUStack: its backend_version)
     # With the manifest's workers (a cluster): the worker placed_on / pinned_gpus refer to, GPUStack's
     # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
     worker: str | None = None
@@ -123,6 +145,8 @@ class ModelEntry(Strict):
             raise ValueError("run_command is a custom backend's command line: it needs backend: custom")
         if self.metrics_url is not None and not self.metrics_url.startswith(("http://", "https://")):
             raise ValueError(f"metrics_url must be an http:// or https:// URL, got {self.metrics_url!r}")
+        if self.engine_version is not None and not backends.of(self.backend).engine_modelled:
+            raise ValueError("engine_version is the vLLM or SGLang version: a custom backend's engine is not modelled")
         if self.weights_from != "local" and self.path is None:
             raise ValueError("weights_from says how the files under path are counted: it needs path")
         return self
@@ -220,7 +244,7 @@ def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
     models = []
     for i, entry in enumerate(manifest.models):
         try:
-            models.append(_resolve(entry, path.parent))
+            models.append(_resolve(entry, path.parent, manifest.cluster))
         except _FieldError as exc:
             loc = ("models", i, exc.field)
             problems.append((line_of(loc), field_path(loc), str(exc)))
@@ -234,7 +258,7 @@ class _FieldError(BadInput):
         super().__init__(message)
         self.field = field
 
-def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
+def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSpec:
     if entry.path is not None:
         directory = (base / entry.path).expanduser()
         config, weights = read_model_directory(directory, entry.weights_from)
@@ -251,8 +275,15 @@ def _resolve(entry: ModelEntry, base: Path) -> ModelSpec:
         backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
         placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
         runtime_overhead=entry.runtime_overhead, metrics_url=entry.metrics_url,
-        backend=entry.backend, run_command=entry.run_command,
+        backend=entry.backend, run_command=entry.run_command, engine_version=engine_version_of(entry, cluster),
     )
+
+
+def engine_version_of(entry: ModelEntry, cluster: ClusterSettings) -> EngineVersion:
+    """The model's own engine_version, else the cluster's for its backend (``engine_version_of``)."""
+    if entry.engine_version is not None:
+        return EngineVersion(entry.engine_version, "the manifest's engine_version for the model")
+    return cluster.engine_version_of(entry.backend)
 
 def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if values is None else tuple(values)
