@@ -206,18 +206,26 @@ def test_the_explain_page_never_holds_the_liveness_probe(start_exporter, tmp_pat
 
 
 def test_gzip_compresses_the_unchanged_part_once_and_stays_one_stream():
-    """Each scrape's gzip is the cached state after the families plus its own tail: one ordinary
+    """Each scrape's gzip is the kept state after the families plus its own tail: one ordinary
     gzip member (a reader that stops after the first member, as some do, still gets everything)."""
+    import asyncio
     import zlib
 
-    from vram_exporter.app.server import _GzipCache
+    from vram_exporter.app.exporter import Exporter, Scrape
+    from vram_exporter.snapshot import NodeSnapshot
+    from vram_exporter.sources.sampler import NoNvmlReader
 
-    cache = _GzipCache()
+    exporter = Exporter(NoNvmlReader())
+    snap = NodeSnapshot(driver_version="")
+    gzipped = lambda content, tail: b"".join(asyncio.run(exporter.gzipped(Scrape(content, tail, "", snap))))  # noqa: E731
     content = b"".join(b'vram_gpu_memory_free_bytes{gpu="%d"} %d\n' % (i, i * 7919) for i in range(5000))
-    for n in range(3):
-        tail = b"vram_exporter_collect_duration_seconds %f\n" % (n / 7)
-        reader = zlib.decompressobj(31)
-        assert reader.decompress(b"".join(cache.compress(content, tail))) == content + tail
-        assert reader.eof and reader.unused_data == b""
-    changed = content.replace(b"7919", b"7907", 1)
-    assert zlib.decompress(b"".join(cache.compress(changed, b"x\n")), 31) == changed + b"x\n"
+    try:
+        for n in range(3):
+            tail = b"vram_exporter_collect_duration_seconds %f\n" % (n / 7)
+            reader = zlib.decompressobj(31)
+            assert reader.decompress(gzipped(content, tail)) == content + tail
+            assert reader.eof and reader.unused_data == b""
+        changed = content.replace(b"7919", b"7907", 1)
+        assert zlib.decompress(gzipped(changed, b"x\n"), 31) == changed + b"x\n"
+    finally:
+        exporter.close()

@@ -58,17 +58,17 @@ def test_numbers_are_exact_and_readable():
     assert (format_value(math.inf), format_value(-math.inf), format_value(math.nan)) == ("+Inf", "-Inf", "NaN")
 
 
-def test_unchanged_segments_are_reused_and_changed_ones_rendered():
+def test_each_render_shows_the_values_it_is_given():
     renderer = Renderer()
     labels, values = [("m", "0")], [1]
     family = Family("vram_x", "x", "gauge", ("model", "gpu"))
     family.add("m", labels, values)
     first = renderer.render([family])
     family2 = Family("vram_x", "x", "gauge", ("model", "gpu"))
-    family2.add("m", labels, values)  # same objects: reused
+    family2.add("m", labels, values)  # the same values: the same bytes
     assert renderer.render([family2]) == first
     family3 = Family("vram_x", "x", "gauge", ("model", "gpu"))
-    family3.add("m", labels, [2])  # new value: rendered again
+    family3.add("m", labels, [2])  # a new value: shown
     assert samples(renderer.render([family3]).decode()) == [("vram_x", {"model": "m", "gpu": "0"}, 2)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
@@ -22,7 +23,7 @@ from ..sources.gpustack_view import GpuStackSource, GpuStackView
 from ..sources.nvml import NvmlReader
 from ..sources.sampler import NoNvmlReader, NvmlSampler
 from .inputs import NodeInputs, node_inputs
-from .plan import Plan, Planner
+from .plan import LastOne, Plan, Planner
 from ..present import vllm_instances
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
@@ -76,8 +77,7 @@ class Exporter:
         self._manifest_status = ManifestStatus(True, time.time()) if manifest else None
         self._sampler = NvmlSampler(reader, nvml_timeout)
         self._planner = Planner(gpu_detail)
-        self._renderers = {False: Renderer(), True: Renderer()}  # text, OpenMetrics
-        self._tail_renderer = Renderer()
+        self._renderer = Renderer()
         # More of the exporter's own series (e.g. the web config's reload status), rendered at each scrape.
         self.extra_families: list[Callable[[], Iterable[Family]]] = []
 
@@ -103,12 +103,12 @@ class Exporter:
         fixes_known = plan is not None and plan.fixes is not None
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
         key = (openmetrics, plan.version if plan else None, fixes_known, view, snap)
-        content = self._planner.last_body.of(key, lambda: self._renderers[openmetrics].render(
+        content = self._planner.last_body.of(key, lambda: self._renderer.render(
             self._content(snap, plan, view), openmetrics, eof=False))
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
-        tail = self._tail_renderer.render(chain(
+        tail = self._renderer.render(chain(
             exporter_families(results, self._manifest_status, pending,
                               self._gpustack.last_success_timestamp if self._gpustack else None),
             self._instance_families(plan), *(extra() for extra in self.extra_families)), openmetrics)
@@ -161,6 +161,31 @@ class Exporter:
 
     async def report(self, snap: NodeSnapshot) -> dict:
         """The verdicts document (/api/v1/fit, the explain page), built off the event loop."""
+        return (await self._keyed_report(snap))[1]
+
+    async def document(self, snap: NodeSnapshot, kind: str, render: Callable[[dict], bytes]) -> bytes:
+        """``render`` of the report (the explain page, /api/v1/fit's JSON: ``kind`` names which), made
+        off the event loop: /metrics and /-/healthy never wait for it. The same bytes while the report
+        is made of the same values."""
+        key, report = await self._keyed_report(snap)
+        last = self._planner.last_documents.setdefault(kind, LastOne())
+        found = last.get(key)
+        return found if found is not None else last.keep(key, await asyncio.to_thread(render, report))
+
+    async def gzipped(self, scrape: Scrape) -> tuple[bytes, bytes]:
+        """The gzip stream of the scrape's body, in two parts. The content (every family but the
+        exporter's own) is compressed once per value, the compressor's state after it kept: each
+        scrape compresses only its tail, from a copy of that state. Level 1: most of the size gain for
+        little CPU (exposition text compresses well)."""
+        started = self._planner.last_gzip.get(scrape.content)
+        if started is None:
+            # zlib lets go of the interpreter while it compresses: the megabytes go to a thread.
+            started = self._planner.last_gzip.keep(scrape.content, await asyncio.to_thread(_gzip_start, scrape.content))
+        prefix, state = started
+        state = state.copy()
+        return prefix, state.compress(scrape.tail) + state.flush()
+
+    async def _keyed_report(self, snap: NodeSnapshot) -> tuple[tuple, dict]:
         plan = await self.plan(snap)
         try:
             await asyncio.wait_for(asyncio.wrap_future(plan.fixes_known), FIXES_WAIT_SECONDS)
@@ -171,12 +196,12 @@ class Exporter:
                self._gpustack.last_success_timestamp if self._gpustack else None)
         report = self._planner.last_report.get(key)
         if report is not None:
-            return report  # nothing it is made of changed: the same document (do not modify it)
+            return key, report  # nothing it is made of changed: the same document (do not modify it)
         report = await asyncio.to_thread(plan_report, plan, snap)
         if self._gpustack is not None:
             report["gpustack"] = gpustack_report(view, refresh_success=self._gpustack.success,
                                                  last_success_timestamp=self._gpustack.last_success_timestamp)
-        return self._planner.last_report.keep(key, report)
+        return key, self._planner.last_report.keep(key, report)
 
     async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:
         try:
@@ -208,3 +233,8 @@ class Exporter:
     def close(self) -> None:
         self._planner.close()
         self._sampler.close()
+
+
+def _gzip_start(content: bytes) -> tuple[bytes, object]:
+    state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+    return state.compress(content), state

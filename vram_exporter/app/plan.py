@@ -26,6 +26,7 @@ import asyncio
 import gc
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,6 +91,10 @@ class Plan:
     # so that the scrape that first shows the fixes need not pick them: that scrape was the slowest
     # of those meanwhile (benchmarks/RESULTS.md, "What a user sees": p99 meanwhile 8.7 ms at 8 x 200).
     _picks: dict[str, tuple[tuple, Segment]] = field(default_factory=dict)
+    # The explain page's last what-ifs on this plan (app/whatif.py), by (what-if, readings), each with
+    # the live report it was shown beside: a new one costs about 0.8 s at 8 GPUs x 200 models against
+    # 5 ms for the same again (benchmarks/RESULTS.md, "The explain page's what-if").
+    what_ifs: OrderedDict[tuple, tuple[object, object]] = field(default_factory=OrderedDict)
 
     @property
     def specs(self) -> tuple[ModelSpec, ...]:
@@ -134,6 +139,15 @@ class Planner:
         self.last_body: LastOne[bytes] = LastOne()
         # The last verdicts document (/api/v1/fit, the explain page), by what it was made of.
         self.last_report: LastOne[dict] = LastOne()
+        # Each document made from that report (the explain page's HTML, /api/v1/fit's JSON), by the
+        # same key: the page of 200 models takes about 100 ms to build (benchmarks/RESULTS.md, "What a
+        # user sees": `/` p50 2-4 ms against a max of 79-127 ms, the first build).
+        self.last_documents: dict[str, LastOne[bytes]] = {}
+        # gzip of the last scrape's content (its bytes, by value) and the compressor's state after it:
+        # Prometheus asks for gzip at every scrape, and compressing the 1.7 MB of 8 GPUs x 200 models
+        # takes 12 ms at level 1 (benchmarks/RESULTS.md, "Issue 26, the memo layers"); a scrape then
+        # compresses only its tail.
+        self.last_gzip: LastOne[tuple[bytes, object]] = LastOne()
         self._lock = threading.Lock()
         self._version = 0
         self._current: Plan | None = None

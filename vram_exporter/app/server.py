@@ -7,7 +7,6 @@ import asyncio
 import errno
 import base64
 import binascii
-import zlib
 import json
 import logging
 import signal
@@ -52,29 +51,23 @@ def create_app(
                           handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
     app[EXPORTER_KEY] = exporter
 
-    gzipped = _GzipCache()
-
     async def metrics(request: web.Request) -> web.Response:
         scrape = await exporter.scrape(request.headers.get("Accept"))
         # The content type carries parameters (version, charset): set the header whole.
         headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
-            if not gzipped.holds(scrape.content):
-                # zlib lets go of the interpreter while it compresses: the megabytes go to a thread.
-                await asyncio.to_thread(gzipped.prepare, scrape.content)
-            parts = gzipped.compress(scrape.content, scrape.tail)
+            parts = await exporter.gzipped(scrape)
             headers["Content-Encoding"] = "gzip"
         else:
             parts = (scrape.content, scrape.tail)
         return web.Response(body=_Parts(parts), headers=headers)
 
     # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
-    page_of = _LastDocument(lambda report: explain_page(
-        report, telemetry_path, str(exporter.manifest.path) if exporter.manifest else None).encode())
-    json_of = _LastDocument(_json)
+    page_of = lambda report: explain_page(  # noqa: E731
+        report, telemetry_path, str(exporter.manifest.path) if exporter.manifest else None).encode()
 
     async def landing(request: web.Request) -> web.Response:
-        page = await page_of(await exporter.report(await exporter.snapshot()))
+        page = await exporter.document(await exporter.snapshot(), "page", page_of)
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     what_ifs = whatif.WhatIfs()
@@ -106,7 +99,7 @@ def create_app(
                             charset="utf-8")
 
     async def fit(request: web.Request) -> web.Response:
-        body = await json_of(await exporter.report(await exporter.snapshot()))
+        body = await exporter.document(await exporter.snapshot(), "json", _json)
         return web.Response(body=body, content_type="application/json")
 
     async def healthy(request: web.Request) -> web.Response:
@@ -163,23 +156,6 @@ def _json(document: dict) -> bytes:
     return json.dumps(document).encode()
 
 
-class _LastDocument:
-    """A document rendered from a report, built in a thread, and kept while the report is the same
-    object (the exporter hands back the same report while nothing it is made of changed)."""
-
-    def __init__(self, render) -> None:
-        self._render = render
-        self._last: tuple[dict, bytes] | None = None
-
-    async def __call__(self, report: dict) -> bytes:
-        last = self._last
-        if last is not None and last[0] is report:
-            return last[1]
-        body = await asyncio.to_thread(self._render, report)
-        self._last = (report, body)
-        return body
-
-
 class _Parts(payload.Payload):
     """A body sent as its parts: the families' megabytes are never copied into one new bytes object."""
 
@@ -193,39 +169,6 @@ class _Parts(payload.Payload):
     async def write(self, writer) -> None:
         for part in self._value:
             await writer.write(part)
-
-
-class _GzipCache:
-    """gzip of a body whose long first part rarely changes (Prometheus asks for gzip at every scrape).
-
-    The first part is compressed once; the compressor's state after it is kept, and each scrape
-    compresses only its tail from a copy of that state: one ordinary gzip stream, for a fraction of
-    the CPU. Level 1: most of the size gain for little CPU (exposition text compresses well).
-    """
-
-    def __init__(self) -> None:
-        self._cached: tuple[bytes, bytes, object] | None = None  # (content, its gzip so far, the state after)
-
-    def holds(self, content: bytes) -> bool:
-        return _holds(self._cached, content)
-
-    def prepare(self, content: bytes) -> tuple[bytes, bytes, object]:
-        state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
-        cached = self._cached = (content, state.compress(content), state)  # one assignment: read whole
-        return cached
-
-    def compress(self, content: bytes, tail: bytes) -> tuple[bytes, bytes]:
-        """The gzip stream of content + tail, in two parts."""
-        cached = self._cached
-        if not _holds(cached, content):
-            cached = self.prepare(content)  # another scrape's content came in between
-        _, prefix, state = cached
-        state = state.copy()
-        return prefix, state.compress(tail) + state.flush()
-
-
-def _holds(cached, content: bytes) -> bool:
-    return cached is not None and (content is cached[0] or content == cached[0])
 
 
 def _guard(web_config: WebConfig | None):

@@ -3,14 +3,13 @@ every verdict of this node recomputed, the live state untouched.
 
 The query itself (its fields, parsing, link, ``WhatIf.apply``) is present/what_if_query.py;
 ``WhatIfs`` computes what-ifs in a worker thread, one at a time, with a time budget for the fix
-search, and keeps the last few results while the live plan is the same.
+search; the last few results are kept by the live plan (app/plan.py ``Plan.what_ifs``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,24 +36,23 @@ class Busy(Exception):
 
 
 class WhatIfs:
-    """Computes what-ifs off the event loop, one at a time, and keeps the last ``CACHED`` results
-    while the live plan and readings are the same."""
+    """Computes what-ifs off the event loop, one at a time; the live plan keeps the last ``CACHED``."""
 
     def __init__(self, fix_seconds: float = FIX_SEARCH_SECONDS) -> None:
         self._fix_seconds = fix_seconds
         self._running = False
-        self._cache: OrderedDict[tuple, tuple[tuple, Outcome]] = OrderedDict()
 
     async def run(self, what_if: WhatIf, plan, snapshot: NodeSnapshot, extra: Mapping | None = None,
                   beside: object = None) -> Outcome:
-        """``plan``: the live plan (read, never changed); ``extra``: keys copied into the report as they
+        """``plan``: the live plan (its fit read, never changed; it keeps the outcome); ``extra``: keys copied into the report as they
         are (the live cluster view); ``beside``: the live report it is shown with. A kept outcome is
-        served while the plan and ``beside`` are the same objects. Raises WhatIfError, Busy."""
+        served for the same what-if, readings and live report (by value). Raises WhatIfError, Busy."""
         inputs = what_if.apply(plan.inputs)
+        kept = plan.what_ifs
         key = (what_if, snapshot)
-        cached = self._cache.get(key)
-        if cached is not None and cached[0][0] is plan and cached[0][1] is beside:
-            self._cache.move_to_end(key)
+        cached = kept.get(key)
+        if cached is not None and (cached[0] is beside or cached[0] == beside):
+            kept.move_to_end(key)
             return cached[1]
         if self._running:
             raise Busy()
@@ -65,9 +63,9 @@ class WhatIfs:
             self._running = False
         report.update(extra or {})
         outcome = Outcome(what_if, report)
-        self._cache[key] = ((plan, beside), outcome)
-        while len(self._cache) > CACHED:
-            self._cache.popitem(last=False)
+        kept[key] = (beside, outcome)
+        while len(kept) > CACHED:
+            kept.popitem(last=False)
         return outcome
 
     def _report(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> dict:

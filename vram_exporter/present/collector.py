@@ -1,4 +1,4 @@
-"""Turns a snapshot and a fit into metric families (names from docs/design.md#metric-catalogue).
+"""Turns a snapshot and a fit into metric families (their names, help and labels: present/catalogue.py).
 
 Families are built fresh at every scrape, client_python style, but made of segments (one GPU, one
 model...) so that the renderer reuses what did not change. The per-model segments that only change
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .. import __version__
+from .catalogue import CATALOGUE, GPU as GPU_LABELS, MODEL_GPU as MODEL_GPU_LABELS, family
 from .exposition import Family, Segment, format_value, render_samples, sample_prefix
 from ..rules import backends
 from ..rules.fixes import Fix
@@ -19,8 +20,6 @@ from ..rules.node import CHECKS, GpuBooking, LiveValues, ModelFit, NodeFit, live
 from ..sources.gpustack_view import GpuStackView
 from ..snapshot import NodeSnapshot
 
-GPU_LABELS = ("gpu", "uuid")
-MODEL_GPU_LABELS = ("model", "gpu", "uuid")
 # --model.gpu-detail: per-GPU model series for every GPU ("all"), or only for models that do not fit
 # and for the GPUs a fitting model is assigned to ("relevant"), or only for models that do not fit.
 GpuDetail = Literal["all", "relevant", "failing"]
@@ -42,34 +41,20 @@ class ManifestStatus:
     success_timestamp: float  # 0: never loaded successfully
 
 
-def _gauge(name: str, help_text: str, labels: tuple[str, ...] = GPU_LABELS) -> Family:
-    return Family(name, help_text, "gauge", labels)
-
-
 def gpu_families(snapshot: NodeSnapshot, bookings: Mapping[int, GpuBooking]) -> list[Family]:
     """The per-GPU metrics; ``bookings`` (GPUStack's view, by GPU index) come from the fit model."""
-    info = Family("vram_gpu_info", "GPU identity as NVML reports it; value is always 1.", "info",
-                  (*GPU_LABELS, "name", "pci_bus_id", "driver_version"))
-    up = _gauge("vram_gpu_up", "1 if NVML answered for this GPU in this scrape, 0 if it raised.")
-    total = _gauge("vram_gpu_memory_total_bytes", "Framebuffer memory total (NVML).")
-    reserved = _gauge("vram_gpu_memory_reserved_bytes",
-                      "Memory the driver reserves for itself (NVML v2 memory info; absent where only v1 answered).")
-    used = _gauge("vram_gpu_memory_used_bytes",
-                  "Memory in use (NVML v2: driver-reserved excluded; with the v1 fallback it is included).")
-    free = _gauge("vram_gpu_memory_free_bytes", "Memory free (NVML).")
-    api = _gauge("vram_gpu_memory_nvml_api_version",
-                 "Which NVML memory call answered: 2 (nvmlDeviceGetMemoryInfo_v2) or 1 (v1 fallback).")
-    proc = _gauge("vram_gpu_process_memory_used_bytes",
-                  "GPU memory used by one process (NVML); absent where NVML cannot say, never 0 for unknown.",
-                  (*GPU_LABELS, "pid", "process"))
-    sys_reserved = _gauge("vram_gpu_system_reserved_bytes", "VRAM the GPUStack worker reserves (--system-reserved).")
-    claimed = _gauge("vram_gpu_claimed_bytes",
-                     "Sum of GPUStack claims of instances bound to this GPU (any state but Pending).")
-    alloc = _gauge("vram_gpu_allocatable_bytes",
-                   "GPUStack's allocatable VRAM: max(total in whole MiB - claims - system reserved, 0).")
-    predicted = _gauge("vram_gpu_predicted_claim_bytes",
-                       "What the candidates (with GPUStack as the source: its pending instances) would add to this "
-                       "GPU's claims, placed one by one as the rulebooks predict; not in vram_gpu_claimed_bytes.")
+    info = family("vram_gpu_info")
+    up = family("vram_gpu_up")
+    total = family("vram_gpu_memory_total_bytes")
+    reserved = family("vram_gpu_memory_reserved_bytes")
+    used = family("vram_gpu_memory_used_bytes")
+    free = family("vram_gpu_memory_free_bytes")
+    api = family("vram_gpu_memory_nvml_api_version")
+    proc = family("vram_gpu_process_memory_used_bytes")
+    sys_reserved = family("vram_gpu_system_reserved_bytes")
+    claimed = family("vram_gpu_claimed_bytes")
+    alloc = family("vram_gpu_allocatable_bytes")
+    predicted = family("vram_gpu_predicted_claim_bytes")
     for gpu in snapshot.gpus:
         labels = (str(gpu.index), gpu.uuid)
         if gpu.uuid:  # a GPU lost before it was ever read has no identity to show
@@ -119,10 +104,10 @@ class ModelFamilies:
         shown_all = []
         for fit in node.models:
             shown = [] if fit.error else self._shown_gpus(fit)
-            for family, (labels, values) in self._static_segments(fit, shown, uuids).items():
+            for name, (labels, values) in self._static_segments(fit, shown, uuids).items():
                 # Rendered here, in the planner's thread, so that no scrape renders them.
-                text = render_samples(family, _MODEL_FAMILIES[family][1], labels, values)
-                static.setdefault(family, []).append(Segment(fit.name, labels, values, text))
+                text = render_samples(name, CATALOGUE[name].label_names, labels, values)
+                static.setdefault(name, []).append(Segment(fit.name, labels, values, text))
             position = {f.index: n for n, f in enumerate(fit.per_gpu)}
             shown_all.append((fit, [(position[f.index], f) for f in shown]))
         self._static = static  # per family, the same list at every scrape: the renderer reuses it whole
@@ -152,15 +137,15 @@ class ModelFamilies:
         memory's, if already made."""
         live_segments = (live or self.live(free)).segments
         out = []
-        for name, (help_text, labels) in _MODEL_FAMILIES.items():
-            family = _gauge(name, help_text, labels)
+        for name in _MODEL_FAMILIES:
+            built = family(name)
             segments = self._static.get(name, [])
             if name in live_segments:
                 segments = [*segments, live_segments[name]]
             elif name == "vram_model_fix_info":
                 segments = list(fixes)
-            family.segments = segments  # the prepared list itself when nothing is live: rendered once
-            out.append(family)
+            built.segments = segments  # the prepared list itself when nothing is live: rendered once
+            out.append(built)
         return out
 
     def _static_segments(self, fit: ModelFit, shown, uuids: dict[int, str]) -> dict[str, tuple[list, list]]:
@@ -214,7 +199,7 @@ def fix_segment(model: str, fixes: Sequence[Fix]) -> Segment:
     labels = [(model, f.knob, f.action) for f in fixes if f.works]
     values = [1] * len(labels)
     return Segment(("fix", model), labels, values,
-                   render_samples("vram_model_fix_info", _MODEL_FAMILIES["vram_model_fix_info"][1], labels, values))
+                   render_samples("vram_model_fix_info", CATALOGUE["vram_model_fix_info"].label_names, labels, values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,75 +227,39 @@ class _LiveLayout:
 
 _STATIC_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes",
                    "vram_model_gpu_memory_utilization_min", "vram_model_max_model_len_tokens")
-_MODEL_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "vram_model_weights_bytes": ("Model weights: root-level weight files, as GPUStack sums them.", ("model",)),
-    "vram_model_estimate_bytes": (
-        "GPUStack's estimate E: GPUSTACK_MODEL_VRAM_CLAIM, else int(weights * 1.2) + 2 GiB.", ("model",)),
-    "vram_model_kv_cache_bytes_per_token": (
-        "KV cache bytes one token needs on one GPU (vLLM page size per token).", ("model",)),
-    "vram_model_kv_cache_required_bytes": (
-        "vLLM's minimum KV cache for max_model_len: (ceil(len / block) + 1) blocks.", ("model",)),
-    "vram_model_gpu_memory_utilization": (
-        "The fraction of each GPU booked, as each reader sees it: gpu_memory_utilization (GPUStack ignores the "
-        "underscore spelling), SGLang's mem_fraction_static (reader sglang), a custom backend's declared one.",
-        ("model", "reader")),
-    "vram_model_backend_info": (
-        "The model's backend (value always 1): vllm, sglang or custom; it picks GPUStack's selector and the "
-        "engine's rules.", ("model", "backend")),
-    "vram_model_engine_info": (
-        "The engine version the model's verdicts assume (value always 1), and why: what the running engine "
-        "reports, the version GPUStack deployed or the model names, GPUStack's runner for the node's CUDA, or "
-        "\"version unknown\" and the rules assumed.", ("model", "backend", "version", "why")),
-    "vram_model_vllm_budget_bytes": ("vLLM's budget R = ceil((total - reserved) * u).", MODEL_GPU_LABELS),
-    "vram_model_headroom_bytes": ("Room left by each check; negative means it fails.", (*MODEL_GPU_LABELS, "check")),
-    "vram_model_gpu_memory_utilization_min": (
-        "Smallest gpu_memory_utilization passing every check on this GPU (min > max: none).", MODEL_GPU_LABELS),
-    "vram_model_gpu_memory_utilization_max": (
-        "Largest gpu_memory_utilization passing every check on this GPU.", MODEL_GPU_LABELS),
-    "vram_model_max_model_len_tokens": ("Longest context whose KV cache fits on this GPU.", MODEL_GPU_LABELS),
-    "vram_model_assigned_gpu": (
-        "1 for each GPU GPUStack places (or has placed) the model's first instance on.", MODEL_GPU_LABELS),
-    "vram_model_schedulable": ("1 if GPUStack would place the model on this node.", ("model",)),
-    "vram_model_startable": (
-        "1 if vLLM would start and serve max_model_len on the GPUs the scheduler picks.", ("model",)),
-    "vram_model_replicas_placeable": ("How many of the model's replicas this node can place.", ("model",)),
-    "vram_model_config_error": (
-        "1 if the model cannot be judged (e.g. a tensor-parallel size GPUStack refuses).", ("model",)),
-    "vram_model_fix_info": (
-        "A change that would make the model fit on this node (value always 1).", ("model", "knob", "action")),
-}
+# The per-model families, in the order they are served (their specs: present/catalogue.py).
+_MODEL_FAMILIES = ("vram_model_weights_bytes", "vram_model_estimate_bytes", "vram_model_kv_cache_bytes_per_token",
+                   "vram_model_kv_cache_required_bytes", "vram_model_gpu_memory_utilization",
+                   "vram_model_backend_info", "vram_model_engine_info", "vram_model_vllm_budget_bytes",
+                   "vram_model_headroom_bytes", "vram_model_gpu_memory_utilization_min", "vram_model_gpu_memory_utilization_max",
+                   "vram_model_max_model_len_tokens", "vram_model_assigned_gpu", "vram_model_schedulable",
+                   "vram_model_startable", "vram_model_replicas_placeable", "vram_model_config_error",
+                   "vram_model_fix_info")
 
 
 def exporter_families(results: Mapping[str, CollectResult], manifest: ManifestStatus | None = None,
                       fix_searches_pending: int | None = None,
                       gpustack_success_timestamp: float | None = None) -> Iterator[Family]:
-    build = Family("vram_exporter_build_info", "vram-exporter build information; value is always 1.", "info",
-                   ("version",))
+    build = family("vram_exporter_build_info")
     build.sample(__version__, 1)
-    success = _gauge("vram_exporter_collect_success", "1 if the collector succeeded in this scrape, 0 if it failed.",
-                     ("collector",))
-    duration = _gauge("vram_exporter_collect_duration_seconds", "How long the collector took in this scrape.",
-                      ("collector",))
+    success = family("vram_exporter_collect_success")
+    duration = family("vram_exporter_collect_duration_seconds")
     for name, result in sorted(results.items()):
         success.sample(name, 1 if result.success else 0)
         duration.sample(name, result.duration_seconds)
     yield from (build, success, duration)
     if manifest is not None:
-        ok = _gauge("vram_exporter_manifest_last_reload_successful",
-                    "1 if the last manifest (re)load succeeded, 0 if it failed.", ())
+        ok = family("vram_exporter_manifest_last_reload_successful")
         ok.sample(1 if manifest.successful else 0)
-        when = _gauge("vram_exporter_manifest_last_reload_success_timestamp_seconds",
-                      "When the manifest was last loaded successfully (Unix time).", ())
+        when = family("vram_exporter_manifest_last_reload_success_timestamp_seconds")
         when.sample(manifest.success_timestamp)
         yield from (ok, when)
     if fix_searches_pending is not None:
-        pending = _gauge("vram_exporter_fix_searches_pending",
-                         "Models whose fixes wait for the background search (vram_model_fix_info lags meanwhile).", ())
+        pending = family("vram_exporter_fix_searches_pending")
         pending.sample(fix_searches_pending)
         yield pending
     if gpustack_success_timestamp is not None:
-        when = _gauge("vram_exporter_gpustack_last_success_timestamp_seconds",
-                      "When GPUStack's API was last read successfully (Unix time; 0: never).", ())
+        when = family("vram_exporter_gpustack_last_success_timestamp_seconds")
         when.sample(gpustack_success_timestamp)
         yield when
 
@@ -329,15 +278,10 @@ def gpustack_families(view: GpuStackView, snapshot: NodeSnapshot, *, cluster: bo
 
 def _gpustack_cluster_families(view: GpuStackView) -> Iterator[Family]:
     model = ("model",)
-    replicas = _gauge("vram_model_gpustack_replicas", "Replicas of this model GPUStack is asked to run.", model)
-    actual = _gauge("vram_model_gpustack_pending_instances",
-                    "Instances of this model GPUStack leaves Pending: its own verdict, read from its API.", model)
-    predicted = _gauge("vram_model_predicted_pending_instances",
-                       "Instances of this model the rulebooks predict GPUStack leaves Pending (its scheduler replayed "
-                       "over every worker of the model's cluster); absent where the model is not evaluated.", model)
-    known = _gauge("vram_model_size_known",
-                   "1 if the weights size and config of this vLLM model are known (local_path readable here, or the "
-                   "overlay manifest), 0 if not: the model is then not evaluated, never guessed.", model)
+    replicas = family("vram_model_gpustack_replicas")
+    actual = family("vram_model_gpustack_pending_instances")
+    predicted = family("vram_model_predicted_pending_instances")
+    known = family("vram_model_size_known")
     for verdict in view.verdicts:
         replicas.sample(verdict.name, verdict.replicas)
         actual.sample(verdict.name, verdict.gpustack_pending)
@@ -349,12 +293,9 @@ def _gpustack_cluster_families(view: GpuStackView) -> Iterator[Family]:
 
 
 def _gpustack_worker_families(view: GpuStackView, snapshot: NodeSnapshot) -> Iterator[Family]:
-    worker = Family("vram_gpustack_worker_info", "The GPUStack worker this node is; value is always 1.", "info",
-                    ("worker", "worker_id", "cluster_id", "state"))
+    worker = family("vram_gpustack_worker_info")
     worker.sample(view.worker.name, str(view.worker.id), str(view.worker.cluster_id or ""), view.worker.state, 1)
-    allocated = _gauge("vram_gpu_gpustack_allocated_bytes",
-                       "GPUStack's own memory.allocated for this GPU (the sum of the claims it has bound to it), "
-                       "to compare with vram_gpu_claimed_bytes.")
+    allocated = family("vram_gpu_gpustack_allocated_bytes")
     uuids = {gpu.index: gpu.uuid for gpu in snapshot.gpus}
     api_uuids = {gpu.index: gpu.uuid or "" for gpu in view.worker.gpus}
     for index, size in sorted(view.allocated.items()):

@@ -2,8 +2,8 @@
 
 prometheus_client's ``generate_latest`` spends about 12 us per sample; a node with 8 GPUs and 200
 models has tens of thousands. Here a family's samples come in *segments* (one GPU, one model, one
-model's check...), and a segment whose label sets and values are the very same objects as in the
-last scrape is not rendered again: its bytes are reused. Escaping and number formatting follow the
+model's check...), and a segment that only changes with the plan comes rendered already
+(``Segment.text``, made in the planner's thread): a scrape renders only what moved. Escaping and number formatting follow the
 exposition formats exactly (tests check them against prometheus_client's own parsers).
 """
 
@@ -67,81 +67,34 @@ class Family:
 
 
 class Renderer:
-    """Renders families, reusing the bytes of segments unchanged since the last render."""
-
-    def __init__(self) -> None:
-        # (openmetrics, family name, segment key) -> (labels object, values object, rendered text)
-        self._cache: dict[tuple, tuple[object, object, str]] = {}
-        # (openmetrics, family name) -> (segments list object, rendered text): a producer that hands
-        # over the very same list of segments again gets the whole family back without a look inside.
-        self._families: dict[tuple, tuple[object, str]] = {}
-        self._prefixes: dict[tuple, str] = {}
+    """Renders what it is given, remembering nothing: what does not change between scrapes comes
+    already rendered (``Segment.text``, made with the plan), and an unchanged scrape is answered
+    with the last body by the plan (app/plan.py ``Planner.last_body``)."""
 
     def render(self, families: Iterable[Family], openmetrics: bool = False, eof: bool = True) -> bytes:
         """The exposition of ``families``; ``eof=False`` leaves out OpenMetrics' closing line (for a
         body assembled from several renders, the last of which closes it)."""
         parts: list[str] = []
-        seen: dict[tuple, tuple[object, object, str]] = {}
-        families_seen: dict[tuple, tuple[object, str]] = {}
         for family in families:
             if not family.segments:
                 continue
-            whole = self._families.get((openmetrics, family.name))
-            if whole is not None and whole[0] is family.segments:
-                parts.append(whole[1])
-                families_seen[(openmetrics, family.name)] = whole
-                continue
-            start = len(parts)
-            parts.append(self._header(family, openmetrics))
+            parts.append(_header(family, openmetrics))
             for segment in family.segments:
-                if segment.text is not None:
-                    parts.append(segment.text)
-                    continue
-                key = (openmetrics, family.name, segment.key)
-                cached = self._cache.get(key)
-                if cached is not None and cached[0] is segment.labels and cached[1] is segment.values:
-                    text = cached[2]
-                elif cached is not None and cached[0] == segment.labels and cached[1] == segment.values:
-                    text = cached[2]
-                else:
-                    text = self._segment(family, segment)
-                seen[key] = (segment.labels, segment.values, text)
-                parts.append(text)
-            families_seen[(openmetrics, family.name)] = (family.segments, "".join(parts[start:]))
+                parts.append(segment.text if segment.text is not None
+                             else render_samples(family.name, family.label_names, segment.labels, segment.values))
         if openmetrics and eof:
             parts.append("# EOF\n")
-        # Forget what no longer exists, but only now and then: segments of families reused whole
-        # were not looked at, and stay useful for when their family changes.
-        self._cache.update(seen)
-        if len(self._cache) > 4 * len(seen) + 10_000:
-            self._cache = seen
-        self._families = families_seen
         return "".join(parts).encode()
 
-    def _header(self, family: Family, openmetrics: bool) -> str:
-        name = family.name
-        kind = family.type
-        if kind == "info" and openmetrics:
-            name = name.removesuffix("_info")
-        elif kind == "info":
-            kind = "gauge"
-        return f"# HELP {name} {escape_help(family.help)}\n# TYPE {name} {kind}\n"
 
-    def _segment(self, family: Family, segment: Segment) -> str:
-        lines = []
-        for labels, value in zip(segment.labels, segment.values, strict=True):
-            lines.append(f"{self._prefix(family, labels)} {format_value(value)}\n")
-        return "".join(lines)
-
-    def _prefix(self, family: Family, labels: tuple[str, ...]) -> str:
-        key = (family.name, family.label_names, labels)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            if len(self._prefixes) > 500_000:  # label churn (e.g. PIDs) must not grow memory forever
-                self._prefixes.clear()
-            prefix = sample_prefix(family.name, family.label_names, labels)
-            self._prefixes[key] = prefix
-        return prefix
+def _header(family: Family, openmetrics: bool) -> str:
+    name = family.name
+    kind = family.type
+    if kind == "info" and openmetrics:
+        name = name.removesuffix("_info")
+    elif kind == "info":
+        kind = "gauge"
+    return f"# HELP {name} {escape_help(family.help)}\n# TYPE {name} {kind}\n"
 
 
 def render_samples(name: str, label_names: Sequence[str], labels: Sequence[tuple[str, ...]],

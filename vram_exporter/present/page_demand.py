@@ -24,7 +24,7 @@ MAX_GPUS = 8
 
 def demand_chart(model: dict[str, Any], bookings: dict[str, dict[str, Any]], scheduler: str) -> str:
     """The chart for ``model`` (a report model), or "" where it has no demand to draw (running)."""
-    if model["placed"] or not model["checks"] or not backends.of(model.get("backend", "vllm")).engine_modelled:
+    if model["placed"] or not model["checks"] or not backends.of(model.get("backend", backends.VLLM)).engine_modelled:
         return ""  # a custom backend has one test, allocatable >= its claim: the headroom table says it
     indexes = [str(i) for i in model["gpus"]] if model["schedulable"] and model["gpus"] else list(model["checks"])
     indexes = [i for i in indexes if i in bookings and i in model["checks"]]

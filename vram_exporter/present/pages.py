@@ -273,8 +273,8 @@ def _model_section(model: dict[str, Any], bookings: dict[str, dict[str, Any]], r
     settings = model.get("settings", {})
     claim = settings.get("vram_claim")
     reasons = "".join(f"<pre>{escape(r)}</pre>" for r in model["reasons"])
-    backend = model.get("backend", "vllm")
-    return f"""<div class="model" id="{name}"><h3>{name} <small>({_ENGINE[backend]} backend)</small></h3>{version}<p>{verdict}</p>
+    backend = model.get("backend", backends.VLLM)
+    return f"""<div class="model" id="{name}"><h3>{name} <small>({backends.of(backend).short_name} backend)</small></h3>{version}<p>{verdict}</p>
 {_fixes(model, ok, report['fixes_known'])}
 {demand_chart(model, bookings, report['scheduler'])}
 <p>weights {gib(model['weights_bytes'])} &middot; GPUStack estimate {gib(model['estimate_bytes'])}
@@ -319,21 +319,16 @@ def _headroom_table(model: dict[str, Any]) -> str:
         f"<tr><td class=l title=\"{escape(EXPLAIN[c])}\">{c}</td>"
         + "".join(_headroom_cell(checks.get(c)) for checks in model["checks"].values()) + "</tr>"
         for c in _checks(model))
-    rows += f"<tr><td class=l>working {_KNOB[model.get('backend', 'vllm')]}</td>" + "".join(
+    rows += f"<tr><td class=l>working {backends.of(model.get('backend', backends.VLLM)).window_knob}</td>" + "".join(
         f"<td>{_window(checks['gpu_memory_utilization_window'])}</td>" for checks in model["checks"].values())
     rows += "</tr><tr><td class=l>longest context (tokens)</td>" + "".join(
         f"<td>{checks['max_model_len_tokens']}</td>" for checks in model["checks"].values()) + "</tr>"
     return f"<table><tr><th class=l>headroom per check</th>{head}</tr>{rows}</table>"
 
 
-_ENGINE = {"vllm": "vLLM", "sglang": "SGLang", "custom": "custom"}
-_KNOB = {"vllm": "gpu_memory_utilization", "sglang": "--mem-fraction-static (GPUStack's tests)",
-         "custom": "fraction"}
-
-
 def _checks(model: dict[str, Any]) -> list[str]:
     """vLLM's four checks always (n/a where one does not apply); another backend's where they apply."""
-    if backends.of(model.get("backend", "vllm")).checks_shown_always:
+    if backends.of(model.get("backend", backends.VLLM)).checks_shown_always:
         return list(CHECKS[:4])
     return [c for c in CHECKS if any(c in checks for checks in model["checks"].values())]
 
@@ -348,10 +343,10 @@ def _fraction_words(backend: str, gmu: dict[str, Any]) -> str:
 
 
 def _engine_words(model: dict[str, Any]) -> str:
-    backend = model.get("backend", "vllm")
+    backend = model.get("backend", backends.VLLM)
     if not backends.of(backend).engine_modelled:
         return "a custom backend's engine is not modelled"
-    engine = _ENGINE[backend]
+    engine = backends.of(backend).short_name
     if model["schedulable"]:
         return f"{engine} starts" if model["startable"] else f"{engine} does not start there"
     alone = model["vllm_alone_gpus"]

@@ -193,11 +193,12 @@ def _verdict(model: dict[str, Any]) -> str:
     if model["error"]:
         return "ERROR"
     where = f" on GPU {','.join(map(str, model['gpus']))}" if model["gpus"] else ""
-    engine = {"sglang": "SGLang", "custom": "the custom backend"}.get(model.get("backend", "vllm"), "vLLM")
+    backend = backends.of(model.get("backend", backends.VLLM))
+    engine = backend.display_name
     if model["placed"]:
         return f"RUNNING{where}" + ("" if model["startable"] else f", but {engine}'s KV check fails")
     if not model["schedulable"]:
-        alone = model["vllm_alone_gpus"] if engine != "the custom backend" else []
+        alone = model["vllm_alone_gpus"] if backend.engine_modelled else []
         return "PENDING: GPUStack will not place it" + (
             f" ({engine} alone would start on GPU {','.join(map(str, alone))})" if alone else "")
     if not model["startable"]:
@@ -207,7 +208,7 @@ def _verdict(model: dict[str, Any]) -> str:
 
 def _fraction_line(model: dict[str, Any]) -> str:
     """The backend's own knob, as GPUStack and the engine read it."""
-    gmu, backend = model["gpu_memory_utilization"], model.get("backend", "vllm")
+    gmu, backend = model["gpu_memory_utilization"], model.get("backend", backends.VLLM)
     if backends.of(backend).engine_sizes_own_fraction:
         return f"SGLang backend, --mem-fraction-static: GPUStack {gmu['gpustack']}, SGLang {gmu['sglang']:.4g}"
     if not backends.of(backend).engine_modelled:

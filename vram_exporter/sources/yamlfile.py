@@ -64,20 +64,45 @@ def parse_model(model: type[Model], text: str, path: Path | str) -> Model:
 
 def parse_located(model: type[Model], text: str, path: Path | str):
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise InputFileError(path, [(line, "", f"not valid YAML/JSON: {reason}")]) from None
+        data = yaml.load(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        data = _parse_slowly(text, path)  # the pure-Python loader's words for what is wrong
     if data is None:
         data = {}
     try:
         value = model.model_validate(data)
     except pydantic.ValidationError as exc:
+        root = _compose(text)
         raise InputFileError(path, [_problem(root, err) for err in exc.errors()]) from None
-    return value, lambda loc: _line_of(root, loc)[0]
+    root: list[yaml.Node | None] = []  # composed when a line is first asked for
+
+    def line_of(loc: Sequence[str | int]) -> int | None:
+        if not root:
+            root.append(_compose(text))
+        return _line_of(root[0], loc)[0]
+
+    return value, line_of
+
+
+# libyaml where it is installed: about ten times faster than the pure-Python loader, which mattered
+# where a file is re-read while serving (the fake NVML follows its fixture at every change; a
+# drifted scrape waited 7 ms for it at 8 GPUs, benchmarks/RESULTS.md "Readings moving twice a
+# second"). Line numbers and syntax errors still come from the pure-Python loader, as before.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+def _parse_slowly(text: str, path: Path | str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise InputFileError(path, [(line, "", f"not valid YAML/JSON: {reason}")]) from None
 
 
 def field_path(loc: Sequence[str | int]) -> str:

@@ -40,6 +40,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from ...present.catalogue import family
 from ...present.exposition import Family
 from ...filestamp import file_stamp
 from .tls import (GO_CIPHER_SUITES, GO_CURVES, HTTP2_REQUIRED, TLS_VERSIONS, VERIFY_MODES, TLSMaterial, TLSPolicy,
@@ -401,12 +402,9 @@ class WebConfig:
         return True
 
     def families(self) -> Iterator[Family]:
-        ok = Family("vram_exporter_web_config_last_reload_successful",
-                    "1 if the last --web.config.file (re)load succeeded, 0 if it failed (the last good one serves).",
-                    "gauge", ())
+        ok = family("vram_exporter_web_config_last_reload_successful")
         ok.sample(1 if self.last_reload_successful else 0)
-        when = Family("vram_exporter_web_config_last_reload_success_timestamp_seconds",
-                      "When the web config was last loaded successfully (Unix time).", "gauge", ())
+        when = family("vram_exporter_web_config_last_reload_success_timestamp_seconds")
         when.sample(self.last_success_timestamp)
         yield from (ok, when)
 

@@ -82,6 +82,8 @@ class Backend:
 
     name: str  # GPUStack's BackendEnum, lower case; ModelSpec.backend
     display_name: str  # the engine, in words
+    short_name: str  # the engine, in a heading: "(<short_name> backend)"
+    window_knob: str  # the knob whose working window the explain page shows
     fraction_flag: str  # the flag(s) GPUStack books a card's fraction by
     engine_reader: str | None  # the ``reader`` label of the engine's own fraction; None: not modelled
     what_if_flags: tuple[str, str]  # the flags a what-if writes for (the booked fraction, the context length)
@@ -100,13 +102,13 @@ class Backend:
 
 VLLM = "vllm"
 REGISTRY: Mapping[str, Backend] = {b.name: b for b in (
-    Backend(VLLM, "vLLM", "--gpu-memory-utilization", "vllm", ("gpu-memory-utilization", "max-model-len"),
+    Backend(VLLM, "vLLM", "vLLM", "gpu_memory_utilization", "--gpu-memory-utilization", "vllm", ("gpu-memory-utilization", "max-model-len"),
             engine_sizes_own_fraction=False, fraction_spelling_matters=True, checks_shown_always=True,
             reads_run_command=False, selector=vllm_selector, fit=vllm_fit, fixes=vllm_fixes),
-    Backend("sglang", "SGLang", "--mem-fraction-static", "sglang", ("mem-fraction-static", "context-length"),
+    Backend("sglang", "SGLang", "SGLang", "--mem-fraction-static (GPUStack's tests)", "--mem-fraction-static", "sglang", ("mem-fraction-static", "context-length"),
             engine_sizes_own_fraction=True, fraction_spelling_matters=False, checks_shown_always=False,
             reads_run_command=False, selector=sglang_selector, fit=sglang_fit, fixes=sglang_fixes),
-    Backend("custom", "a custom backend", "--gpu-memory-utilization / --mem-fraction-static", None,
+    Backend("custom", "the custom backend", "custom", "fraction", "--gpu-memory-utilization / --mem-fraction-static", None,
             ("gpu-memory-utilization", "max-model-len"), engine_sizes_own_fraction=False,
             fraction_spelling_matters=False, checks_shown_always=False, reads_run_command=True,
             selector=custom_selector, fit=custom_fit, fixes=custom_fixes),
