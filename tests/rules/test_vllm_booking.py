@@ -11,9 +11,9 @@ import pytest
 
 from fitcases import gpu, node, seed_model
 from vram_exporter.errors import ModelError
-from vram_exporter.rules.backends.vllm import versions
+from vram_exporter.rules.backends.vllm import runtime, versions
 from vram_exporter.rules.flags import human_readable_int, vllm_params
-from vram_exporter.rules.model import Cluster, EngineVersion
+from vram_exporter.rules.model import Architecture, Cluster, EngineVersion
 from vram_exporter.rules.node import fit_node
 from vram_exporter.rules.verdicts import BOOKING_CHECK
 
@@ -101,3 +101,25 @@ def test_0171_checks_the_profiled_memory_and_allocates_the_override():
     fit = fit_node(node(gpu(0, H100)), Cluster(), [model]).models[0]
     assert fit.per_gpu[0].kv_bytes > 100 * fit.block_tokens * fit.bytes_per_token  # the check's memory
     assert fit.fits
+
+
+QWEN_MLP = Architecture.from_config({"num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                                     "hidden_size": 1536, "intermediate_size": 8960, "torch_dtype": "bfloat16",
+                                     "max_position_embeddings": 32768})
+
+
+def test_034_margin_is_three_quarters_of_the_fitted_activation_peak_above_its_floor():
+    """measure_kv_cache_bytes keeps max(1 GiB, 0.75 x transient peak) free and the peak itself; the peak is O's
+    fitted activation peak at the batch vLLM runs (the 1 GiB floor alone where O is given)."""
+    model = replace(seed_model("--max-num-batched-tokens=32768", arch=QWEN_MLP),
+                    engine_version=EngineVersion("0.34.0", "t"))
+    fit = fit_node(node(gpu(0, H100)), Cluster(), [model]).models[0]
+    peak = runtime.fitted_transient_peak(QWEN_MLP, version="0.34.0", device_total_bytes=H100,
+                                         max_num_batched_tokens=32768)
+    overhead = runtime.fitted_runtime_overhead(QWEN_MLP, version="0.34.0", device_total_bytes=H100,
+                                               max_num_batched_tokens=32768)
+    assert 0.75 * peak > GIB  # the fraction, not the floor, decides here
+    room = H100 - Cluster().vllm_context_overhead
+    assert fit.per_gpu[0].kv_bytes == room - fit.per_gpu[0].weights - overhead - int(0.75 * peak)
+    given = fit_node(node(gpu(0, H100)), Cluster(vllm_runtime_overhead=overhead), [model]).models[0]
+    assert given.per_gpu[0].kv_bytes == room - fit.per_gpu[0].weights - overhead - GIB

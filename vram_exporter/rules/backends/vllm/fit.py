@@ -52,6 +52,7 @@ class _KvTerms:
     batch_flag: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
     kv_given: int | None = None  # --kv-cache-memory-bytes: the KV cache, profiling skipped
     blocks_override: int | None = None  # --num-gpu-blocks-override: the KV cache in blocks
+    transient_peak: int = 0  # O's activation peak where O is the fitted model; 0: not known
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
@@ -84,7 +85,7 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
         overhead=_runtime_overhead(model, cluster, first_up), held_back=held, rules=rules,
         batch_flag=vp.max_num_batched_tokens, kv_given=vp.kv_cache_memory_bytes or None,
-        blocks_override=vp.num_gpu_blocks_override)
+        blocks_override=vp.num_gpu_blocks_override, transient_peak=_transient_peak(model, cluster, first_up))
 
 
 def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
@@ -99,6 +100,21 @@ def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None
         model.arch, version=versions.version_of(model, cluster), device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
         device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
     return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
+
+
+def _transient_peak(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+    """The transient peak 0.34's extensible KV cache keeps free (and 0.75 of it as its margin, above 1 GiB):
+    the activation peak of the fitted O where O is that model (``_runtime_overhead``); 0 where O is given or
+    the fallback (its parts are not known: the margin is then its 1 GiB floor and the peak stays inside O)."""
+    if model.runtime_overhead is not None or cluster.vllm_runtime_overhead is not None:
+        return 0
+    if model.vllm.tensor_parallel_size * model.vllm.pipeline_parallel_size > 1:
+        return 0
+    peak = vllm_runtime.fitted_transient_peak(
+        model.arch, version=versions.version_of(model, cluster),
+        device_total_bytes=gpu.memory.total if gpu and gpu.memory else None, device_name=gpu.name if gpu else "",
+        max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+    return peak or 0
 
 
 def _batch_in_flight(gpu: GpuReading | None, rules: versions.VllmRules, flag: int | None = None) -> int:
@@ -123,11 +139,11 @@ def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch, committed: 
         return _sized(check, _directly_sized_kv(kv), kv, gpu, arch)
     if not kv.rules.extensible_kv_cache:
         return check
-    # 0.34: sized after warm-up from what is free then, the margin kept free (engine.extensible_kv_static);
-    # the transient peak is not split out of O here, so the margin is its 1 GiB floor.
+    # 0.34: sized after warm-up from what is free then, the margin max(1 GiB, 0.75 x transient peak) kept free
+    # (engine.extensible_kv_static), the transient peak being O's activation peak where O is the fitted model.
     kv_bytes = vllm.extensible_kv_static(
         budget=check.budget, device_room=t_cuda - cluster.vllm_context_overhead - committed,
-        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, transient_peak=0)
+        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, transient_peak=kv.transient_peak)
     if check.kv_cache_bytes <= 0:
         kv_bytes = check.kv_cache_bytes  # nothing left even before the margin: vLLM's "No available memory"
     return _sized(check, kv_bytes, kv, gpu, arch)
