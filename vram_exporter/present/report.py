@@ -25,6 +25,7 @@ EXPLAIN = {
     "sglang_kv_pool": "SGLang KV pool: fraction x free - weights > 0 (else 'Not enough memory')",
     "sglang_context": "SGLang context: KV pool holds one request of the full context length",
     "sglang_free_memory": "SGLang start-up: free memory gives that pool (fraction x free - weights)",
+    "vllm_takes_beyond_booking": "GPUStack's claim - what vLLM will hold, where another instance shares the GPU",
 }
 
 

@@ -235,6 +235,10 @@ class VllmParams:
     block_size: int | None
     spelled_with_underscore: bool
     max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU  # --gpu_memory_utilization: vLLM reads it, GPUStack does not
+    # The KV cache sized directly (vllm/config/cache.py, 0.17.1-0.34.0); either turns 0.34's extensible KV
+    # cache off (vllm/config/vllm.py::_resolve_extensible_kv_cache).
+    kv_cache_memory_bytes: int | None = None
+    num_gpu_blocks_override: int | None = None
 
 
 def _vllm_key(key: str) -> str:
@@ -253,6 +257,19 @@ def parse_model_len(text: str) -> int:
     number, suffix = Decimal(match.group(1)), match.group(2)
     scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}[suffix]
     return int(number * scale)
+
+
+def human_readable_int(text: str) -> int:
+    """vLLM's ``human_readable_int`` (vllm/utils/argparse_utils.py, 0.34.0; --kv-cache-memory-bytes,
+    --max-num-batched-tokens): 1k = 1000, 1K = 1024, 25.6k = 25600, 1G = 2**30; no decimals with K/M/G/T."""
+    text = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", text)
+    if not match:
+        return int(text)
+    number, suffix = match.groups()
+    if suffix.islower():
+        return int(float(number) * 10 ** {"k": 3, "m": 6, "g": 9, "t": 12}[suffix])
+    return int(number) * 2 ** {"K": 10, "M": 20, "G": 30, "T": 40}[suffix]
 
 
 def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
@@ -277,6 +294,8 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
         block_size=number("block-size", int, None),
         spelled_with_underscore=underscore,
         max_num_batched_tokens=number("max-num-batched-tokens", int, None),
+        kv_cache_memory_bytes=number("kv-cache-memory-bytes", human_readable_int, None),
+        num_gpu_blocks_override=number("num-gpu-blocks-override", int, None),
     )
 
 

@@ -21,9 +21,10 @@ from dataclasses import replace
 
 from ..errors import ModelError
 from ..snapshot import GpuReading, NodeSnapshot
+from ..units import gib
 from . import backends, gpustack
 from .model import Cluster, ModelSpec
-from .verdicts import (CHECKS, ENGINE_CHECKS, Context, GpuBooking, GpuFit, LiveValues, ModelFit,  # noqa: F401
+from .verdicts import (BOOKING_CHECK, BOOKING_TOLERANCE, CHECKS, ENGINE_CHECKS, Context, GpuBooking, GpuFit, LiveValues, ModelFit,  # noqa: F401
                        NodeFit, Probe, reasons)
 
 
@@ -46,16 +47,21 @@ def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelS
     gpus = [gpu for gpu in snapshot.gpus if gpu.up]
     claims: dict[int, int] = {gpu.index: (booked or {}).get(gpu.index, 0) for gpu in gpus}
     committed: dict[int, int] = {gpu.index: 0 for gpu in gpus}
+    # who GPUStack books on each GPU (instances outside ``models`` unnamed): for with_booking_check
+    tenants: dict[int, list[str]] = {i: ["an instance outside the manifest"] for i, c in claims.items() if c > 0}
     results: dict[str, ModelFit] = {}
     for model in models:  # running instances book first, whatever their place in the manifest
         if model.placed:
             results[model.name] = _book_placed(model, cluster, gpus, claims)
+            for index in (() if results[model.name].error else model.placed_on):
+                tenants.setdefault(index, []).append(model.name)
     today = dict(claims)
     for model in models:
         if not model.placed:
             fit = evaluate(model, cluster, gpus, Context(dict(claims), dict(committed)))
             results[model.name] = fit
-            _commit(model, fit, cluster, gpus, claims, committed)
+            _commit(model, fit, cluster, gpus, claims, committed, tenants)
+    results = {name: with_booking_check(fit, tenants) for name, fit in results.items()}
     bookings = tuple(
         GpuBooking(gpu.index, gpu.uuid, gpustack.total_whole_mib(gpu.memory.total), cluster.system_reserved_vram,
                    today[gpu.index],
@@ -155,7 +161,7 @@ def _placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading
 
 
 def _commit(model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: Sequence[GpuReading],
-            claims: dict[int, int], committed: dict[int, int]) -> None:
+            claims: dict[int, int], committed: dict[int, int], tenants: dict[int, list[str]]) -> None:
     """Book every replica GPUStack can place, one at a time."""
     if fit.error or not fit.schedulable:
         return
@@ -167,7 +173,44 @@ def _commit(model: ModelSpec, fit: ModelFit, cluster: Cluster, gpus: Sequence[Gp
             break
         for index, claim in placement.claims.items():
             claims[index] += claim
+            tenants.setdefault(index, []).append(model.name)
             committed[index] += backend.committed_on(model, cluster, by_index[index], claim)
+
+
+# --- the engine's take against GPUStack's booking, where another instance shares the GPU ------------------
+
+
+def with_booking_check(fit: ModelFit, tenants: Mapping[int, Sequence[str]]) -> ModelFit:
+    """BOOKING_CHECK on the GPUs ``fit``'s instance lands on where GPUStack books another instance too (placed,
+    or placed by this node's prediction): an engine holding more than its claim takes memory GPUStack booked
+    for that other one, which then fails its own start (issue 21 item 6: vLLM 0.34's extensible KV cache with
+    --gpu-memory-utilization unset holds about the whole card)."""
+    if fit.error or not fit.gpus:
+        return fit
+    per_gpu, said = [], []
+    for f in fit.per_gpu:
+        others = _others(tenants.get(f.index, ()), fit.name)
+        if f.take is None or f.index not in fit.gpus or not others:
+            per_gpu.append(f)
+            continue
+        per_gpu.append(replace(f, headroom={**f.headroom, BOOKING_CHECK: f.take.headroom}))
+        if f.take.headroom < -BOOKING_TOLERANCE:
+            said.append(f"GPU {f.index}: {f.take.said}, {gib(-f.take.headroom)} more than the {gib(f.take.claim)} "
+                        f"GPUStack booked for it; {', '.join(others)} "
+                        f"{'is' if len(others) == 1 else 'are'} booked on that GPU too and will find that memory "
+                        f"taken. Fix: {f.take.fix}.")
+    if per_gpu == list(fit.per_gpu):
+        return fit
+    fit = replace(fit, per_gpu=tuple(per_gpu), static_reasons=fit.static_reasons + tuple(said))
+    return replace(fit, reasons=reasons(fit))
+
+
+def _others(names: Sequence[str], own: str) -> list[str]:
+    """Everyone booked on a GPU but this instance (another replica of the same model counts)."""
+    rest = list(names)
+    if own in rest:
+        rest.remove(own)
+    return list(dict.fromkeys(rest))
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context,

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from .model import Cluster, EngineVersion
 
 CHECKS = ("gpustack_estimate", "gpustack_allocatable", "vllm_free_memory", "vllm_kv_cache",
-          "gpustack_custom_claim", "sglang_kv_pool", "sglang_context", "sglang_free_memory")  # rules/backends/*/fit.py
+          "gpustack_custom_claim", "sglang_kv_pool", "sglang_context", "sglang_free_memory",  # rules/backends/*/fit.py
+          "vllm_takes_beyond_booking")  # node.py with_booking_check, from GpuFit.takes
+# GPUStack's claim - what the engine will take on a GPU another instance shares (negative: the engine takes
+# memory GPUStack booked for that other one). Not an engine check: the model itself starts; its neighbour fails.
+BOOKING_CHECK = "vllm_takes_beyond_booking"
+# GPUStack rounds its claim down (int(g x T)) and vLLM its budget up (ceil(T x u)): at the same fraction they
+# are a byte apart. A take beyond the claim by no more than this is said to fit (alerts/ uses the same 1 MiB).
+BOOKING_TOLERANCE = 2**20
 ENGINE_CHECKS = ("vllm_kv_cache", "sglang_kv_pool", "sglang_context")
 
 
@@ -36,6 +43,20 @@ class Context:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineTake:
+    """What an engine will take of one GPU against what GPUStack booked for it there."""
+
+    claim: int  # GPUStack's claim for this instance on the GPU
+    takes: int  # what the engine will hold there, its own CUDA context aside
+    said: str  # the engine's take, in words, for the reason
+    fix: str  # what to pass so that it takes no more than the claim
+
+    @property
+    def headroom(self) -> int:
+        return self.claim - self.takes
+
+
+@dataclass(frozen=True, slots=True)
 class GpuFit:
     """One model on one GPU: every check's headroom in bytes (>= 0 passes) and the working window."""
 
@@ -54,6 +75,9 @@ class GpuFit:
     kv_bytes: int = 0  # the KV cache vLLM gets here: R - weights - O
     weights: int = 0  # the weights vLLM loads here (its share under tensor/pipeline parallelism)
     free_check: str = "vllm_free_memory"  # the check free_need is for (SGLang: sglang_free_memory)
+    # The engine's take against GPUStack's booking here (None: not judged); node.py ``with_booking_check``
+    # shows it as BOOKING_CHECK where another instance shares the GPU.
+    take: EngineTake | None = None
 
     @property
     def window_open(self) -> bool:

@@ -16,7 +16,7 @@ from ....snapshot import GpuReading
 from ....units import gib
 from ... import gpustack
 from ...model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
-from ...verdicts import Context, GpuFit, ModelFit, Probe, reasons
+from ...verdicts import Context, EngineTake, GpuFit, ModelFit, Probe, reasons
 from . import engine as vllm, runtime as vllm_runtime, selector, versions
 
 
@@ -50,6 +50,9 @@ class _KvTerms:
     held_back: int  # blocks vLLM holds back beyond the minimum (its version's rule)
     rules: versions.VllmRules  # the version's rules (versions.rules_of: the one place they are chosen)
     batch_flag: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
+    kv_given: int | None = None  # --kv-cache-memory-bytes: the KV cache, profiling skipped
+    blocks_override: int | None = None  # --num-gpu-blocks-override: the KV cache in blocks
+    transient_peak: int = 0  # O's activation peak where O is the fitted model; 0: not known
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
@@ -81,7 +84,8 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
         required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
         overhead=_runtime_overhead(model, cluster, first_up), held_back=held, rules=rules,
-        batch_flag=vp.max_num_batched_tokens)
+        batch_flag=vp.max_num_batched_tokens, kv_given=vp.kv_cache_memory_bytes or None,
+        blocks_override=vp.num_gpu_blocks_override, transient_peak=_transient_peak(model, cluster, first_up))
 
 
 def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
@@ -96,6 +100,21 @@ def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None
         model.arch, version=versions.version_of(model, cluster), device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
         device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
     return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
+
+
+def _transient_peak(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+    """The transient peak 0.34's extensible KV cache keeps free (and 0.75 of it as its margin, above 1 GiB):
+    the activation peak of the fitted O where O is that model (``_runtime_overhead``); 0 where O is given or
+    the fallback (its parts are not known: the margin is then its 1 GiB floor and the peak stays inside O)."""
+    if model.runtime_overhead is not None or cluster.vllm_runtime_overhead is not None:
+        return 0
+    if model.vllm.tensor_parallel_size * model.vllm.pipeline_parallel_size > 1:
+        return 0
+    peak = vllm_runtime.fitted_transient_peak(
+        model.arch, version=versions.version_of(model, cluster),
+        device_total_bytes=gpu.memory.total if gpu and gpu.memory else None, device_name=gpu.name if gpu else "",
+        max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+    return peak or 0
 
 
 def _batch_in_flight(gpu: GpuReading | None, rules: versions.VllmRules, flag: int | None = None) -> int:
@@ -116,15 +135,30 @@ def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch, committed: 
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, required_kv=kv.required, arch=arch, block=kv.block,
         per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
         batch_tokens=_batch_in_flight(gpu, kv.rules, kv.batch_flag))
+    if kv.kv_given is not None or (kv.blocks_override is not None and kv.rules.override_checked):
+        return _sized(check, _directly_sized_kv(kv), kv, gpu, arch)
     if not kv.rules.extensible_kv_cache:
         return check
-    # 0.34: sized after warm-up from what is free then, the margin kept free (engine.extensible_kv_static);
-    # the transient peak is not split out of O here, so the margin is its 1 GiB floor.
+    # 0.34: sized after warm-up from what is free then, the margin max(1 GiB, 0.75 x transient peak) kept free
+    # (engine.extensible_kv_static), the transient peak being O's activation peak where O is the fitted model.
     kv_bytes = vllm.extensible_kv_static(
         budget=check.budget, device_room=t_cuda - cluster.vllm_context_overhead - committed,
-        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, transient_peak=0)
+        weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, transient_peak=kv.transient_peak)
     if check.kv_cache_bytes <= 0:
         kv_bytes = check.kv_cache_bytes  # nothing left even before the margin: vLLM's "No available memory"
+    return _sized(check, kv_bytes, kv, gpu, arch)
+
+
+def _directly_sized_kv(kv: _KvTerms) -> int:
+    """The KV cache the flags give: --kv-cache-memory-bytes (vllm/v1/worker/gpu_worker.py
+    determine_available_memory returns it, profiling skipped), else --num-gpu-blocks-override blocks
+    (get_kv_cache_configs: override x bytes per block)."""
+    if kv.kv_given is not None:
+        return kv.kv_given
+    return kv.blocks_override * kv.block * kv.per_token
+
+
+def _sized(check: vllm.VllmGpuCheck, kv_bytes: int, kv: _KvTerms, gpu: GpuReading, arch) -> vllm.VllmGpuCheck:
     return replace(check, kv_cache_bytes=kv_bytes, kv_cache_headroom=kv_bytes - kv.required,
                    max_model_len=vllm.longest_context(arch, kv_bytes, kv.block, kv.per_token, kv.cap, kv.held_back,
                                                       _batch_in_flight(gpu, kv.rules, kv.batch_flag)))
@@ -199,6 +233,9 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
         per_gpu.append(_gpu_fit(
             gpu, views[gpu.index], context, running=placed_on is not None, estimate=estimate, n_gpus=n_gpus,
             gmu_g=gs.gpu_memory_utilization, scheduler=cluster.scheduler, cluster=cluster, kv=kv, model=model))
+    own_claims = _own_claims(model, cluster, gpus, placement, placed_on)
+    per_gpu = [replace(f, take=_take(f, kv, model, cluster, own_claims[f.index])) if f.index in own_claims else f
+               for f in per_gpu]
     # Static: vLLM's KV check on the GPUs picked; with_free adds its start-up check.
     startable = bool(chosen) and all(f.headroom["vllm_kv_cache"] >= 0 for f in per_gpu if f.index in chosen)
     schedulable = placed_on is not None or placement is not None
@@ -313,9 +350,55 @@ def placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]
 
 
 def committed_on(model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
-    """What vLLM takes of a GPU it is placed on: its budget R, and the new process's CUDA context."""
-    return (vllm.budget_bytes(vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), _vllm_gmu(model, cluster))
-            + cluster.vllm_context_overhead)
+    """What vLLM takes of a GPU it is placed on: its budget R (weights, O and the KV cache where the flags size
+    it directly: vLLM then allocates no more, whatever R), and the new process's CUDA context."""
+    budget = vllm.budget_bytes(vllm.cuda_total(gpu.memory.total, gpu.memory.reserved), _vllm_gmu(model, cluster))
+    kv = _kv_terms(model, cluster, [gpu])
+    if kv.kv_given is not None or kv.blocks_override is not None:
+        budget = kv.weights_per_gpu + kv.overhead + _directly_sized_kv(kv)
+    return budget + cluster.vllm_context_overhead
+
+
+# --- what vLLM takes against GPUStack's booking (issue 21 item 6) -------------------------------------------
+
+
+def _own_claims(model, cluster, gpus, placement, placed_on) -> dict[int, int]:
+    """GPUStack's claim for this instance on each GPU it lands on: the placement's, or a running instance's
+    own (GPUStack's where known)."""
+    if placed_on is None:
+        return dict(placement.claims) if placement else {}
+    if model.placed_claims is not None:
+        return {i: c for i, c in model.placed_claims.items() if i in placed_on}
+    return placed_claims(model, cluster, gpus)
+
+
+def _take(f: GpuFit, kv: _KvTerms, model: ModelSpec, cluster: Cluster, claim: int) -> EngineTake:
+    """What vLLM will hold on this GPU (weights, O and the KV cache it allocates: R where the KV cache is sized
+    from the budget; its own CUDA context aside, as GPUStack's claim leaves it aside) against GPUStack's claim,
+    and what to pass so that it holds no more than the claim: the utilization GPUStack books, or
+    the KV cache the claim leaves (--kv-cache-memory-bytes, which every version read has)."""
+    takes = kv.weights_per_gpu + kv.overhead + _allocated_kv_of(f, kv)
+    version = versions.version_of(model, cluster)
+    if kv.rules.extensible_kv_cache:
+        why = (f"its extensible KV cache grows into the memory free after warm-up"
+               f"{' (--gpu-memory-utilization unset is 1.0)' if model.vllm.gpu_memory_utilization is None else ''}")
+    elif kv.kv_given is not None or kv.blocks_override is not None:
+        why = "the KV cache its flags size directly"
+    else:
+        why = f"its budget at --gpu-memory-utilization {kv.gmu}"
+    booked = model.gpustack.gpu_memory_utilization  # with dashes GPUStack reads it too: its claim stays
+    kv_fix = claim - kv.weights_per_gpu - kv.overhead
+    fix = f"pass --gpu-memory-utilization={booked} (what GPUStack books)"
+    if kv_fix > 0:
+        fix += f" or --kv-cache-memory-bytes={kv_fix // 2**20}M"
+    return EngineTake(claim=claim, takes=takes, fix=fix,
+                      said=f"vLLM {version} will hold {gib(takes)} here ({why})")
+
+
+def _allocated_kv_of(f: GpuFit, kv: _KvTerms) -> int:
+    if kv.blocks_override is not None and not kv.rules.override_checked:
+        return _directly_sized_kv(kv)
+    return max(f.kv_bytes, 0)
 
 
 def free_reasons(fit: ModelFit, f: GpuFit) -> list[str]:

@@ -155,3 +155,14 @@ def fitted_runtime_overhead(arch: Architecture, *, version: str, device_total_by
     tokens = max_num_batched_tokens or rules.batch_defaults(device_total_bytes, device_name)[0]
     parts = runtime_overhead(arch, tokens)
     return None if parts is None else parts.total(rules)
+
+
+def fitted_transient_peak(arch: Architecture, *, version: str, device_total_bytes: int | None,
+                          device_name: str = "", max_num_batched_tokens: int | None = None) -> int | None:
+    """The activation peak part of the fitted O (``fitted_runtime_overhead``'s batch): what vLLM 0.34's
+    extensible KV cache measures as its transient peak (vllm/v1/worker/extensible_kv_cache.py,
+    ExtensibleKVCache.record_transient_peak: allocated peak - current over profiling and warm-up). None:
+    config.json lacks the MLP's shape."""
+    tokens = max_num_batched_tokens or rules_for(version).batch_defaults(device_total_bytes, device_name)[0]
+    parts = runtime_overhead(arch, tokens)
+    return None if parts is None else parts.peak_activation

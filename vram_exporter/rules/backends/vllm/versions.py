@@ -10,7 +10,7 @@ tests/rules/test_vllm_source.py runs each read version's own functions against t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ...model import Cluster, ModelSpec
 
@@ -47,6 +47,10 @@ class VllmRules:
     # (scheduler_config.max_num_batched_tokens); from 0.26 VllmConfig.max_in_flight_tokens, two with async
     # scheduling (max_concurrent_batches)
     in_flight_batches: int = 2
+    # --num-gpu-blocks-override sizes the memory the KV check reads too (from 0.32:
+    # vllm/v1/core/kv_cache_utils.py::get_kv_cache_configs "adjusted_memory"); in 0.17.1 only the allocation
+    # (may_override_num_blocks after the check).
+    override_checked: bool = True
 
     def batch_defaults(self, device_total_bytes: int | None, device_name: str = "") -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) `vllm serve` runs when neither flag is given."""
@@ -69,12 +73,14 @@ VLLM_RULES = {
     # vllm/v1/core/kv_cache_utils.py::get_kv_cache_configs checks the whole memory (no null block held
     # back); vllm/v1/worker/gpu_worker.py takes no CUDA graph estimate out of the budget.
     "0.17": VllmRules("0.17", held_back_blocks=0, graphs_in_budget=False, block_tokens=16, default_gmu=0.9,
-                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, in_flight_batches=1),
+                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, in_flight_batches=1,
+                      override_checked=False),
     # 0.26.0 as measured on an H200 (tests/data/vllm-h200): the minimum is cdiv(max_model_len, B) pages
     # (vllm/v1/kv_cache_interface.py); CUDA graphs only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS.
     # gpu_memory_utilization 0.92 from 0.20 (vllm/config/cache.py).
+    # Its --num-gpu-blocks-override was not read: taken as 0.17.1's.
     "0.26": VllmRules("0.26", held_back_blocks=0, graphs_in_budget=False, block_tokens=16, default_gmu=0.92,
-                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031),
+                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, override_checked=False),
     # 0.32.0: get_kv_cache_configs "Reserve[s] the null block BlockPool permanently holds back" (one pool
     # block off the memory checked); gpu_worker.py takes profile_cudagraph_memory() out of the budget
     # (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to 1); arg_utils.py's 160 GiB tier.
@@ -116,5 +122,9 @@ def version_of(model: ModelSpec, cluster: Cluster) -> str:
 
 
 def rules_of(model: ModelSpec, cluster: Cluster) -> VllmRules:
-    """The one place a model's vLLM rules are chosen."""
-    return rules_for(version_of(model, cluster))
+    """The one place a model's vLLM rules are chosen: its version's, with 0.34's extensible KV cache off where
+    the KV cache is sized directly (vllm/config/vllm.py::_resolve_extensible_kv_cache: "it sizes the KV cache
+    from measured memory, which kv_cache_memory_bytes [num_gpu_blocks_override] overrides")."""
+    rules = rules_for(version_of(model, cluster))
+    sized = model.vllm.kv_cache_memory_bytes is not None or model.vllm.num_gpu_blocks_override is not None
+    return replace(rules, extensible_kv_cache=False) if rules.extensible_kv_cache and sized else rules
