@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
 from ..present.collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, gpu_families,
                                  gpustack_families)
@@ -24,6 +25,9 @@ from ..sources.sampler import NoNvmlReader, NvmlSampler
 from .inputs import NodeInputs, node_inputs
 from .plan import Plan, Planner
 from ..present import vllm_instances
+from ..present.usage_families import usage_families
+from ..rules.usage import GpuProcess, NodeUsage, node_usage
+from ..sources.processes import read_tree
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
 from ..sources import vllm_instance
@@ -62,12 +66,15 @@ class Exporter:
         gpustack: GpuStackSource | None = None,
         instances=None,
         cluster_series: bool = True,
+        proc_root: Path | None = Path("/proc"),
     ) -> None:
         """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes).
         ``instances``: the running models' own vLLM readings (vllm_client.VllmInstances), shown beside
         the prediction. ``cluster_series``: export GPUStack's cluster-wide model series (the same from
         every exporter of a fleet, so one exports them and the others skip them). A ``reader`` that is
-        a NoNvmlReader makes a cluster-only exporter: no GPU and no node view, only the cluster series."""
+        a NoNvmlReader makes a cluster-only exporter: no GPU and no node view, only the cluster series.
+        ``proc_root``: where the GPU processes' tree is read, to attribute them to instances (None: not read)."""
+        self._proc_root = proc_root
         self._manifest = manifest
         self._gpustack = gpustack
         self._cluster_series = cluster_series
@@ -101,10 +108,11 @@ class Exporter:
         if self._gpustack is not None:
             results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
         fixes_known = plan is not None and plan.fixes is not None
+        usage = await self.usage(snap, view)
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
-        key = (openmetrics, plan.version if plan else None, fixes_known, view, snap)
+        key = (openmetrics, plan.version if plan else None, fixes_known, view, snap, usage)
         content = self._planner.last_body.of(key, lambda: self._renderers[openmetrics].render(
-            self._content(snap, plan, view), openmetrics, eof=False))
+            self._content(snap, plan, view, usage), openmetrics, eof=False))
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
@@ -187,13 +195,27 @@ class Exporter:
             log.exception("fit model failed on this snapshot")
             return None
 
-    def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None):
+    async def usage(self, snap: NodeSnapshot, view: GpuStackView | None = None) -> NodeUsage | None:
+        """Booked against used on this node's GPUs (rules/usage.py); None without a GPUStack worker here."""
+        view = view if view is not None else (self._gpustack.view if self._gpustack else None)
+        if not self._node or view is None or view.worker is None:
+            return None
+        processes = [GpuProcess(gpu.index, proc.pid, proc.used_bytes) for gpu in snap.gpus for proc in gpu.processes]
+        pids = sorted({proc.pid for proc in processes})
+        tree = await asyncio.to_thread(read_tree, pids, self._proc_root) if self._proc_root and pids else {}
+        totals = {gpu.index: gpu.memory.total for gpu in snap.gpus if gpu.up}
+        return node_usage(totals, processes, tree, view.instances_here)
+
+    def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None,
+                 usage: NodeUsage | None = None):
         """Every family but the exporter's own (those change at every scrape)."""
         node = plan.node if plan else None
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if view is not None:
             yield from gpustack_families(view, snap, cluster=self._cluster_series, node=self._node)
+        if usage is not None:
+            yield from usage_families(usage, {gpu.index: gpu.uuid for gpu in snap.gpus})
         if plan is not None and plan.specs:
             yield from plan.model_families(free_memory(snap))
 
