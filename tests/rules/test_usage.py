@@ -124,3 +124,9 @@ def test_a_process_nvml_cannot_size_counts_as_present_not_as_memory():
     usage = node_usage({0: 24 * GIB}, [GpuProcess(0, 1002, None)], VLLM_CONTAINER, [inst])
     row = usage.gpus[0].instances[0]
     assert row.used == 0 and not row.idle_claim
+
+
+def test_no_idle_claim_while_gpustack_says_the_engine_is_not_started_yet():
+    rows = [node_usage({0: 24 * GIB}, [], {}, [Instance("d-1", "d", state, {0: GIB})]).gpus[0].instances[0]
+            for state in ("scheduled", "downloading", "initializing", "starting", "running", "error")]
+    assert [row.idle_claim for row in rows] == [False, False, False, True, True, True]

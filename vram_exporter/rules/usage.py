@@ -23,9 +23,12 @@ decides, so an engine inside another engine's process tree is still told apart.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 MAX_ANCESTRY = 64  # a ppid chain is short; the bound only guards against a loop in a torn /proc read
+# GPUStack's instance states in which no engine process is expected yet (schemas/models.py
+# ModelInstanceStateEnum): booked at scheduling, the weights downloading, the container being provisioned.
+BEFORE_ENGINE = frozenset({"scheduled", "analyzing", "downloading", "initializing"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +71,13 @@ class InstanceOnGpu:
     used: int
     processes: int  # how many of its processes are on this GPU
     overrun: bool = False  # uses more than it booked while another instance is or would be placed here
+    before_engine: bool = False  # its state says no engine runs yet (BEFORE_ENGINE)
 
     @property
     def idle_claim(self) -> bool:
-        """Booked here, with no process of it on this GPU: a start-up, or a claim left behind (#5513)."""
-        return self.booked > 0 and self.processes == 0
+        """Booked here, no process of it on this GPU, though its state says the engine runs (or that it is
+        stuck, or gone wrong): a start-up still loading, or a claim left behind (#5513); the alert waits."""
+        return self.booked > 0 and self.processes == 0 and not self.before_engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +151,13 @@ def node_usage(totals: Mapping[int, int], processes: Sequence[GpuProcess], tree:
                instances: Sequence[Instance]) -> NodeUsage:
     """Every GPU of this node: booked and used per instance, used by nobody, and the verdicts."""
     owners = attribute(sorted({p.pid for p in processes}), tree, instances)
-    models = {inst.name: inst.model for inst in instances}
-    gpus = tuple(_gpu_usage(index, total, [p for p in processes if p.gpu == index], owners, instances, models)
+    gpus = tuple(_gpu_usage(index, total, [p for p in processes if p.gpu == index], owners, instances)
                  for index, total in sorted(totals.items()))
     return NodeUsage(gpus, owners)
 
 
 def _gpu_usage(index: int, total: int, processes: Sequence[GpuProcess], owners: Mapping[int, str],
-               instances: Sequence[Instance], models: Mapping[str, str]) -> GpuUsage:
+               instances: Sequence[Instance]) -> GpuUsage:
     booked = {inst.name: inst.claims[index] for inst in instances if inst.claims.get(index)}
     used: dict[str, int] = {}
     count: dict[str, int] = {}
@@ -166,10 +170,12 @@ def _gpu_usage(index: int, total: int, processes: Sequence[GpuProcess], owners: 
         used[owner] = used.get(owner, 0) + (proc.used or 0)
         count[owner] = count.get(owner, 0) + 1
     total_booked = sum(booked.values())
+    by_name = {inst.name: inst for inst in instances}
     rows = []
     for name in sorted(booked.keys() | used.keys()):
-        row = InstanceOnGpu(name, models.get(name, ""), index, booked.get(name, 0), used.get(name, 0),
-                            count.get(name, 0))
+        inst = by_name[name]
+        row = InstanceOnGpu(name, inst.model, index, booked.get(name, 0), used.get(name, 0), count.get(name, 0),
+                            before_engine=inst.state in BEFORE_ENGINE)
         rows.append(_judged(row, others_booked=total_booked - row.booked, room=total - total_booked))
     return GpuUsage(index, total, total_booked, unattributed, tuple(rows))
 
@@ -180,4 +186,4 @@ def _judged(row: InstanceOnGpu, *, others_booked: int, room: int) -> InstanceOnG
     one filled, OOM), or room left in GPUStack's books, where it would place the next one (vLLM 0.34 takes
     about all free memory at start while GPUStack books 0.9 x total)."""
     over = row.used > row.booked and (others_booked > 0 or room > 0)
-    return InstanceOnGpu(row.instance, row.model, row.gpu, row.booked, row.used, row.processes, over)
+    return replace(row, overrun=over)
