@@ -17,6 +17,7 @@ class FakeProcess:
     comm: str = "python3"
     container: str | None = None  # 64 hex
     ports: tuple[int, ...] = ()  # listening on the host network
+    argv: tuple[str, ...] = ()
 
 
 def write_proc(root: Path, processes: list[FakeProcess]) -> Path:
@@ -35,6 +36,7 @@ def write_proc(root: Path, processes: list[FakeProcess]) -> Path:
         cgroup = (f"0::/system.slice/docker-{proc.container}.scope\n" if proc.container
                   else "0::/user.slice/user-0.slice/session-1.scope\n")
         (base / "cgroup").write_text(cgroup)
+        (base / "cmdline").write_bytes(b"".join(arg.encode() + b"\0" for arg in (proc.argv or (proc.comm,))))
         (base / "net" / "tcp").write_text(tcp)
         (base / "net" / "tcp6").write_text(_TCP_HEADER)
         (base / "ns" / "net").symlink_to(HOST_NETNS)

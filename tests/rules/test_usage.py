@@ -130,3 +130,10 @@ def test_no_idle_claim_while_gpustack_says_the_engine_is_not_started_yet():
     rows = [node_usage({0: 24 * GIB}, [], {}, [Instance("d-1", "d", state, {0: GIB})]).gpus[0].instances[0]
             for state in ("scheduled", "downloading", "initializing", "starting", "running", "error")]
     assert [row.idle_claim for row in rows] == [False, False, False, True, True, True]
+
+
+def test_a_listener_that_is_only_a_container_mate_gives_the_container_to_its_instance():
+    procs = tree(ProcessInfo(901, 1), ProcessInfo(1100, 901, CONTAINER_B, frozenset({40004})),
+                 ProcessInfo(1101, 901, CONTAINER_B))
+    rerank = Instance("rerank-1", "r", "running", {1: GIB}, ports=frozenset({40004}))
+    assert attribute([1101], procs, [rerank]) == {1101: "rerank-1"}

@@ -46,3 +46,28 @@ def test_unreadable_fds_leave_the_ports_unknown_not_an_error(tmp_path):
 def test_a_loop_in_a_torn_read_ends(tmp_path):
     root = write_proc(tmp_path, [FakeProcess(7, 8), FakeProcess(8, 7)])
     assert set(read_tree([7], root)) == {7, 8}
+
+
+def test_the_port_on_the_command_line_counts_where_the_fds_cannot_be_read(tmp_path):
+    """An exporter that is not root cannot read a root engine's fds; its --port is in the world-readable cmdline."""
+    root = write_proc(tmp_path, [FakeProcess(7, 1, argv=("vllm", "serve", "/models/qwen", "--port", "40001")),
+                                 FakeProcess(8, 1, argv=("python3", "-m", "sglang.launch_server", "--port=40002")),
+                                 FakeProcess(9, 1, argv=("python3", "--port", "not-a-number"))])
+    tree = read_tree([7, 8, 9], root)
+    assert (tree[7].ports, tree[8].ports, tree[9].ports) == (frozenset({40001}), frozenset({40002}), frozenset())
+
+
+def test_a_gpu_process_brings_its_container_mates_and_nothing_else(tmp_path):
+    """Ray-style: the GPU process is a sibling of the listener under the shim, not its child."""
+    other = "d" * 64
+    root = write_proc(tmp_path, [FakeProcess(901, 1, "containerd-shim"),
+                                 FakeProcess(1100, 901, "vllm", CONTAINER, ports=(40004,)),
+                                 FakeProcess(1101, 901, "ray::RayWorker", CONTAINER),
+                                 FakeProcess(1200, 901, "other", other), FakeProcess(5, 1, "sshd")])
+    tree = read_tree([1101], root)
+    assert set(tree) == {1101, 901, 1100} and tree[1100].ports == frozenset({40004})
+
+
+def test_no_scan_of_proc_when_no_gpu_process_is_in_a_container(tmp_path):
+    root = write_proc(tmp_path, [FakeProcess(7, 1), FakeProcess(8, 1, "other", CONTAINER)])
+    assert set(read_tree([7], root)) == {7}

@@ -106,22 +106,21 @@ class NodeUsage:
 
 
 def attribute(pids: Iterable[int], tree: Mapping[int, ProcessInfo], instances: Sequence[Instance]) -> dict[int, str]:
-    """pid -> the name of the instance it belongs to; a pid of nobody is absent."""
+    """pid -> the name of the instance it belongs to; a pid of nobody is absent. ``tree`` holds the GPU
+    processes, their ancestors and their container-mates (sources/processes.py)."""
     by_pid = {pid: inst.name for inst in instances for pid in inst.pids}
     by_port = {port: inst.name for inst in instances for port in inst.ports}
-    owners: dict[int, str] = {}
     containers: dict[str, str] = {}
-    for pid in pids:
+    for pid in sorted(tree):  # the listener may be a container-mate of the GPU processes, not their ancestor
         owner = _nearest_owner(pid, tree, by_pid, by_port)
+        if owner is not None and tree[pid].container is not None:
+            containers.setdefault(tree[pid].container, owner)
+    owners: dict[int, str] = {}
+    for pid in pids:
+        info = tree.get(pid)
+        owner = _nearest_owner(pid, tree, by_pid, by_port) or (containers.get(info.container) if info else None)
         if owner is not None:
             owners[pid] = owner
-            for ancestor in _ancestry(pid, tree):
-                if tree[ancestor].container is not None:
-                    containers.setdefault(tree[ancestor].container, owner)
-    for pid in pids:  # a container-mate of an attributed process, itself outside the listener's tree
-        info = tree.get(pid)
-        if pid not in owners and info is not None and info.container in containers:
-            owners[pid] = containers[info.container]
     return owners
 
 

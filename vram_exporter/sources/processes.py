@@ -1,8 +1,9 @@
 """The process tree of the GPU processes, read from /proc: parents, containers, listening ports.
 
 What rules/usage.py attributes by. ``root`` is injectable (tests build a /proc of their own), as
-sources/nvml.py's ``proc_root`` is. Only the GPU processes and their ancestors are read, so a scrape
-reads a handful of processes, not the whole host. Every read is allowed to fail: a process gone, another
+sources/nvml.py's ``proc_root`` is. The GPU processes and their ancestors are read, and where a GPU
+process is in a container, the other processes of that container (its listener need not be its
+ancestor): only then is every pid's cgroup file looked at, one small read each. Every read is allowed to fail: a process gone, another
 PID namespace, a /proc/<pid>/fd this user may not read (another user's process without CAP_SYS_PTRACE)
 each leave less known, never an error.
 
@@ -10,14 +11,17 @@ each leave less known, never an error.
 - ``/proc/<pid>/cgroup``: a container's 64-hex id where the path has one (Docker ``docker-<id>.scope``
   or ``/docker/<id>``, containerd ``cri-containerd-<id>``, Podman ``libpod-<id>``).
 - ``/proc/<pid>/net/tcp`` and ``tcp6`` (the process's own network namespace) for the listening sockets'
-  inodes and ports, ``/proc/<pid>/fd/*`` for which of those sockets the process holds.
+  inodes and ports, ``/proc/<pid>/fd/*`` for which of those sockets the process holds. Reading another
+  user's fds needs root with CAP_SYS_PTRACE (or the same user), so also:
+- ``/proc/<pid>/cmdline`` (readable by anyone): the ``--port N`` GPUStack writes into every engine's
+  command line (worker/backends/*.py ``_build_command_args``), taken as a port the process serves on.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..rules.usage import MAX_ANCESTRY, ProcessInfo
@@ -28,9 +32,19 @@ _SOCKET = re.compile(r"socket:\[(\d+)\]")
 
 
 def read_tree(pids: Iterable[int], root: Path = Path("/proc")) -> dict[int, ProcessInfo]:
-    """The given processes and all their ancestors that /proc shows, by pid."""
+    """The given processes, their ancestors and their container-mates that /proc shows, by pid."""
     tree: dict[int, ProcessInfo] = {}
     listening_by_netns: dict[str, dict[int, int]] = {}
+    pids = list(pids)
+    _add_with_ancestors(root, pids, tree, listening_by_netns)
+    containers = {tree[pid].container for pid in pids if pid in tree} - {None}
+    if containers:
+        _add_with_ancestors(root, _container_mates(root, containers, tree), tree, listening_by_netns)
+    return tree
+
+
+def _add_with_ancestors(root: Path, pids: Iterable[int], tree: dict[int, ProcessInfo],
+                        listening_by_netns: dict[str, dict[int, int]]) -> None:
     for pid in pids:
         for _ in range(MAX_ANCESTRY):
             if pid <= 0 or pid in tree:
@@ -40,7 +54,14 @@ def read_tree(pids: Iterable[int], root: Path = Path("/proc")) -> dict[int, Proc
                 break
             tree[pid] = info
             pid = info.ppid
-    return tree
+
+
+def _container_mates(root: Path, containers: set[str], known: Mapping[int, ProcessInfo]) -> list[int]:
+    try:
+        pids = sorted(int(entry.name) for entry in root.iterdir() if entry.name.isdigit())
+    except OSError:
+        return []
+    return [pid for pid in pids if pid not in known and _container(root / str(pid)) in containers]
 
 
 def _read_one(root: Path, pid: int, listening_by_netns: dict[str, dict[int, int]]) -> ProcessInfo | None:
@@ -48,7 +69,7 @@ def _read_one(root: Path, pid: int, listening_by_netns: dict[str, dict[int, int]
     ppid = _parent(base)
     if ppid is None:
         return None
-    return ProcessInfo(pid, ppid, _container(base), _ports(base, listening_by_netns))
+    return ProcessInfo(pid, ppid, _container(base), _ports(base, listening_by_netns) | _command_port(base))
 
 
 def _parent(base: Path) -> int | None:
@@ -78,6 +99,18 @@ def _ports(base: Path, listening_by_netns: dict[str, dict[int, int]]) -> frozens
     if not listening:
         return frozenset()
     return frozenset(listening[inode] for inode in _socket_inodes(base) if inode in listening)
+
+
+def _command_port(base: Path) -> frozenset[int]:
+    try:
+        argv = (base / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return frozenset()
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == b"--port" and i + 1 < len(argv) else arg.partition(b"=")[2]
+        if (arg == b"--port" or arg.startswith(b"--port=")) and value.isdigit():
+            return frozenset({int(value)})
+    return frozenset()
 
 
 def _listening(base: Path) -> dict[int, int]:
