@@ -26,6 +26,7 @@ from .inputs import NodeInputs, node_inputs
 from .plan import Plan, Planner
 from ..present import vllm_instances
 from ..present.usage_families import usage_families
+from ..present.page_usage import usage_report
 from ..rules.usage import GpuProcess, NodeUsage, node_usage
 from ..sources.processes import read_tree
 from ..present.report import gpustack_report, plan_report
@@ -175,8 +176,9 @@ class Exporter:
         except TimeoutError:
             log.warning("fixes not known after %.0fs: the report goes without them", FIXES_WAIT_SECONDS)
         view = self._gpustack.view if self._gpustack else None
+        usage = await self.usage(snap, view)
         key = (plan.version, plan.fixes is not None, snap, view,
-               self._gpustack.last_success_timestamp if self._gpustack else None)
+               self._gpustack.last_success_timestamp if self._gpustack else None, usage)
         report = self._planner.last_report.get(key)
         if report is not None:
             return report  # nothing it is made of changed: the same document (do not modify it)
@@ -184,6 +186,8 @@ class Exporter:
         if self._gpustack is not None:
             report["gpustack"] = gpustack_report(view, refresh_success=self._gpustack.success,
                                                  last_success_timestamp=self._gpustack.last_success_timestamp)
+        if usage is not None:
+            report["usage"] = usage_report(usage)
         return self._planner.last_report.keep(key, report)
 
     async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:
