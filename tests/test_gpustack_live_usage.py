@@ -26,6 +26,7 @@ from conftest import ExporterProcess, free_port, require_tool
 from fake_proc import FakeProcess, write_proc
 from gpustack_live.harness import GIB, MIB, wait_for
 from test_e2e_prometheus import Server, shortened_rules
+from test_explain_page import chromium, keep, screenshot
 from test_gpustack_live import QWEN_1_5B, QWEN_1_5B_WEIGHTS, live, samples  # noqa: F401 - live: the server fixture
 
 pytestmark = pytest.mark.gpustack_live
@@ -35,6 +36,7 @@ TOTAL = GPU_MIB * MIB
 CONTAINER_BIG, CONTAINER_SMALL, CONTAINER_RERANK = ("b1" * 32, "5a" * 32, "7e" * 32)
 PORTS = {"big": 40001, "small": 40002, "embed": 40003, "rerank": 40004}
 EMBED_PID = 2000
+NOBODY_RED = (0xB0, 0x00, 0x20)  # present/page_usage.py: memory of no instance
 ALERTS = ("VRAMInstanceOverrun", "VRAMClaimWithoutProcess", "VRAMMemoryOfNoInstance", "VRAMGPUOverbooked")
 
 
@@ -135,6 +137,21 @@ def test_the_four_verdicts(node):
     assert by_gpu(text, "vram_gpu_overbooked") == {"0": 0, "1": 1}
 
 
+def test_the_page_opens_with_the_node_at_a_glance(node, update_golden):
+    """In headless Chromium: each GPU's booked and used bars, big's overrun named, the model list below."""
+    n = node["names"]
+    dom = chromium("--dump-dom", node["exporter"].url + "/").stdout
+    glance = dom[dom.index("This node at a glance"):dom.index("<h2>Models</h2>")]
+    assert all(n[name] in glance for name in ("big", "small", "embed", "rerank"))
+    assert "uses more than booked" in glance and "booked, no process here" in glance
+    assert "more than the card" in glance  # GPU 1: embed and rerank at 0.6 each
+    assert dom.count("GPUStack placed it and does not re-check a placed instance") >= 1
+    shot = node["work"] / "glance.png"
+    colours = screenshot(node["exporter"].url + "/", shot, "1200,900")
+    assert colours.get(NOBODY_RED, 0) > 200, "GPU 1's memory of no instance is not drawn"
+    keep(shot, "explain-usage.png", update_golden)
+
+
 def test_each_alert_fires_in_prometheus_and_resolves_when_its_cause_goes(node, live):
     prometheus = require_tool("prometheus")
     work = node["work"]
@@ -155,7 +172,7 @@ def test_each_alert_fires_in_prometheus_and_resolves_when_its_cause_goes(node, l
         n = node["names"]
         expected = {("VRAMInstanceOverrun", n["big"]), ("VRAMClaimWithoutProcess", n["small"]),
                     ("VRAMMemoryOfNoInstance", "1"), ("VRAMGPUOverbooked", "1")}
-        wait_for(lambda: firing() == expected, "the four alerts firing", timeout=60)
+        wait_for(lambda: firing() == expected, "the four alerts firing", timeout=120)
 
         # The causes go: big back inside its booking, small's engine up, the stray process ended, rerank deleted.
         shutil.rmtree(node["proc"])
@@ -163,7 +180,10 @@ def test_each_alert_fires_in_prometheus_and_resolves_when_its_cause_goes(node, l
         node["fixture"].write_text(nvml(node["worker"], [(1002, 10 * GIB), (1202, 6 * GIB)],
                                         [(2001, 10 * GIB), (1101, 10 * GIB)]))
         live.server.request("DELETE", f"/v2/models/{node['models']['rerank']}")
-        wait_for(lambda: firing() == set(), "every alert resolved", timeout=60)
+        try:
+            wait_for(lambda: firing() == set(), "every alert resolved", timeout=120)
+        except TimeoutError:
+            pytest.fail(f"still firing: {firing()}; exporter:\n{node['exporter'].text()}")
         text = node["exporter"].text()
         assert by_instance(text, "vram_instance_used_bytes")[(n["small"], "0")] == 6 * GIB
     finally:

@@ -49,7 +49,12 @@ def at_a_glance(report: dict[str, Any]) -> str:
     items = "".join(f"<li>{escape(m['name'])}: {_first_fix(m, report['fixes_known'])}</li>" for m in failing)
     wont = (f"<h3>{len(failing)} model{'s' if len(failing) != 1 else ''} will not fit here</h3>"
             f'<ul class="fixes">{items}</ul>') if failing else "<p>Every model fits on this node.</p>"
-    return f'<style>{_STYLE}</style><section class="glance"><h2>This node at a glance</h2>{bars}{wont}</section>'
+    legend = ('<p class="legend dim">one colour per instance: pale, what GPUStack booked; solid, what its processes '
+              f'use &middot; <i class="sw" style="background:{_NOBODY}"></i>used by no instance &middot; '
+              f'<i class="sw" style="background:{_RESERVED}"></i>reserved &middot; '
+              f'<i class="sw" style="background:{_FREE}"></i>neither</p>') if bars else ""
+    return (f'<style>{_STYLE}</style><section class="glance"><h2>This node at a glance</h2>{legend}{bars}{wont}'
+            "</section>")
 
 
 def by_attention(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
