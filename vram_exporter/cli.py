@@ -330,7 +330,8 @@ def _check_gpustack(args: argparse.Namespace) -> int:
     worker_name = args.gpustack_worker_name or socket.gethostname()
     report = check_gpustack.check_report(client, worker_name=worker_name,
                                          explicit_worker=args.gpustack_worker_name is not None,
-                                         url=args.gpustack_url, overlay=overlay, read_snapshot=_reader(args).read)
+                                         url=args.gpustack_url, overlay=overlay, read_snapshot=_reader(args).read,
+                                         proc_root=_proc_root(args))
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

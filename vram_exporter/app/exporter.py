@@ -27,8 +27,8 @@ from .plan import Plan, Planner
 from ..present import vllm_instances
 from ..present.usage_families import usage_families
 from ..present.page_usage import usage_report
-from ..rules.usage import GpuProcess, NodeUsage, node_usage
-from ..sources.processes import read_tree
+from ..rules.usage import NodeUsage
+from ..sources.gpustack_usage import read_usage
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
 from ..sources import vllm_instance
@@ -204,11 +204,7 @@ class Exporter:
         view = view if view is not None else (self._gpustack.view if self._gpustack else None)
         if not self._node or view is None or view.worker is None:
             return None
-        processes = [GpuProcess(gpu.index, proc.pid, proc.used_bytes) for gpu in snap.gpus for proc in gpu.processes]
-        pids = sorted({proc.pid for proc in processes})
-        tree = await asyncio.to_thread(read_tree, pids, self._proc_root) if self._proc_root and pids else {}
-        totals = {gpu.index: gpu.memory.total for gpu in snap.gpus if gpu.up}
-        return node_usage(totals, processes, tree, view.instances_here)
+        return await asyncio.to_thread(read_usage, snap, view.instances_here, self._proc_root)
 
     def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None,
                  usage: NodeUsage | None = None):

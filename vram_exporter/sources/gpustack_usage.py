@@ -7,8 +7,25 @@ An instance's part on this worker: its own record where it is the main worker (`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from .gpustack_api import GpuStackState, ModelInstance, Worker
-from ..rules.usage import Instance
+from .processes import read_tree
+from ..rules.usage import GpuProcess, Instance, NodeUsage, node_usage
+from ..snapshot import NodeSnapshot
+
+
+def read_usage(snapshot: NodeSnapshot, instances: Sequence[Instance], proc_root: Path | None) -> NodeUsage | None:
+    """Booked against used on this node's GPUs, reading the GPU processes' tree under ``proc_root`` (None:
+    not read; every process then belongs to nobody but an instance's recorded pid). None without NVML."""
+    if not snapshot.ok:
+        return None
+    processes = [GpuProcess(gpu.index, proc.pid, proc.used_bytes) for gpu in snapshot.gpus for proc in gpu.processes]
+    pids = sorted({proc.pid for proc in processes})
+    tree = read_tree(pids, proc_root) if proc_root is not None and pids else {}
+    totals = {gpu.index: gpu.memory.total for gpu in snapshot.gpus if gpu.up}
+    return node_usage(totals, processes, tree, instances)
 
 
 def instances_on(worker: Worker, state: GpuStackState) -> tuple[Instance, ...]:
