@@ -124,6 +124,32 @@ def gpu_memory_dashboard() -> dashboard.Dashboard:
             query(f"vram_gpu_predicted_claim_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} predicted", ref="A"),
             description="The claims the rulebooks predict for the manifest's candidates (with GPUStack as the "
                         "source: its pending instances), placed one by one; not part of the claimed line."))
+        .with_row(dashboard.Row("Booked against used, per instance (GPUStack as the source)"))
+        .with_panel(bytes_timeseries(
+            "Booked and used per instance",
+            query(f"vram_instance_booked_bytes{{{GPU_FILTER}}}",
+                  "{{instance}} GPU {{gpu}} {{model_instance}} booked", ref="A"),
+            query(f"vram_instance_used_bytes{{{GPU_FILTER}}}",
+                  "{{instance}} GPU {{gpu}} {{model_instance}} used", ref="B"),
+            description="Per instance and GPU, GPUStack's claim beside what the instance's processes hold. Used "
+                        "above booked is what GPUStack cannot see: it places the next instance by its bookings."))
+        .with_panel(bytes_timeseries(
+            "Used by no instance, and claims with no process",
+            query(f"vram_gpu_unattributed_used_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} used by no instance",
+                  ref="A"),
+            query(f"vram_gpu_idle_claimed_bytes{{{GPU_FILTER}}}", "{{instance}} GPU {{gpu}} booked, no process",
+                  ref="B"),
+            description="Memory GPUStack does not count (processes of no instance), and memory it counts that no "
+                        "process holds (an instance starting, or a claim left behind)."))
+        .with_panel(table.Panel().title("Instances: booked, used, verdicts").unit("bytes").height(8).span(12)
+                    .with_target(query(f"vram_instance_used_bytes{{{GPU_FILTER}}} - "
+                                       f"vram_instance_booked_bytes{{{GPU_FILTER}}}", instant=True, ref="A"))
+                    .with_target(query(f"vram_instance_overrun{{{GPU_FILTER}}} == 1 or "
+                                       f"vram_instance_claim_idle{{{GPU_FILTER}}} == 1", instant=True, ref="B"))
+                    .description("A: used minus booked (positive: more than booked). B: instances with a verdict "
+                                 "(overrun, or a claim with no process)."))
+        .with_panel(stat.Panel().title("GPUs booked beyond their size").height(8).span(12).with_target(
+            query(f"count(vram_gpu_overbooked{{{GPU_FILTER}}} == 1) or vector(0)", "overbooked")))
     )
 
 

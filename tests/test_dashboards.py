@@ -59,3 +59,12 @@ def test_gpu_dashboard_shows_the_memory_stack_and_processes():
                    "vram_gpu_system_reserved_bytes", "vram_gpu_claimed_bytes", "vram_gpu_allocatable_bytes",
                    "vram_gpu_process_memory_used_bytes"):
         assert re.search(rf"\b{metric}\b", exprs), metric
+
+
+def test_gpu_dashboard_shows_booked_against_used():
+    board = json.loads((DASHBOARDS / "vram-gpu-memory.json").read_text())
+    exprs = " ".join(t["expr"] for p in panels(board) for t in p["targets"])
+    for metric in ("vram_instance_booked_bytes", "vram_instance_used_bytes", "vram_instance_overrun",
+                   "vram_instance_claim_idle", "vram_gpu_unattributed_used_bytes", "vram_gpu_idle_claimed_bytes",
+                   "vram_gpu_overbooked"):
+        assert re.search(rf"\b{metric}\b", exprs), metric

@@ -82,6 +82,11 @@ def _add_nvml_flags(parser: argparse.ArgumentParser) -> None:
                         help="replay a recorded NVML snapshot (YAML/JSON) instead of the driver")
     parser.add_argument("--nvml.timeout", dest="nvml_timeout", type=_positive_seconds, default=5.0,
                         metavar="SECONDS", help="time limit for one NVML collection (default 5)")
+    parser.add_argument("--processes.proc-root", dest="proc_root", type=Path, metavar="DIR",
+                        help="where the GPU processes' parents, containers and listening ports are read, to "
+                             "attribute their memory to GPUStack's instances (default /proc: needs the host's "
+                             "PID namespace, README: Booked against used; with --nvml.fixture: not read unless given, "
+                             "the fixture's pids are not this machine's)")
 
 
 def _add_gpustack_flags(parser: argparse.ArgumentParser, refresh: bool = True) -> None:
@@ -208,6 +213,12 @@ def _reader(args: argparse.Namespace):
     return NvmlReader(FakeNvml.watching(args.nvml_fixture), proc_root=None, source=f"fixture:{args.nvml_fixture}")
 
 
+def _proc_root(args: argparse.Namespace) -> Path | None:
+    if args.proc_root is not None:
+        return args.proc_root
+    return None if args.nvml_fixture is not None else Path("/proc")
+
+
 def _serve_reader(args: argparse.Namespace):
     if args.collector_nvml:
         return _reader(args)
@@ -241,7 +252,7 @@ def _serve(args: argparse.Namespace) -> int:
     exporter = Exporter(_serve_reader(args), manifest=manifest, nvml_timeout=args.nvml_timeout,
                         gpu_detail=args.gpu_detail, gpustack=gpustack,
                         instances=VllmInstances(max_body_bytes=args.vllm_max_body_bytes),
-                        cluster_series=args.gpustack_cluster_series == "export")
+                        cluster_series=args.gpustack_cluster_series == "export", proc_root=_proc_root(args))
     web_config = None
     if args.web_config_file is not None:
         from .app.web.config import WebConfig
@@ -319,7 +330,8 @@ def _check_gpustack(args: argparse.Namespace) -> int:
     worker_name = args.gpustack_worker_name or socket.gethostname()
     report = check_gpustack.check_report(client, worker_name=worker_name,
                                          explicit_worker=args.gpustack_worker_name is not None,
-                                         url=args.gpustack_url, overlay=overlay, read_snapshot=_reader(args).read)
+                                         url=args.gpustack_url, overlay=overlay, read_snapshot=_reader(args).read,
+                                         proc_root=_proc_root(args))
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..sources.manifest import LoadedManifest
@@ -19,6 +20,8 @@ from ..errors import FlagError
 from ..sources.gpustack_api import Worker
 from ..sources.gpustack_client import GpuStackClient, read_once
 from ..sources.gpustack_view import build_view
+from ..sources.gpustack_usage import read_usage
+from ..present.page_usage import usage_report
 from .inputs import node_inputs
 from .plan import Planner
 from ..present.report import gpustack_report, plan_report, render_text
@@ -26,7 +29,7 @@ from ..snapshot import NodeSnapshot
 
 
 def check_report(client: GpuStackClient, *, worker_name: str, explicit_worker: bool, url: str,
-                 overlay: LoadedManifest | None, read_snapshot) -> dict[str, Any]:
+                 overlay: LoadedManifest | None, read_snapshot, proc_root: Path | None = None) -> dict[str, Any]:
     """The report of ``/api/v1/fit`` for this node as worker ``worker_name``; raises GpuStackError
     (GPUStack unreadable) and FlagError (an explicit worker name that matches no worker)."""
     state = asyncio.run(read_once(client))
@@ -40,6 +43,8 @@ def check_report(client: GpuStackClient, *, worker_name: str, explicit_worker: b
     inputs = node_inputs(None if snapshot.error else view.node_models, snapshot)
     report = plan_report(Planner().build_now(inputs, snapshot), snapshot)
     report["gpustack"] = gpustack_report(view, refresh_success=True, last_success_timestamp=time.time())
+    if view.worker is not None and (usage := read_usage(snapshot, view.instances_here, proc_root)) is not None:
+        report["usage"] = usage_report(usage)  # as the exporter's /api/v1/fit has it
     return report
 
 

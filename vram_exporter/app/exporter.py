@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
 from ..present.collector import (CollectResult, GpuDetail, ManifestStatus, exporter_families, gpu_families,
                                  gpustack_families)
@@ -25,6 +26,10 @@ from ..sources.sampler import NoNvmlReader, NvmlSampler
 from .inputs import NodeInputs, node_inputs
 from .plan import LastOne, Plan, Planner
 from ..present import vllm_instances
+from ..present.usage_families import usage_families
+from ..present.page_usage import usage_report
+from ..rules.usage import NodeUsage
+from ..sources.gpustack_usage import read_usage
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
 from ..sources import vllm_instance
@@ -63,12 +68,15 @@ class Exporter:
         gpustack: GpuStackSource | None = None,
         instances=None,
         cluster_series: bool = True,
+        proc_root: Path | None = Path("/proc"),
     ) -> None:
         """``gpustack``: the models come from GPUStack's API; ``manifest`` is then the overlay (sizes).
         ``instances``: the running models' own vLLM readings (vllm_client.VllmInstances), shown beside
         the prediction. ``cluster_series``: export GPUStack's cluster-wide model series (the same from
         every exporter of a fleet, so one exports them and the others skip them). A ``reader`` that is
-        a NoNvmlReader makes a cluster-only exporter: no GPU and no node view, only the cluster series."""
+        a NoNvmlReader makes a cluster-only exporter: no GPU and no node view, only the cluster series.
+        ``proc_root``: where the GPU processes' tree is read, to attribute them to instances (None: not read)."""
+        self._proc_root = proc_root
         self._manifest = manifest
         self._gpustack = gpustack
         self._cluster_series = cluster_series
@@ -101,10 +109,11 @@ class Exporter:
         if self._gpustack is not None:
             results["gpustack"] = CollectResult(self._gpustack.success, self._gpustack.duration_seconds)
         fixes_known = plan is not None and plan.fixes is not None
+        usage = await self.usage(snap, view)
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
-        key = (openmetrics, plan.version if plan else None, fixes_known, view, snap)
+        key = (openmetrics, plan.version if plan else None, fixes_known, view, snap, usage)
         content = self._planner.last_body.of(key, lambda: self._renderer.render(
-            self._content(snap, plan, view), openmetrics, eof=False))
+            self._content(snap, plan, view, usage), openmetrics, eof=False))
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
@@ -192,8 +201,9 @@ class Exporter:
         except TimeoutError:
             log.warning("fixes not known after %.0fs: the report goes without them", FIXES_WAIT_SECONDS)
         view = self._gpustack.view if self._gpustack else None
+        usage = await self.usage(snap, view)
         key = (plan.version, plan.fixes is not None, snap, view,
-               self._gpustack.last_success_timestamp if self._gpustack else None)
+               self._gpustack.last_success_timestamp if self._gpustack else None, usage)
         report = self._planner.last_report.get(key)
         if report is not None:
             return key, report  # nothing it is made of changed: the same document (do not modify it)
@@ -201,6 +211,8 @@ class Exporter:
         if self._gpustack is not None:
             report["gpustack"] = gpustack_report(view, refresh_success=self._gpustack.success,
                                                  last_success_timestamp=self._gpustack.last_success_timestamp)
+        if usage is not None:
+            report["usage"] = usage_report(usage)
         return key, self._planner.last_report.keep(key, report)
 
     async def _plan_or_none(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> Plan | None:
@@ -212,13 +224,23 @@ class Exporter:
             log.exception("fit model failed on this snapshot")
             return None
 
-    def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None):
+    async def usage(self, snap: NodeSnapshot, view: GpuStackView | None = None) -> NodeUsage | None:
+        """Booked against used on this node's GPUs (rules/usage.py); None without a GPUStack worker here."""
+        view = view if view is not None else (self._gpustack.view if self._gpustack else None)
+        if not self._node or view is None or view.worker is None:
+            return None
+        return await asyncio.to_thread(read_usage, snap, view.instances_here, self._proc_root)
+
+    def _content(self, snap: NodeSnapshot, plan: Plan | None, view: GpuStackView | None,
+                 usage: NodeUsage | None = None):
         """Every family but the exporter's own (those change at every scrape)."""
         node = plan.node if plan else None
         bookings = {b.index: b for b in node.gpus} if node else {}
         yield from gpu_families(snap, bookings)
         if view is not None:
             yield from gpustack_families(view, snap, cluster=self._cluster_series, node=self._node)
+        if usage is not None:
+            yield from usage_families(usage, {gpu.index: gpu.uuid for gpu in snap.gpus})
         if plan is not None and plan.specs:
             yield from plan.model_families(free_memory(snap))
 

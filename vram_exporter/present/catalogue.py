@@ -14,6 +14,8 @@ GPU = ("gpu", "uuid")
 MODEL = ("model",)
 MODEL_GPU = ("model", "gpu", "uuid")
 INSTANCE = ("model", "vllm_instance")  # not "instance": Prometheus sets that to the exporter
+# Booked against used: one series per (GPUStack instance, GPU) it is booked on or holds memory on; never a pid.
+MODEL_INSTANCE_GPU = ("model_instance", "model", "gpu", "uuid")
 NONE: tuple[str, ...] = ()
 
 
@@ -140,6 +142,23 @@ CATALOGUE: Mapping[str, Spec] = {spec.name: spec for spec in (
     _spec("vram_model_vllm_instance_up", "gauge", INSTANCE,
           "1 if the running model's own vLLM answered its /metrics with its KV cache at the last read "
           "(--vllm.metrics-interval), 0 if not."),
+    _spec("vram_instance_booked_bytes", "gauge", MODEL_INSTANCE_GPU,
+          "Memory GPUStack booked for this instance on this GPU (its computed_resource_claim)."),
+    _spec("vram_instance_used_bytes", "gauge", MODEL_INSTANCE_GPU,
+          "Memory this instance's processes hold on this GPU (NVML per process, attributed by pid, process tree, "
+          "listening port or container)."),
+    _spec("vram_instance_overrun", "gauge", MODEL_INSTANCE_GPU,
+          "1 if this instance holds more than GPUStack booked for it on this GPU while another instance is booked "
+          "there or GPUStack has room left to place one (it places by bookings, not use)."),
+    _spec("vram_instance_claim_idle", "gauge", MODEL_INSTANCE_GPU,
+          "1 if GPUStack books memory for this instance on this GPU and no process of it is there (normal while "
+          "it starts; a claim left behind when it lasts)."),
+    _spec("vram_gpu_unattributed_used_bytes", "gauge", GPU,
+          "Memory held on this GPU by processes that belong to no GPUStack instance."),
+    _spec("vram_gpu_idle_claimed_bytes", "gauge", GPU,
+          "Memory booked on this GPU for instances that have no process there."),
+    _spec("vram_gpu_overbooked", "gauge", GPU,
+          "1 if GPUStack's bookings on this GPU add up to more than its total memory."),
     _spec("vram_exporter_web_config_last_reload_successful", "gauge", NONE,
           "1 if the last --web.config.file (re)load succeeded, 0 if it failed (the last good one serves)."),
     _spec("vram_exporter_web_config_last_reload_success_timestamp_seconds", "gauge", NONE,

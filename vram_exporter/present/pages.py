@@ -22,6 +22,7 @@ from .report import EXPLAIN, engine_version_words
 from ..units import GIB, gib
 from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, from_fix
 from .page_demand import demand_chart
+from .page_usage import at_a_glance, by_attention, running_words
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:78rem;color:#1d2330;background:#fff}
@@ -75,7 +76,7 @@ def explain_page(report: dict[str, Any], telemetry_path: str, manifest: str | No
     gpus = "".join(_gpu_section(gpu) for gpu in report["gpus"])
     bookings = {str(g["index"]): g["gpustack"] for g in report["gpus"] if "gpustack" in g}
     chosen = what_if.get("values", {}).get("model")
-    shown, more = report["models"], ""
+    shown, more = by_attention(report["models"]), ""
     refused = bool(what_if.get("errors")) or "busy" in what_if
     if refused:
         # A refused what-if costs one model's section (or a few to choose from), not the whole node's page.
@@ -93,6 +94,7 @@ Metrics: <a href="{escape(telemetry_path)}">{escape(telemetry_path)}</a> &middot
 <a href="/api/v1/fit">/api/v1/fit</a>{' &middot; <a href="/">the live page</a>' if what_if else ''}</p>
 <p>Reading from: <code>{escape(report['source'])}</code>. {manifest_line}</p>
 {nvml}{_what_if_banner(report, what_if)}
+{'' if what_if else at_a_glance(report)}
 {'' if refused else _cluster_section(report.get('gpustack'), bool(what_if.get('live')))}
 <h2>Models</h2>
 {models or '<p>No models.</p>'}
@@ -264,7 +266,7 @@ def _model_section(model: dict[str, Any], bookings: dict[str, dict[str, Any]], r
         return (f'<div class="model" id="{name}"><h3>{name}</h3>{version}<p class="bad">cannot be judged: '
                 f"{escape(model['error'])}</p></div>")
     ok = model["schedulable"] and model["startable"]
-    verdict = (f'<span class="{"good" if ok else "bad"}">'
+    verdict = running_words(model) or (f'<span class="{"good" if ok else "bad"}">'
                f"{'fits' if ok else 'will not fit'}</span>: GPUStack "
                f"{'places it' if model['schedulable'] else 'leaves it Pending'}"
                + (f" on GPU {', '.join(map(str, model['gpus']))}" if model["gpus"] else "")

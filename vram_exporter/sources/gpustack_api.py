@@ -120,6 +120,9 @@ class SubordinateWorker(_ApiRecord):
     worker_id: int | None = None
     worker_ip: str | None = None  # where its engine listens, with port: its own /metrics
     port: int | None = None
+    ports: list[int] | None = None  # where its engine listens on its host (host network): attribution
+    pid: int | None = None  # the worker's provisioning process, in the worker's PID namespace (rules/usage.py)
+    state: str | None = None
     gpu_indexes: list[int] | None = None
     computed_resource_claim: ResourceClaim | None = None
 
@@ -138,6 +141,8 @@ class ModelInstance(_ApiRecord):
     worker_id: int | None = None
     worker_ip: str | None = None  # where its engine listens, with port: its own /metrics
     port: int | None = None
+    ports: list[int] | None = None  # every port its engine listens on (host network): attribution
+    pid: int | None = None  # the worker's provisioning process, in the worker's PID namespace (rules/usage.py)
     gpu_indexes: list[int] | None = None
     computed_resource_claim: ResourceClaim | None = None
     distributed_servers: DistributedServers | None = None

@@ -36,6 +36,8 @@ from ..rules.model import Architecture, Cluster, EngineVersion, ModelSpec
 from ..rules.flags import executor_is_mp
 from . import vllm_instance
 from .gpustack_api import GpuDevice, GpuStackState, Model, ModelInstance, Worker
+from .gpustack_usage import instances_on
+from ..rules.usage import Instance
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class GpuStackView:
     node_models: NodeModels | None  # this worker's models, judged as a manifest's would be
     verdicts: tuple[ModelVerdict, ...] = ()
     allocated: Mapping[int, int] = field(default_factory=dict)  # GPU index -> GPUStack's memory.allocated
+    instances_here: tuple[Instance, ...] = ()  # the instances booking this worker's GPUs (booked vs used)
 
 
 def build_view(state: GpuStackState, *, worker_name: str | None, source: str, overlay: LoadedManifest | None = None,
@@ -104,6 +107,7 @@ def _view(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping
                              predicted=_predicted_here(worker, state, verdicts)) if worker else None),
         verdicts=_verdicts(state, specs, unknown, verdicts, other_order),
         allocated=_allocated(worker),
+        instances_here=instances_on(worker, state) if worker else (),
     )
 
 
