@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import reduce
 
 from ...units import GIB
@@ -50,6 +50,10 @@ class Candidate:
     subordinates: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (worker id, GPU indexes)
     overcommit: bool = False
     effective_vram: float = 0.0  # manual selection: what GPUStack ranks overcommitted candidates by
+    # What GPUStack writes in the claims' vram_utilization: only its manual paths fill it in (on the main
+    # worker's claim for one worker, on the subordinates' for several); automatic paths leave it None.
+    utilization: float | None = None
+    subordinate_utilization: float | None = None
 
     @property
     def workers(self) -> tuple[int, ...]:
@@ -399,7 +403,8 @@ def _manual_one_worker(node: Node, gpus: Sequence[GpuView], count: int, gmu: flo
         if len(meets) >= count:
             break
     used = meets + short[:count - len(meets)]
-    return Candidate(node.id, tuple(g.index for g in used), {(node.id, g.index): claim(g, gmu) for g in used})
+    return Candidate(node.id, tuple(g.index for g in used), {(node.id, g.index): claim(g, gmu) for g in used},
+                     utilization=gmu)
 
 
 def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Candidate]:
@@ -424,7 +429,8 @@ def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Cand
             break
     if not subordinates:
         return []
-    return [Candidate(main.id, tuple(g.index for g in main_gpus), claims, tuple(subordinates))]
+    return [Candidate(main.id, tuple(g.index for g in main_gpus), claims, tuple(subordinates),
+                      subordinate_utilization=ask.gmu)]
 
 
 def _judge_overcommit(candidate: Candidate, nodes: Mapping[int, Node], satisfied: set[tuple[int, int]],
@@ -437,4 +443,4 @@ def _judge_overcommit(candidate: Candidate, nodes: Mapping[int, Node], satisfied
     partial = len(used) < ask.selected_count
     pool = used if partial else list(views)
     effective = sum(views[key].allocatable for key in pool if key in views) * ask.gmu
-    return Candidate(candidate.worker, candidate.gpus, candidate.claims, candidate.subordinates, over, effective)
+    return replace(candidate, overcommit=over, effective_vram=effective)

@@ -359,6 +359,16 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
     return [found] if found is not None else []
 
 
+def claim_utilization(book: Booking, *, manual: bool) -> float | None:
+    """Every path of its selector writes the fraction as vram_utilization (the manual one through
+    base_candidate_selector.py, handed the same fraction)."""
+    return book.fraction
+
+
+def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
+    return None
+
+
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
     assert book.fraction is not None

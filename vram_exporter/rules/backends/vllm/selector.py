@@ -64,6 +64,15 @@ def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                            tp_arch(spec.arch, spec.gpustack))
 
 
+def claim_utilization(book: Booking, *, manual: bool) -> float | None:
+    """Only the manual path writes vram_utilization (base_candidate_selector.py); the automatic ones leave it."""
+    return book.fraction if manual else None
+
+
+def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
+    return None  # several workers: rules/cluster/paths.py's manual multi-worker path
+
+
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
     assert book.fraction is not None
