@@ -213,7 +213,7 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
         candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
                                                 overcommit=p.overcommit) for p in found]
         if not found:
-            reason = f"{node.name}: " + selector.pending_message_of(spec, list(node.gpus), book, chosen)
+            reason = selector.pending_message_of(spec, list(node.gpus), book, chosen)  # the last worker's
     if not candidates:
         return Verdict(inst.id, inst.model, False, reason=reason)
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}

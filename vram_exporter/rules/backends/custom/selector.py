@@ -144,7 +144,7 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
     ram = max(int(estimate * 0.1), 2 * GIB)
     lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM and {byte_to_gib(ram)} of RAM."]
     if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
-        return "\n".join([*lines, MANUAL_MULTI_REPLICA])
+        return selector_message(lines, [listed([MANUAL_MULTI_REPLICA])])
     members, _ = _multi_members(gpus, estimate, fraction)
     if len(gpus) >= 2 and len(members) >= 2 and sum(g.allocatable for g in members) > 0:
         lines.append(f"The largest available worker has {byte_to_gib(sum(g.allocatable for g in members))} "
@@ -152,7 +152,7 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
     else:
         largest = max((gpu.allocatable for gpu in gpus), default=0)
         lines.append(f"The current available GPU only has {byte_to_gib(largest)} allocatable VRAM.")
-    return "\n".join(lines)
+    return selector_message(lines[:1], [listed(lines[1:])])  # _set_messages: one text, "- " lines
 
 
 # --- the selector contract (rules/backends/__init__.py) --------------------------------------------
