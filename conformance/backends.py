@@ -128,9 +128,10 @@ def agree(mine: dict, theirs: dict, backend: str) -> str | None:
     if bool(theirs["gpus"]) != bool(mine["gpus"]):
         return f"verdict: gpustack {theirs['gpus'] or 'pending'}, ours {mine['gpus'] or 'pending'}"
     if not theirs["gpus"]:
-        said = [line.removeprefix("- ") for line in theirs.get("message", "").splitlines() if line.strip()]
-        if said != mine["message"].splitlines():
-            return f"message: gpustack {said}, ours {mine['message'].splitlines()}"
+        said = [line for line in theirs.get("message", "").splitlines() if line.strip()]  # GPUStack's "- " lines
+        ours = [line for line in mine["message"].splitlines() if line.strip()]
+        if said != ours:
+            return f"message: gpustack {said}, ours {ours}"
     if len(theirs["gpus"]) != len(mine["gpus"]):
         return f"GPU count: gpustack {theirs['gpus']}, ours {mine['gpus']}"
     if theirs["gpus"]:

@@ -61,7 +61,7 @@ def test_seed_pending_as_gpustack_decides_in_text_and_json(live):  # noqa: F811
     assert text.returncode == 1, text.stderr
     out = text.stdout
     assert "NO  check-seed-qwen: replicas 1, GPUStack pending 1, predicted 1: Pending, both agree" in out
-    assert "check-seed-node: The model requires approximately 5.45 GiB of VRAM." in out
+    assert "- The model requires approximately 5.45 GiB of VRAM." in out  # GPUStack's one text, no worker prefix
     assert "NO  check-seed-qwen: PENDING: GPUStack will not place it (vLLM alone would start on GPU 0)" in out
     assert "-> lower --system-reserved vram to 0 GiB and set --gpu-memory-utilization=0.91" in out
     assert "1 of 2 models have instances pending; 0 where the rulebooks and GPUStack disagree." in out

@@ -86,20 +86,20 @@ class _Ours:
         return [_candidate(reply, workers)]
 
 
-def _claim(claims: dict, gmu) -> ComputedResourceClaim:
+def _claim(claims: dict, utilization) -> ComputedResourceClaim:
     return ComputedResourceClaim(is_unified_memory=False, vram={int(g): b for g, b in claims.items()},
-                                 vram_utilization=gmu)
+                                 vram_utilization=utilization)
 
 
 def _candidate(reply: dict, workers) -> ModelInstanceScheduleCandidate:
     by_id = {w.id: w for w in workers}
     subordinates = [ModelInstanceSubordinateWorker(
         worker_id=s["worker"], worker_ip=by_id[s["worker"]].ip, total_gpus=len(s["claims"]),
-        gpu_indexes=sorted(int(g) for g in s["claims"]), computed_resource_claim=_claim(s["claims"], reply["gmu"]))
+        gpu_indexes=sorted(int(g) for g in s["claims"]), computed_resource_claim=_claim(s["claims"], reply["subordinate_utilization"]))
         for s in reply["subordinates"]]
     return ModelInstanceScheduleCandidate(
         worker=by_id[reply["worker"]], gpu_indexes=reply["gpus"],
-        computed_resource_claim=_claim(reply["claims"], reply["gmu"]), subordinate_workers=subordinates)
+        computed_resource_claim=_claim(reply["claims"], reply["utilization"]), subordinate_workers=subordinates)
 
 
 class OursVLLM(_Ours, vllm_resource_fit_selector.VLLMResourceFitSelector):

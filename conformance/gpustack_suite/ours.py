@@ -6,7 +6,8 @@ selector was handed, dumped by GPUStack's own schemas (workers, the model, its o
 model's config and weight size as GPUStack resolved them from the hub. The answer comes from the same path
 as the exporter against a live server (sources/gpustack_view.py: the API's objects -> rulebook specs ->
 rules/cluster/replay.py), for one new pending instance of the model:
-{"placed": bool, "worker": id, "gpus": [...], "claims": {"worker:gpu": bytes}, "subordinates": [...],
+{"placed": bool, "worker": id, "gpus": [...], "claims": {"gpu": bytes}, "subordinates": [...],
+ "utilization" / "subordinate_utilization": the claims' vram_utilization as GPUStack writes it (or null),
  "message": str, "not_modelled": str | null}.
 """
 
@@ -46,7 +47,7 @@ def answer(request: dict) -> dict:
         if worker != verdict.worker:
             subordinates.setdefault(worker, {})[gpu] = claim
     return {"placed": True, "worker": verdict.worker, "gpus": sorted(verdict.gpus), "not_modelled": None,
-            "gmu": specs[model.name].gpustack.gpu_memory_utilization,
+            "utilization": verdict.utilization, "subordinate_utilization": verdict.subordinate_utilization,
             "claims": {str(g): c for (w, g), c in verdict.claims.items() if w == verdict.worker},
             "subordinates": [{"worker": w, "claims": {str(g): c for g, c in gpus.items()}}
                              for w, gpus in subordinates.items()],

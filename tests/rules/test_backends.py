@@ -191,6 +191,33 @@ def test_cluster_replay_places_sglang_by_the_smallest_card_of_its_workers():
     assert verdict.claims == {(2, 0): int(gpustack.total_whole_mib(H100) * 0.835)}
 
 
+def test_custom_selection_over_two_workers_is_refused_for_every_instance():
+    """custom_backend_resource_fit_selector.py: manual GPU selection across workers gets no candidate."""
+    spec = model("custom")
+    workers = [replay.WorkerGpus(1, "a", {0: H100}), replay.WorkerGpus(2, "b", {0: H100})]
+    across = replay.Request(spec, frozenset({1, 2}), selection={"a": (0,), "b": (0,)}, selected_count=2,
+                            gpus_per_replica=1)
+    verdict = replay.decide(replay.Instance(1, "m", False, {}), across, workers, {}, "gpustack")
+    assert not verdict.placed
+    assert verdict.reason.endswith("\n- Manual GPU selection across multiple workers is not supported for custom "
+                                   "backends.")
+    one = replace(across, selection={"a": (0,)}, selected_count=1)
+    placed = replay.decide(replay.Instance(1, "m", False, {}), one, workers, {}, "gpustack")
+    assert placed.placed and placed.worker == 1 and placed.utilization == 0  # its manual path writes 0
+
+
+def test_only_manual_paths_write_vram_utilization():
+    """GPUStack leaves vram_utilization empty on automatic vLLM candidates, main and subordinate alike."""
+    spec = model("vllm")
+    workers = [replay.WorkerGpus(1, "a", {0: H100})]
+    auto = replay.decide(replay.Instance(1, "m", False, {}), replay.Request(spec, frozenset({1})), workers, {},
+                         "gpustack")
+    manual = replay.decide(replay.Instance(1, "m", False, {}), replay.Request(
+        spec, frozenset({1}), selection={"a": (0,)}, selected_count=1), workers, {}, "gpustack")
+    assert auto.placed and auto.utilization is None
+    assert manual.placed and manual.utilization == 0.9
+
+
 # --- what a user reads ----------------------------------------------------------------------------------
 
 

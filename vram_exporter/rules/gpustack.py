@@ -40,6 +40,28 @@ def byte_to_gib(n: float) -> str:
     return f"{round(n / GIB, 2)} GiB"
 
 
+def listed(lines: Iterable[str]) -> str:
+    """``policies/utils.py::ListMessageBuilder``: each line as "- line", one text."""
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def requirement_lines(estimate: int, fraction: float, parameter: str = "gpu-memory-utilization") -> list[str]:
+    """The lines every selector's message opens with (``select_candidates``: the default event), the
+    fraction's line only when one is booked."""
+    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM."]
+    if fraction:
+        lines.append(f"With --{parameter}={fraction}, all GPUs combined need to provide at least "
+                     f"{byte_to_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
+                     f"{int(fraction * 100)}% of allocatable VRAM.")
+    return lines
+
+
+def selector_message(opening: Sequence[str], events: Iterable[str | None]) -> str:
+    """``_set_messages``: the opening lines, a newline, then the first path's event that has one (the
+    selector's order: manual, several workers, several GPUs, one GPU); one text for the whole cluster."""
+    return listed(opening) + "\n" + next((event for event in events if event), "")
+
+
 def total_whole_mib(total_bytes: int) -> int:
     """GPUStack workers report memory in whole MiB: the scheduler's T, in bytes."""
     return total_bytes // MIB * MIB

@@ -49,6 +49,12 @@ class Selector(Protocol):
     def claims_of(self, spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
         """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
 
+    def claim_utilization(self, book: Booking, *, manual: bool) -> float | None:
+        """What it writes in a one-worker candidate's claim as vram_utilization (None: left empty)."""
+
+    def manual_workers_refusal(self, spec: ModelSpec, selected_workers: int) -> str | None:
+        """Its message when it refuses a gpu_selector naming GPUs of ``selected_workers`` workers."""
+
 
 class Fit(Protocol):
     """The engine's side on one node: the model's verdict, GPU by GPU, at its turn."""

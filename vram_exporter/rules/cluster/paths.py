@@ -20,13 +20,14 @@ lists them, which decides among equal scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import reduce
 
+from ...units import GIB
 from .. import gpustack
 from ..backends.vllm import selector as vllm_selector
-from ..gpustack import GpuView
+from ..gpustack import GpuView, byte_to_gib, listed, requirement_lines, selector_message
 from ..model import Architecture, Scheduler
 
 Claims = Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes
@@ -49,6 +50,10 @@ class Candidate:
     subordinates: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (worker id, GPU indexes)
     overcommit: bool = False
     effective_vram: float = 0.0  # manual selection: what GPUStack ranks overcommitted candidates by
+    # What GPUStack writes in the claims' vram_utilization: only its manual paths fill it in (on the main
+    # worker's claim for one worker, on the subordinates' for several); automatic paths leave it None.
+    utilization: float | None = None
+    subordinate_utilization: float | None = None
 
     @property
     def workers(self) -> tuple[int, ...]:
@@ -130,19 +135,25 @@ def manual_gpu_count(ask: Ask) -> tuple[int, str | None]:
 
 
 def search(nodes: Sequence[Node], ask: Ask) -> Search:
+    """The first path with candidates; else none, and GPUStack's one message for the whole cluster
+    (``_set_messages``: the requirement lines, then the event of the last path tried that has one, in
+    its order: several workers, several GPUs of one worker, one GPU)."""
     if ask.selection is not None:
         return _manual(nodes, ask)
     paths = [("single", _single), ("multi", _multi_one_worker)]
     if ask.distributed:
         paths.append(("workers", _multi_workers))
-    reasons = []
+    events = []
     for name, path in paths:
-        found, reason = path(nodes, ask)
+        found, event = path(nodes, ask)
         if found:
             return Search(tuple(found), name)
-        if reason:
-            reasons.append(reason)
-    return Search((), "", reasons[-1] if reasons else "no ready worker of its cluster matches its selectors")
+        events.append(event)
+    return Search((), "", message(ask, reversed(events)))
+
+
+def message(ask: Ask, events: Iterable[str | None]) -> str:
+    return selector_message(requirement_lines(ask.estimate, ask.gmu), events)
 
 
 def claim(view: GpuView, gmu: float) -> int:
@@ -152,17 +163,14 @@ def claim(view: GpuView, gmu: float) -> int:
 # --- 2. one GPU ---------------------------------------------------------------------------------
 
 
-def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
+def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size and ask.world_size > 1:
-        return [], ""
+        return [], None
     found = [Candidate(node.id, (gpu.index,), {(node.id, gpu.index): claim(gpu, ask.gmu)})
              for node in nodes for gpu in node.gpus
              if gpu.total and _single_passes(gpu, ask)]
-    reason = ""
-    if not found and nodes:
-        best = max(nodes, key=lambda n: max((g.allocatable for g in n.gpus), default=0))
-        reason = f"{best.name}: " + vllm_selector.pending_message(ask.estimate, ask.gmu, list(best.gpus), 1)
-    return found, reason
+    event = None if found else vllm_selector.single_gpu_event((g for n in nodes for g in n.gpus), ask.gmu)
+    return found, event
 
 
 def _single_passes(gpu: GpuView, ask: Ask) -> bool:
@@ -172,9 +180,9 @@ def _single_passes(gpu: GpuView, ask: Ask) -> bool:
 # --- 3. several GPUs of one worker ------------------------------------------------------------------
 
 
-def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
+def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size == 1:
-        return [], ""
+        return [], None
     found = []
     for node in nodes:
         chosen = vllm_selector.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)
@@ -183,29 +191,25 @@ def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate],
                                    {(node.id, g.index): claim(g, ask.gmu) for g in chosen}))
     if found:
         fewest = min(len(c.gpus) for c in found)
-        return [c for c in found if len(c.gpus) == fewest], ""
-    multi = [n for n in nodes if len(n.gpus) >= 2]
-    if not multi:
-        return [], ""
-    best = max(multi, key=lambda n: sum(g.allocatable for g in n.gpus))
-    return [], f"{best.name}: " + vllm_selector.pending_message(ask.estimate, ask.gmu, list(best.gpus), ask.world_size)
+        return [c for c in found if len(c.gpus) == fewest], None
+    return [], vllm_selector.multi_gpu_event([n.gpus for n in nodes], ask.gmu, ask.arch)
 
 
 # --- 4. several whole workers -----------------------------------------------------------------------
 
 
-def _multi_workers(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str]:
+def _multi_workers(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     """Whole workers with the same GPU count, every GPU with A/T >= g, int(T * g) on each, in
     GPUStack's order (most GPUs first, stable), stopping at the first set that covers E (and, with
-    a world size, has exactly that many GPUs)."""
-    reason = ("Cannot find a suitable worker combination to run the model in distributed mode. If you are "
-              "confident that the resources are sufficient, you may manually schedule the model by selecting the "
-              "workers and GPUs.")
+    a world size, has exactly that many GPUs). None found: its event, the topology refusals met, the
+    combination that booked most (``auto_select_multi_worker_multi_gpu_candidates``)."""
     if len(nodes) < 2:
-        return [], ""
+        return [], None
     groups: dict[int, list[Node]] = {}
     for node in sorted((n for n in nodes if n.gpus), key=lambda n: len(n.gpus), reverse=True):
         groups.setdefault(len(node.gpus), []).append(node)
+    refusals: list[str] = []
+    best: tuple[int, list[Node], int, int] = (0, [], 0, 0)  # booked, workers, group size, GPUs per worker
     for count, group in groups.items():
         if len(group) < 2 or gpustack.tp_divisibility_problem(ask.arch, count):
             continue
@@ -225,10 +229,33 @@ def _multi_workers(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], st
             if booked >= ask.estimate:
                 problem = topology_problem([len(n.gpus) for n in selected], ask.parallel)
                 if problem:
-                    reason = problem
+                    if problem not in refusals:
+                        refusals.append(problem)
                     continue
-                return [_whole_workers(selected, ask.gmu)], ""
-    return [], reason
+                return [_whole_workers(selected, ask.gmu)], None
+        if booked > best[0]:
+            best = (booked, list(selected), len(group), count)
+    return [], listed([*refusals, *_combination_lines(best, ask.gmu)])
+
+
+def _combination_lines(best: tuple[int, list[Node], int, int], gmu: float) -> list[str]:
+    booked, combination, group_size, per_worker = best
+    lines = []
+    if not gmu:
+        lines.append(f"The largest available worker has {byte_to_gib(booked)} of VRAM.")
+    elif combination:
+        names = [n.name for n in combination]
+        shown = str(names[:3]).rstrip("]") + f"...(more {len(names) - 3})]" if len(names) > 3 else str(names)
+        line = f"The optimal combination {shown} provides {byte_to_gib(booked)} of allocatable VRAM."
+        if (left := group_size - len(combination)) > 0:
+            line += (f" There are {left} {'workers' if left > 1 else 'worker'} that can provide {per_worker} "
+                     f"{'GPUs' if per_worker > 1 else 'GPU'}, as the workers in the combination, but some GPUs "
+                     "among them fail to meet requirements.")
+        lines.append(line)
+    lines.append("Cannot find a suitable worker combination to run the model in distributed mode. If you are "
+                 "confident that the resources are sufficient, you may manually schedule the model by selecting the "
+                 "workers and GPUs.")
+    return lines
 
 
 def _whole_workers(selected: Sequence[Node], gmu: float) -> Candidate:
@@ -292,7 +319,7 @@ def _manual(nodes: Sequence[Node], ask: Ask) -> Search:
         if not found and len(selected) >= 2:
             found = _manual_workers(selected, count, ask)
     if not found:
-        return Search((), "", "no candidate among the selected GPUs")
+        return Search((), "", message(ask, ()))  # no event: the requirement lines and a newline
     satisfied = {(n.id, g.index) for n in selected for g in n.gpus if g.total and g.allocatable / g.total >= ask.gmu}
     by_id = {node.id: node for node in selected}
     judged = [_judge_overcommit(c, by_id, satisfied, ask) for c in found]
@@ -300,13 +327,54 @@ def _manual(nodes: Sequence[Node], ask: Ask) -> Search:
     if fitting:
         return Search(tuple(fitting), "manual")
     if ask.replicas > 1:
-        return Search((), "", f"Found {len(judged)} candidate, manual scheduling for multi-replica model instances "
-                              "does not allow overcommit or heterogeneous deployment topologies.")
+        return Search((), "", message(ask, [listed([
+            f"Found {len(judged)} candidate, manual scheduling for multi-replica model instances does not allow "
+            "overcommit or heterogeneous deployment topologies."])]))
     best = None
     for candidate in judged:  # the last of the largest effective VRAM (its `>=`)
         if best is None or candidate.effective_vram >= best.effective_vram:
             best = candidate
-    return Search((best,), "manual", "Manual GPU selection resulted in resource overcommit.")
+    return Search((best,), "manual", message(ask, [listed(_overcommit_lines(best, by_id, satisfied, ask))]))
+
+
+def _overcommit_lines(candidate: Candidate, nodes: Mapping[int, Node], satisfied: set[tuple[int, int]],
+                      ask: Ask) -> list[str]:
+    """``_generate_manual_selected_gpus_overcommit_message``, for a booked fraction: what the GPUs used
+    provide when only some of the selected ones are used, else what all the selected ones provide."""
+    views = {(n.id, g.index): g for n in nodes.values() for g in n.gpus}
+    used = list(candidate.claims)
+    used_satisfied = sum(1 for key in used if key in satisfied)
+    lines = ["Manual GPU selection resulted in resource overcommit."]
+    if len(used) < ask.selected_count:
+        allocatable = sum(views[key].allocatable for key in used if key in views)
+        main = nodes[candidate.worker].name
+        devices = f"worker {main} GPU indexes {_abbreviated(list(candidate.gpus))}"
+        others = len(used) - len(candidate.gpus)
+        if others > 0 and candidate.subordinates:
+            workers = len(candidate.subordinates)
+            devices += (f" and {others} {'GPUs' if others > 1 else 'GPU'} from other {workers} "
+                        f"{'workers' if workers > 1 else 'worker'}")
+        lines += [f"Using {devices} out of {ask.selected_count} selected devices.",
+                  f"Used GPUs provide {_gib2(allocatable)} GiB allocatable VRAM, {used_satisfied}/{len(used)} of GPUs "
+                  f"meet the VRAM utilization ratio, providing {_gib2(allocatable * ask.gmu)} GiB of allocatable VRAM."]
+    else:
+        allocatable = sum(g.allocatable for g in views.values())
+        lines.append(f"Selected GPUs have {_gib2(allocatable)} GiB allocatable VRAM, {len(satisfied)}/"
+                     f"{ask.selected_count} of GPUs meet the VRAM utilization ratio, providing "
+                     f"{_gib2(allocatable * ask.gmu)} GiB of allocatable VRAM.")
+    return lines
+
+
+def _gib2(n: float) -> str:
+    """``f"{byte_to_gib(n):.2f}"``: rounded to two decimals, then printed with two."""
+    return f"{round(n / GIB, 2):.2f}"
+
+
+def _abbreviated(indexes: list[int], shown: int = 8) -> str:
+    """``utils/gpu.py::abbreviate_gpu_indexes``."""
+    if len(indexes) <= shown:
+        return str(indexes)
+    return f"[{','.join(map(str, indexes[:shown]))}...(more {len(indexes) - shown})]"
 
 
 def _selected_nodes(nodes: Sequence[Node], selection: Mapping[str, tuple[int, ...]]) -> list[Node]:
@@ -335,7 +403,8 @@ def _manual_one_worker(node: Node, gpus: Sequence[GpuView], count: int, gmu: flo
         if len(meets) >= count:
             break
     used = meets + short[:count - len(meets)]
-    return Candidate(node.id, tuple(g.index for g in used), {(node.id, g.index): claim(g, gmu) for g in used})
+    return Candidate(node.id, tuple(g.index for g in used), {(node.id, g.index): claim(g, gmu) for g in used},
+                     utilization=gmu)
 
 
 def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Candidate]:
@@ -360,7 +429,8 @@ def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Cand
             break
     if not subordinates:
         return []
-    return [Candidate(main.id, tuple(g.index for g in main_gpus), claims, tuple(subordinates))]
+    return [Candidate(main.id, tuple(g.index for g in main_gpus), claims, tuple(subordinates),
+                      subordinate_utilization=ask.gmu)]
 
 
 def _judge_overcommit(candidate: Candidate, nodes: Mapping[int, Node], satisfied: set[tuple[int, int]],
@@ -373,4 +443,4 @@ def _judge_overcommit(candidate: Candidate, nodes: Mapping[int, Node], satisfied
     partial = len(used) < ask.selected_count
     pool = used if partial else list(views)
     effective = sum(views[key].allocatable for key in pool if key in views) * ask.gmu
-    return Candidate(candidate.worker, candidate.gpus, candidate.claims, candidate.subordinates, over, effective)
+    return replace(candidate, overcommit=over, effective_vram=effective)

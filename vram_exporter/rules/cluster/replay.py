@@ -83,6 +83,8 @@ class Verdict:
     reason: str = ""  # why not: GPUStack's own words where it has them
     claims: Mapping[tuple[int, int], int] = field(default_factory=dict)  # what a predicted placement books
     overcommit: bool = False
+    utilization: float | None = None  # GPUStack's vram_utilization on the main worker's claim
+    subordinate_utilization: float | None = None  # and on the subordinate workers' claims
 
 
 Claims = dict[tuple[int, int], int]
@@ -180,7 +182,7 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
     chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
     return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
-                   chosen.claims, chosen.overcommit)
+                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization)
 
 
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
@@ -202,6 +204,8 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
                                 selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
+    if request.selection is not None and (refusal := selector.manual_workers_refusal(spec, len(request.selection))):
+        return Verdict(inst.id, inst.model, False, reason=refusal)
     candidates, reason = [], "no ready worker of its cluster matches its selectors"
     for node in nodes:
         chosen = None if pinned is None else pinned[node.id]
@@ -209,12 +213,13 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
         candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
                                                 overcommit=p.overcommit) for p in found]
         if not found:
-            reason = f"{node.name}: " + selector.pending_message_of(spec, list(node.gpus), book, chosen)
+            reason = selector.pending_message_of(spec, list(node.gpus), book, chosen)  # the last worker's
     if not candidates:
         return Verdict(inst.id, inst.model, False, reason=reason)
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
     best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
-    return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit)
+    return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit,
+                   selector.claim_utilization(book, manual=pinned is not None))
 
 
 def _totals(nodes: Sequence[gpustack_paths.Node]) -> dict[int, dict[int, int]]:

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from ....units import GIB
 from ...flags import param_pairs
-from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, estimate_bytes,
-                         total_whole_mib)
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, estimate_bytes, listed,
+                         selector_message, total_whole_mib)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -144,7 +144,7 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
     ram = max(int(estimate * 0.1), 2 * GIB)
     lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM and {byte_to_gib(ram)} of RAM."]
     if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
-        return "\n".join([*lines, MANUAL_MULTI_REPLICA])
+        return selector_message(lines, [listed([MANUAL_MULTI_REPLICA])])
     members, _ = _multi_members(gpus, estimate, fraction)
     if len(gpus) >= 2 and len(members) >= 2 and sum(g.allocatable for g in members) > 0:
         lines.append(f"The largest available worker has {byte_to_gib(sum(g.allocatable for g in members))} "
@@ -152,7 +152,7 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
     else:
         largest = max((gpu.allocatable for gpu in gpus), default=0)
         lines.append(f"The current available GPU only has {byte_to_gib(largest)} allocatable VRAM.")
-    return "\n".join(lines)
+    return selector_message(lines[:1], [listed(lines[1:])])  # _set_messages: one text, "- " lines
 
 
 # --- the selector contract (rules/backends/__init__.py) --------------------------------------------
@@ -181,6 +181,27 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
         return single
     found = place_spec(spec, views, scheduler=scheduler, book=book, pinned=pinned)
     return [found] if found is not None else []
+
+
+MANUAL_ACROSS_WORKERS = "Manual GPU selection across multiple workers is not supported for custom backends."
+
+
+def claim_utilization(book: Booking, *, manual: bool) -> float | None:
+    """Its manual path is the base selector's, handed a fraction of 0 (written as vram_utilization); its
+    own candidates leave it empty."""
+    return 0 if manual else None
+
+
+def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
+    """``find_manual_gpu_selection_candidates``: a selection over several workers gets no candidate, only
+    this event, for every instance (custom_backend_resource_fit_selector.py); the message opens with
+    the estimate and the RAM it asks."""
+    if selected_workers < 2:
+        return None
+    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    opening = (f"The model requires approximately {byte_to_gib(estimate)} of VRAM and "
+               f"{byte_to_gib(max(int(estimate * 0.1), 2 * GIB))} of RAM.")
+    return selector_message([opening], [listed([MANUAL_ACROSS_WORKERS])])
 
 
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,

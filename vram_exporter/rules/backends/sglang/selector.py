@@ -34,7 +34,8 @@ from typing import Any
 from ....errors import ModelError
 from ....units import GIB, MIB
 from ...flags import find_bool_parameter as _flag, first_int_parameter as _first_int, first_parameter as _first
-from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, claim_bytes,
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, claim_bytes, listed,
+                         requirement_lines, selector_message,
                          estimate_bytes, gpu_tests, pinned_count_problem, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
@@ -278,23 +279,22 @@ def _place_pinned(gpus, pinned, estimate, fraction, replica_count) -> Placement 
 
 def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], world_size: int | None,
                     arch: Architecture, check_vision: bool = True, pinned: bool = False) -> str:
-    """The selector's "No suitable workers" details: the default lines, then the multi-GPU path's
-    line when it ran (two or more GPUs), else the single-GPU one."""
-    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM."]
-    if fraction > 0:  # the largest of the fractions and the initial 0: a negative one (tiny card) is not said
-        lines.append(f"With --mem-fraction-static={fraction}, all GPUs combined need to provide at least "
-                     f"{byte_to_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
-                     f"{int(fraction * 100)}% of allocatable VRAM.")
+    """The selector's "No suitable workers" text (``_set_messages``): the requirement lines, then the
+    multi-GPU path's event when it ran (two or more GPUs), else the single-GPU one's."""
+    opening = requirement_lines(estimate, fraction if fraction > 0 else 0, "mem-fraction-static")
+    # the largest of the fractions and the initial 0: a negative one (tiny card) is not said
     if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
-        lines.append(MANUAL_MULTI_REPLICA)
+        event = MANUAL_MULTI_REPLICA
     elif len(gpus) >= 2:
-        lines.append(_multi_line(gpus, fraction, arch, check_vision))
+        event = _multi_line(gpus, fraction, arch, check_vision)
     elif gpus and not (world_size and world_size > 1):  # the single-GPU path is skipped for a world size > 1
         largest = max(gpus, key=lambda g: g.allocatable)  # the first of the largest
         share = largest.allocatable / largest.total * 100 if largest.total and largest.allocatable else 0
-        lines.append(f"The current available GPU only has {byte_to_gib(largest.allocatable)} allocatable VRAM "
-                     f"({share:.2f}%).")
-    return "\n".join(lines)
+        event = (f"The current available GPU only has {byte_to_gib(largest.allocatable)} allocatable VRAM "
+                 f"({share:.2f}%).")
+    else:
+        event = None
+    return selector_message(opening, [listed([event]) if event else None])
 
 
 def _multi_line(gpus, fraction, arch, check_vision) -> str:
@@ -357,6 +357,16 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
         return single
     found = place_spec(spec, views, scheduler=scheduler, book=book, pinned=pinned)
     return [found] if found is not None else []
+
+
+def claim_utilization(book: Booking, *, manual: bool) -> float | None:
+    """Every path of its selector writes the fraction as vram_utilization (the manual one through
+    base_candidate_selector.py, handed the same fraction)."""
+    return book.fraction
+
+
+def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
+    return None
 
 
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,

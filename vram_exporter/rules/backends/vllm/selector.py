@@ -10,12 +10,12 @@ occurrence; 0.9 if absent).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ....errors import ModelError
-from ....units import GIB, gib
-from ...gpustack import (Booking, GpuView, Placement, claim_bytes, estimate_bytes, single_gpu_tests, tp_arch,
-                         tp_divisibility_problem)
+from ....units import GIB
+from ...gpustack import (Booking, GpuView, Placement, byte_to_gib, claim_bytes, estimate_bytes, listed,
+                         requirement_lines, selector_message, single_gpu_tests, tp_arch, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
 
@@ -60,7 +60,17 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
     assert book.fraction is not None
-    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), book.fraction, views, book.world_size)
+    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), book.fraction, views, book.world_size,
+                           tp_arch(spec.arch, spec.gpustack))
+
+
+def claim_utilization(book: Booking, *, manual: bool) -> float | None:
+    """Only the manual path writes vram_utilization (base_candidate_selector.py); the automatic ones leave it."""
+    return book.fraction if manual else None
+
+
+def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
+    return None  # several workers: rules/cluster/paths.py's manual multi-worker path
 
 
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
@@ -156,23 +166,57 @@ def _place_pinned(
     return Placement(tuple(pinned), {g.index: claim_bytes(g.total, gmu) for g in views}, "pinned", not fits)
 
 
-def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_size: int | None) -> str:
-    """GPUStack's own "No suitable workers" details (vllm_resource_fit_selector.py): the multi-GPU
-    line when that path was tried (two or more GPUs and no world size of 1), else the single-GPU one."""
-    lines = [
-        f"The model requires approximately {gib(estimate)} of VRAM.",
-        f"With --gpu-memory-utilization={gmu}, all GPUs combined need to provide at least "
-        f"{gib(int(estimate / gmu))} of total VRAM and each GPU needs {int(gmu * 100)}% of allocatable VRAM.",
-    ]
-    if len(gpus) >= 2 and world_size != 1:
-        eligible = [g for g in gpus if multi_gpu_eligible(g, gmu)]
+def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_size: int | None,
+                    arch: Architecture | None = None) -> str:
+    """GPUStack's own "No suitable workers" text for one worker (``_set_messages``): the requirement
+    lines, then the several-GPU path's event when that path ran (no world size of 1), else the one-GPU
+    path's (no world size above 1)."""
+    events = [multi_gpu_event([gpus], gmu, arch) if world_size != 1 else None,
+              single_gpu_event(gpus, gmu) if not (world_size and world_size > 1) else None]
+    return selector_message(requirement_lines(estimate, gmu), events)
+
+
+def single_gpu_event(gpus: Iterable[GpuView], gmu: float) -> str | None:
+    """``_find_single_worker_single_gpu_full_offloading_candidates``' event: the GPU with the most
+    allocatable memory (the first of equals) over every worker it looked at."""
+    largest, rate, seen = 0, 0.0, False
+    for gpu in gpus:
+        seen = True
+        if gpu.allocatable > largest:
+            largest, rate = gpu.allocatable, gpu.allocatable / gpu.total if gpu.total else 0.0
+    if not seen:
+        return None
+    line = f"The current available GPU only has {byte_to_gib(largest)} allocatable VRAM."
+    if gmu:
+        line = line.rstrip(".") + f" ({rate * 100:.2f}%)."
+    return listed([line])
+
+
+def multi_gpu_event(workers: Iterable[Sequence[GpuView]], gmu: float, arch: Architecture | None) -> str | None:
+    """``_find_single_worker_multi_gpu_full_offloading_candidates``' event: the worker of two GPUs or
+    more with the most allocatable memory (the first of equals), the tensor-parallel refusal for the
+    count of its GPUs above g, and what they provide (GiB rounded before the product, as it does)."""
+    largest = satisfied = count = 0
+    tried = False
+    for gpus in workers:
+        if len(gpus) < 2:
+            continue
+        tried = True
         total = sum(g.allocatable for g in gpus)
-        effective = total / GIB * gmu * len(eligible) / len(gpus)
-        lines.append(f"The largest available worker has {gib(total)} allocatable VRAM, {len(eligible)}/{len(gpus)} "
+        if total > largest:
+            largest, count = total, len(gpus)
+            satisfied = sum(1 for g in gpus if multi_gpu_eligible(g, gmu))
+    if not tried:
+        return None
+    lines = []
+    if arch is not None and satisfied and (problem := tp_divisibility_problem(arch, satisfied)):
+        lines.append(problem)
+    if not count:
+        lines.append("No worker offered a GPU set that could be sized for this model.")
+    elif gmu:
+        effective = round(largest / GIB, 2) * gmu * satisfied / count
+        lines.append(f"The largest available worker has {byte_to_gib(largest)} allocatable VRAM, {satisfied}/{count} "
                      f"of GPUs meet the VRAM utilization ratio, providing {effective:.2f} GiB of allocatable VRAM.")
-    elif gpus:
-        largest = max(gpus, key=lambda g: g.allocatable)
-        if largest.total:
-            lines.append(f"The current available GPU only has {gib(largest.allocatable)} allocatable VRAM "
-                         f"({largest.allocatable / largest.total * 100:.2f}%).")
-    return "\n".join(lines)
+    else:
+        lines.append(f"The largest available worker has {byte_to_gib(largest)} allocatable VRAM.")
+    return listed(lines)
