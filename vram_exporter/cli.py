@@ -84,7 +84,8 @@ def _add_nvml_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS", help="time limit for one NVML collection (default 5)")
     parser.add_argument("--processes.proc-root", dest="proc_root", type=Path, metavar="DIR",
                         help="where the GPU processes' parents, containers and listening ports are read, to "
-                             "attribute their memory to GPUStack's instances (default /proc: needs the host's "
+                             "attribute their memory to GPUStack's instances or a manifest's running models (default "
+                             "/proc: needs the host's "
                              "PID namespace, README: Booked against used; with --nvml.fixture: not read unless given, "
                              "the fixture's pids are not this machine's)")
 

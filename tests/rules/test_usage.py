@@ -137,3 +137,55 @@ def test_a_listener_that_is_only_a_container_mate_gives_the_container_to_its_ins
                  ProcessInfo(1101, 901, CONTAINER_B))
     rerank = Instance("rerank-1", "r", "running", {1: GIB}, ports=frozenset({40004}))
     assert attribute([1101], procs, [rerank]) == {1101: "rerank-1"}
+
+
+def test_4210_a_distributed_instances_subordinate_part_booked_against_its_own_processes():
+    """#4210: "in distributed deployments the assigned VRAM does not match the actual usage". On a subordinate
+    worker the instance books its share per GPU (subordinate_workers[].computed_resource_claim) and its follower
+    engine (a Ray worker in a container listening on the subordinate's ports) holds what it holds: each GPU
+    shows both, the first GPU over its booking, the second well under."""
+    follower = tree(ProcessInfo(900, 1), ProcessInfo(1200, 900, CONTAINER_A, frozenset({40100})),
+                    ProcessInfo(1201, 900, CONTAINER_A), ProcessInfo(1202, 900, CONTAINER_A))
+    part = Instance("llama-70b-x", "llama-70b", "running", {0: 36 * GIB, 1: 36 * GIB}, ports=frozenset({40100}))
+    usage = node_usage({0: 40 * GIB, 1: 40 * GIB}, [GpuProcess(0, 1201, 39 * GIB), GpuProcess(1, 1202, 20 * GIB)],
+                       follower, [part])
+    (first,), (second,) = (gpu.instances for gpu in usage.gpus)
+    assert (first.booked, first.used, first.overrun) == (36 * GIB, 39 * GIB, True)
+    assert (second.booked, second.used, second.overrun) == (36 * GIB, 20 * GIB, False)
+    assert usage.gpus[0].unattributed == usage.gpus[1].unattributed == 0
+
+
+# A manifest's running model, known by a piece of its command line (no GPUStack, no recorded pid).
+
+def test_a_manifest_model_is_known_by_its_command_line_on_an_ancestor():
+    procs = tree(ProcessInfo(50, 1, cmdline="vllm serve /models/qwen2.5-7b --port 8001"),
+                 ProcessInfo(51, 50, cmdline="python3 -c from multiprocessing.spawn import spawn_main"),
+                 ProcessInfo(60, 1, cmdline="python3 notebook.py"))
+    qwen = Instance("qwen", "qwen", "running", {0: GIB}, cmdline="/models/qwen2.5-7b")
+    assert attribute([51, 60], procs, [qwen]) == {51: "qwen"}
+
+
+def test_where_several_command_line_pieces_match_the_longest_wins():
+    procs = tree(ProcessInfo(50, 1, cmdline="vllm serve /models/qwen2.5-7b-instruct"),
+                 ProcessInfo(70, 1, cmdline="vllm serve /models/qwen2.5-7b"))
+    short = Instance("qwen", "qwen", "running", {0: GIB}, cmdline="qwen2.5-7b")
+    long = Instance("qwen-instruct", "qwen-i", "running", {0: GIB}, cmdline="qwen2.5-7b-instruct")
+    assert attribute([50, 70], procs, [short, long]) == {50: "qwen-instruct", 70: "qwen"}
+
+
+def test_a_port_on_a_nearer_ancestor_beats_a_command_line_further_up():
+    procs = tree(ProcessInfo(10, 1, cmdline="supervisor --models all-qwen"),
+                 ProcessInfo(20, 10, None, frozenset({8002})), ProcessInfo(21, 20))
+    by_cmdline = Instance("a", "a", "running", {0: GIB}, cmdline="all-qwen")
+    by_port = Instance("b", "b", "running", {0: GIB}, ports=frozenset({8002}))
+    assert attribute([21], procs, [by_cmdline, by_port]) == {21: "b"}
+
+
+def test_a_running_model_nothing_says_how_to_know_books_its_claim_but_no_idle_claim():
+    """A manifest's running model without ``processes``: its claim counts in GPUStack's books (overbooked,
+    room) but finding none of its processes is no finding."""
+    unwatched = Instance("old", "old", "running", {0: 20 * GIB}, watched=False)
+    watched = Instance("new", "new", "running", {0: 10 * GIB}, ports=frozenset({40001}))
+    usage = node_usage({0: 24 * GIB}, [GpuProcess(0, 1002, 9 * GIB)], VLLM_CONTAINER, [unwatched, watched])
+    rows = {row.instance: row for row in usage.gpus[0].instances}
+    assert usage.gpus[0].overbooked and not rows["old"].idle_claim and rows["new"].used == 9 * GIB

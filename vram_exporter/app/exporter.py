@@ -30,6 +30,7 @@ from ..present.usage_families import usage_families
 from ..present.page_usage import usage_report
 from ..rules.usage import NodeUsage
 from ..sources.gpustack_usage import read_usage
+from ..sources.manifest_usage import read_manifest_usage, says_processes
 from ..present.report import gpustack_report, plan_report
 from ..snapshot import NodeSnapshot
 from ..sources import vllm_instance
@@ -225,7 +226,13 @@ class Exporter:
             return None
 
     async def usage(self, snap: NodeSnapshot, view: GpuStackView | None = None) -> NodeUsage | None:
-        """Booked against used on this node's GPUs (rules/usage.py); None without a GPUStack worker here."""
+        """Booked against used on this node's GPUs (rules/usage.py); None without a GPUStack worker here,
+        or without GPUStack, without a manifest model that says its ``processes``."""
+        manifest = self._manifest
+        if self._gpustack is None:
+            if manifest is None or not self._node or not says_processes(manifest):
+                return None
+            return await asyncio.to_thread(read_manifest_usage, manifest, snap, self._proc_root)
         view = view if view is not None else (self._gpustack.view if self._gpustack else None)
         if not self._node or view is None or view.worker is None:
             return None

@@ -26,13 +26,15 @@ _STYLE = """
 
 
 def usage_report(usage: NodeUsage | None) -> list[dict[str, Any]] | None:
-    """Booked against used for /api/v1/fit and the page (None: GPUStack is not the source here)."""
+    """Booked against used for /api/v1/fit and the page (None: neither GPUStack nor a manifest's
+    ``processes`` say which process is whose)."""
     if usage is None:
         return None
     return [{"gpu": gpu.gpu, "total": gpu.total, "booked": gpu.booked, "unattributed": gpu.unattributed,
              "overbooked": gpu.overbooked,
              "instances": [{"instance": row.instance, "model": row.model, "booked": row.booked, "used": row.used,
-                            "overrun": row.overrun, "idle_claim": row.idle_claim} for row in gpu.instances]}
+                            "overrun": row.overrun, "idle_claim": row.idle_claim, "watched": row.watched}
+                           for row in gpu.instances]}
             for gpu in usage.gpus]
 
 
@@ -42,7 +44,8 @@ def at_a_glance(report: dict[str, Any]) -> str:
         return ""  # nothing booked, nothing to judge: the GPUs section says it all
     usage = {str(gpu["gpu"]): gpu for gpu in report.get("usage") or []}
     colours = _colours(report.get("usage") or [])
-    # The bars need GPUStack's bookings (usage); a manifest's node has its GPUs section further down.
+    # The bars need bookings beside processes (usage: GPUStack's, or a manifest's running models with
+    # ``processes``); without, the node has its GPUs section further down.
     bars = "".join(_gpu_glance(gpu, usage.get(str(gpu["index"])), colours) for gpu in report["gpus"]
                    if gpu["up"] and str(gpu["index"]) in usage)
     failing = [m for m in report["models"] if not _fits(m) and not m["placed"]]
@@ -145,6 +148,8 @@ def _state(row: dict[str, Any]) -> str:
         return '<span class="bad">uses more than booked; GPUStack places by bookings</span>'
     if row["idle_claim"]:
         return "booked, no process here (starting, or a claim left behind)"
+    if not row.get("watched", True):
+        return "booked; its processes are not known (the manifest gives it no <code>processes</code>)"
     if row["booked"] == 0:
         return "holds memory it did not book here"
     return ""

@@ -140,7 +140,7 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     by_index = {gpu.index: gpu for gpu in gpus}
     missing = [i for i in model.placed_on if i not in by_index]
     try:
-        own = _placed_claims(model, cluster, gpus, by_index)
+        own = placed_claims(model, cluster, gpus)
     except ModelError as exc:
         return ModelFit(model.name, error=str(exc), placed=True)
     context = Context(dict(claims), {})
@@ -153,10 +153,11 @@ def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading],
     return evaluate(model, cluster, gpus, context, placed_on=model.placed_on)
 
 
-def _placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], by_index) -> dict[int, int]:
+def placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> dict[int, int]:
     """A running instance's claims: GPUStack's own when known, else what its backend books."""
     if model.placed_claims is not None:
-        return {i: claim for i, claim in model.placed_claims.items() if i in by_index}
+        indexes = {gpu.index for gpu in gpus}
+        return {i: claim for i, claim in model.placed_claims.items() if i in indexes}
     return backends.of(model.backend).fit.placed_claims(model, cluster, gpus)
 
 

@@ -18,6 +18,11 @@ So a GPU process belongs to an instance when it or one of its ancestors is the i
 engine run as a plain process under the worker), or listens on one of the instance's ports, or when it
 shares a container with a process that does. Anything else belongs to nobody. The nearest ancestor
 decides, so an engine inside another engine's process tree is still told apart.
+
+Without GPUStack, a manifest's running model says how to know its processes (``processes:`` with
+``ports`` and/or a ``cmdline`` substring, sources/manifest_usage.py): pids are not stable across restarts,
+a port and the command line are. A command-line match counts like a port, at the same ancestor; where
+several models' substrings match one process, the longest (the most specific) wins.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class ProcessInfo:
     ppid: int
     container: str | None = None
     ports: frozenset[int] = frozenset()
+    cmdline: str = ""  # its arguments joined by spaces (sources/processes.py bounds the length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,10 @@ class Instance:
     claims: Mapping[int, int]  # GPU index -> bytes booked there
     pids: frozenset[int] = frozenset()
     ports: frozenset[int] = frozenset()
+    cmdline: str | None = None  # a substring of its engine's command line (a manifest's ``processes.cmdline``)
+    # False: nothing says how to know its processes (a manifest's running model without ``processes``): its
+    # claim still counts on the GPU, but finding no process of it there is no finding.
+    watched: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +82,13 @@ class InstanceOnGpu:
     processes: int  # how many of its processes are on this GPU
     overrun: bool = False  # uses more than it booked while another instance is or would be placed here
     before_engine: bool = False  # its state says no engine runs yet (BEFORE_ENGINE)
+    watched: bool = True  # Instance.watched
 
     @property
     def idle_claim(self) -> bool:
         """Booked here, no process of it on this GPU, though its state says the engine runs (or that it is
         stuck, or gone wrong): a start-up still loading, or a claim left behind (#5513); the alert waits."""
-        return self.booked > 0 and self.processes == 0 and not self.before_engine
+        return self.booked > 0 and self.processes == 0 and not self.before_engine and self.watched
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,32 +119,53 @@ class NodeUsage:
 def attribute(pids: Iterable[int], tree: Mapping[int, ProcessInfo], instances: Sequence[Instance]) -> dict[int, str]:
     """pid -> the name of the instance it belongs to; a pid of nobody is absent. ``tree`` holds the GPU
     processes, their ancestors and their container-mates (sources/processes.py)."""
-    by_pid = {pid: inst.name for inst in instances for pid in inst.pids}
-    by_port = {port: inst.name for inst in instances for port in inst.ports}
+    marks = _Marks.of(instances)
     containers: dict[str, str] = {}
     for pid in sorted(tree):  # the listener may be a container-mate of the GPU processes, not their ancestor
-        owner = _nearest_owner(pid, tree, by_pid, by_port)
+        owner = _nearest_owner(pid, tree, marks)
         if owner is not None and tree[pid].container is not None:
             containers.setdefault(tree[pid].container, owner)
     owners: dict[int, str] = {}
     for pid in pids:
         info = tree.get(pid)
-        owner = _nearest_owner(pid, tree, by_pid, by_port) or (containers.get(info.container) if info else None)
+        owner = _nearest_owner(pid, tree, marks) or (containers.get(info.container) if info else None)
         if owner is not None:
             owners[pid] = owner
     return owners
 
 
-def _nearest_owner(pid: int, tree: Mapping[int, ProcessInfo], by_pid: Mapping[int, str],
-                   by_port: Mapping[int, str]) -> str | None:
-    if pid in by_pid:
-        return by_pid[pid]  # the pid itself, even where /proc cannot show it
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """What tells the instances' processes apart: pid -> instance, port -> instance, and the command-line
+    substrings, longest first (the most specific wins; equal lengths keep the instances' order)."""
+
+    by_pid: Mapping[int, str]
+    by_port: Mapping[int, str]
+    by_cmdline: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, instances: Sequence[Instance]) -> _Marks:
+        cmdlines = [(inst.cmdline, inst.name) for inst in instances if inst.cmdline]
+        return cls({pid: inst.name for inst in instances for pid in inst.pids},
+                   {port: inst.name for inst in instances for port in inst.ports},
+                   tuple(sorted(cmdlines, key=lambda pair: -len(pair[0]))))
+
+    def owner_of(self, info: ProcessInfo) -> str | None:
+        """The instance this one process itself is marked as (its pid aside), or None."""
+        for port in sorted(info.ports):
+            if port in self.by_port:
+                return self.by_port[port]
+        return next((name for text, name in self.by_cmdline if text in info.cmdline), None)
+
+
+def _nearest_owner(pid: int, tree: Mapping[int, ProcessInfo], marks: _Marks) -> str | None:
+    if pid in marks.by_pid:
+        return marks.by_pid[pid]  # the pid itself, even where /proc cannot show it
     for ancestor in _ancestry(pid, tree):
-        if ancestor in by_pid:
-            return by_pid[ancestor]
-        for port in sorted(tree[ancestor].ports):
-            if port in by_port:
-                return by_port[port]
+        if ancestor in marks.by_pid:
+            return marks.by_pid[ancestor]
+        if (owner := marks.owner_of(tree[ancestor])) is not None:
+            return owner
     return None
 
 
@@ -174,7 +206,7 @@ def _gpu_usage(index: int, total: int, processes: Sequence[GpuProcess], owners: 
     for name in sorted(booked.keys() | used.keys()):
         inst = by_name[name]
         row = InstanceOnGpu(name, inst.model, index, booked.get(name, 0), used.get(name, 0), count.get(name, 0),
-                            before_engine=inst.state in BEFORE_ENGINE)
+                            before_engine=inst.state in BEFORE_ENGINE, watched=inst.watched)
         rows.append(_judged(row, others_booked=total_booked - row.booked, room=total - total_booked))
     return GpuUsage(index, total, total_booked, unattributed, tuple(rows))
 

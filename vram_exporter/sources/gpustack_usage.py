@@ -7,13 +7,16 @@ An instance's part on this worker: its own record where it is the main worker (`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from .gpustack_api import GpuStackState, ModelInstance, Worker
 from .processes import read_tree
-from ..rules.usage import GpuProcess, Instance, NodeUsage, node_usage
+from ..rules.usage import GpuProcess, Instance, NodeUsage, ProcessInfo, node_usage
 from ..snapshot import NodeSnapshot
+
+log = logging.getLogger(__name__)
 
 
 def read_usage(snapshot: NodeSnapshot, instances: Sequence[Instance], proc_root: Path | None) -> NodeUsage | None:
@@ -23,9 +26,20 @@ def read_usage(snapshot: NodeSnapshot, instances: Sequence[Instance], proc_root:
         return None
     processes = [GpuProcess(gpu.index, proc.pid, proc.used_bytes) for gpu in snapshot.gpus for proc in gpu.processes]
     pids = sorted({proc.pid for proc in processes})
-    tree = read_tree(pids, proc_root) if proc_root is not None and pids else {}
+    tree = _tree(pids, proc_root) if proc_root is not None and pids else {}
     totals = {gpu.index: gpu.memory.total for gpu in snapshot.gpus if gpu.up}
     return node_usage(totals, processes, tree, instances)
+
+
+def _tree(pids: Sequence[int], proc_root: Path) -> dict[int, ProcessInfo]:
+    """The processes' tree; every read in it is bounded and allowed to fail (sources/processes.py), and a
+    /proc of a form not foreseen costs the attribution, never the scrape."""
+    try:
+        return read_tree(pids, proc_root)
+    except Exception:  # noqa: BLE001 - the GPU metrics must not go down with an odd /proc
+        log.warning("the GPU processes under %s could not be read; their memory counts as nobody's", proc_root,
+                    exc_info=True)
+        return {}
 
 
 def instances_on(worker: Worker, state: GpuStackState) -> tuple[Instance, ...]:

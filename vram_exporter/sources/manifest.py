@@ -76,6 +76,21 @@ class ClusterSettings(Strict):
     def to_cluster(self) -> Cluster:
         return Cluster(**self.model_dump(exclude={"engine_version", "cuda_version"}))
 
+class ProcessMatch(Strict):
+    """How a running model's engine processes are known without GPUStack (README "Booked against used"):
+    a port it listens on (or is given as ``--port N``), a piece of its command line, or both. Pids are not
+    asked for: they change at every restart."""
+
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = []
+    cmdline: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> ProcessMatch:
+        if not self.ports and self.cmdline is None:
+            raise ValueError("processes needs ports, cmdline or both")
+        return self
+
+
 class ModelEntry(Strict):
     name: str = Field(min_length=1)
     path: str | None = None
@@ -87,6 +102,7 @@ class ModelEntry(Strict):
     backend_parameters: list[str] = []
     env: dict[str, str] = {}
     placed_on: list[Annotated[int, Field(ge=0)]] | None = None
+    processes: ProcessMatch | None = None  # a running model's processes, for booked against used
     pinned_gpus: list[Annotated[int, Field(ge=0)]] | None = None
     replicas: int = Field(default=1, ge=1)
     runtime_overhead: Size | None = None
@@ -141,6 +157,8 @@ class ModelEntry(Strict):
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
         if self.metrics_url is not None and self.placed_on is None:
             raise ValueError("metrics_url is a running vLLM's /metrics: it needs placed_on")
+        if self.processes is not None and self.placed_on is None:
+            raise ValueError("processes recognise a running model's engine: it needs placed_on")
         if self.run_command is not None and not backends.of(self.backend).reads_run_command:
             raise ValueError("run_command is a custom backend's command line: it needs backend: custom")
         if self.metrics_url is not None and not self.metrics_url.startswith(("http://", "https://")):

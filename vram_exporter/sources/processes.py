@@ -14,7 +14,12 @@ each leave less known, never an error.
   inodes and ports, ``/proc/<pid>/fd/*`` for which of those sockets the process holds. Reading another
   user's fds needs root with CAP_SYS_PTRACE (or the same user), so also:
 - ``/proc/<pid>/cmdline`` (readable by anyone): the ``--port N`` GPUStack writes into every engine's
-  command line (worker/backends/*.py ``_build_command_args``), taken as a port the process serves on.
+  command line (worker/backends/*.py ``_build_command_args``), taken as a port the process serves on;
+  and the command line itself, which a manifest's model may be recognised by.
+
+Bounded, whatever /proc holds: each file is read up to a size (a torn or odd file is cut, never read
+whole), bytes that are not UTF-8 are replaced, at most ``MAX_SCANNED`` pids are looked at for container
+mates and ``MAX_FDS`` fds per process. A process that vanishes between two reads leaves what was read.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from pathlib import Path
 
 from ..rules.usage import MAX_ANCESTRY, ProcessInfo
@@ -29,6 +35,11 @@ from ..rules.usage import MAX_ANCESTRY, ProcessInfo
 _CONTAINER_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 _SOCKET = re.compile(r"socket:\[(\d+)\]")
+SMALL_FILE = 64 * 1024  # stat, cgroup, cmdline: a few hundred bytes in practice
+NET_TABLE = 8 * 1024 * 1024  # net/tcp: ~150 bytes a socket, some 50,000 sockets
+MAX_SCANNED = 65_536  # pids looked at for container mates (/proc lists processes, not threads)
+MAX_FDS = 65_536  # fds looked at per process for its listening sockets
+MAX_CMDLINE = 4096  # characters of a command line kept for matching
 
 
 def read_tree(pids: Iterable[int], root: Path = Path("/proc")) -> dict[int, ProcessInfo]:
@@ -58,10 +69,23 @@ def _add_with_ancestors(root: Path, pids: Iterable[int], tree: dict[int, Process
 
 def _container_mates(root: Path, containers: set[str], known: Mapping[int, ProcessInfo]) -> list[int]:
     try:
-        pids = sorted(int(entry.name) for entry in root.iterdir() if entry.name.isdigit())
+        pids = sorted(int(entry.name) for entry in islice(root.iterdir(), MAX_SCANNED) if _is_pid(entry.name))
     except OSError:
         return []
     return [pid for pid in pids if pid not in known and _container(root / str(pid)) in containers]
+
+
+def _is_pid(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
+def _read(path: Path, limit: int = SMALL_FILE) -> str | None:
+    """The file's first ``limit`` bytes as text (odd bytes replaced); None where it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            return file.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
 
 
 def _read_one(root: Path, pid: int, listening_by_netns: dict[str, dict[int, int]]) -> ProcessInfo | None:
@@ -69,22 +93,21 @@ def _read_one(root: Path, pid: int, listening_by_netns: dict[str, dict[int, int]
     ppid = _parent(base)
     if ppid is None:
         return None
-    return ProcessInfo(pid, ppid, _container(base), _ports(base, listening_by_netns) | _command_port(base))
+    argv = _argv(base)
+    return ProcessInfo(pid, ppid, _container(base), _ports(base, listening_by_netns) | _command_port(argv),
+                       " ".join(argv)[:MAX_CMDLINE])
 
 
 def _parent(base: Path) -> int | None:
+    stat = _read(base / "stat")
     try:
-        stat = (base / "stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
+        return int(stat[stat.rindex(")") + 2:].split()[1]) if stat else None
+    except (ValueError, IndexError):
         return None
 
 
 def _container(base: Path) -> str | None:
-    try:
-        found = _CONTAINER_ID.search((base / "cgroup").read_text())
-    except OSError:
-        return None
+    found = _CONTAINER_ID.search(_read(base / "cgroup") or "")
     return found.group(1) if found else None
 
 
@@ -101,14 +124,15 @@ def _ports(base: Path, listening_by_netns: dict[str, dict[int, int]]) -> frozens
     return frozenset(listening[inode] for inode in _socket_inodes(base) if inode in listening)
 
 
-def _command_port(base: Path) -> frozenset[int]:
-    try:
-        argv = (base / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return frozenset()
+def _argv(base: Path) -> list[str]:
+    text = _read(base / "cmdline") or ""
+    return [arg for arg in text.split("\0") if arg]
+
+
+def _command_port(argv: list[str]) -> frozenset[int]:
     for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == b"--port" and i + 1 < len(argv) else arg.partition(b"=")[2]
-        if (arg == b"--port" or arg.startswith(b"--port=")) and value.isdigit():
+        value = argv[i + 1] if arg == "--port" and i + 1 < len(argv) else arg.partition("=")[2]
+        if (arg == "--port" or arg.startswith("--port=")) and value.isascii() and value.isdigit():
             return frozenset({int(value)})
     return frozenset()
 
@@ -117,11 +141,8 @@ def _listening(base: Path) -> dict[int, int]:
     """Socket inode -> port, for the listening TCP sockets of this process's network namespace."""
     found: dict[int, int] = {}
     for table in ("tcp", "tcp6"):
-        try:
-            lines = (base / "net" / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
+        text = _read(base / "net" / table, NET_TABLE)
+        for line in (text or "").splitlines()[1:]:
             fields = line.split()
             if len(fields) > 9 and fields[3] == _LISTEN:
                 try:
@@ -134,7 +155,7 @@ def _listening(base: Path) -> dict[int, int]:
 def _socket_inodes(base: Path) -> list[int]:
     inodes = []
     try:
-        entries = list((base / "fd").iterdir())
+        entries = list(islice((base / "fd").iterdir(), MAX_FDS))
     except OSError:
         return []
     for entry in entries:
