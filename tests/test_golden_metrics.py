@@ -16,9 +16,12 @@ from conftest import FIXTURES, GOLDEN, ROOT, require_tool
 
 # Every fixture alone (GPU metrics), and the examples with their manifests (model metrics too).
 CASES = {p.stem: ["--nvml.fixture", str(p)] for p in FIXTURES.glob("*.yaml")}
-for example in ("seed", "node-8xh100", "mixed-backends"):
+for example in ("seed", "node-8xh100", "mixed-backends", "booked-vs-used"):
     CASES[f"example-{example}"] = ["--nvml.fixture", str(ROOT / f"examples/{example}/fixture.yaml"),
                                    "--manifest", str(ROOT / f"examples/{example}/manifest.yaml")]
+# Booked against used without GPUStack: the manifest's running models known by their processes, whose
+# parents and command lines are a /proc of the example's own.
+CASES["example-booked-vs-used"] += ["--processes.proc-root", str(ROOT / "examples/booked-vs-used/proc")]
 # GPUStack as the source: its recorded API answers (served by the recorded_gpustack fixture), the
 # node playing worker error-node, sizes from the overlay manifest.
 RECORDED = FIXTURES / "gpustack"

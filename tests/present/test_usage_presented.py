@@ -70,3 +70,12 @@ def test_models_by_attention_and_a_running_model_is_not_a_failure():
     words = running_words(models[1])
     assert "running" in words and "does not re-check" in words and "would fail now" in words
     assert running_words(models[0]) is None
+
+
+def test_a_manifest_model_nothing_says_how_to_know_is_booked_and_said_so_not_an_idle_claim():
+    unknown = Instance("phi", "phi", "running", {1: 6 * GIB}, watched=False)
+    usage = node_usage({0: 24 * GIB, 1: 24 * GIB}, [GpuProcess(1, 3000, 3 * GIB)], TREE, [BIG, unknown])
+    row = usage_report(usage)[1]["instances"][0]
+    assert (row["instance"], row["booked"], row["idle_claim"], row["watched"]) == ("phi", 6 * GIB, False, False)
+    html = at_a_glance(report(usage=usage))
+    assert "its processes are not known" in html and "<code>processes</code>" in html
