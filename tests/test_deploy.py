@@ -43,6 +43,25 @@ def test_daemonset_runs_non_root_read_only_with_nvidia_runtime():
     assert container["readinessProbe"]["httpGet"]["path"] == "/-/healthy"
 
 
+def test_daemonset_sees_the_hosts_processes_with_no_capability_added():
+    """Booked against used: NVML gives host pids, whose /proc/<pid>/{stat,cmdline,cgroup} the host PID
+    namespace shows to any user (README "Booked against used"); nothing more is granted for it."""
+    pod = documents("daemonset.yaml")["DaemonSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostPID"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not any(arg.startswith("--processes.proc-root") for arg in container["args"])  # /proc: the host's
+
+
+def test_systemd_unit_leaves_other_users_processes_visible():
+    """ProtectProc=invisible or ptraceable, ProcSubset=pid would hide the engines' /proc/<pid> from the
+    dynamic user: every GPU process would then belong to nobody."""
+    settings = dict(line.split("=", 1) for line in (ROOT / "deploy/systemd/vram-exporter.service").read_text()
+                    .splitlines() if "=" in line and not line.startswith(("#", " ")))
+    assert settings.get("ProtectProc", "default") == "default" and settings.get("ProcSubset", "all") == "all"
+    assert settings.get("PrivatePIDs", "no") == "no"
+
+
 def test_manifest_configmap_is_a_valid_manifest(tmp_path):
     from vram_exporter.sources.manifest import load_manifest
 
