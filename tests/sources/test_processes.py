@@ -99,7 +99,8 @@ def test_a_process_that_vanishes_between_two_reads_leaves_what_was_read(tmp_path
         return text
 
     monkeypatch.setattr(processes, "_read", vanishing)
-    assert read_tree([1000], root) == {1000: ProcessInfo(1000, 900), 900: ProcessInfo(900, 1, cmdline="containerd-shim")}
+    shim = ProcessInfo(900, 1, cmdline="containerd-shim")
+    assert read_tree([1000], root) == {1000: ProcessInfo(1000, 900), 900: shim}
 
 
 def test_a_container_mate_that_vanishes_during_the_scan_is_skipped(tmp_path):

@@ -41,8 +41,9 @@ def test_4210_on_a_subordinate_worker_the_instance_is_its_part_there_known_by_th
             "worker_id": 2, "pid": 515, "ports": [40100, 40101], "gpu_indexes": [0, 1], "state": "running",
             "computed_resource_claim": {"vram": {"0": 30 * GIB, "1": 31 * GIB}}}]}})
     state = GpuStackState(workers, (), (inst,))
-    assert instances_on(workers[1], state) == (Instance("llama-70b-x", "llama-70b", "running", {0: 30 * GIB, 1: 31 * GIB},
-                                                        frozenset({515}), frozenset({40100, 40101})),)
+    part = Instance("llama-70b-x", "llama-70b", "running", {0: 30 * GIB, 1: 31 * GIB}, frozenset({515}),
+                    frozenset({40100, 40101}))
+    assert instances_on(workers[1], state) == (part,)
     assert instances_on(workers[0], state)[0].claims == {0: 36 * GIB, 1: 36 * GIB}
 
 
