@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ...snapshot import GpuReading
-from ..gpustack import Booking, GpuView, Placement
+from ..gpustack import Booking, GpuView, Placement, WorkersPlacement, WorkerView
 from ..model import Cluster, ModelSpec, Scheduler
 from ..verdicts import Context, GpuFit, Knob, ModelFit, NodeFit, Probe
 from .custom import fit as custom_fit, fixes as custom_fixes, selector as custom_selector
@@ -54,6 +54,15 @@ class Selector(Protocol):
 
     def manual_workers_refusal(self, spec: ModelSpec, selected_workers: int) -> str | None:
         """Its message when it refuses a gpu_selector naming GPUs of ``selected_workers`` workers."""
+
+    def workers_candidates(self, spec: ModelSpec, workers: Sequence[WorkerView], book: Booking
+                           ) -> tuple[WorkersPlacement | None, str | None]:
+        """One instance over several whole workers (tried when no worker has a candidate alone), or its
+        whole pending text when that search ran and found none (None: it did not run)."""
+
+    # Manual selection: None, its own one-worker path (``place_spec`` with ``pinned``); else GPUStack's
+    # base selector's (rules/cluster/paths.py ``manual``, across workers too), its messages naming this flag.
+    MANUAL_FRACTION_FLAG: str | None
 
 
 class Fit(Protocol):

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from ....units import GIB
 from ...flags import param_pairs
-from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, estimate_bytes, listed,
-                         selector_message, total_whole_mib)
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib,
+                         estimate_bytes, listed, selector_message, total_whole_mib)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -190,6 +190,15 @@ def claim_utilization(book: Booking, *, manual: bool) -> float | None:
     """Its manual path is the base selector's, handed a fraction of 0 (written as vram_utilization); its
     own candidates leave it empty."""
     return 0 if manual else None
+
+
+MANUAL_FRACTION_FLAG: str | None = None  # manual selection: its own (one worker; several are refused)
+
+
+def workers_candidates(spec: ModelSpec, workers: Sequence[WorkerView], book: Booking
+                       ) -> tuple[WorkersPlacement | None, str | None]:
+    """It has no path across workers."""
+    return None, None
 
 
 def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
