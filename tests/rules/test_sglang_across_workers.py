@@ -94,3 +94,20 @@ def test_manual_overcommit_is_placed_with_its_lines():
     verdict = _decide(request, _workers("a"))
     assert verdict.placed and verdict.overcommit
     assert verdict.reason.splitlines()[2] == "- Manual GPU selection resulted in resource overcommit."
+
+
+def test_equal_scores_go_to_the_worker_with_most_gpus():
+    """select_candidates sorts the workers by GPU count first (sort_workers_by_gpu_count): on empty cards
+    the spread scorer ties, and the first candidate, on the worker with most GPUs, wins."""
+    workers = [replay.WorkerGpus(1, "one", {0: CARD}), replay.WorkerGpus(2, "two", {0: CARD, 1: CARD})]
+    verdict = _decide(replay.Request(_spec(GIB), frozenset({1, 2})), workers)
+    assert verdict.placed and verdict.worker == 2
+
+
+def test_gpus_per_replica_raises_the_tensor_parallel_size_the_fraction_assumes():
+    """_get_max_tp_size: max(--tp-size, GPUs selected on a worker, gpu_selector.gpus_per_replica); the
+    reserve is 512 + 1.5 x 2048 + 2 x 8 MiB, plus TP x PP / 8 GiB (PP: the two selected workers)."""
+    p = selector.gpustack_sglang_params(())
+    alone = selector.gpustack_mem_fraction_static(CARD, p, selected_per_worker=(1, 1))
+    per_replica = selector.gpustack_mem_fraction_static(CARD, p, selected_per_worker=(1, 1), gpus_per_replica=2)
+    assert (alone, per_replica) == (round((16384 - 3600 - 256) / 16384, 3), round((16384 - 3600 - 512) / 16384, 3))

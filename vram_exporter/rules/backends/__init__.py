@@ -30,9 +30,11 @@ from .vllm import fit as vllm_fit, fixes as vllm_fixes, selector as vllm_selecto
 class Selector(Protocol):
     """GPUStack's side: how its selector for this backend books and places a model on one worker."""
 
-    def booking(self, spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+    def booking(self, spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = (),
+                gpus_per_replica: int | None = None) -> Booking:
         """What it reads of the model's parameters, for GPUs whose smallest total is ``min_total``
-        (rules/gpustack.py ``smallest_total``); raises ModelError where GPUStack refuses the model."""
+        (rules/gpustack.py ``smallest_total``), with manual selection: the GPUs selected on each worker
+        and the model's gpu_selector.gpus_per_replica; raises ModelError where GPUStack refuses the model."""
 
     def place_spec(self, spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
                    pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
@@ -63,6 +65,9 @@ class Selector(Protocol):
     # Manual selection: None, its own one-worker path (``place_spec`` with ``pinned``); else GPUStack's
     # base selector's (rules/cluster/paths.py ``manual``, across workers too), its messages naming this flag.
     MANUAL_FRACTION_FLAG: str | None
+    # Its select_candidates sorts the workers by GPU count, most first (stable), before every path: the
+    # order decides among equal scores.
+    WORKERS_BY_GPU_COUNT: bool
 
 
 class Fit(Protocol):

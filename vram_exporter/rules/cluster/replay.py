@@ -197,11 +197,14 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
     nodes = _nodes(request, workers, claims)
     if not nodes:
         return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    selector = backends.of(spec.backend).selector
+    if selector.WORKERS_BY_GPU_COUNT:
+        nodes.sort(key=lambda node: len(node.gpus), reverse=True)
     pinned = None if request.selection is None else {node.id: request.selection[node.name] for node in nodes}
     try:
-        selector = backends.of(spec.backend).selector
-        book = selector.booking(spec, gpustack.smallest_total(_totals(nodes), pinned),
-                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
+        book = selector.booking(spec, gpustack.smallest_total(_totals(nodes), _sizing_selection(nodes, request)),
+                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v),
+                                gpus_per_replica=request.gpus_per_replica)
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     if request.selection is not None and (refusal := selector.manual_workers_refusal(spec, len(request.selection))):
@@ -224,6 +227,22 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
     utilization = selector.claim_utilization(book, manual=manual) if not best.subordinates else None
     return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit,
                    utilization, best.subordinate_utilization)
+
+
+def _sizing_selection(nodes: Sequence[gpustack_paths.Node], request: Request
+                      ) -> dict[int, tuple[int, ...]] | None:
+    """The GPUs a card-dependent fraction is sized for (``_get_min_gpu_sum``): with manual selection the
+    selected ones, and with gpus_per_replica set, on each worker only that many of them, the highest
+    allocatable rate first (``sort_gpu_indexes_by_allocatable_rate``)."""
+    if request.selection is None:
+        return None
+    sizing = {}
+    for node in nodes:
+        chosen = set(request.selection[node.name])
+        ranked = sorted((g for g in node.gpus), key=lambda g: g.allocatable / g.total if g.total else 0, reverse=True)
+        picked = [g.index for g in ranked if g.index in chosen]
+        sizing[node.id] = tuple(picked[:request.gpus_per_replica] if request.gpus_per_replica else picked)
+    return sizing
 
 
 def _worker_candidates(spec: ModelSpec, nodes: Sequence[gpustack_paths.Node], scheduler: Scheduler,

@@ -158,7 +158,8 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
 # --- the selector contract (rules/backends/__init__.py) --------------------------------------------
 
 
-def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = (),
+            gpus_per_replica: int | None = None) -> Booking:
     """The declared fraction (the card does not matter: ``min_total`` is not read)."""
     declared = whole_card_fraction(spec.run_command, spec.backend_parameters)
     return Booking(declared.value, None, declared.value is not None, declared.note())
@@ -192,6 +193,7 @@ def claim_utilization(book: Booking, *, manual: bool) -> float | None:
     return 0 if manual else None
 
 
+WORKERS_BY_GPU_COUNT = False  # it keeps the order GPUStack lists its workers in
 MANUAL_FRACTION_FLAG: str | None = None  # manual selection: its own (one worker; several are refused)
 
 

@@ -146,17 +146,18 @@ def _chunk_and_graph_bs(gpu_mem: float, max_tp: int) -> tuple[int, int]:
 
 def gpustack_mem_fraction_static(min_total_bytes: int, p: SglangGpuStackParams,
                                  vision_config: Mapping[str, Any] | None = None, *,
-                                 selected_per_worker: Sequence[int] = (),
+                                 selected_per_worker: Sequence[int] = (), gpus_per_replica: int | None = None,
                                  unchunked_prefill_tokens: int | None = None) -> float:
     """The ``--mem-fraction-static`` GPUStack assumes on a GPU type whose smallest card has
     ``min_total_bytes`` (a given fraction wins). ``selected_per_worker``: with manual selection, how many
-    GPUs are selected on each worker (they raise the TP and PP it assumes). ``unchunked_prefill_tokens``:
+    GPUs are selected on each worker (they raise the TP and PP it assumes), and the model's
+    gpu_selector.gpus_per_replica (it raises the TP: ``_get_max_tp_size``). ``unchunked_prefill_tokens``:
     SGLang's own rule reserves max(--max-prefill-tokens, 2048) x 1.5 when chunked prefill is off;
     GPUStack's port reserves nothing then (None)."""
     if p.mem_fraction_static:
         return p.mem_fraction_static
     tp, pp, dp = p.tp or 1, p.pp or 1, p.dp or 1
-    max_tp = max([tp, *selected_per_worker])
+    max_tp = max([tp, *selected_per_worker, gpus_per_replica or 0])
     max_pp = max(pp, len(selected_per_worker))
     gpu_mem = round(min_total_bytes / MIB, 2)  # byte_to_mib
     if gpu_mem:
@@ -385,6 +386,7 @@ def _whole_workers(selected: Sequence[WorkerView], fraction: float) -> WorkersPl
 
 # --- the selector contract (rules/backends/__init__.py) --------------------------------------------
 
+WORKERS_BY_GPU_COUNT = True  # select_candidates: sort_workers_by_gpu_count
 MANUAL_FRACTION_FLAG: str | None = "mem-fraction-static"  # manual selection: the base selector's, named so
 
 
@@ -406,7 +408,8 @@ def params_of(spec: ModelSpec) -> SglangGpuStackParams:
     return spec.read(gpustack_sglang_params)
 
 
-def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = (),
+            gpus_per_replica: int | None = None) -> Booking:
     """GPUStack's reading of ``spec`` for GPUs whose smallest total is ``min_total`` (the default
     fraction depends on it: rules/gpustack.py ``smallest_total``). Raises ModelError where GPUStack
     refuses the model."""
@@ -416,7 +419,8 @@ def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[in
         raise ModelError(problem)  # base_candidate_selector.py::_set_gpu_count
     vision = ({"num_hidden_layers": spec.arch.vision_layers, "hidden_size": spec.arch.vision_hidden_size or 1024}
               if spec.arch.has_vision else None)
-    fraction = gpustack_mem_fraction_static(min_total, p, vision, selected_per_worker=selected_per_worker)
+    fraction = gpustack_mem_fraction_static(min_total, p, vision, selected_per_worker=selected_per_worker,
+                                            gpus_per_replica=gpus_per_replica)
     return Booking(fraction, p.world_size, p.mem_fraction_static is not None)
 
 

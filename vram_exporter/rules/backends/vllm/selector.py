@@ -34,7 +34,8 @@ def tp_problem(spec: ModelSpec) -> str | None:
     return problem + " Consider adjusting your tensor-parallel-size value." if problem else None
 
 
-def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = (),
+            gpus_per_replica: int | None = None) -> Booking:
     """GPUStack's reading of ``spec``; raises ModelError where it refuses the model."""
     if problem := tp_problem(spec):
         raise ModelError(problem)
@@ -69,6 +70,7 @@ def claim_utilization(book: Booking, *, manual: bool) -> float | None:
     return book.fraction if manual else None
 
 
+WORKERS_BY_GPU_COUNT = False  # it keeps the order GPUStack lists its workers in
 MANUAL_FRACTION_FLAG: str | None = "gpu-memory-utilization"
 
 
