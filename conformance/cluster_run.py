@@ -1,7 +1,8 @@
 """Differential test over whole clusters: our scheduler replay against GPUStack 2.3.0's own classes.
 
 Random clusters (1-4 workers of 1-8 GPUs, reservations, models created one by one with 1-3
-replicas, g and TP/PP in every spelling, spread or binpack, distributed inference on or off, the
+replicas, vLLM or SGLang (its fraction given or GPUStack's default, --tp-size/--pp-size), g and TP/PP in
+every spelling, spread or binpack, distributed inference on or off, the
 claim override, gpu_selector in every shape: one GPU per replica across workers, more GPUs than a
 replica needs, fewer than the world size, several workers; local directories with a
 consolidated.safetensors beside the shards) are decided by GPUStack's own selector, scorer and pick
@@ -11,6 +12,7 @@ instance pending, so it decides them all in creation order as GPUStack's re-chec
 instance must agree: placed or pending, and when placed the same worker, GPUs and claims.
 
 Usage: python conformance/cluster_run.py --gpustack-python .venv-gpustack/bin/python [--scenarios 200] [--seed 1]
+       [--sglang 0.3]
 Exit 0 when every instance agrees; prints the agreement per case kind either way.
 """
 
@@ -59,6 +61,19 @@ def _params(rng: random.Random) -> list[str]:
     return params
 
 
+def _sglang_params(rng: random.Random) -> list[str]:
+    """SGLang's flags as GPUStack's SGLang selector reads them: its fraction (else its port of SGLang's
+    default, sized for the smallest card) and the parallel sizes."""
+    params: list[str] = []
+    if rng.random() < 0.4:
+        f = rng.choice([0.6, 0.7, 0.8, 0.85, 0.9])
+        params.append(rng.choice([f"--mem-fraction-static={f}", f"--mem-fraction-static {f}"]))
+    if rng.random() < 0.35:
+        params.append(rng.choice(["--tp-size=2", "--tp-size 4", "--tensor-parallel-size=2", "--tp-size=8",
+                                  "--pp-size=2", "--tp-size=1"]))
+    return params
+
+
 def _selection(rng: random.Random, workers: list[dict], replicas: int) -> tuple[list[str], str]:
     """gpu_ids in one of the shapes users write, and its kind."""
     every = [(w["name"], i) for w in workers for i in range(len(w["gpus"]))]
@@ -76,7 +91,7 @@ def _selection(rng: random.Random, workers: list[dict], replicas: int) -> tuple[
     return [f"{name}:cuda:{index}" for name, index in chosen], shape
 
 
-def scenario(rng: random.Random, ident: int) -> tuple[dict, set[str]]:
+def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0) -> tuple[dict, set[str]]:
     card = rng.choice(CARDS_MIB)
     workers = [_worker(rng, i + 1, card if rng.random() < 0.7 else rng.choice(CARDS_MIB))
                for i in range(rng.choice([1, 2, 2, 3, 4]))]
@@ -92,8 +107,11 @@ def scenario(rng: random.Random, ident: int) -> tuple[dict, set[str]]:
                      "consolidated.safetensors": weights}
             kinds.add("consolidated.safetensors")
         replicas = rng.choice([1, 1, 1, 2, 3])
-        spec = {"id": m + 1, "name": f"m{m + 1}", "config": config, "files": files, "params": _params(rng),
-                "replicas": replicas, "strategy": rng.choice(["spread", "spread", "binpack"])}
+        backend = "SGLang" if sglang_share and rng.random() < sglang_share else "vLLM"
+        params = _sglang_params(rng) if backend == "SGLang" else _params(rng)
+        spec = {"id": m + 1, "name": f"m{m + 1}", "config": config, "files": files, "params": params,
+                "replicas": replicas, "strategy": rng.choice(["spread", "spread", "binpack"]), "backend": backend}
+        kinds.add(f"backend: {backend}")
         if spec["strategy"] == "binpack":
             kinds.add("binpack")
         if rng.random() < 0.15:
@@ -109,7 +127,9 @@ def scenario(rng: random.Random, ident: int) -> tuple[dict, set[str]]:
     return {"id": ident, "workers": workers, "models": models}, kinds
 
 
-def state_of(s: dict, root: Path) -> GpuStackState:
+def state_of(s: dict, root: Path, per_replica: dict | None = None) -> GpuStackState:
+    """The scenario as GPUStack's API shows it: ``per_replica``, each model's gpus_per_replica as GPUStack's
+    evaluation filled it in (a live server's models carry it; SGLang's default fraction reads it)."""
     workers = [Worker.model_validate({
         "id": w["id"], "name": w["name"], "hostname": w["name"], "cluster_id": 1, "state": "ready",
         "system_reserved": {"vram": w["system_reserved"]},
@@ -124,11 +144,12 @@ def state_of(s: dict, root: Path) -> GpuStackState:
             with open(directory / name, "wb") as f:
                 f.truncate(size)
         models.append(Model.model_validate({
-            "id": spec["id"], "name": spec["name"], "cluster_id": 1, "backend": "vLLM",
+            "id": spec["id"], "name": spec["name"], "cluster_id": 1, "backend": spec["backend"],
             "backend_parameters": spec["params"], "env": spec.get("env"), "replicas": spec["replicas"],
             "source": "local_path", "local_path": str(directory), "placement_strategy": spec["strategy"],
             "distributed_inference_across_workers": spec.get("distributed"),
-            "gpu_selector": {"gpu_ids": spec["gpu_ids"]} if spec.get("gpu_ids") else None,
+            "gpu_selector": {"gpu_ids": spec["gpu_ids"], "gpus_per_replica": (per_replica or {}).get(spec["name"])}
+            if spec.get("gpu_ids") else None,
         }))
         for _ in range(spec["replicas"]):
             ident += 1
@@ -136,8 +157,8 @@ def state_of(s: dict, root: Path) -> GpuStackState:
     return GpuStackState(tuple(workers), tuple(models), tuple(instances))
 
 
-def ours(s: dict, root: Path) -> dict[int, dict]:
-    state = state_of(s, root)
+def ours(s: dict, root: Path, per_replica: dict | None = None) -> dict[int, dict]:
+    state = state_of(s, root, per_replica)
     specs, unknown = _specs(state.models, None, read_model_directory)
     if unknown:
         raise SystemExit(f"scenario {s['id']}: {unknown}")
@@ -168,9 +189,11 @@ def main() -> int:
     parser.add_argument("--gpustack-python", required=True, help="python of a venv with gpustack==2.3.0")
     parser.add_argument("--scenarios", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sglang", type=float, default=0.0, metavar="SHARE",
+                        help="the share of models served by SGLang (0: vLLM only, the scenarios of seed N as before)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    made = [scenario(rng, i) for i in range(args.scenarios)]
+    made = [scenario(rng, i, args.sglang) for i in range(args.scenarios)]
     driver = Path(__file__).with_name("gpustack_cluster.py")
     run = subprocess.run([args.gpustack_python, str(driver)], input="".join(json.dumps(s) + "\n" for s, _ in made),
                          capture_output=True, text=True, timeout=3000)
@@ -182,7 +205,7 @@ def main() -> int:
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
         for s, kinds in made:
-            mine = ours(s, Path(tmp))
+            mine = ours(s, Path(tmp), answers[s["id"]].get("gpus_per_replica"))
             theirs = answers[s["id"]]["instances"]
             bad = [(t["id"], problem) for t in theirs if (problem := agree(mine[t["id"]], t))]
             kinds = kinds | {"placed across workers"} if any(len({k.split(":")[0] for k in t.get("claims", {})}) > 1

@@ -3,12 +3,14 @@
 Runs inside a virtual environment with gpustack==2.3.0 (`make conformance` makes it); vram_exporter
 never imports it. For each scenario (workers with made-up GPUs, models created one by one) it does
 what ``gpustack/scheduler/scheduler.py`` does for each new instance, with GPUStack's own classes:
-``set_model_gpus_per_replica``, the ``GPUMatchingFilter``, ``VLLMResourceFitSelector.select_candidates``,
+``set_model_gpus_per_replica``, the ``GPUMatchingFilter``, the model's backend's selector
+(``VLLMResourceFitSelector`` or ``SGLangResourceFitSelector``) ``select_candidates``,
 the ``PlacementScorer`` (spread or binpack) and ``pick_highest_score_candidate``; a placed instance
 then holds its claims (main and subordinate workers) for the ones after it. Model directories are
 real (config.json and sparse weight files of the real sizes), so GPUStack sizes them itself.
 Prints one JSON line per scenario: {"id", "instances": [{"id", "model", "placed", "worker",
-"gpus", "claims": {"<worker>:<gpu>": bytes}, "overcommit", "message"}]}.
+"gpus", "claims": {"<worker>:<gpu>": bytes}, "overcommit", "message"}], "gpus_per_replica": {model: the
+gpu_selector.gpus_per_replica GPUStack's evaluation filled in, as its API then shows it}}.
 """
 
 import asyncio
@@ -23,6 +25,7 @@ logging.disable(logging.CRITICAL)
 import gpustack_objects  # noqa: E402 - beside this file
 
 from gpustack.config import Config  # noqa: E402
+from gpustack.policies.candidate_selectors.sglang_resource_fit_selector import SGLangResourceFitSelector  # noqa: E402
 from gpustack.policies.candidate_selectors.vllm_resource_fit_selector import VLLMResourceFitSelector  # noqa: E402
 from gpustack.policies.resource_view import ResourceView  # noqa: E402
 from gpustack.policies.scorers.placement_scorer import PlacementScorer  # noqa: E402
@@ -52,10 +55,10 @@ def make_model(spec, directory):
     selector = GPUSelector(gpu_ids=spec["gpu_ids"]) if spec.get("gpu_ids") else None
     return Model(
         id=spec["id"], name=spec["name"], source=SourceEnum.LOCAL_PATH, local_path=str(directory),
-        backend=BackendEnum.VLLM, backend_parameters=spec["params"], env=spec.get("env") or None,
+        backend=BackendEnum(spec.get("backend", "vLLM")), backend_parameters=spec["params"], env=spec.get("env") or None,
         replicas=spec["replicas"], cluster_id=1, categories=[CategoryEnum.LLM], gpu_selector=selector,
         placement_strategy=PlacementStrategyEnum(spec["strategy"]),
-        # The API validates a ModelCreate, whose set_defaults turns None into True for vLLM; a table
+        # The API validates a ModelCreate, whose set_defaults turns None into True for vLLM and SGLang; a table
         # Model built directly skips validators, so the default is applied here.
         distributed_inference_across_workers=spec.get("distributed", True),
     )
@@ -91,7 +94,8 @@ async def decide(config, model, workers, instances):
         return None, "no worker matches the gpu selector"
     view = ResourceView(instances)
     try:
-        selector = VLLMResourceFitSelector(config, model, instances, resource_view=view)
+        selectors = {BackendEnum.VLLM: VLLMResourceFitSelector, BackendEnum.SGLANG: SGLangResourceFitSelector}
+        selector = selectors[BackendEnum(model.backend)](config, model, instances, resource_view=view)
         candidates = await selector.select_candidates(workers)
     except Exception as exc:  # GPUStack leaves the instance pending with this message
         return None, f"error: {exc}"
@@ -107,10 +111,11 @@ async def decide(config, model, workers, instances):
 async def run(scenario, root):
     config = Config.model_construct(huggingface_token=None, cache_dir=str(root / "cache"))
     workers = [make_worker(w) for w in scenario["workers"]]
-    instances, out, ident = [], [], 0
+    instances, out, ident, per_replica = [], [], 0, {}
     for spec in scenario["models"]:
         model = make_model(spec, root / f"s{scenario['id']}" / spec["name"])
         set_model_gpus_per_replica(model)
+        per_replica[spec["name"]] = model.gpu_selector.gpus_per_replica if model.gpu_selector else None
         for _ in range(spec["replicas"]):
             ident += 1
             candidate, message = await decide(config, model, workers, instances)
@@ -122,7 +127,7 @@ async def run(scenario, root):
                         "gpus": list(candidate.gpu_indexes), "claims": claims_of(candidate),
                         "overcommit": bool(candidate.overcommit),
                         "gpus_per_replica": model.gpu_selector.gpus_per_replica if model.gpu_selector else None})
-    return {"id": scenario["id"], "instances": out}
+    return {"id": scenario["id"], "instances": out, "gpus_per_replica": per_replica}
 
 
 async def main():

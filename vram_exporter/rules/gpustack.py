@@ -216,6 +216,42 @@ def gpu_tests(gpu: GpuView, estimate: int, gmu: float, n_gpus: int, scheduler: S
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker as a selector sees it when an instance is decided: its GPUs in device order."""
+
+    id: int
+    name: str
+    gpus: tuple[GpuView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersPlacement:
+    """One instance over several whole workers: the main worker first, then its subordinates."""
+
+    workers: tuple[tuple[int, tuple[int, ...]], ...]  # (worker id, GPU indexes)
+    claims: Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes
+
+
+def combination_lines(names: Sequence[str], booked: int, group_size: int, per_worker: int) -> list[str]:
+    """The multi-worker path's event when no combination covers E (vLLM's and SGLang's
+    ``auto_select_multi_worker_multi_gpu_candidates`` say it alike): the combination that booked most,
+    then the advice to select GPUs by hand."""
+    lines = []
+    if names:
+        shown = str(list(names[:3])).rstrip("]") + f"...(more {len(names) - 3})]" if len(names) > 3 else str(list(names))
+        line = f"The optimal combination {shown} provides {byte_to_gib(booked)} of allocatable VRAM."
+        if (left := group_size - len(names)) > 0:
+            line += (f" There are {left} {'workers' if left > 1 else 'worker'} that can provide {per_worker} "
+                     f"{'GPUs' if per_worker > 1 else 'GPU'}, as the workers in the combination, but some GPUs "
+                     "among them fail to meet requirements.")
+        lines.append(line)
+    lines.append("Cannot find a suitable worker combination to run the model in distributed mode. If you are "
+                 "confident that the resources are sufficient, you may manually schedule the model by selecting the "
+                 "workers and GPUs.")
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
 class Placement:
     gpus: tuple[int, ...]
     claims: Mapping[int, int]  # GPU index -> bytes booked

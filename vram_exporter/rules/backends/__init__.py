@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ...snapshot import GpuReading
-from ..gpustack import Booking, GpuView, Placement
+from ..gpustack import Booking, GpuView, Placement, WorkersPlacement, WorkerView
 from ..model import Cluster, ModelSpec, Scheduler
 from ..verdicts import Context, GpuFit, Knob, ModelFit, NodeFit, Probe
 from .custom import fit as custom_fit, fixes as custom_fixes, selector as custom_selector
@@ -30,9 +30,11 @@ from .vllm import fit as vllm_fit, fixes as vllm_fixes, selector as vllm_selecto
 class Selector(Protocol):
     """GPUStack's side: how its selector for this backend books and places a model on one worker."""
 
-    def booking(self, spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+    def booking(self, spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = (),
+                gpus_per_replica: int | None = None) -> Booking:
         """What it reads of the model's parameters, for GPUs whose smallest total is ``min_total``
-        (rules/gpustack.py ``smallest_total``); raises ModelError where GPUStack refuses the model."""
+        (rules/gpustack.py ``smallest_total``), with manual selection: the GPUs selected on each worker
+        and the model's gpu_selector.gpus_per_replica; raises ModelError where GPUStack refuses the model."""
 
     def place_spec(self, spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
                    pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
@@ -54,6 +56,18 @@ class Selector(Protocol):
 
     def manual_workers_refusal(self, spec: ModelSpec, selected_workers: int) -> str | None:
         """Its message when it refuses a gpu_selector naming GPUs of ``selected_workers`` workers."""
+
+    def workers_candidates(self, spec: ModelSpec, workers: Sequence[WorkerView], book: Booking
+                           ) -> tuple[WorkersPlacement | None, str | None]:
+        """One instance over several whole workers (tried when no worker has a candidate alone), or its
+        whole pending text when that search ran and found none (None: it did not run)."""
+
+    # Manual selection: None, its own one-worker path (``place_spec`` with ``pinned``); else GPUStack's
+    # base selector's (rules/cluster/paths.py ``manual``, across workers too), its messages naming this flag.
+    MANUAL_FRACTION_FLAG: str | None
+    # Its select_candidates sorts the workers by GPU count, most first (stable), before every path: the
+    # order decides among equal scores.
+    WORKERS_BY_GPU_COUNT: bool
 
 
 class Fit(Protocol):

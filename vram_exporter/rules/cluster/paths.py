@@ -33,13 +33,7 @@ from ..model import Architecture, Scheduler
 Claims = Mapping[tuple[int, int], int]  # (worker id, GPU index) -> bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One worker as the selector sees it when this instance is decided."""
-
-    id: int
-    name: str
-    gpus: tuple[GpuView, ...]  # in the worker's device order
+Node = gpustack.WorkerView  # one worker as the selector sees it when this instance is decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +83,7 @@ class Ask:
     skip_count_check: bool = False  # GPUSTACK_SKIP_GPU_COUNT_CHECK
     parallel: Parallel = field(default_factory=Parallel)
     distributed_workers: frozenset[int] = frozenset()  # workers already holding a distributed vLLM instance
+    fraction_flag: str = "gpu-memory-utilization"  # the flag its messages name (SGLang: mem-fraction-static)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +129,12 @@ def manual_gpu_count(ask: Ask) -> tuple[int, str | None]:
     return count, None
 
 
+def manual(nodes: Sequence[Node], ask: Ask) -> Search:
+    """GPUStack's base selector's manual selection (``_find_manual_gpu_selection_candidates``), shared by
+    every selector that hands it its fraction (vLLM's, SGLang's)."""
+    return _manual(nodes, ask)
+
+
 def search(nodes: Sequence[Node], ask: Ask) -> Search:
     """The first path with candidates; else none, and GPUStack's one message for the whole cluster
     (``_set_messages``: the requirement lines, then the event of the last path tried that has one, in
@@ -153,7 +154,7 @@ def search(nodes: Sequence[Node], ask: Ask) -> Search:
 
 
 def message(ask: Ask, events: Iterable[str | None]) -> str:
-    return selector_message(requirement_lines(ask.estimate, ask.gmu), events)
+    return selector_message(requirement_lines(ask.estimate, ask.gmu, ask.fraction_flag), events)
 
 
 def claim(view: GpuView, gmu: float) -> int:
@@ -240,22 +241,10 @@ def _multi_workers(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], st
 
 def _combination_lines(best: tuple[int, list[Node], int, int], gmu: float) -> list[str]:
     booked, combination, group_size, per_worker = best
-    lines = []
     if not gmu:
-        lines.append(f"The largest available worker has {byte_to_gib(booked)} of VRAM.")
-    elif combination:
-        names = [n.name for n in combination]
-        shown = str(names[:3]).rstrip("]") + f"...(more {len(names) - 3})]" if len(names) > 3 else str(names)
-        line = f"The optimal combination {shown} provides {byte_to_gib(booked)} of allocatable VRAM."
-        if (left := group_size - len(combination)) > 0:
-            line += (f" There are {left} {'workers' if left > 1 else 'worker'} that can provide {per_worker} "
-                     f"{'GPUs' if per_worker > 1 else 'GPU'}, as the workers in the combination, but some GPUs "
-                     "among them fail to meet requirements.")
-        lines.append(line)
-    lines.append("Cannot find a suitable worker combination to run the model in distributed mode. If you are "
-                 "confident that the resources are sufficient, you may manually schedule the model by selecting the "
-                 "workers and GPUs.")
-    return lines
+        return [f"The largest available worker has {byte_to_gib(booked)} of VRAM.",
+                *gpustack.combination_lines([], 0, 0, 0)]
+    return gpustack.combination_lines([n.name for n in combination], booked, group_size, per_worker)
 
 
 def _whole_workers(selected: Sequence[Node], gmu: float) -> Candidate:

@@ -188,38 +188,117 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
                     claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
                     holdings: Sequence[placement_scorer.Holding]) -> Verdict:
-    """``decide`` for SGLang and custom backends (rules/backends/__init__.py: their selectors on one worker at a
-    time; every single-GPU candidate of every worker, else each worker's multi-GPU or manual one), then
-    GPUStack's placement scorer. SGLang's default fraction is sized for the smallest GPU of the model's
-    workers, as GPUStack's selector sees them all. Not modelled: one instance across several workers, a
-    gpus_per_replica below the GPUs selected on a worker (the selection is taken whole)."""
+    """``decide`` for SGLang and custom backends (rules/backends/__init__.py): manual selection (the base
+    selector's, across workers too, where the backend hands it its fraction; else each worker's own), else
+    the single-GPU candidates of every worker, else each worker's multi-GPU one, else the backend's
+    search across whole workers; then GPUStack's placement scorer. SGLang's default fraction is sized for
+    the smallest GPU of the model's workers, as GPUStack's selector sees them all."""
     spec = request.spec
     nodes = _nodes(request, workers, claims)
     if not nodes:
         return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
+    selector = backends.of(spec.backend).selector
+    if selector.WORKERS_BY_GPU_COUNT:
+        nodes.sort(key=lambda node: len(node.gpus), reverse=True)
     pinned = None if request.selection is None else {node.id: request.selection[node.name] for node in nodes}
     try:
-        selector = backends.of(spec.backend).selector
-        book = selector.booking(spec, gpustack.smallest_total(_totals(nodes), pinned),
-                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v))
+        book = selector.booking(spec, gpustack.smallest_total(_totals(nodes), _sizing_selection(nodes, request)),
+                                selected_per_worker=tuple(len(v) for v in (pinned or {}).values() if v),
+                                gpus_per_replica=request.gpus_per_replica)
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
     if request.selection is not None and (refusal := selector.manual_workers_refusal(spec, len(request.selection))):
         return Verdict(inst.id, inst.model, False, reason=refusal)
-    candidates, reason = [], "no ready worker of its cluster matches its selectors"
-    for node in nodes:
-        chosen = None if pinned is None else pinned[node.id]
-        found = selector.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
-        candidates += [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
-                                                overcommit=p.overcommit) for p in found]
-        if not found:
-            reason = selector.pending_message_of(spec, list(node.gpus), book, chosen)  # the last worker's
+    if pinned is not None and selector.MANUAL_FRACTION_FLAG is not None:
+        return _decide_manual(inst, request, nodes, book, selector.MANUAL_FRACTION_FLAG, holdings)
+    candidates, reason = _worker_candidates(spec, nodes, scheduler, book, pinned)
+    manual = pinned is not None
+    if not candidates and not manual and request.distributed:
+        across, message = selector.workers_candidates(spec, nodes, book)
+        reason = message or reason
+        if across is not None:
+            (main, gpus), *rest = across.workers
+            candidates = [gpustack_paths.Candidate(main, gpus, across.claims, tuple(rest),
+                                                   subordinate_utilization=book.fraction)]
     if not candidates:
         return Verdict(inst.id, inst.model, False, reason=reason)
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
     best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
+    utilization = selector.claim_utilization(book, manual=manual) if not best.subordinates else None
     return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit,
-                   selector.claim_utilization(book, manual=pinned is not None))
+                   utilization, best.subordinate_utilization)
+
+
+def _sizing_selection(nodes: Sequence[gpustack_paths.Node], request: Request
+                      ) -> dict[int, tuple[int, ...]] | None:
+    """The GPUs a card-dependent fraction is sized for (``_get_min_gpu_sum``): with manual selection the
+    selected ones, and with gpus_per_replica set, on each worker only that many of them, the highest
+    allocatable rate first (``sort_gpu_indexes_by_allocatable_rate``)."""
+    if request.selection is None:
+        return None
+    sizing = {}
+    for node in nodes:
+        chosen = set(request.selection[node.name])
+        ranked = sorted((g for g in node.gpus), key=lambda g: g.allocatable / g.total if g.total else 0, reverse=True)
+        picked = [g.index for g in ranked if g.index in chosen]
+        sizing[node.id] = tuple(picked[:request.gpus_per_replica] if request.gpus_per_replica else picked)
+    return sizing
+
+
+def _worker_candidates(spec: ModelSpec, nodes: Sequence[gpustack_paths.Node], scheduler: Scheduler,
+                       book: gpustack.Booking, pinned: Mapping[int, tuple[int, ...]] | None
+                       ) -> tuple[list[gpustack_paths.Candidate], str]:
+    """Each worker's own candidates; the single-GPU ones of any worker win over every multi-GPU one (the
+    selectors try one GPU on every worker before several). None: the last worker's pending text."""
+    selector = backends.of(spec.backend).selector
+    found_by_node, reason = [], "no ready worker of its cluster matches its selectors"
+    for node in nodes:
+        chosen = None if pinned is None else pinned[node.id]
+        found = selector.candidates(spec, list(node.gpus), scheduler=scheduler, book=book, pinned=chosen)
+        found_by_node += [(node, p) for p in found]
+        if not found:
+            reason = selector.pending_message_of(spec, list(node.gpus), book, chosen)  # the last worker's
+    if any(p.mode == "single" for _, p in found_by_node):
+        found_by_node = [(node, p) for node, p in found_by_node if p.mode == "single"]
+    return [gpustack_paths.Candidate(node.id, p.gpus, {(node.id, i): c for i, c in p.claims.items()},
+                                     overcommit=p.overcommit) for node, p in found_by_node], reason
+
+
+def _decide_manual(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Node], book: gpustack.Booking,
+                   flag: str, holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """GPUStack's base selector's manual selection, handed the backend's fraction (paths.py ``manual``)."""
+    spec = request.spec
+    assert book.fraction is not None
+    skip = _skip_count_check(spec.env)
+    ask = gpustack_paths.Ask(
+        estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=max(book.fraction, 0),
+        world_size=book.world_size, arch=spec.arch, replicas=spec.replicas, selection=request.selection,
+        selected_count=request.selected_count, gpus_per_replica=_per_replica(request, book.world_size, skip),
+        skip_count_check=skip, distributed_workers=_distributed_workers(request, holdings), fraction_flag=flag)
+    found = gpustack_paths.manual(nodes, ask)
+    if not found.candidates:
+        return Verdict(inst.id, inst.model, False, reason=found.reason)
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
+                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization)
+
+
+def _per_replica(request: Request, world_size: int | None, skip: bool) -> int | None:
+    """gpu_selector.gpus_per_replica, as GPUStack fills it in when the model leaves it out."""
+    if request.selection is None or request.gpus_per_replica:
+        return request.gpus_per_replica
+    return gpustack_paths.gpus_per_replica(request.selected_count, request.spec.replicas, world_size, skip)
+
+
+def _distributed_workers(request: Request, holdings: Sequence[placement_scorer.Holding]) -> frozenset[int]:
+    """base_candidate_selector.py::_validate_distributed_limit_per_worker: the workers already holding an
+    instance of the same backend spread over several workers (only manual selection over several reads it)."""
+    if request.selection is None or len(request.selection) <= 1:
+        return frozenset()
+    backend = backends.of(request.spec.backend)
+    return frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
+                     and backends.REGISTRY.get(holding.backend) is backend for key in holding.gpus)
 
 
 def _totals(nodes: Sequence[gpustack_paths.Node]) -> dict[int, dict[int, int]]:
@@ -239,15 +318,9 @@ def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tupl
 def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding]) -> gpustack_paths.Ask:
     spec = request.spec
     params = _params(spec)
-    distributed = frozenset()  # only manual selection over several workers reads it
-    if request.selection is not None and len(request.selection) > 1:
-        # base_candidate_selector.py::_validate_distributed_limit_per_worker: instances of the same backend
-        distributed = frozenset(key[0] for holding in holdings if len({w for w, _ in holding.gpus}) > 1
-                                and backends.REGISTRY.get(holding.backend) is backends.of(spec.backend) for key in holding.gpus)
+    distributed = _distributed_workers(request, holdings)
     skip = _skip_count_check(spec.env)
-    per_replica = request.gpus_per_replica
-    if request.selection is not None and not per_replica:
-        per_replica = gpustack_paths.gpus_per_replica(request.selected_count, spec.replicas, params.world_size, skip)
+    per_replica = _per_replica(request, params.world_size, skip)
     return gpustack_paths.Ask(
         estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=params.gpu_memory_utilization,
         world_size=params.world_size, arch=gpustack.tp_arch(spec.arch, params), scheduler=scheduler, distributed=request.distributed,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from ....units import GIB
 from ...flags import param_pairs
-from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, estimate_bytes, listed,
-                         selector_message, total_whole_mib)
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib,
+                         estimate_bytes, listed, selector_message, total_whole_mib)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -158,7 +158,8 @@ def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | No
 # --- the selector contract (rules/backends/__init__.py) --------------------------------------------
 
 
-def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = (),
+            gpus_per_replica: int | None = None) -> Booking:
     """The declared fraction (the card does not matter: ``min_total`` is not read)."""
     declared = whole_card_fraction(spec.run_command, spec.backend_parameters)
     return Booking(declared.value, None, declared.value is not None, declared.note())
@@ -190,6 +191,16 @@ def claim_utilization(book: Booking, *, manual: bool) -> float | None:
     """Its manual path is the base selector's, handed a fraction of 0 (written as vram_utilization); its
     own candidates leave it empty."""
     return 0 if manual else None
+
+
+WORKERS_BY_GPU_COUNT = False  # it keeps the order GPUStack lists its workers in
+MANUAL_FRACTION_FLAG: str | None = None  # manual selection: its own (one worker; several are refused)
+
+
+def workers_candidates(spec: ModelSpec, workers: Sequence[WorkerView], book: Booking
+                       ) -> tuple[WorkersPlacement | None, str | None]:
+    """It has no path across workers."""
+    return None, None
 
 
 def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:

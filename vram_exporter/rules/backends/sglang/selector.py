@@ -19,10 +19,11 @@ Source: ``gpustack/policies/candidate_selectors/sglang_resource_fit_selector.py`
   GPU has ``A / T >= f`` and whose sum of A reaches ``E / f``, walked from the largest A adding
   int(T * f) until the count divides heads and vocabulary and the sum reaches E (with a world size:
   stops at that count).
-- Manual selection: the selected GPUs with claims int(T * f); overcommit (accepted for one replica)
-  when their claims do not reach E or a GPU has ``A / T < f``.
-Not modelled here: across workers (``distributed_inference_across_workers``), diffusion models,
-the worker's RAM (only for an extended KV cache).
+- Manual selection: GPUStack's base selector's, handed f (rules/cluster/paths.py ``manual``), across
+  workers too; ``place`` here takes one worker's selection whole (the exporter's own node).
+- Across workers (``distributed_inference_across_workers``, on by default; only when no worker has a
+  candidate alone): ``across_workers``, the port of ``find_multi_worker_multi_gpu_candidates``.
+Not modelled here: diffusion models, the worker's RAM (only for an extended KV cache).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from typing import Any
 from ....errors import ModelError
 from ....units import GIB, MIB
 from ...flags import find_bool_parameter as _flag, first_int_parameter as _first_int, first_parameter as _first
-from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, byte_to_gib, claim_bytes, listed,
-                         requirement_lines, selector_message,
+from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView,
+                         byte_to_gib, claim_bytes, combination_lines, listed, requirement_lines, selector_message,
                          estimate_bytes, gpu_tests, pinned_count_problem, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
@@ -145,17 +146,18 @@ def _chunk_and_graph_bs(gpu_mem: float, max_tp: int) -> tuple[int, int]:
 
 def gpustack_mem_fraction_static(min_total_bytes: int, p: SglangGpuStackParams,
                                  vision_config: Mapping[str, Any] | None = None, *,
-                                 selected_per_worker: Sequence[int] = (),
+                                 selected_per_worker: Sequence[int] = (), gpus_per_replica: int | None = None,
                                  unchunked_prefill_tokens: int | None = None) -> float:
     """The ``--mem-fraction-static`` GPUStack assumes on a GPU type whose smallest card has
     ``min_total_bytes`` (a given fraction wins). ``selected_per_worker``: with manual selection, how many
-    GPUs are selected on each worker (they raise the TP and PP it assumes). ``unchunked_prefill_tokens``:
+    GPUs are selected on each worker (they raise the TP and PP it assumes), and the model's
+    gpu_selector.gpus_per_replica (it raises the TP: ``_get_max_tp_size``). ``unchunked_prefill_tokens``:
     SGLang's own rule reserves max(--max-prefill-tokens, 2048) x 1.5 when chunked prefill is off;
     GPUStack's port reserves nothing then (None)."""
     if p.mem_fraction_static:
         return p.mem_fraction_static
     tp, pp, dp = p.tp or 1, p.pp or 1, p.dp or 1
-    max_tp = max([tp, *selected_per_worker])
+    max_tp = max([tp, *selected_per_worker, gpus_per_replica or 0])
     max_pp = max(pp, len(selected_per_worker))
     gpu_mem = round(min_total_bytes / MIB, 2)  # byte_to_mib
     if gpu_mem:
@@ -314,14 +316,100 @@ def _multi_line(gpus, fraction, arch, check_vision) -> str:
             f"{len(gpus)} of GPUs meet the VRAM utilization ratio, providing {effective} of allocatable VRAM.")
 
 
+# --- across workers: find_multi_worker_multi_gpu_candidates ----------------------------------------
+
+
+def _workers_eligible(workers: Sequence[WorkerView], fraction: float) -> bool:
+    """The selector runs its worker search only when some group of GPUs across the workers
+    (``group_worker_gpu_by_memory``) has two or more, every one with ``A / T >= f``, and as many of
+    them on each worker it spans."""
+    for group in _cross_groups(workers):
+        if len(group) < 2 or any(gpu.allocatable / gpu.total < fraction for _, gpu in group):
+            continue
+        per_worker: dict[int, int] = {}
+        for worker, _ in group:
+            per_worker[worker] = per_worker.get(worker, 0) + 1
+        if len(set(per_worker.values())) == 1:
+            return True
+    return False
+
+
+def _cross_groups(workers: Sequence[WorkerView]) -> list[list[tuple[int, GpuView]]]:
+    """``group_worker_gpu_by_memory`` over several workers: their GPUs with A > 0, ascending by A."""
+    groups: list[list[tuple[int, GpuView]]] = []
+    pool = [(w.id, g) for w in workers for g in w.gpus if g.total and g.allocatable > 0]
+    for worker, gpu in sorted(pool, key=lambda item: item[1].allocatable):
+        if groups and groups[-1][0][1].allocatable >= gpu.allocatable * 0.9:
+            groups[-1].append((worker, gpu))
+        else:
+            groups.append([(worker, gpu)])
+    return groups
+
+
+def across_workers(workers: Sequence[WorkerView], *, estimate: int, fraction: float, arch: Architecture,
+                   check_vision: bool = True) -> tuple[WorkersPlacement | None, str | None]:
+    """``auto_select_multi_worker_multi_gpu_candidates``: whole workers with the same GPU count (most
+    GPUs first, stable), each with every GPU at ``A / T >= f``, adding int(T * f) per GPU, until the
+    sum covers E where the per-worker count divides the heads and vocabulary. No world size is read:
+    the first covering set is taken whatever --tp-size says. None found: its event (None when the
+    search did not run)."""
+    if len(workers) < 2 or not _workers_eligible(workers, fraction):
+        return None, None
+    by_count: dict[int, list[WorkerView]] = {}
+    for worker in sorted((w for w in workers if w.gpus), key=lambda w: len(w.gpus), reverse=True):
+        by_count.setdefault(len(worker.gpus), []).append(worker)
+    best: tuple[int, list[WorkerView], int, int] = (0, [], 0, 0)  # booked, workers, group size, GPUs each
+    for count, group in by_count.items():
+        if len(group) < 2:
+            continue
+        selected: list[WorkerView] = []
+        booked = 0
+        for worker in group:
+            if any(not g.total or g.allocatable / g.total < fraction for g in worker.gpus):
+                continue
+            selected.append(worker)
+            booked += sum(claim_bytes(g.total, fraction) for g in worker.gpus)
+            if tp_divisibility_problem(arch, count, check_vision=check_vision):
+                continue
+            if booked >= estimate:
+                return _whole_workers(selected, fraction), None
+        if booked > best[0]:
+            best = (booked, selected, len(group), count)
+    booked, combination, group_size, per_worker = best
+    return None, listed(combination_lines([w.name for w in combination], booked, group_size, per_worker))
+
+
+def _whole_workers(selected: Sequence[WorkerView], fraction: float) -> WorkersPlacement:
+    return WorkersPlacement(tuple((w.id, tuple(g.index for g in w.gpus)) for w in selected),
+                            {(w.id, g.index): claim_bytes(g.total, fraction) for w in selected for g in w.gpus})
+
+
 # --- the selector contract (rules/backends/__init__.py) --------------------------------------------
+
+WORKERS_BY_GPU_COUNT = True  # select_candidates: sort_workers_by_gpu_count
+MANUAL_FRACTION_FLAG: str | None = "mem-fraction-static"  # manual selection: the base selector's, named so
+
+
+def workers_candidates(spec: ModelSpec, workers: Sequence[WorkerView], book: Booking
+                       ) -> tuple[WorkersPlacement | None, str | None]:
+    """One instance over several workers, or the selector's whole "No suitable workers" text when its
+    worker search ran and found none (None: it did not run)."""
+    assert book.fraction is not None
+    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    found, event = across_workers(workers, estimate=estimate, fraction=book.fraction, arch=spec.arch,
+                                  check_vision=not params_of(spec).language_only)
+    if event is None:
+        return found, None
+    return None, selector_message(requirement_lines(estimate, max(book.fraction, 0), "mem-fraction-static"), [event])
+
 
 
 def params_of(spec: ModelSpec) -> SglangGpuStackParams:
     return spec.read(gpustack_sglang_params)
 
 
-def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[int] = (),
+            gpus_per_replica: int | None = None) -> Booking:
     """GPUStack's reading of ``spec`` for GPUs whose smallest total is ``min_total`` (the default
     fraction depends on it: rules/gpustack.py ``smallest_total``). Raises ModelError where GPUStack
     refuses the model."""
@@ -331,7 +419,8 @@ def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[in
         raise ModelError(problem)  # base_candidate_selector.py::_set_gpu_count
     vision = ({"num_hidden_layers": spec.arch.vision_layers, "hidden_size": spec.arch.vision_hidden_size or 1024}
               if spec.arch.has_vision else None)
-    fraction = gpustack_mem_fraction_static(min_total, p, vision, selected_per_worker=selected_per_worker)
+    fraction = gpustack_mem_fraction_static(min_total, p, vision, selected_per_worker=selected_per_worker,
+                                            gpus_per_replica=gpus_per_replica)
     return Booking(fraction, p.world_size, p.mem_fraction_static is not None)
 
 

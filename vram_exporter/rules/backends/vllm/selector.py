@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ....errors import ModelError
 from ....units import GIB
-from ...gpustack import (Booking, GpuView, Placement, byte_to_gib, claim_bytes, estimate_bytes, listed,
+from ...gpustack import (Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib, claim_bytes, estimate_bytes, listed,
                          requirement_lines, selector_message, single_gpu_tests, tp_arch, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
@@ -34,7 +34,8 @@ def tp_problem(spec: ModelSpec) -> str | None:
     return problem + " Consider adjusting your tensor-parallel-size value." if problem else None
 
 
-def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = ()) -> Booking:
+def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequence[int] = (),
+            gpus_per_replica: int | None = None) -> Booking:
     """GPUStack's reading of ``spec``; raises ModelError where it refuses the model."""
     if problem := tp_problem(spec):
         raise ModelError(problem)
@@ -67,6 +68,16 @@ def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
 def claim_utilization(book: Booking, *, manual: bool) -> float | None:
     """Only the manual path writes vram_utilization (base_candidate_selector.py); the automatic ones leave it."""
     return book.fraction if manual else None
+
+
+WORKERS_BY_GPU_COUNT = False  # it keeps the order GPUStack lists its workers in
+MANUAL_FRACTION_FLAG: str | None = "gpu-memory-utilization"
+
+
+def workers_candidates(spec: ModelSpec, workers: Sequence[WorkerView], book: Booking
+                       ) -> tuple[WorkersPlacement | None, str | None]:
+    """Its worker search is rules/cluster/paths.py's, with its other paths: not through this contract."""
+    return None, None
 
 
 def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None:
