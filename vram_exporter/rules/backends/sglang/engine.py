@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from ....errors import ModelError
 from ....units import GIB, MIB
 from . import selector as gpustack_sglang, versions
-from ... import runner_pick
 from ...model import Architecture
 from ...flags import last_number, param_pairs
 
@@ -99,7 +98,7 @@ def sglang_params(parameters: Sequence[str]) -> SglangParams:
 
 
 def default_mem_fraction_static(min_total_bytes: int, p: SglangParams, arch: Architecture,
-                                version: str = runner_pick.ASSUMED["sglang"]) -> float:
+                                version: str = versions.REFERENCE) -> float:
     """The fraction SGLang ``version`` itself takes when none is given (``_handle_gpu_memory_settings``), on a
     node whose smallest card is ``min_total_bytes`` (nvidia-smi's memory.total, whole MiB)."""
     if p.mem_fraction_static is not None:

@@ -7,7 +7,7 @@ Checks (``vram_model_headroom_bytes{check}``, negative fails):
 - ``sglang_kv_pool``: the KV pool SGLang would size here, in bytes (<= 0: "Not enough memory");
 - ``sglang_context``: that pool minus one request at the full context length (SGLang then starts
   but caps requests at the pool: the explain page says so).
-The version the model runs (``model.engine_version``, else runner_pick.ASSUMED) picks the pool's rule and
+The version the model runs (``model.engine_version``, else versions.REFERENCE) picks the pool's rule and
 SGLang's own default fraction (versions.py). Under GPUStack 2.3.0 SGLang takes the fraction GPUStack booked:
 its worker passes ``--mem-fraction-static`` = the claim's vram_utilization unless the user's parameters name
 ``mem-fraction-static`` (gpustack/worker/backends/sglang.py, find_parameter), the user's parameters coming
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from ....snapshot import GpuReading
 from ....units import GIB, gib
-from ... import gpustack, runner_pick
+from ... import gpustack
 from ...model import Cluster, ModelSpec
 from ...verdicts import Context, GpuFit, ModelFit, Probe
 from ..shared_fit import (booking_on, evaluate as shared_evaluate, placed_claims as shared_placed_claims,
@@ -43,7 +43,7 @@ class Engine:
     def __init__(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]):
         self.params = p = model.read(sglang.sglang_params)
         arch = model.arch
-        self.version = model.engine_version.version if model.engine_version else runner_pick.ASSUMED["sglang"]
+        self.version = model.engine_version.version if model.engine_version else versions.REFERENCE
         self.rule = versions.pool_rule(self.version)
         self.fraction = self._fraction(model, cluster, gpus)
         self.multimodal = arch.has_vision

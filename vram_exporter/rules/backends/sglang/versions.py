@@ -30,7 +30,25 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ...runner_pick import compare_versions
+# The version the rulebook was first written against: a spec that carries no version (the manifest and
+# GPUStack's view always give one, rules/runner_pick.py ASSUMED where none is known) is judged by it.
+REFERENCE = "0.5.9"
+
+
+def _key(version: str) -> tuple[int, ...]:
+    """The release numbers of "0.5.6.post2" / "v0.5.18": (0, 5, 6), (0, 5, 18). Kept here, not runner_pick's
+    compare_versions: the registry imports this module, and runner_pick imports the registry."""
+    parts = []
+    for part in version.removeprefix("v").split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def _since(rules, version: str):
+    """The last range starting at or below ``version`` (the oldest for older ones)."""
+    return next((r for r in reversed(rules) if _key(r.since) <= _key(version)), rules[0])
 
 _VLM_CACHE_MB = 100  # environ.py SGLANG_VLM_CACHE_SIZE_MB
 _MM_FEATURE_CACHE_MB = 1024  # environ.py SGLANG_MM_FEATURE_CACHE_MB
@@ -71,8 +89,7 @@ _TIERS = ((60 * 1024, 4096, 32, 160), (160 * 1024, 8192, 256, 512))
 
 
 def fraction_rule(version: str) -> FractionRule:
-    return next((r for r in reversed(FRACTION_RULES) if compare_versions(r.since, version) <= 0),
-                FRACTION_RULES[0])
+    return _since(FRACTION_RULES, version)
 
 
 def prefill_graph_sizes(max_tokens: int) -> list[int]:
@@ -119,7 +136,7 @@ def graph_era_fraction(rule: FractionRule, gpu_mem_mib: float, *, tp: int, pp: i
 
 def pool_rule(version: str) -> PoolRule:
     """The rule of ``version``: the last range starting at or below it (the oldest for older ones)."""
-    return next((r for r in reversed(POOL_RULES) if compare_versions(r.since, version) <= 0), POOL_RULES[0])
+    return _since(POOL_RULES, version)
 
 
 def multimodal_reservation_gib(*, multimodal: bool, feature_transport: str | None,
