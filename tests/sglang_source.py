@@ -48,7 +48,8 @@ def source(module: str, wheel_file: Path = WHEEL) -> str:
 
 
 def function(module: str, name: str, namespace: dict[str, Any], cls: str | None = None, wheel_file: Path = WHEEL):
-    """``name`` (a method of ``cls`` when given) from ``sglang/srt/<module>``, defined in ``namespace``."""
+    """``name`` (a method of ``cls`` when given) from ``sglang/srt/<module>``, defined in ``namespace``; imports
+    inside its body are dropped (their names come from ``namespace``: SGLang's package cannot be imported)."""
     with wheel(wheel_file) as z:
         source = z.read(f"sglang/srt/{module}").decode()
     tree = ast.parse(source)
@@ -57,6 +58,7 @@ def function(module: str, name: str, namespace: dict[str, Any], cls: str | None 
         body = next(node for node in body if isinstance(node, ast.ClassDef) and node.name == cls).body
     node = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == name)
     node.decorator_list = []
+    node.body = [n for n in node.body if not isinstance(n, (ast.Import, ast.ImportFrom))]
     code = compile(ast.Module(body=[node], type_ignores=[]), f"sglang/srt/{module}", "exec",
                    flags=__future__.annotations.compiler_flag, dont_inherit=True)
     exec(code, namespace)

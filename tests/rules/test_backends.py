@@ -124,11 +124,23 @@ def test_sglang_not_enough_memory_is_its_own_words():
     assert any("Not enough memory. Please try to increase --mem-fraction-static." in r for r in pinned.reasons)
 
 
-def test_sglang_mismatch_between_gpustacks_fraction_and_sglangs_is_said():
-    """With chunked prefill off GPUStack's port reserves nothing for prefill; SGLang reserves 24 GiB."""
+def test_sglang_under_gpustack_takes_the_fraction_gpustack_books():
+    """GPUStack 2.3.0's worker passes --mem-fraction-static = its claim's fraction unless the user's parameters
+    name it (gpustack/worker/backends/sglang.py): SGLang's own default, which reserves 24 GiB with chunked
+    prefill off where GPUStack's port reserves nothing, does not decide."""
     fit = fit_one(model("sglang", "--chunked-prefill-size=-1"), gpu(total=H100))
-    assert fit.gmu_gpustack == 0.874 and fit.gmu_vllm == pytest.approx(0.685, abs=1e-9) and fit.gmu_mismatch
-    assert any("while SGLang will take 0.685" in r for r in fit.reasons)
+    assert fit.gmu_gpustack == fit.gmu_vllm == 0.874 and not fit.gmu_mismatch
+
+
+def test_sglang_mismatch_between_gpustacks_fraction_and_sglangs_is_said():
+    """GPUStack finds --mem-fraction-static with dashes only: with underscores it books its own default and
+    passes it, and SGLang, reading the user's value after it, takes 0.8. Under GPUStack 0.6's scheduler SGLang's
+    own default decides (its worker not read)."""
+    fit = fit_one(model("sglang", "--mem_fraction_static=0.8"), gpu(total=H100))
+    assert fit.gmu_gpustack == 0.835 and fit.gmu_vllm == 0.8 and fit.gmu_mismatch
+    assert any("while SGLang 0.5.9 will take 0.8" in r for r in fit.reasons)
+    old = fit_one(model("sglang", "--chunked-prefill-size=-1"), gpu(total=H100), cluster=Cluster(scheduler="gpustack-0.6"))
+    assert old.gmu_gpustack == 0.874 and old.gmu_vllm == pytest.approx(0.685, abs=1e-9) and old.gmu_mismatch
     assert not fit_one(model("sglang"), gpu(total=H100)).gmu_mismatch
 
 
@@ -370,3 +382,39 @@ def test_what_if_writes_sglangs_own_flags():
     assert sglang.sglang_params(s.backend_parameters).mem_fraction_static == 0.9
     v = next(m for m in WhatIf("v", gpu_memory_utilization=0.8).apply(inputs).models if m.name == "v")
     assert v.backend_parameters == ("--gpu-memory-utilization=0.8",)
+
+
+# --- SGLang by version (rules/backends/sglang/versions.py) ---------------------------------------------------
+
+
+def _sglang_on(version: str, *params: str, **changes):
+    from vram_exporter.rules.model import EngineVersion
+    return model("sglang", *params, engine_version=EngineVersion(version, "test"), **changes)
+
+
+def test_sglang_pool_follows_the_version_multimodal_caches_from_0_5_18():
+    vision = replace(QWEN_1_5B, has_vision=True)
+    pools = {(v, t): fit_one(_sglang_on(v, "--mem-fraction-static=0.8", *t, arch=vision), gpu(total=H100)).per_gpu[0]
+             for v in ("0.5.9", "0.5.18") for t in ((), ("--mm-feature-transport=cuda_ipc",))}
+    cell = fit_one(_sglang_on("0.5.9", "--mem-fraction-static=0.8"), gpu(total=H100)).bytes_per_token
+    kv = {k: f.kv_bytes for k, f in pools.items()}
+    assert kv[("0.5.9", ())] == kv[("0.5.9", ("--mm-feature-transport=cuda_ipc",))]
+    assert abs(kv[("0.5.9", ())] - kv[("0.5.18", ())] - 100 * MIB) < cell  # SGLANG_VLM_CACHE_SIZE_MB
+    assert abs(kv[("0.5.9", ())] - kv[("0.5.18", ("--mm-feature-transport=cuda_ipc",))] - 1124 * MIB) < cell
+    text = fit_one(_sglang_on("0.5.18", "--mem-fraction-static=0.8"), gpu(total=H100)).per_gpu[0].kv_bytes
+    assert text == kv[("0.5.9", ())]  # a text model: the same rule
+
+
+def test_sglang_0_5_23_names_the_fraction_and_the_fix_search_tries_it_first():
+    spec = _sglang_on("0.5.23", "--mem-fraction-static=0.3", pinned_gpus=(0,), max_model_len=64)
+    fit = fit_one(spec, gpu(total=SEED_TOTAL))
+    said = next(r for r in fit.reasons if "Raise --mem-fraction-static above" in r)
+    named = float(said.split("Raise --mem-fraction-static above ")[1].split()[0])
+    assert "Not enough memory" not in " ".join(fit.reasons)
+    old = fit_one(replace(spec, engine_version=None), gpu(total=SEED_TOTAL))
+    assert any("Not enough memory. Please try to increase" in r for r in old.reasons)
+    fixes = [f for f in find_fixes(spec, fit, fit_node(node(gpu(total=SEED_TOTAL)), Cluster(), [spec]),
+                                   node(gpu(total=SEED_TOTAL)).gpus) if f.knob == "gpu_memory_utilization"]
+    assert fixes[0].works and fixes[0].action.startswith(f"set --mem-fraction-static={named + 0.001:.3f} (SGLang 0.5.23")
+    assert fit_one(replace(spec, backend_parameters=(f"--mem-fraction-static={named + 0.001:.3f}",)),
+                   gpu(total=SEED_TOTAL)).per_gpu[0].headroom["sglang_kv_pool"] > 0

@@ -63,3 +63,15 @@ def test_manifest_cluster_versions():
         ClusterSettings(vllm_version="0.26", engine_version={"vllm": "0.17.1"})
     with pytest.raises(ValidationError):
         ClusterSettings(engine_version={"custom": "1.0"})
+
+
+def test_a_manifest_leaves_the_default_utilization_to_the_vllm_version():
+    """No cluster vllm_default_gpu_memory_utilization: each model's vLLM runs its version's own default (0.9 in
+    0.17.1 on CUDA 12.8, 0.92 in 0.32.0 on 13.0); a value given still applies to every version."""
+    from vram_exporter.rules.backends.vllm import versions
+    settings = {"12.8": ClusterSettings(cuda_version="12.8"), "13.0": ClusterSettings(cuda_version="13.0")}
+    assert all(s.to_cluster().vllm_default_gpu_memory_utilization is None for s in settings.values())
+    gmu = {cuda: versions.rules_for(s.engine_version_of("vllm").version).gmu(None) for cuda, s in settings.items()}
+    assert gmu == {"12.8": 0.9, "13.0": 0.92}
+    given = ClusterSettings(cuda_version="12.8", vllm_default_gpu_memory_utilization=0.8).to_cluster()
+    assert given.vllm_default_gpu_memory_utilization == 0.8

@@ -40,7 +40,7 @@ WeightsFrom = Literal["local", "huggingface", "modelscope"]
 class ClusterSettings(Strict):
     scheduler: Literal["gpustack", "gpustack-0.6"] = "gpustack"
     system_reserved_vram: Size = 0
-    vllm_default_gpu_memory_utilization: Utilization = 0.92
+    vllm_default_gpu_memory_utilization: Utilization | None = None  # None: the vLLM version's own default
     vllm_context_overhead: Size = 512 * 2**20
     vllm_runtime_overhead: Size | None = None  # None: fitted per model (rules/backends/vllm/runtime.py), else 1 GiB
     vllm_version: Literal["0.26", "0.33"] = "0.33"  # rules that differ: rules/backends/vllm/runtime.py VLLM_RULES

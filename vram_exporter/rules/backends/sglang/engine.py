@@ -1,4 +1,5 @@
-"""Rulebook C: SGLang's start-up and KV pool (sglang 0.5.9, the version GPUStack 2.3.0's catalog runs).
+"""Rulebook C: SGLang's start-up and KV pool (sglang 0.5.9, the version GPUStack 2.3.0's catalog runs; what
+differs by version is versions.py's, chosen here by the version the model runs).
 
 Sources, sglang 0.5.9 on PyPI (``python/sglang/srt/``):
 - ``server_args.py::_handle_gpu_memory_settings``: the default ``--mem-fraction-static`` from the
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from ....errors import ModelError
 from ....units import GIB, MIB
-from . import selector as gpustack_sglang
+from . import selector as gpustack_sglang, versions
 from ...model import Architecture
 from ...flags import last_number, param_pairs
 
@@ -55,6 +56,11 @@ class SglangParams:
     page_size: int
     max_total_tokens: int | None
     max_prefill_tokens: int
+    max_running_requests: int | None
+    chunked_prefill_size: int | None
+    decode_graph_max_bs: int | None  # 0.5.18 on: --cuda-graph-max-bs-decode (--cuda-graph-max-bs its alias)
+    mm_feature_transport: str | None  # "cpu", "cuda_ipc", "cuda_vmm" (None: unset)
+    keep_mm_feature_on_device: bool  # the older spelling of --mm-feature-transport=cuda_ipc
     gpustack: gpustack_sglang.SglangGpuStackParams  # the same flags, as GPUStack reads them
 
 
@@ -82,28 +88,57 @@ def sglang_params(parameters: Sequence[str]) -> SglangParams:
         context_length=number("context-length", int, None), kv_cache_dtype=dtype,
         page_size=number("page-size", int, 1) or 1, max_total_tokens=number("max-total-tokens", int, None),
         max_prefill_tokens=number("max-prefill-tokens", int, 16384),
+        max_running_requests=number("max-running-requests", int, None),
+        chunked_prefill_size=number("chunked-prefill-size", int, None),
+        decode_graph_max_bs=number("cuda-graph-max-bs-decode", int, None) or number("cuda-graph-max-bs", int, None),
+        mm_feature_transport=last.get("mm-feature-transport"),
+        keep_mm_feature_on_device="keep-mm-feature-on-device" in last,
         gpustack=gpustack_sglang.gpustack_sglang_params(parameters),
     )
 
 
-def default_mem_fraction_static(min_total_bytes: int, p: SglangParams, arch: Architecture) -> float:
-    """The fraction SGLang itself takes when none is given (``_handle_gpu_memory_settings``), on a node
-    whose smallest card is ``min_total_bytes`` (nvidia-smi's memory.total, whole MiB)."""
+def default_mem_fraction_static(min_total_bytes: int, p: SglangParams, arch: Architecture,
+                                version: str = versions.REFERENCE) -> float:
+    """The fraction SGLang ``version`` itself takes when none is given (``_handle_gpu_memory_settings``), on a
+    node whose smallest card is ``min_total_bytes`` (nvidia-smi's memory.total, whole MiB)."""
     if p.mem_fraction_static is not None:
         return p.mem_fraction_static
+    rule = versions.fraction_rule(version)
+    if rule.graph_reserve:
+        fraction = versions.graph_era_fraction(
+            rule, float(min_total_bytes // MIB), tp=p.tp, pp=p.pp, chunked_prefill_size=p.chunked_prefill_size,
+            cuda_graph_max_bs=p.decode_graph_max_bs, max_prefill_tokens=p.max_prefill_tokens,
+            max_total_tokens=p.max_total_tokens, max_running_requests=p.max_running_requests, mla=arch.mla)
+        return fraction * _vision_factor(p, arch)
     own = gpustack_sglang.SglangGpuStackParams(
         tp=p.tp, pp=p.pp, dp=p.gpustack.dp, dp_attention=p.gpustack.dp_attention, mem_fraction_static=None,
         chunked_prefill_size=p.gpustack.chunked_prefill_size, cuda_graph_max_bs=p.gpustack.cuda_graph_max_bs,
         speculative_algorithm=p.gpustack.speculative_algorithm, piecewise_cuda_graph_tokens=None,
         language_only=p.gpustack.language_only)
-    vision = None
-    if arch.has_vision and not p.gpustack.language_only:
-        vision = {"num_hidden_layers": arch.vision_layers or 24, "hidden_size": arch.vision_hidden_size or 1024}
     fraction = gpustack_sglang.gpustack_mem_fraction_static(min_total_bytes // MIB * MIB, own, None,
                                                             unchunked_prefill_tokens=p.max_prefill_tokens)
-    if vision is not None:  # SGLang does not round after the ViT factor
-        fraction *= gpustack_sglang._vit_factor(vision)
-    return fraction
+    return fraction * _vision_factor(p, arch)
+
+
+def _vision_factor(p: SglangParams, arch: Architecture) -> float:
+    """``adjust_mem_fraction_for_vlm``: a vision model keeps less static memory (SGLang does not round after it)."""
+    if not arch.has_vision or p.gpustack.language_only:
+        return 1.0
+    return gpustack_sglang._vit_factor({"num_hidden_layers": arch.vision_layers or 24,
+                                        "hidden_size": arch.vision_hidden_size or 1024})
+
+
+def feature_transport(p: SglangParams, env: Mapping[str, str]) -> str:
+    """``_resolve_mm_feature_transport`` (0.5.18 on) on one node: the flag, else cuda_ipc for
+    --keep-mm-feature-on-device or the legacy SGLANG_USE_CUDA_IPC_TRANSPORT, else cpu."""
+    if p.mm_feature_transport:
+        return p.mm_feature_transport
+    if p.keep_mm_feature_on_device:
+        return "cuda_ipc"
+    legacy = env.get("SGLANG_USE_CUDA_IPC_TRANSPORT")
+    if legacy is not None:
+        return "cuda_ipc" if legacy.strip().lower() in ("1", "true", "yes", "y", "on") else "cpu"
+    return "cpu"
 
 
 def kv_bytes_per_element(arch: Architecture, kv_cache_dtype: str) -> int:
@@ -131,12 +166,15 @@ def context_length(derived: int, given: int | None, env: Mapping[str, str]) -> i
 
 
 def pool_tokens(*, free_at_start: int, mem_fraction_static: float, weights: int, pre_pool_overhead: int,
-                cell: int, page_size: int = 1, max_total_tokens: int | None = None) -> int:
+                cell: int, page_size: int = 1, max_total_tokens: int | None = None,
+                rule: versions.PoolRule = versions.POOL_RULES[0], multimodal: bool = False,
+                transport: str | None = None, env: Mapping[str, str] = {}) -> int:
     """``profile_max_num_token`` then ``init_memory_pool``'s rounding; free memory in bytes (SGLang
-    works in GiB floats: total = free / 2**30, rest in GiB, tokens = int(rest * 2**30) // cell)."""
-    total_gib = free_at_start / GIB
-    available_gib = (free_at_start - weights - pre_pool_overhead) / GIB
-    rest = available_gib - total_gib * (1 - mem_fraction_static)
+    works in GiB floats: total = free / 2**30, rest in GiB, tokens = int(rest * 2**30) // cell); the
+    version's budget (versions.py ``rest_gib``)."""
+    rest = versions.rest_gib(rule, available_gib=(free_at_start - weights - pre_pool_overhead) / GIB,
+                             pre_gib=free_at_start / GIB, mem_fraction_static=mem_fraction_static,
+                             multimodal=multimodal, feature_transport=transport, env=env)
     tokens = int(rest * (1 << 30)) // cell
     if max_total_tokens is not None:
         tokens = min(tokens, max_total_tokens)
@@ -144,7 +182,7 @@ def pool_tokens(*, free_at_start: int, mem_fraction_static: float, weights: int,
 
 
 def not_enough_memory(mem_fraction_static: float) -> str:
-    """init_memory_pool's words when the pool is empty."""
+    """init_memory_pool's words when the pool is empty (0.5.18 on, an empty budget: versions.no_kv_memory)."""
     return ("Not enough memory. Please try to increase --mem-fraction-static. "
             f"Current value: self.server_args.mem_fraction_static={mem_fraction_static}")
 

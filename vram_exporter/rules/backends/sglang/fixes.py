@@ -21,15 +21,35 @@ TP_SIZES = (2, 4, 8)
 
 def knobs(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> dict[str, Knob]:
     search = _SglangSearch(sglang_fit.evaluate, model, fit, node.cluster, [g for g in gpus if g.up])
-    return {"reservation": search.reservation(),
-            "utilization": search.fraction("mem-fraction-static",
-                                           " (GPUStack books it and SGLang takes it: both read the same)"),
+    return {"reservation": search.reservation(), "utilization": search.named_then_grid(),
             "reservation_and_utilization": NO_KNOB, "claim": NO_KNOB, "pin": search.pin(),
             "max_model_len": search.context_length(), "kv_cache_dtype": search.kv_cache_dtype(),
             "gpu_count": search.tp_size()}
 
 
 class _SglangSearch(Search):
+    def named_then_grid(self) -> Knob:
+        """SGLang's own "Raise --mem-fraction-static above X" (0.5.18 on, where the weights leave no KV memory),
+        the least value above X, first where it works; then the grid, nearest the current value first."""
+        grid = self.fraction("mem-fraction-static", " (GPUStack books it and SGLang takes it: both read the same)")
+        engine = sglang_fit.Engine(self.model, self.cluster, self.gpus)
+        named = self._named(engine)
+        if named is None or named >= 1:
+            return grid
+        fix = Fix("gpu_memory_utilization", f"set --mem-fraction-static={named} (SGLang {engine.version} asks to "
+                  f"raise it above {named - 0.001:.3f}: the weights leave it no KV memory)", True)
+        first = self._knob([(fix, replace(self.model, backend_parameters=with_param(
+            self.model.backend_parameters, "mem-fraction-static", named)), None)], None)
+        return Knob(first.options + tuple(o for o in grid.options if o.fix.action != fix.action), grid.otherwise)
+
+    def _named(self, engine: sglang_fit.Engine) -> float | None:
+        """The least fraction above the largest X SGLang names on the model's GPUs (None: it names none)."""
+        if not self.fit.gpus:
+            return None
+        named = [x for f in self.fit.per_gpu if f.index in self.fit.gpus
+                 if (x := engine.named_fraction(f)) is not None]
+        return round(max(named) + 0.001, 3) if named else None
+
     def context_length(self) -> Knob:
         if not self.fit.max_model_len:
             return Knob((), None)
