@@ -12,6 +12,7 @@ import base64
 import glob
 import json
 import os
+import signal
 import shutil
 import subprocess
 import time
@@ -46,11 +47,11 @@ class Postgres:
         self.port = port
         self.bindir = postgres_bindir()
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         command = [str(self.bindir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(_quote(a) for a in command)]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        return subprocess.run(command, check=check, capture_output=True, text=True)
 
     def start(self) -> str:
         self.dir.mkdir(parents=True)
@@ -66,8 +67,20 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/gpustack"
 
     def stop(self) -> None:
-        if (self.dir / "data" / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        """Stop the server, whatever state it is in: a postmaster that already went (its pid file left
+        behind) or one slow to go on a loaded machine (pg_ctl gives up after 60 s) must not fail the
+        tests that used it; one still alive after pg_ctl is killed, so nothing outlives the run."""
+        pid_file = self.dir / "data" / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        stopped = self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-t", "120", "stop",
+                            check=False)
+        if stopped.returncode == 0:
+            return
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            pass  # gone meanwhile: what pg_ctl found
 
 
 def _quote(arg: str) -> str:
