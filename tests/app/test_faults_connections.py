@@ -99,3 +99,48 @@ def test_max_connections_is_a_whole_number():
     done = subprocess.run([*exporter_command(), "--nvml.fixture", str(FIXTURES / "h100-idle.yaml"),
                            "--web.max-connections", "many"], capture_output=True, text=True, cwd=ROOT, timeout=15)
     assert done.returncode == 2 and "--web.max-connections: expected a whole number" in done.stderr, done.stderr
+
+
+class FakeTransport:
+    def __init__(self, unsent: int = 0) -> None:
+        self.aborted = False
+        self.unsent = unsent
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+
+def test_at_the_bound_the_oldest_idle_connection_goes_never_one_answering():
+    from vram_exporter.app.web.connections import Bound, Connections
+
+    connections = Connections(Bound(3, 1))
+    answering, writing, idle, newer = (object() for _ in range(4))
+    transports = {c: FakeTransport(unsent=100 if c is writing else 0) for c in (answering, writing, idle, newer)}
+    for connection in (answering, writing, idle):
+        connections.made(connection, transports[connection])
+    connections.answering(answering)
+    connections.made(newer, transports[newer])  # one too many: the idle one makes room
+    assert [c for c, t in transports.items() if t.aborted] == [idle]
+    late = object()
+    transports[late] = FakeTransport()
+    connections.made(late, transports[late])  # the oldest idle now is `newer`
+    assert transports[newer].aborted and not transports[late].aborted
+    connections.answering(late)
+    last = object()
+    transports[last] = FakeTransport()
+    connections.made(last, transports[last])  # none idle: the newcomer itself is closed
+    assert transports[last].aborted
+    assert not transports[answering].aborted and not transports[writing].aborted
+
+
+def test_the_bound_stays_below_the_open_files_limit(monkeypatch):
+    from vram_exporter.app.web import connections
+
+    for soft, flag, expected in ((1024, 512, 512), (128, 512, 40), (128, 0, 40), (64, 8, 8)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _, soft=soft: (soft, soft))
+        bound = connections.bound(flag)
+        assert bound.connections == expected, (soft, flag, bound)
+        assert bound.connections + 3 * bound.backlog + connections.FILES_KEPT // 2 <= soft

@@ -381,11 +381,25 @@ def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_
     # loop every millisecond instead of every 5: a probe or a scrape waits for it less.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     quiet_client_faults()  # a malformed request is the client's fault: no traceback in our log
+    # Not asyncio.run: it waits for every thread of the default executor at the end, and one stuck in a
+    # hung upstream or driver call would keep SIGTERM from ending the process (as aiohttp's run_app).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        asyncio.run(_serve(app, sockets, listen_address, ssl_context, shutdown_timeout))
+        loop.run_until_complete(_serve(app, sockets, listen_address, ssl_context, shutdown_timeout))
     finally:
+        _cancel_remaining(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
         for sock in sockets:
             sock.close()
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 async def _serve(app: web.Application, sockets: list[socket.socket], listen_address: str, ssl_context,

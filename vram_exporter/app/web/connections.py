@@ -46,7 +46,7 @@ def bound(flag: int) -> Bound:
         return Bound(flag, BACKLOG)
     room = max(soft - FILES_KEPT, soft // 2)
     backlog = max(1, min(BACKLOG, room // 8))
-    fits = room - 3 * backlog
+    fits = max(1, room - 3 * backlog)
     if flag and flag <= fits:
         return Bound(flag, backlog)
     log.info("serving at most %d connections at once: the open-files limit is %d", fits, soft)
