@@ -22,6 +22,7 @@ from ..present.pages import explain_page
 from . import whatif
 from ..filestamp import file_stamp
 from .background import FirstReads, every
+from .memory import give_large_buffers_back
 from .web.auth import Overloaded
 from .web.config import WebConfig
 from .web.connections import BACKLOG, IDLE_TIMEOUT_SECONDS, Bound, Connections
@@ -381,6 +382,7 @@ def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_
     # loop every millisecond instead of every 5: a probe or a scrape waits for it less.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     quiet_client_faults()  # a malformed request is the client's fault: no traceback in our log
+    give_large_buffers_back()  # RSS flat after an upstream's endless answer (app/memory.py)
     # Not asyncio.run: it waits for every thread of the default executor at the end, and one stuck in a
     # hung upstream or driver call would keep SIGTERM from ending the process (as aiohttp's run_app).
     loop = asyncio.new_event_loop()
