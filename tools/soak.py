@@ -190,7 +190,8 @@ def soak_gpustack(args) -> dict:
             "--gpustack.url", upstreams.url, "--gpustack.api-key-file", str(key),
             "--gpustack.worker-name", upstream_stubs.WORKER, "--gpustack.refresh-interval", "2",
             "--gpustack.timeout", "2", "--gpustack.read-deadline", "5", "--vllm.metrics-interval", "2",
-            "--nvml.timeout", "1", "--log.level", "warn")
+            "--nvml.timeout", "1", "--log.level", "warn", ready=False)
+        exporter.wait_ready(timeout=120)  # under --trace-memory the start is slow
 
         def step(elapsed: float) -> None:
             second = int(elapsed)

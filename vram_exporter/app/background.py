@@ -9,10 +9,12 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[object] | object]
+T = TypeVar("T")
 
 
 def every(interval: float, step: Step, what: str, *, at_start: Step | None = None, at_stop: Step | None = None,
@@ -57,13 +59,13 @@ class FirstReads:
     def __init__(self) -> None:
         self._waiting: list[str] = []
 
-    def track(self, name: str, read: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
-        """``read``, as a step that marks ``name``'s first read over when it returns or fails."""
+    def track(self, name: str, read: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """``read``, marking ``name``'s first read over when it returns or fails."""
         self._waiting.append(name)
 
-        async def step() -> None:
+        async def step() -> T:
             try:
-                await read()
+                return await read()
             finally:
                 if name in self._waiting:
                     self._waiting.remove(name)

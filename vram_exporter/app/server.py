@@ -156,21 +156,22 @@ def create_app(
     if exporter.gpustack is not None:
         # The first read at once, in the background: the port answers meanwhile (GPUStack not read yet:
         # vram_exporter_collect_success{collector="gpustack"} 0), and /-/ready says when it is over.
-        app.cleanup_ctx.append(every(gpustack_refresh_interval, first_reads.track("GPUStack", _gpustack_read(exporter)),
-                                     "GPUStack refresh", at_stop=exporter.gpustack.close, step_first=True))
+        read = first_reads.track("GPUStack", exporter.gpustack.refresh)
+        app.cleanup_ctx.append(every(gpustack_refresh_interval, _then_plan(read, exporter), "GPUStack refresh",
+                                     at_stop=exporter.gpustack.close, step_first=True))
     if exporter.instances is not None:
         app.cleanup_ctx.append(every(vllm_metrics_interval, lambda: _read_instances(exporter),
                                      "reading the vLLM instances", step_first=True))
     return app
 
 
-def _gpustack_read(exporter: Exporter):
+def _then_plan(refresh, exporter: Exporter):
     """A GPUStack refresh; after the first good one, the plan for its models is made before any scrape asks."""
     planned = False
 
     async def read() -> None:
         nonlocal planned
-        if await exporter.gpustack.refresh() and not planned:
+        if await refresh() and not planned:
             planned = True
             await exporter.start_planning()
 
