@@ -16,6 +16,8 @@ import time
 import urllib.request
 
 from conftest import ExporterProcess, FIXTURES, ROOT, exporter_command
+from vram_exporter.app.web import connections
+from vram_exporter.app.web.connections import Bound, Connections
 
 OPEN_FILES = 128  # the exporter's RLIMIT_NOFILE here (systemd's default is 1,024: the same story, later)
 IDLE_CONNECTIONS = 300
@@ -114,31 +116,27 @@ class FakeTransport:
 
 
 def test_at_the_bound_the_oldest_idle_connection_goes_never_one_answering():
-    from vram_exporter.app.web.connections import Bound, Connections
-
-    connections = Connections(Bound(3, 1))
+    tracked = Connections(Bound(3, 1))
     answering, writing, idle, newer = (object() for _ in range(4))
     transports = {c: FakeTransport(unsent=100 if c is writing else 0) for c in (answering, writing, idle, newer)}
     for connection in (answering, writing, idle):
-        connections.made(connection, transports[connection])
-    connections.answering(answering)
-    connections.made(newer, transports[newer])  # one too many: the idle one makes room
+        tracked.made(connection, transports[connection])
+    tracked.answering(answering)
+    tracked.made(newer, transports[newer])  # one too many: the idle one makes room
     assert [c for c, t in transports.items() if t.aborted] == [idle]
     late = object()
     transports[late] = FakeTransport()
-    connections.made(late, transports[late])  # the oldest idle now is `newer`
+    tracked.made(late, transports[late])  # the oldest idle now is `newer`
     assert transports[newer].aborted and not transports[late].aborted
-    connections.answering(late)
+    tracked.answering(late)
     last = object()
     transports[last] = FakeTransport()
-    connections.made(last, transports[last])  # none idle: the newcomer itself is closed
+    tracked.made(last, transports[last])  # none idle: the newcomer itself is closed
     assert transports[last].aborted
     assert not transports[answering].aborted and not transports[writing].aborted
 
 
 def test_the_bound_stays_below_the_open_files_limit(monkeypatch):
-    from vram_exporter.app.web import connections
-
     for soft, flag, expected in ((1024, 512, 512), (128, 512, 40), (128, 0, 40), (64, 8, 8)):
         monkeypatch.setattr(resource, "getrlimit", lambda _, soft=soft: (soft, soft))
         bound = connections.bound(flag)

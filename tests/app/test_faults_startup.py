@@ -10,6 +10,7 @@ read is over, and every start-up error comes before "listening on".
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ExporterProcess, exporter_command, free_port, ROOT
-from upstream_stubs import NODE_FIXTURE, OVERLAY, WORKER
+from upstream_stubs import NODE_FIXTURE, OVERLAY, WORKER, Upstreams
 
 ANSWERS_WITHIN = 5.0  # generous: the old code took more than --gpustack.timeout (10 s)
 
@@ -86,8 +87,6 @@ def test_listening_is_logged_once_the_port_answers(silent_gpustack, tmp_path):
 
 
 def test_ready_once_the_first_gpustack_read_is_over(tmp_path):
-    from upstream_stubs import Upstreams
-
     with Upstreams() as upstreams:
         upstreams.gpustack_fault = "hang"
         key = tmp_path / "key"
@@ -119,8 +118,6 @@ def test_ready_at_once_without_an_upstream_to_wait_for():
 
 
 def run_to_exit(args: list[str], within: float = 15.0) -> tuple[int, str, float]:
-    import subprocess
-
     started = time.monotonic()
     done = subprocess.run([*exporter_command(), *args], capture_output=True, text=True, cwd=ROOT, timeout=within)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
