@@ -62,20 +62,22 @@ def exporter_command() -> list[str]:
 class ExporterProcess:
     """A real `vram-exporter` process on a free loopback port."""
 
-    def __init__(self, *args: str, ready: bool = True) -> None:
+    def __init__(self, *args: str, ready: bool = True, preexec_fn=None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the exporter.
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [*exporter_command(), *args, "--web.listen-address", f"127.0.0.1:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT, text=True, cwd=ROOT, preexec_fn=preexec_fn,
         )
         if ready:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 20.0, *, scheme: str = "http", cafile=None, client_cert=None,
-                   auth: str | None = None) -> None:
+                   auth: str | None = None, path: str = "/-/ready") -> None:
+        """Until ``path`` answers 200: /-/ready, once the first read of every upstream is over (the
+        port answers /-/healthy before that)."""
         import base64
         import ssl
 
@@ -85,7 +87,7 @@ class ExporterProcess:
             if client_cert is not None:
                 context.load_cert_chain(str(client_cert / "client.crt"), str(client_cert / "client.key"))
         headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
-        url = f"{scheme}://127.0.0.1:{self.port}/-/healthy"
+        url = f"{scheme}://127.0.0.1:{self.port}{path}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

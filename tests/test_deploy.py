@@ -40,7 +40,8 @@ def test_daemonset_runs_non_root_read_only_with_nvidia_runtime():
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}
     assert "--manifest=/etc/vram-exporter/manifest.yaml" in container["args"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
 
 
 def test_daemonset_sees_the_hosts_processes_with_no_capability_added():

@@ -3,6 +3,13 @@ reports RSS, open file descriptors and threads (start, after warm-up, end, max) 
 
     python tools/soak.py --duration 3600 --rate 10 --out soak.json             # manifest mode
     python tools/soak.py --gpustack --duration 3600 --out soak-gpustack.json   # GPUStack mode (make soak)
+    python tools/soak.py --gpustack --duration 600 --trace-memory              # where Python memory goes
+
+``--trace-memory``: the exporter runs under tracemalloc and writes a snapshot every minute; the result
+gives the Python memory traced at each (``traced_mib``) and the lines that grew most from the snapshot
+after warm-up to the last (``traced_growth``). RSS that grows while the traced memory stays flat is the
+allocator keeping freed memory, not objects kept alive. tracemalloc slows the exporter and roughly doubles
+its RSS: compare RSS figures only between runs without it.
 
 GPUStack mode (``--gpustack``): the exporter reads a GPUStack stub and a vLLM stub on 127.0.0.1
 (tests/upstream_stubs.py); the GPU's readings move every second, GPUStack's models and instances change
@@ -23,12 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
@@ -89,11 +99,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=30, help="seconds before the 'after warm-up' sample")
     parser.add_argument("--gpustack", action="store_true", help="GPUStack mode (see above)")
     parser.add_argument("--out", type=Path, default=Path("soak.json"))
+    parser.add_argument("--trace-memory", action="store_true", help="tracemalloc snapshots every minute (above)")
     args = parser.parse_args(argv)
+    snapshots = trace_memory() if args.trace_memory else None
     result = (soak_gpustack if args.gpustack else soak_manifest)(args)
+    if snapshots is not None:
+        result.update(memory_growth(snapshots, args.warmup))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("failures", "samples")}, indent=2))
     return 0 if not result["failures"] else 1
+
+
+# Loaded by the exporter at start (Python imports sitecustomize from PYTHONPATH): a snapshot every minute.
+TRACER = """import os, threading, time, tracemalloc
+tracemalloc.start(8)
+def _dump():
+    for minute in range(10**6):
+        tracemalloc.take_snapshot().dump(os.path.join(os.environ["VRAM_SOAK_SNAPSHOTS"], f"{minute:05d}.snapshot"))
+        time.sleep(60)
+threading.Thread(target=_dump, name="soak-tracemalloc", daemon=True).start()
+"""
+
+
+def trace_memory() -> Path:
+    """Make the exporter started next run under tracemalloc; its snapshots go to the folder returned."""
+    work = Path(tempfile.mkdtemp(prefix="vram-soak-trace-"))
+    (work / "site").mkdir()
+    (work / "site" / "sitecustomize.py").write_text(TRACER)
+    (work / "snapshots").mkdir()
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work / "site"), os.environ.get("PYTHONPATH")]))
+    os.environ["VRAM_SOAK_SNAPSHOTS"] = str(work / "snapshots")
+    return work / "snapshots"
+
+
+def memory_growth(folder: Path, warmup: float) -> dict:
+    snapshots = [tracemalloc.Snapshot.load(str(path)) for path in sorted(folder.glob("*.snapshot"))]
+    if len(snapshots) < 2:
+        return {"traced_mib": []}
+    traced = [round(sum(stat.size for stat in snap.statistics("filename")) / 2**20, 2) for snap in snapshots]
+    after_warmup = snapshots[min(len(snapshots) - 1, max(1, math.ceil(warmup / 60)))]
+    growth = snapshots[-1].compare_to(after_warmup, "lineno")[:10]
+    return {"traced_mib": traced, "traced_growth": [str(stat) for stat in growth]}
 
 
 def soak_manifest(args) -> dict:
@@ -144,7 +190,8 @@ def soak_gpustack(args) -> dict:
             "--gpustack.url", upstreams.url, "--gpustack.api-key-file", str(key),
             "--gpustack.worker-name", upstream_stubs.WORKER, "--gpustack.refresh-interval", "2",
             "--gpustack.timeout", "2", "--gpustack.read-deadline", "5", "--vllm.metrics-interval", "2",
-            "--nvml.timeout", "1", "--log.level", "warn")
+            "--nvml.timeout", "1", "--log.level", "warn", ready=False)
+        exporter.wait_ready(timeout=120)  # under --trace-memory the start is slow
 
         def step(elapsed: float) -> None:
             second = int(elapsed)

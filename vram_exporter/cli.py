@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TLS and basic auth, in Prometheus exporter-toolkit's format")
     serve.add_argument("--web.max-requests", dest="max_requests", type=int, default=40, metavar="N",
                        help="requests served at once; more get 503 (0: no limit; default 40)")
+    serve.add_argument("--web.max-connections", dest="max_connections", type=_count, default=512, metavar="N",
+                       help="connections held open at once; past it the oldest idle one is closed to make room "
+                       "(0: no bound but the open-files limit's; kept below that limit whatever N is; default 512)")
     serve.add_argument("--manifest", type=Path, metavar="FILE",
                        help="models to judge against this node's GPUs (YAML, see examples/); with --gpustack.url, "
                        "an overlay giving the sizes GPUStack's API lacks. Reloaded on SIGHUP and when the file changes")
@@ -180,6 +183,16 @@ def _positive_size(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -238,6 +251,7 @@ def _serve_reader(args: argparse.Namespace):
 def _serve(args: argparse.Namespace) -> int:
     from .app.exporter import Exporter
     from .app.server import create_app, parse_listen_address, serve
+    from .app.web import connections
 
     if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
         raise FlagError(f"--web.telemetry-path {args.telemetry_path!r}: must start with / and not be /")
@@ -265,7 +279,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(exporter, telemetry_path=args.telemetry_path, web_config=web_config,
                      manifest_check_interval=args.manifest_check_interval, max_requests=args.max_requests,
                      gpustack_refresh_interval=args.gpustack_refresh_interval,
-                     vllm_metrics_interval=args.vllm_metrics_interval)
+                     vllm_metrics_interval=args.vllm_metrics_interval,
+                     max_connections=connections.bound(args.max_connections))
     serve(app, args.listen_address, ssl_context=web_config.ssl_context if web_config else None)
     return 0
 

@@ -1,5 +1,7 @@
 """Work the server does on its own, at an interval, from start-up to shutdown: one helper for every
-such loop (the manifest watcher, the web config watcher, the GPUStack refresh, the vLLM readings)."""
+such loop (the manifest watcher, the web config watcher, the GPUStack refresh, the vLLM readings), and
+which first reads are not over yet (/-/ready). Nothing upstream is read before the port answers: an
+upstream's first read is a step (``step_first``), never an ``at_start``."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[object] | object]
+T = TypeVar("T")
 
 
 def every(interval: float, step: Step, what: str, *, at_start: Step | None = None, at_stop: Step | None = None,
@@ -47,3 +51,26 @@ async def _call(step: Step) -> None:
     result = step()
     if inspect.isawaitable(result):
         await result
+
+
+class FirstReads:
+    """The upstreams whose first read is not over yet, whatever it found (for /-/ready)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[str] = []
+
+    def track(self, name: str, read: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """``read``, marking ``name``'s first read over when it returns or fails."""
+        self._waiting.append(name)
+
+        async def step() -> T:
+            try:
+                return await read()
+            finally:
+                if name in self._waiting:
+                    self._waiting.remove(name)
+
+        return step
+
+    def waiting(self) -> list[str]:
+        return list(self._waiting)

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import base64
 import binascii
+import socket
 import json
 import logging
 import signal
@@ -19,15 +20,19 @@ from .exporter import Exporter
 from ..present.pages import explain_page
 from . import whatif
 from ..filestamp import file_stamp
-from .background import every
+from .background import FirstReads, every
+from .memory import give_large_buffers_back
 from .web.auth import Overloaded
 from .web.config import WebConfig
+from .web.connections import BACKLOG, IDLE_TIMEOUT_SECONDS, Bound, Connections
+from .web.listening import bind
 from .web.quiet_log import quiet_client_faults
 
 log = logging.getLogger(__name__)
 
 EXPORTER_KEY: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
 PLANNING_KEY: web.AppKey[asyncio.Task] = web.AppKey("planning", asyncio.Task)
+CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("connections", Connections)
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
@@ -45,11 +50,19 @@ def create_app(
     gpustack_refresh_interval: float = 30.0,
     vllm_metrics_interval: float = 30.0,
     web_config_check_interval: float = 1.0,
+    max_connections: Bound = Bound(0, BACKLOG),
 ) -> web.Application:
-    """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit)."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard(web_config), _limit(max_requests)],
+    """``max_requests``: requests served at once beyond which new ones get 503 (0: no limit).
+    ``max_connections``: connections held open at once (0: no bound) and the listening backlog."""
+    connections = Connections(max_connections)
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[_answering(connections), _guard(web_config), _limit(max_requests)],
                           handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_LINE})
     app[EXPORTER_KEY] = exporter
+    app[CONNECTIONS_KEY] = connections
+    # Ready once the first read of every upstream is over, whatever it found: the port answers before
+    # (/-/healthy, /metrics with what is known), and a slow or silent upstream never delays it.
+    first_reads = FirstReads()
 
     async def metrics(request: web.Request) -> web.Response:
         scrape = await exporter.scrape(request.headers.get("Accept"))
@@ -105,11 +118,18 @@ def create_app(
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
 
+    async def ready(request: web.Request) -> web.Response:
+        waiting = first_reads.waiting()
+        if waiting:
+            return web.Response(status=503, text=f"Not ready: the first read of {', '.join(waiting)} is not over\n")
+        return web.Response(text="Ready\n")
+
     app.router.add_get(telemetry_path, metrics)  # add_get also answers HEAD
     app.router.add_get("/", landing)
     app.router.add_get("/api/v1/fit", fit)
     app.router.add_get(whatif.PATH, what_if)
     app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
 
     async def close_exporter(app: web.Application) -> None:
         exporter.close()
@@ -127,14 +147,28 @@ def create_app(
         app.cleanup_ctx.append(every(web_config_check_interval, web_config.poll, "web config watcher",
                                      at_stop=web_config.close))
     if exporter.gpustack is not None:
-        source = exporter.gpustack
-        # The first read before the first scrape, so that it already shows GPUStack's models.
-        app.cleanup_ctx.append(every(gpustack_refresh_interval, source.refresh, "GPUStack refresh",
-                                     at_start=source.refresh, at_stop=source.close))
+        # The first read at once, in the background: the port answers meanwhile (GPUStack not read yet:
+        # vram_exporter_collect_success{collector="gpustack"} 0), and /-/ready says when it is over.
+        read = first_reads.track("GPUStack", exporter.gpustack.refresh)
+        app.cleanup_ctx.append(every(gpustack_refresh_interval, _then_plan(read, exporter), "GPUStack refresh",
+                                     at_stop=exporter.gpustack.close, step_first=True))
     if exporter.instances is not None:
         app.cleanup_ctx.append(every(vllm_metrics_interval, lambda: _read_instances(exporter),
                                      "reading the vLLM instances", step_first=True))
     return app
+
+
+def _then_plan(refresh, exporter: Exporter):
+    """A GPUStack refresh; after the first good one, the plan for its models is made before any scrape asks."""
+    planned = False
+
+    async def read() -> None:
+        nonlocal planned
+        if await refresh() and not planned:
+            planned = True
+            await exporter.start_planning()
+
+    return read
 
 
 async def _read_instances(exporter: Exporter) -> None:
@@ -219,6 +253,20 @@ async def _authorised(web_config: WebConfig, request: web.Request) -> bool | Non
         return None
 
 
+def _answering(connections: Connections):
+    """Marks a connection as answering while its request is: idle ones are closed first at the bound."""
+
+    @web.middleware
+    async def answering(request: web.Request, handler):
+        connections.answering(request.protocol)
+        try:
+            return await handler(request)
+        finally:
+            connections.answered(request.protocol)
+
+    return answering
+
+
 def _limit(max_requests: int):
     in_flight = 0
 
@@ -267,20 +315,55 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 
 def serve(app: web.Application, listen_address: str, ssl_context=None, shutdown_timeout: float = 30.0) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` seconds to finish."""
+    """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` seconds to finish.
+
+    The port is bound first: a port in use is exit 2 before anything upstream is read. "listening on" is
+    logged once the port answers, and nothing upstream is waited for before it (app start-up only starts
+    the background reads)."""
     host, port = parse_listen_address(listen_address)
+    sockets = bind(host, port, listen_address)
     # Background threads (the planner, the pages' documents) hand the interpreter back to the event
     # loop every millisecond instead of every 5: a probe or a scrape waits for it less.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     quiet_client_faults()  # a malformed request is the client's fault: no traceback in our log
-    log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
+    give_large_buffers_back()  # RSS flat after an upstream's endless answer (app/memory.py)
+    # Not asyncio.run: it waits for every thread of the default executor at the end, and one stuck in a
+    # hung upstream or driver call would keep SIGTERM from ending the process (as aiohttp's run_app).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None,
-                    shutdown_timeout=shutdown_timeout)
-    except OSError as exc:
-        # The listening socket could not be made (port taken, address not ours, privileged port):
-        # a flag to fix, said as such, not a traceback.
-        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-            raise FlagError(f"--web.listen-address {listen_address!r}: cannot listen there: "
-                            f"{exc.strerror or exc}") from None
-        raise
+        loop.run_until_complete(_serve(app, sockets, listen_address, ssl_context, shutdown_timeout))
+    finally:
+        _cancel_remaining(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        for sock in sockets:
+            sock.close()
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def _serve(app: web.Application, sockets: list[socket.socket], listen_address: str, ssl_context,
+                 shutdown_timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    connections = app[CONNECTIONS_KEY]
+    loop.set_exception_handler(connections.quiet_accept_failures)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout,
+                           keepalive_timeout=IDLE_TIMEOUT_SECONDS)
+    await runner.setup()
+    try:
+        connections.watch(runner.server)
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=connections.backlog).start()
+        log.info("listening on %s%s", listen_address, " (TLS)" if ssl_context else "")
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # in-flight requests finish (up to shutdown_timeout), then every at_stop
