@@ -215,3 +215,32 @@ def test_check_json_is_the_exporters_fit_document_where_the_cluster_places_a_pen
 def test_check_gpustack_flag_errors_exit_2(args, message):
     result = check(*args, "--nvml.fixture", str(ROOT / "examples/seed/fixture.yaml"))
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+BOOKED_VS_USED = ["--manifest", str(ROOT / "examples/booked-vs-used/manifest.yaml"),
+                  "--nvml.fixture", str(ROOT / "examples/booked-vs-used/fixture.yaml"),
+                  "--processes.proc-root", str(ROOT / "examples/booked-vs-used/proc")]
+
+
+def test_check_manifest_shows_booked_against_used_as_the_exporters_fit_document():
+    """A manifest whose running models say their ``processes``: ``check`` gives the ``usage`` that the
+    exporter's /api/v1/fit gives for the same files, and says the overrun and the idle claim in text."""
+    result = check(*BOOKED_VS_USED, "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    usage = json.loads(result.stdout)["usage"]
+    exporter = ExporterProcess(*BOOKED_VS_USED)
+    try:
+        with exporter.get("/api/v1/fit") as response:
+            api = json.loads(response.read())
+    finally:
+        exporter.stop()
+    assert usage == api["usage"]
+    rows = {row["instance"]: row for gpu in usage for row in gpu["instances"]}
+    assert rows["qwen2.5-7b-instruct"]["overrun"] and rows["mistral-7b-v0.1"]["idle_claim"]
+    text = check(*BOOKED_VS_USED).stdout
+    assert "qwen2.5-7b-instruct: booked 35.84 GiB, used 60.00 GiB OVERRUN" in text
+    assert "mistral-7b-v0.1: booked 31.86 GiB, used 0.00 GiB CLAIM WITHOUT PROCESS" in text
+
+
+def test_check_manifest_without_processes_has_no_usage():
+    assert "usage" not in json.loads(check(*SEED, "--format", "json").stdout)

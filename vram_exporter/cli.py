@@ -289,8 +289,10 @@ def _check(args: argparse.Namespace) -> int:
     import json
 
     from .sources.manifest import load_manifest
+    from .sources.manifest_usage import read_manifest_usage
     from .app.inputs import node_inputs
     from .app.plan import Planner
+    from .present.page_usage import usage_report
     from .present.report import all_fit, plan_report, render_text
 
     if args.gpustack_url is not None:
@@ -304,6 +306,9 @@ def _check(args: argparse.Namespace) -> int:
     snapshot = _reader(args).read()
     # The same plan the exporter serves, built here in one go.
     report = plan_report(Planner().build_now(node_inputs(manifest, snapshot), snapshot), snapshot)
+    # Booked against used, as the exporter's /api/v1/fit has it, once a running model says its processes.
+    if (usage := read_manifest_usage(manifest, snapshot, _proc_root(args))) is not None:
+        report["usage"] = usage_report(usage)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

@@ -174,11 +174,27 @@ def render_text(report: dict[str, Any], manifest: str) -> str:
     for gpu in report["gpus"]:
         lines.append(_gpu_line(gpu))
     lines.append("")
+    if report.get("usage") is not None:
+        lines += _usage_lines(report["usage"]) + [""]
     for model in report["models"]:
         lines += _model_lines(model) + [""]
     fit = sum(1 for m in report["models"] if m["schedulable"] and m["startable"] and not m["error"])
     lines.append(f"{fit} of {len(report['models'])} models fit.")
     return "\n".join(lines) + "\n"
+
+
+def _usage_lines(usage: list[dict[str, Any]]) -> list[str]:
+    """Booked against used per GPU: each instance's claim beside what its processes use."""
+    lines = ["Booked against used:"]
+    for gpu in usage:
+        overbooked = ", OVERBOOKED" if gpu["overbooked"] else ""
+        lines.append(f"  GPU {gpu['gpu']}: booked {gib(gpu['booked'])} of {gib(gpu['total'])}{overbooked}; "
+                     f"used by no instance {gib(gpu['unattributed'])}")
+        for row in gpu["instances"]:
+            used = gib(row["used"]) if row["watched"] else "not watched (no processes: given)"
+            flag = " OVERRUN" if row["overrun"] else " CLAIM WITHOUT PROCESS" if row["idle_claim"] else ""
+            lines.append(f"    {row['instance']}: booked {gib(row['booked'])}, used {used}{flag}")
+    return lines
 
 
 def _gpu_line(gpu: dict[str, Any]) -> str:
