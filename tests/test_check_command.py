@@ -203,6 +203,17 @@ def test_check_json_is_the_exporters_fit_document_where_the_cluster_places_a_pen
     # The replay puts one of the two pending instances here (0.4 of the card), not both.
     assert 0 < gpu["gpustack"]["predicted_claims"] < 0.5 * 24 * 2**30
     assert _without_timestamps(report) == _without_timestamps(api)
+    # Each pending instance's decision: the claim GPUStack would book (0.4 of a 24 GiB card), chosen among
+    # the candidates its selector listed, and the two spread over the two workers.
+    decisions = [d for m in report["gpustack"]["models"] if m["name"] in ("seed-qwen", "alone-qwen")
+                 for d in m["decisions"]]
+    assert len(decisions) == 2 and all(d["placed"] for d in decisions)
+    for decision in decisions:
+        [claim] = decision["claims"]
+        assert claim["worker"] == decision["worker"] and 0.39 < claim["bytes"] / (24 * 2**30) < 0.41
+        chosen = {key: decision[key] for key in ("worker", "gpus", "subordinate_workers", "claims")}
+        assert chosen in decision["candidates"]
+    assert len({d["worker"] for d in decisions}) == 2
 
 
 @pytest.mark.parametrize(("args", "message"), [

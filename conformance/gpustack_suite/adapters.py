@@ -5,8 +5,9 @@ adapter is a subclass of GPUStack's selector, so a test that reaches into it (pa
 ``_init_model_parameters``, sets ``_num_attention_heads``) still can; only ``select_candidates`` is ours:
 it hands what the selector was given, and the model facts the selector parsed (the test's changes
 included), to ours.py in vram-exporter's environment, and returns our verdict as GPUStack's objects (one
-candidate: the instance we place, with its claims and subordinate workers; none and our message when we
-leave it pending). The adapters replace GPUStack's classes everywhere a test or GPUStack's scheduler
+candidate per placement our selector lists, each with its claims and subordinate workers, which
+GPUStack's own placement scorer then ranks; none and our message when we leave it pending). The adapters
+replace GPUStack's classes everywhere a test or GPUStack's scheduler
 looks them up.
 """
 
@@ -83,7 +84,7 @@ class _Ours:
             self._messages = [reply["message"]]
             return []
         self._messages = [reply["message"]] if reply["message"] else []
-        return [_candidate(reply, workers)]
+        return [_candidate(candidate, workers) for candidate in reply["candidates"]]
 
 
 def _claim(claims: dict, utilization) -> ComputedResourceClaim:

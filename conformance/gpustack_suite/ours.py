@@ -8,6 +8,7 @@ as the exporter against a live server (sources/gpustack_view.py: the API's objec
 rules/cluster/replay.py), for one new pending instance of the model:
 {"placed": bool, "worker": id, "gpus": [...], "claims": {"gpu": bytes}, "subordinates": [...],
  "utilization" / "subordinate_utilization": the claims' vram_utilization as GPUStack writes it (or null),
+ "candidates": [every candidate the selector listed, each shaped as the chosen one above],
  "message": str, "not_modelled": str | null}.
 """
 
@@ -42,16 +43,25 @@ def answer(request: dict) -> dict:
     verdict = replay_state(state, _requests(state, specs))[NEW_INSTANCE]
     if not verdict.placed:
         return {"placed": False, "message": verdict.reason, "not_modelled": None}
+    chosen = _placement(verdict.worker, verdict.gpus, verdict.claims, verdict.utilization,
+                        verdict.subordinate_utilization)
+    return dict(chosen, placed=True, not_modelled=None, message=verdict.reason,
+                candidates=[_placement(c.worker, c.gpus, c.claims, c.utilization, c.subordinate_utilization)
+                            for c in verdict.candidates] or [chosen])
+
+
+def _placement(worker: int, gpus, claims: dict, utilization, subordinate_utilization) -> dict:
+    """One placement as GPUStack's candidate holds it: the main worker's GPUs and claims, then each
+    subordinate worker's."""
     subordinates: dict[int, dict[int, int]] = {}
-    for (worker, gpu), claim in sorted(verdict.claims.items()):
-        if worker != verdict.worker:
-            subordinates.setdefault(worker, {})[gpu] = claim
-    return {"placed": True, "worker": verdict.worker, "gpus": sorted(verdict.gpus), "not_modelled": None,
-            "utilization": verdict.utilization, "subordinate_utilization": verdict.subordinate_utilization,
-            "claims": {str(g): c for (w, g), c in verdict.claims.items() if w == verdict.worker},
-            "subordinates": [{"worker": w, "claims": {str(g): c for g, c in gpus.items()}}
-                             for w, gpus in subordinates.items()],
-            "message": verdict.reason}
+    for (owner, gpu), claim in sorted(claims.items()):
+        if owner != worker:
+            subordinates.setdefault(owner, {})[gpu] = claim
+    return {"worker": worker, "gpus": sorted(gpus), "utilization": utilization,
+            "subordinate_utilization": subordinate_utilization,
+            "claims": {str(g): c for (w, g), c in claims.items() if w == worker},
+            "subordinates": [{"worker": w, "claims": {str(g): c for g, c in by_gpu.items()}}
+                             for w, by_gpu in subordinates.items()]}
 
 
 def main() -> None:

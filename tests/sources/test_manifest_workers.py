@@ -53,8 +53,10 @@ def test_a_model_too_big_for_any_worker_is_spread_over_two(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK  qwen-7b: 1/1 replicas placed: node-a GPU 0 + node-b GPU 0" in result.stdout
     [verdict] = json.loads(check(path, "--format", "json").stdout)["cluster"]
-    assert verdict["placed"] == [{"worker": "node-a", "gpus": [0], "overcommit": False,
-                                  "subordinates": [{"worker": "node-b", "gpus": [0]}]}]
+    claim = int(16 * 2**30 * 0.9)  # each 16 GiB card, at vLLM's 0.9 as GPUStack books it
+    spread = {"worker": "node-a", "gpus": [0], "overcommit": False, "subordinates": [{"worker": "node-b", "gpus": [0]}],
+              "claims": [{"worker": "node-a", "gpu": 0, "bytes": claim}, {"worker": "node-b", "gpu": 0, "bytes": claim}]}
+    assert verdict["placed"] == [dict(spread, candidates=[spread])]  # the selector's only candidate
 
 
 def test_a_running_model_holds_its_worker_and_the_spread_fails(tmp_path):

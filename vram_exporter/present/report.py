@@ -153,10 +153,25 @@ def gpustack_report(view, *, refresh_success: bool, last_success_timestamp: floa
         "models": [{"name": v.name, "replicas": v.replicas, "gpustack_pending": v.gpustack_pending,
                     "predicted_pending": v.predicted_pending, "size_known": v.size_known,
                     "agree": v.predicted_pending is None or v.predicted_pending == v.gpustack_pending,
-                    "note": v.note}
+                    "note": v.note, "decisions": [_decision(d) for d in v.decisions]}
                    for v in (view.verdicts if view else ())],
         "allocated": {str(index): size for index, size in (view.allocated if view else {}).items()},
     }
+
+
+def _decision(verdict) -> dict[str, Any]:
+    """One pending instance as we decide it: placed or not, the claims GPUStack would book and the
+    candidates its selector listed before its placement scorer chose (``verdict``: a replay Verdict)."""
+    return {"instance": verdict.instance, "placed": verdict.placed, "reason": verdict.reason,
+            **(_placement(verdict.worker, verdict.gpus, verdict.claims) if verdict.placed else {}),
+            "candidates": [_placement(c.worker, c.gpus, c.claims) for c in verdict.candidates]}
+
+
+def _placement(worker: int, gpus, claims) -> dict[str, Any]:
+    """A placement: the main worker and its GPUs, then every GPU it books (subordinate workers included)."""
+    return {"worker": worker, "gpus": sorted(gpus),
+            "subordinate_workers": sorted({w for w, _ in claims} - {worker}),
+            "claims": [{"worker": w, "gpu": g, "bytes": b} for (w, g), b in sorted(claims.items())]}
 
 
 def all_fit(report: dict[str, Any]) -> bool:

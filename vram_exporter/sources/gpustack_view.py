@@ -54,6 +54,9 @@ class ModelVerdict:
     predicted_pending: int | None  # None: not evaluated (see note)
     size_known: bool | None  # None: not a vLLM model, the rulebooks do not apply
     note: str = ""  # why it is not evaluated, or why an instance stays pending
+    # Our decision for each of its instances GPUStack has yet to place (pending), in creation order: where it
+    # goes, the claims GPUStack would book and the candidates its selector listed.
+    decisions: tuple[replay.Verdict, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,7 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
     by_model: dict[str, list[replay.Verdict]] = {}
     for verdict in verdicts.values():
         by_model.setdefault(verdict.model, []).append(verdict)
+    pending_ids = {i.id for i in state.instances if not i.placed}
     for model in sorted(state.models, key=lambda m: m.name):
         instances = [i for i in state.instances if i.model_id == model.id]
         pending = sum(1 for i in instances if i.state == "pending")
@@ -251,8 +255,10 @@ def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Map
             note = (f"{predicted.get(model.name, 0)} pending with GPUStack's workers in id order, "
                     f"{other_order.get(model.name, 0)} in the reverse order: which worker wins a tie is not fixed "
                     f"in GPUStack. {note}").strip()
+        decisions = tuple(sorted((v for v in by_model.get(model.name, []) if v.instance in pending_ids),
+                                 key=lambda v: v.instance))
         out.append(ModelVerdict(model.name, model.replicas, pending,
-                                predicted.get(model.name, 0) if evaluated else None, size_known, note))
+                                predicted.get(model.name, 0) if evaluated else None, size_known, note, decisions))
     return tuple(out)
 
 

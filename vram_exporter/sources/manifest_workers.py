@@ -10,7 +10,7 @@ instances created one by one. Pure: no NVML, no network.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .manifest import LoadedManifest, ModelEntry, WorkerEntry
 from ..rules.cluster import replay
@@ -26,6 +26,14 @@ class Placement:
     gpus: tuple[int, ...]
     subordinates: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (worker, GPUs) of a spread instance
     overcommit: bool = False
+    claims: tuple[tuple[str, int, int], ...] = ()  # (worker, GPU index, bytes) GPUStack would book, subordinates too
+    candidates: tuple["Placement", ...] = ()  # what the selector listed before the placement scorer chose
+
+    def as_dict(self) -> dict:
+        out = {"worker": self.worker, "gpus": list(self.gpus), "overcommit": self.overcommit,
+               "subordinates": [{"worker": w, "gpus": list(g)} for w, g in self.subordinates],
+               "claims": [{"worker": w, "gpu": g, "bytes": b} for w, g, b in self.claims]}
+        return out | ({"candidates": [c.as_dict() for c in self.candidates]} if self.candidates else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +48,7 @@ class ClusterVerdict:
     def as_dict(self) -> dict:
         return {"model": self.model, "replicas": self.replicas, "pending": self.pending, "reason": self.reason,
                 "order_dependent": self.order_dependent,
-                "placed": [{"worker": p.worker, "gpus": list(p.gpus), "overcommit": p.overcommit,
-                            "subordinates": [{"worker": w, "gpus": list(g)} for w, g in p.subordinates]}
-                           for p in self.placed]}
+                "placed": [p.as_dict() for p in self.placed]}
 
 
 def place(manifest: LoadedManifest) -> tuple[ClusterVerdict, ...]:
@@ -109,12 +115,20 @@ def _verdict(spec: ModelSpec, verdicts: Sequence[replay.Verdict], names: Mapping
 
 
 def _placement(verdict: replay.Verdict, names: Mapping[int, str]) -> Placement:
+    chosen = _listed(verdict.worker, verdict.gpus, verdict.claims, verdict.overcommit, names)
+    return replace(chosen, candidates=tuple(_listed(c.worker, c.gpus, c.claims, c.overcommit, names)
+                                            for c in verdict.candidates))
+
+
+def _listed(worker: int, gpus: Sequence[int], claims: Mapping[tuple[int, int], int], overcommit: bool,
+            names: Mapping[int, str]) -> Placement:
+    """One placement by worker name: its main worker's GPUs, its subordinate workers' and every claim."""
     others: dict[int, list[int]] = {}
-    for worker, index in sorted(verdict.claims):
-        if worker != verdict.worker:
-            others.setdefault(worker, []).append(index)
-    return Placement(names[verdict.worker], tuple(sorted(verdict.gpus)),
-                     tuple((names[w], tuple(g)) for w, g in others.items()), verdict.overcommit)
+    for owner, index in sorted(claims):
+        if owner != worker:
+            others.setdefault(owner, []).append(index)
+    return Placement(names[worker], tuple(sorted(gpus)), tuple((names[w], tuple(g)) for w, g in others.items()),
+                     overcommit, tuple((names[w], g, b) for (w, g), b in sorted(claims.items())))
 
 
 def render_text(verdicts: Sequence[ClusterVerdict], workers: int) -> str:

@@ -85,6 +85,9 @@ class Verdict:
     overcommit: bool = False
     utilization: float | None = None  # GPUStack's vram_utilization on the main worker's claim
     subordinate_utilization: float | None = None  # and on the subordinate workers' claims
+    # Every candidate the selector listed before the placement scorer chose (the chosen one among them),
+    # each with the claims and vram_utilization GPUStack would book for it.
+    candidates: tuple[gpustack_paths.Candidate, ...] = ()
 
 
 Claims = dict[tuple[int, int], int]
@@ -182,7 +185,8 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
     chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
     return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
-                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization)
+                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization,
+                   tuple(found.candidates))
 
 
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
@@ -223,10 +227,11 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
     if not candidates:
         return Verdict(inst.id, inst.model, False, reason=reason)
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    utilization = selector.claim_utilization(book, manual=manual)
+    candidates = [c if c.subordinates else replace(c, utilization=utilization) for c in candidates]
     best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
-    utilization = selector.claim_utilization(book, manual=manual) if not best.subordinates else None
     return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit,
-                   utilization, best.subordinate_utilization)
+                   best.utilization, best.subordinate_utilization, tuple(candidates))
 
 
 def _sizing_selection(nodes: Sequence[gpustack_paths.Node], request: Request
@@ -281,7 +286,8 @@ def _decide_manual(inst: Instance, request: Request, nodes: Sequence[gpustack_pa
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
     chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
     return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
-                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization)
+                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization,
+                   tuple(found.candidates))
 
 
 def _per_replica(request: Request, world_size: int | None, skip: bool) -> int | None:
