@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from fitcases import gpu, node, seed_model
 from vram_exporter.sources.manifest import ClusterSettings
 from vram_exporter.rules.backends.vllm import engine as vllm, runtime as vllm_runtime
+from vram_exporter.rules.backends.vllm import versions as vllm_versions
 from vram_exporter.rules.model import RUNTIME_OVERHEAD_FALLBACK, Architecture, Cluster, EngineVersion
 from vram_exporter.rules.node import fit_node
 
@@ -110,3 +111,31 @@ def test_version_017_defaults_to_09_and_16_token_blocks_034_to_64():
     assert (fits["0.34.0"].gmu_vllm, fits["0.34.0"].block_tokens) == (1.0, 64)
     # the cluster's version where the model names none
     assert fit_node(node(gpu(0, H100)), Cluster(vllm_version="0.17"), [model]).models[0].gmu_vllm == 0.9
+
+
+GEMMA3_1B = {"num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+             "hidden_size": 1152, "sliding_window": 512, "max_position_embeddings": 32768}
+
+
+def test_gemma3_is_read_as_4_full_and_22_sliding_layers_either_way_it_is_written():
+    published = Architecture.from_config(GEMMA3_1B | {"sliding_window_pattern": 6})
+    written_out = Architecture.from_config(GEMMA3_1B | {"layer_types": [
+        "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(26)]})
+    assert published == written_out
+    assert published.sliding_window is None
+    assert [i for i, w in enumerate(published.layer_windows) if w is None] == [5, 11, 17, 23]
+
+
+def test_gemma3_minimum_is_vllms_groups_by_version():
+    """4 full + 22 sliding: group size 4 (22 >= 1.25 x 4 and 1.5 x 4), 1 full group + 6 sliding groups
+    (the last padded), a pool block of 4 layer pages; 32768 tokens, window 512, 8192 tokens in flight."""
+    arch = Architecture.from_config(GEMMA3_1B | {"sliding_window_pattern": 6})
+    per_token = vllm.bytes_per_token(arch, tp=1, pp=1, dtype_bytes=2)
+    pool_block = 4 * 2 * 256 * 2 * 16
+    full, sliding = 32768 // 16, -(-(511 + 8192) // 16) + 1
+    old, new = vllm_versions.VLLM_RULES["0.17"], vllm_versions.VLLM_RULES["0.33"]
+    # 0.17.1: the first group's kind (layer 0 slides) for the request, nothing held back
+    assert vllm.required_kv_bytes(arch, 32768, 16, per_token, held_back=0, batch_tokens=8192,
+                                    rules=old) == pool_block * sliding
+    assert vllm.required_kv_bytes(arch, 32768, 16, per_token, held_back=1, batch_tokens=8192,
+                                    rules=new) == pool_block * (full + 6 * sliding + 1)

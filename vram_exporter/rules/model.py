@@ -40,6 +40,9 @@ class Architecture:
     kv_lora_rank: int | None = None  # set: MLA (DeepSeek-style) attention
     qk_rope_head_dim: int = 0
     sliding_window: int | None = None  # applies to every layer when set
+    # Interleaved sliding and full layers (Gemma-2/3, gpt-oss, Llama-4-style): each layer's window, None for a
+    # full-attention layer; empty where every layer is alike (then sliding_window says which).
+    layer_windows: tuple[int | None, ...] = ()
     vision_attention_heads: int | None = None
     # LongRoPE (Phi-3/3.5): with no --max-model-len vLLM serves original_max_position_embeddings, not
     # max_position_embeddings (vllm/config/model.py, _get_and_verify_max_len, vLLM 0.26.0: "For LongRoPE,
@@ -85,8 +88,12 @@ class Architecture:
         if dtype not in _DTYPE_BYTES:
             raise ModelError(f"torch_dtype {dtype!r} is not one of {', '.join(sorted(_DTYPE_BYTES))}")
         window = text.get("sliding_window")
-        if text.get("use_sliding_window") is False or isinstance(text.get("layer_types"), list):
-            window = None  # Qwen2 ships the field switched off; mixed layer types: treat all as full
+        if text.get("use_sliding_window") is False:
+            window = None  # Qwen2 ships the field switched off
+        layer_windows = _layer_windows(text, window)
+        if layer_windows:
+            window = None  # per layer, not every layer (all full: none)
+            layer_windows = layer_windows if any(layer_windows) else ()
         vision = config.get("vision_config") or {}
         rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
         longrope = isinstance(rope, Mapping) and (rope.get("rope_type") or rope.get("type")) in ("longrope", "su")
@@ -102,6 +109,7 @@ class Architecture:
             kv_lora_rank=text.get("kv_lora_rank"),
             qk_rope_head_dim=int(text.get("qk_rope_head_dim") or 0),
             sliding_window=int(window) if window else None,
+            layer_windows=layer_windows,
             vision_attention_heads=vision.get("num_attention_heads") or vision.get("num_heads"),
             longrope_default_len=int(original) if longrope and original else None,
             has_vision=config.get("vision_config") is not None,
@@ -114,6 +122,27 @@ class Architecture:
             moe=MoeShape.from_config(text),
             architectures=tuple(a for a in config.get("architectures") or () if isinstance(a, str)),
         )
+
+
+def _layer_windows(text: Mapping[str, Any], window: Any) -> tuple[int | None, ...]:
+    """Each layer's window where sliding and full layers interleave, as transformers' configs (and vLLM
+    through them) read it: ``layer_types`` written out ("sliding_attention" / "full_attention"), else
+    ``sliding_window_pattern`` as Gemma-3 publishes it (every pattern-th layer full: layer i slides unless
+    (i + 1) % pattern == 0). Empty where the layers are all alike."""
+    if not window:
+        return ()
+    layers = int(text.get("num_hidden_layers") or 0)
+    types = text.get("layer_types")
+    pattern = text.get("sliding_window_pattern")
+    if isinstance(types, list) and len(types) == layers:
+        sliding = [t == "sliding_attention" for t in types]
+    elif isinstance(pattern, int) and pattern > 0:
+        sliding = [bool((i + 1) % pattern) for i in range(layers)]
+    else:
+        return ()
+    if all(sliding):
+        return ()  # all sliding: the uniform rule, with sliding_window
+    return tuple(int(window) if s else None for s in sliding)
 
 
 _CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings")

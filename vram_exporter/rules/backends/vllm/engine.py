@@ -107,8 +107,13 @@ HELD_BACK_BLOCKS = 1
 
 
 def required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int,
-                      held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
-    """vLLM's minimum: (ceil(max_model_len / B) + held_back) blocks of B tokens."""
+                      held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS,
+                      rules: VllmRules | None = None) -> int:
+    """vLLM's minimum: (ceil(max_model_len / B) + held_back) blocks of B tokens; interleaved layers as vLLM
+    groups them (``interleaved_required_kv_bytes``)."""
+    if arch.layer_windows:
+        return interleaved_required_kv_bytes(arch, max_model_len, block, per_token, held_back, batch_tokens,
+                                             rules or VLLM_RULES["0.33"])
     return (math.ceil(tokens_held(arch, max_model_len, batch_tokens) / block) + _extra_blocks(arch, held_back)) \
         * block * per_token
 
@@ -122,8 +127,12 @@ def _extra_blocks(arch: Architecture, held_back: int) -> int:
 
 
 def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None,
-                    held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS) -> int:
+                    held_back: int = HELD_BACK_BLOCKS, batch_tokens: int = SLIDING_BATCH_TOKENS,
+                    rules: VllmRules | None = None) -> int:
     """The longest max_model_len whose minimum fits in kv_bytes (capped at the model's own maximum)."""
+    if arch.layer_windows:
+        return _longest_by_search(arch, kv_bytes, block, per_token, cap, held_back, batch_tokens,
+                                  rules or VLLM_RULES["0.33"])
     blocks = kv_bytes // (block * per_token) if kv_bytes > 0 else 0
     held_back = _extra_blocks(arch, held_back)
     if blocks < 1 + held_back:
@@ -132,6 +141,57 @@ def longest_context(arch: Architecture, kv_bytes: int, block: int, per_token: in
     if arch.sliding_window and fits >= arch.sliding_window - 1 + batch_tokens:
         fits = cap or fits  # the window, not the context, bounds what is kept
     return min(fits, cap) if cap else fits
+
+
+# --- Interleaved sliding and full layers (Architecture.layer_windows) ------------------------------------
+# vllm/v1/core/kv_cache_utils.py::_get_kv_cache_groups_uniform_page_size (0.17.1-0.33.0): the layers of one
+# kind are split into groups of group_size layers (the fewest of any kind, or the most where that is under
+# 1.25x the fewest in 0.17.1, 1.5x from 0.32: VllmRules.hybrid_group_ratio), the last group of a kind padded; every group is a block table of its own over one pool
+# whose block is group_size layer pages. The start-up check (get_kv_cache_configs,
+# _max_memory_usage_bytes_from_groups): 0.17.1 takes the first group's blocks for a request times
+# group_size pages (the first layer's kind decides); from 0.32 the blocks of every group are summed, times
+# the pool's block, plus the null block held back.
+
+
+def _groups(arch: Architecture, ratio: float) -> tuple[int, list[tuple[int | None, int]]]:
+    """(group_size, [(window, groups of that kind)]) in vLLM's order (kinds as the layers first show them)."""
+    counts: dict[int | None, int] = {}
+    for window in arch.layer_windows:
+        counts[window] = counts.get(window, 0) + 1
+    fewest, most = min(counts.values()), max(counts.values())
+    size = most if most < fewest * ratio else fewest
+    return size, [(window, math.ceil(n / size)) for window, n in counts.items()]
+
+
+def _layer_blocks(window: int | None, max_model_len: int, block: int, batch_tokens: int) -> int:
+    """Blocks one layer of that kind needs for one request (the spec's max_memory_usage_bytes / page)."""
+    if window is None:
+        return math.ceil(max_model_len / block)
+    return math.ceil(min(max_model_len, window - 1 + batch_tokens) / block) + 1
+
+
+def interleaved_required_kv_bytes(arch: Architecture, max_model_len: int, block: int, per_token: int,
+                                  held_back: int, batch_tokens: int, rules: VllmRules) -> int:
+    layer_page = per_token // arch.layers * block  # per_token is every layer's, all alike in bytes
+    size, kinds = _groups(arch, rules.hybrid_group_ratio)
+    pool_block = size * layer_page
+    if not rules.hybrid_groups_summed:  # 0.17.1: the first group's kind, for every group
+        return pool_block * _layer_blocks(kinds[0][0], max_model_len, block, batch_tokens)
+    blocks = sum(groups * _layer_blocks(window, max_model_len, block, batch_tokens) for window, groups in kinds)
+    return pool_block * (blocks + held_back)
+
+
+def _longest_by_search(arch: Architecture, kv_bytes: int, block: int, per_token: int, cap: int | None,
+                       held_back: int, batch_tokens: int, rules: VllmRules) -> int:
+    """vLLM's _estimate_max_model_len_from_groups: the longest length from 1 to the cap whose minimum fits."""
+    def fits(length: int) -> bool:
+        return interleaved_required_kv_bytes(arch, length, block, per_token, held_back, batch_tokens,
+                                             rules) <= kv_bytes
+    lo, hi = 0, cap or 2**31
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +217,7 @@ def check_gpu(
     max_len_cap: int | None,
     held_back: int = HELD_BACK_BLOCKS,
     batch_tokens: int = SLIDING_BATCH_TOKENS,
+    rules: VllmRules | None = None,
 ) -> VllmGpuCheck:
     budget = budget_bytes(cuda_total_bytes, gmu)
     kv = budget - weights_per_gpu - runtime_overhead
@@ -164,7 +225,7 @@ def check_gpu(
         budget=budget,
         kv_cache_bytes=kv,
         kv_cache_headroom=kv - required_kv,  # KV <= 0 fails too: required is never 0
-        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap, held_back, batch_tokens),
+        max_model_len=longest_context(arch, kv, block, per_token, max_len_cap, held_back, batch_tokens, rules),
     )
 
 

@@ -78,7 +78,7 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     held = rules.held_back_blocks
     first_up = next((g for g in gpus if g.up), None)
     required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
-                                       batch_tokens=_batch_in_flight(first_up, rules, vp.max_num_batched_tokens))
+                                       batch_tokens=_batch_in_flight(first_up, rules, vp.max_num_batched_tokens), rules=rules)
                 if target_len > 0 else 0)
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
@@ -134,7 +134,7 @@ def _kv_check(gpu: GpuReading, kv: _KvTerms, cluster: Cluster, arch, committed: 
         cuda_total_bytes=t_cuda, gmu=kv.gmu,
         weights_per_gpu=kv.weights_per_gpu, runtime_overhead=kv.overhead, required_kv=kv.required, arch=arch, block=kv.block,
         per_token=kv.per_token, max_len_cap=kv.cap, held_back=kv.held_back,
-        batch_tokens=_batch_in_flight(gpu, kv.rules, kv.batch_flag))
+        batch_tokens=_batch_in_flight(gpu, kv.rules, kv.batch_flag), rules=kv.rules)
     if kv.kv_given is not None or (kv.blocks_override is not None and kv.rules.override_checked):
         return _sized(check, _directly_sized_kv(kv), kv, gpu, arch)
     if not kv.rules.extensible_kv_cache:
@@ -161,7 +161,7 @@ def _directly_sized_kv(kv: _KvTerms) -> int:
 def _sized(check: vllm.VllmGpuCheck, kv_bytes: int, kv: _KvTerms, gpu: GpuReading, arch) -> vllm.VllmGpuCheck:
     return replace(check, kv_cache_bytes=kv_bytes, kv_cache_headroom=kv_bytes - kv.required,
                    max_model_len=vllm.longest_context(arch, kv_bytes, kv.block, kv.per_token, kv.cap, kv.held_back,
-                                                      _batch_in_flight(gpu, kv.rules, kv.batch_flag)))
+                                                      _batch_in_flight(gpu, kv.rules, kv.batch_flag), kv.rules))
 
 
 def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:

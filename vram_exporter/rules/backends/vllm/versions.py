@@ -51,6 +51,12 @@ class VllmRules:
     # vllm/v1/core/kv_cache_utils.py::get_kv_cache_configs "adjusted_memory"); in 0.17.1 only the allocation
     # (may_override_num_blocks after the check).
     override_checked: bool = True
+    # Interleaved sliding/full layers (engine.py interleaved_required_kv_bytes): the start-up check sums every
+    # KV cache group's blocks (from 0.32; 0.17.1 takes the first group's for all), and a kind's layers are
+    # grouped by the most where that is under this many times the fewest (kv_cache_utils.py
+    # _get_kv_cache_groups_uniform_page_size: 1.25 in 0.17.1, 1.5 from 0.32).
+    hybrid_groups_summed: bool = True
+    hybrid_group_ratio: float = 1.5
 
     def batch_defaults(self, device_total_bytes: int | None, device_name: str = "") -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) `vllm serve` runs when neither flag is given."""
@@ -74,7 +80,7 @@ VLLM_RULES = {
     # back); vllm/v1/worker/gpu_worker.py takes no CUDA graph estimate out of the budget.
     "0.17": VllmRules("0.17", held_back_blocks=0, graphs_in_budget=False, block_tokens=16, default_gmu=0.9,
                       extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, in_flight_batches=1,
-                      override_checked=False),
+                      override_checked=False, hybrid_groups_summed=False, hybrid_group_ratio=1.25),
     # 0.26.0 as measured on an H200 (tests/data/vllm-h200): the minimum is cdiv(max_model_len, B) pages
     # (vllm/v1/kv_cache_interface.py); CUDA graphs only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS.
     # gpu_memory_utilization 0.92 from 0.20 (vllm/config/cache.py).
