@@ -91,7 +91,15 @@ def _selection(rng: random.Random, workers: list[dict], replicas: int) -> tuple[
     return [f"{name}:cuda:{index}" for name, index in chosen], shape
 
 
-def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0) -> tuple[dict, set[str]]:
+def _user_per_replica(rng: random.Random, spec: dict) -> int | None:
+    """A gpus_per_replica the user gives, smaller than the GPUs selected per replica (GPUStack then uses it
+    as given: set_model_gpus_per_replica fills it in only when it is unset)."""
+    per_replica = len(spec["gpu_ids"]) // spec["replicas"]
+    return rng.randint(1, per_replica - 1) if per_replica > 1 else None
+
+
+def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0, per_replica_share: float = 0.0
+             ) -> tuple[dict, set[str]]:
     card = rng.choice(CARDS_MIB)
     workers = [_worker(rng, i + 1, card if rng.random() < 0.7 else rng.choice(CARDS_MIB))
                for i in range(rng.choice([1, 2, 2, 3, 4]))]
@@ -123,6 +131,9 @@ def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0) -> tuple
             kinds.add(f"gpu_selector: {shape}")
             if rng.random() < 0.1:
                 spec.setdefault("env", {})["GPUSTACK_SKIP_GPU_COUNT_CHECK"] = "1"
+            if per_replica_share and rng.random() < per_replica_share and (given := _user_per_replica(rng, spec)):
+                spec["gpus_per_replica"] = given
+                kinds.add("gpu_selector: gpus_per_replica given, smaller")
         models.append(spec)
     return {"id": ident, "workers": workers, "models": models}, kinds
 
@@ -148,7 +159,7 @@ def state_of(s: dict, root: Path, per_replica: dict | None = None) -> GpuStackSt
             "backend_parameters": spec["params"], "env": spec.get("env"), "replicas": spec["replicas"],
             "source": "local_path", "local_path": str(directory), "placement_strategy": spec["strategy"],
             "distributed_inference_across_workers": spec.get("distributed"),
-            "gpu_selector": {"gpu_ids": spec["gpu_ids"], "gpus_per_replica": (per_replica or {}).get(spec["name"])}
+            "gpu_selector": {"gpu_ids": spec["gpu_ids"], "gpus_per_replica": spec.get("gpus_per_replica") or (per_replica or {}).get(spec["name"])}
             if spec.get("gpu_ids") else None,
         }))
         for _ in range(spec["replicas"]):
@@ -191,9 +202,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sglang", type=float, default=0.0, metavar="SHARE",
                         help="the share of models served by SGLang (0: vLLM only, the scenarios of seed N as before)")
+    parser.add_argument("--per-replica", type=float, default=0.0, metavar="SHARE",
+                        help="the share of manual selections with a user-given gpus_per_replica smaller than the "
+                             "selection per replica (0: none, the scenarios of seed N as before)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    made = [scenario(rng, i, args.sglang) for i in range(args.scenarios)]
+    made = [scenario(rng, i, args.sglang, args.per_replica) for i in range(args.scenarios)]
     driver = Path(__file__).with_name("gpustack_cluster.py")
     run = subprocess.run([args.gpustack_python, str(driver)], input="".join(json.dumps(s) + "\n" for s, _ in made),
                          capture_output=True, text=True, timeout=3000)

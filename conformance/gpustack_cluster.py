@@ -52,7 +52,7 @@ def make_worker(spec):
 
 def make_model(spec, directory):
     gpustack_objects.model_directory(directory, spec["config"], spec["files"])
-    selector = GPUSelector(gpu_ids=spec["gpu_ids"]) if spec.get("gpu_ids") else None
+    selector = GPUSelector(gpu_ids=spec["gpu_ids"], gpus_per_replica=spec.get("gpus_per_replica")) if spec.get("gpu_ids") else None
     return Model(
         id=spec["id"], name=spec["name"], source=SourceEnum.LOCAL_PATH, local_path=str(directory),
         backend=BackendEnum(spec.get("backend", "vLLM")), backend_parameters=spec["params"], env=spec.get("env") or None,

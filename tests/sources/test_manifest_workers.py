@@ -168,3 +168,43 @@ def _as_gpustack_state(manifest, tmp_path: Path) -> GpuStackState:
         for _ in range(spec.replicas):
             instances.append(ModelInstance.model_validate({"id": len(instances) + 1, "model_id": n + 1}))
     return GpuStackState(workers, tuple(models), tuple(instances))
+
+
+ONE_WORKER_TWO_GPUS = """
+workers:
+  - name: w1
+    gpus: [16GiB, 16GiB]
+models:
+  - name: qwen
+    pinned_gpus: [0, 1]
+{per_replica}    {qwen}
+"""
+
+
+def test_gpus_per_replica_smaller_than_the_selection_takes_that_many_gpus(tmp_path):
+    """Two GPUs selected: GPUStack fills in 2 (one replica, TP 2); a user-given 1 puts the replica on
+    one GPU, the one the spread scorer picks."""
+    placed = {}
+    for given in ("", "    gpus_per_replica: 1\n"):
+        path = write(tmp_path, ONE_WORKER_TWO_GPUS.format(per_replica=given, qwen=QWEN_1_5B))
+        [verdict] = manifest_cluster.place(load_manifest(path, cluster=True))
+        placed[given] = [len(p.gpus) for p in verdict.placed]
+    assert placed == {"": [2], "    gpus_per_replica: 1\n": [1]}
+
+
+@pytest.mark.parametrize("per_replica, problem", [
+    ("    gpus_per_replica: 3\n", "gpus_per_replica 3 exceeds the 2 GPUs selected"),
+    ("    gpus_per_replica: 0\n", "greater than or equal to 1"),
+])
+def test_bad_gpus_per_replica_names_the_file_and_line(tmp_path, per_replica, problem):
+    result = check(write(tmp_path, ONE_WORKER_TWO_GPUS.format(per_replica=per_replica, qwen=QWEN_1_5B)))
+    assert result.returncode == 2
+    assert "cluster.yaml:8: models[0].gpus_per_replica" in result.stderr and problem in result.stderr, result.stderr
+
+
+def test_gpus_per_replica_needs_a_selection(tmp_path):
+    text = ONE_WORKER_TWO_GPUS.format(per_replica="    gpus_per_replica: 1\n", qwen=QWEN_1_5B)
+    result = check(write(tmp_path, text.replace("    pinned_gpus: [0, 1]\n", "")))
+    assert result.returncode == 2
+    assert "cluster.yaml:7: models[0].gpus_per_replica" in result.stderr
+    assert "gpus_per_replica splits a manual selection: it needs pinned_gpus or gpu_ids" in result.stderr

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from ..rules import backends, runner_pick
 from ..rules.gpustack import ENV_CLAIM
@@ -116,6 +116,9 @@ class ModelEntry(Strict):
     # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
     worker: str | None = None
     gpu_ids: list[str] = []
+    # gpu_selector.gpus_per_replica: how many of the selected GPUs (pinned_gpus or gpu_ids) one replica
+    # takes; unset, GPUStack fills it in (scheduler.py set_model_gpus_per_replica).
+    gpus_per_replica: int | None = Field(default=None, ge=1)
     worker_selector: dict[str, str] = {}
     placement_strategy: Literal["spread", "binpack"] = "spread"
     distributed_inference_across_workers: bool = True
@@ -136,6 +139,20 @@ class ModelEntry(Strict):
             raise ValueError(f"{ENV_CLAIM} must be a whole number of bytes, as GPUStack reads it "
                              f"(it silently ignores anything else), got {claim!r}")
         return env
+
+    @field_validator("gpus_per_replica")
+    @classmethod
+    def _splits_the_selection(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """gpus_per_replica splits a manual selection: GPUStack reads it only with gpu_ids, and a replica
+        cannot take more GPUs than were selected."""
+        if value is None:
+            return value
+        selected = len(info.data.get("pinned_gpus") or info.data.get("gpu_ids") or ())
+        if not selected:
+            raise ValueError("gpus_per_replica splits a manual selection: it needs pinned_gpus or gpu_ids")
+        if value > selected:
+            raise ValueError(f"gpus_per_replica {value} exceeds the {selected} GPUs selected")
+        return value
 
     @field_validator("max_model_len")
     @classmethod
@@ -202,9 +219,10 @@ class Manifest(Strict):
 
 def _check_cluster_fields(model: ModelEntry, workers: Mapping[str, WorkerEntry]) -> None:
     """The cluster fields of a model name workers and GPUs the manifest has."""
-    uses = model.worker or model.gpu_ids or model.worker_selector
+    uses = model.worker or model.gpu_ids or model.worker_selector or model.gpus_per_replica
     if uses and not workers:
-        raise ValueError(f"model {model.name!r}: worker, gpu_ids and worker_selector need the manifest's workers")
+        raise ValueError(f"model {model.name!r}: worker, gpu_ids, worker_selector and gpus_per_replica need the "
+                         "manifest's workers")
     if not workers:
         return
     if model.worker is not None and model.worker not in workers:

@@ -84,7 +84,7 @@ def _request(spec: ModelSpec, entry: ModelEntry, workers: Sequence[WorkerEntry],
     if entry.pinned_gpus is not None:
         gpu_ids = [f"{_worker_of(entry, workers)}:cuda:{i}" for i in entry.pinned_gpus]
     return replay.Request(spec, allowed, gpustack_paths.selection_of(gpu_ids) if gpu_ids else None, len(gpu_ids),
-                          None, entry.placement_strategy, entry.distributed_inference_across_workers,
+                          entry.gpus_per_replica, entry.placement_strategy, entry.distributed_inference_across_workers,
                           executor_is_mp(spec.backend_parameters, None, None))
 
 
