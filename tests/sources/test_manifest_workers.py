@@ -127,6 +127,14 @@ models:
     backend_parameters: ["--gpu-memory-utilization=0.5"]
     {qwen}
 """.format(qwen=QWEN_1_5B, qwen7b=QWEN_7B)
+    from_manifest, from_api = _both_answers(tmp_path, text)
+    assert from_manifest == from_api
+    assert len(from_manifest) == 5  # m1 x3 one GPU each, m2 spread or on w1, m3 one of two
+
+
+def _both_answers(tmp_path: Path, text: str) -> tuple[list, list]:
+    """Each placed replica (model, worker, GPUs, subordinates), from the manifest and from the same cluster
+    as GPUStack's API lists it."""
     manifest = load_manifest(write(tmp_path, text), cluster=True)
     from_manifest = [(v.model, p.worker, p.gpus, p.subordinates) for v in manifest_cluster.place(manifest)
                      for p in v.placed]
@@ -142,8 +150,7 @@ models:
                     others.setdefault(names[worker], []).append(index)
             from_api.append((verdict.model, names[verdict.worker], tuple(sorted(verdict.gpus)),
                              tuple((w, tuple(g)) for w, g in others.items())))
-    assert from_manifest == from_api
-    assert len(from_manifest) == 5  # m1 x3 one GPU each, m2 spread or on w1, m3 one of two
+    return from_manifest, from_api
 
 
 def _as_gpustack_state(manifest, tmp_path: Path) -> GpuStackState:
@@ -164,7 +171,8 @@ def _as_gpustack_state(manifest, tmp_path: Path) -> GpuStackState:
             "id": n + 1, "name": spec.name, "cluster_id": 1, "backend": "vLLM", "replicas": spec.replicas,
             "backend_parameters": list(spec.backend_parameters), "local_path": str(directory),
             "placement_strategy": entry.placement_strategy,
-            "gpu_selector": {"gpu_ids": entry.gpu_ids} if entry.gpu_ids else None}))
+            "gpu_selector": {"gpu_ids": entry.gpu_ids, "gpus_per_replica": entry.gpus_per_replica}
+            if entry.gpu_ids else None}))
         for _ in range(spec.replicas):
             instances.append(ModelInstance.model_validate({"id": len(instances) + 1, "model_id": n + 1}))
     return GpuStackState(workers, tuple(models), tuple(instances))
@@ -208,3 +216,21 @@ def test_gpus_per_replica_needs_a_selection(tmp_path):
     assert result.returncode == 2
     assert "cluster.yaml:7: models[0].gpus_per_replica" in result.stderr
     assert "gpus_per_replica splits a manual selection: it needs pinned_gpus or gpu_ids" in result.stderr
+
+
+def test_a_given_gpus_per_replica_is_the_one_gpustacks_api_records(tmp_path):
+    """The model as GPUStack's API records it (gpu_selector.gpus_per_replica 1 with four GPUs selected)
+    is placed as the manifest's: one GPU per replica (GPUStack's own answer: tests/rules/test_gpus_per_replica.py)."""
+    text = """
+workers:
+  - name: w1
+    gpus: [16GiB, 16GiB, 24GiB, 24GiB]
+models:
+  - name: qwen
+    replicas: 2
+    gpu_ids: [w1:cuda:0, w1:cuda:1, w1:cuda:2, w1:cuda:3]
+    gpus_per_replica: 1
+    {qwen}
+""".format(qwen=QWEN_1_5B)
+    from_manifest, from_api = _both_answers(tmp_path, text)
+    assert from_manifest == from_api == [("qwen", "w1", (0,), ()), ("qwen", "w1", (1,), ())]
