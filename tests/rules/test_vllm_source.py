@@ -247,11 +247,13 @@ def grouped(request) -> GroupedVllm:
 
 def interleaved_case(rng: random.Random) -> dict:
     layers = rng.randint(2, 62)
-    shape = rng.choice(["gemma2", "gemma3", "random"])
+    shape = rng.choice(["gemma2", "gemma2-published", "gemma3", "random"])
     config = {"num_hidden_layers": layers, "num_attention_heads": 16, "num_key_value_heads": rng.choice([1, 2, 4, 8, 16]),
               "head_dim": rng.choice([128, 256]), "hidden_size": 2304, "torch_dtype": "bfloat16",
               "sliding_window": rng.choice([512, 1024, 4096]), "max_position_embeddings": rng.choice([8192, 32768, 131072])}
-    if shape == "gemma3":
+    if shape == "gemma2-published":  # no layer_types: every other layer slides (gemma2.py via Gemma2Config)
+        config |= {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}
+    elif shape == "gemma3":
         config["sliding_window_pattern"] = rng.choice([2, 4, 6])
         config["num_hidden_layers"] = max(layers, config["sliding_window_pattern"])  # at least one full layer
     else:
