@@ -181,3 +181,132 @@ def test_extensible_kv_sizing_is_vllm_034s():
         assert vllm.extensible_kv_bytes(init_free=init_free, free=free, committed=committed,
                                         requested=m["requested_memory"], transient_peak=m["transient_peak_bytes"],
                                         torch_growth=m["torch_reserve_growth_bytes"]) == theirs(**m), m
+
+
+# --- Interleaved sliding and full layers (Gemma-2/3, layer_types) --------------------------------------------
+# vLLM's grouping (_get_kv_cache_groups_uniform_page_size with create_kv_cache_group_specs) and its start-up
+# check over the groups (_max_memory_usage_bytes_from_groups, _estimate_max_model_len_from_groups,
+# _check_enough_kv_cache_memory, after the null block where get_kv_cache_configs takes it out), compiled from
+# each version's source. Stand-ins: the spec's merge (alike specs merge to the first, unlike ones raise as
+# vLLM's do), KVCacheGroupSpec, and the pool's bytes per block (the widest group's pages,
+# _get_kv_cache_bytes_per_block with no stride alignment). Sliding and full layers share one page size here
+# (Gemma's), so 0.34's _get_packed_kv_cache_groups (mixed page sizes only) returns None and is not reached.
+GROUPED = ("_get_kv_cache_groups_uniform_page_size", "create_kv_cache_group_specs", "get_uniform_page_size",
+           "_max_memory_usage_bytes_from_groups", "_estimate_max_model_len_from_groups",
+           "_check_enough_kv_cache_memory", "_more_kv_cache_memory_hint")
+NULL_BLOCK_TAKEN = {"0.17.1": False, "0.32.0": True, "0.33.0": True, "0.34.0": True}  # get_kv_cache_configs
+
+
+class _UniformType:  # UniformTypeKVCacheSpecs: never built for mixed kinds, only isinstance-checked
+    pass
+
+
+def _mergeable(cls: type) -> type:
+    def merge(_cls, specs):
+        if any(vars(s) != vars(specs[0]) or type(s) is not type(specs[0]) for s in specs):
+            raise AssertionError("unlike specs")
+        return specs[0]
+    return type(cls.__name__, (cls,), {"merge": classmethod(merge),
+                                      "__hash__": lambda self: hash(tuple(sorted(map(repr, vars(self).items()))))})
+
+
+class GroupedVllm(Vllm):
+    def __init__(self, version: str):
+        super().__init__(version)
+        self.full, self.sliding = _mergeable(self.full), _mergeable(self.sliding)
+        ns = namespace() | {"defaultdict": __import__("collections").defaultdict, "UniformTypeKVCacheSpecs": _UniformType,
+                            "KVCacheGroupSpec": lambda names, spec: SimpleNamespace(
+                                layer_names=names, kv_cache_spec=spec, host_resident=False)}
+        pool = lambda groups: max(sum(g.kv_cache_spec.page_size_bytes for _ in g.layer_names) for g in groups)
+        ns["_pool_bytes_per_block"] = lambda config, groups: pool(groups)
+        ns["_pool_bytes_per_block_from_builder"] = lambda builder, config, groups: pool(groups)
+        self.ns = functions(version, PLANNING[version], GROUPED, ns)
+
+    def outcome(self, config, specs, available: int) -> str | None:
+        ns, builder = self.ns, ()  # from 0.33 the memory functions take the config builder first
+        groups = ns["_get_kv_cache_groups_uniform_page_size"](dict(specs))
+        takes_builder = "builder" in ns["_max_memory_usage_bytes_from_groups"].__code__.co_varnames[:1]
+        first = (builder,) if takes_builder else ()
+        if NULL_BLOCK_TAKEN[self.version]:
+            available -= ns["_pool_bytes_per_block"](config, groups)
+        hint = (ns["_more_kv_cache_memory_hint"](config),) if "_more_kv_cache_memory_hint" in ns else ()
+        try:
+            ns["_check_enough_kv_cache_memory"](
+                available, lambda: ns["_max_memory_usage_bytes_from_groups"](*first, config, groups),
+                config.model_config.max_model_len,
+                lambda am: ns["_estimate_max_model_len_from_groups"](*first, config, groups, am), *hint)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def grouped(request) -> GroupedVllm:
+    return GroupedVllm(request.param)
+
+
+def interleaved_case(rng: random.Random) -> dict:
+    layers = rng.randint(2, 62)
+    shape = rng.choice(["gemma2", "gemma2-published", "gemma3", "random"])
+    config = {"num_hidden_layers": layers, "num_attention_heads": 16, "num_key_value_heads": rng.choice([1, 2, 4, 8, 16]),
+              "head_dim": rng.choice([128, 256]), "hidden_size": 2304, "torch_dtype": "bfloat16",
+              "sliding_window": rng.choice([512, 1024, 4096]), "max_position_embeddings": rng.choice([8192, 32768, 131072])}
+    if shape == "gemma2-published":  # no layer_types: every other layer slides (gemma2.py via Gemma2Config)
+        config |= {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]}
+    elif shape == "gemma3":
+        config["sliding_window_pattern"] = rng.choice([2, 4, 6])
+        config["num_hidden_layers"] = max(layers, config["sliding_window_pattern"])  # at least one full layer
+    else:
+        sliding = [i % 2 == 0 for i in range(layers)] if shape == "gemma2" else \
+            [rng.random() < 0.7 for _ in range(layers)]
+        if all(sliding) or not any(sliding):
+            sliding[0], sliding[-1] = True, False
+        config["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
+    return {"config": config, "tp": rng.choice([1, 2, 4, 8]), "fp8": rng.random() < 0.3,
+            "block": rng.choice([None, None, 16, 32, 64]), "batch": rng.choice([None, 512, 2048, 8192]),
+            "len": rng.choice([1, 100, 4096, 10000, 32768, 131072])}
+
+
+def grouped_both(engine: GroupedVllm, case: dict):
+    rules = versions.rules_for(engine.version)
+    config, _, ours = both(engine, case | {"config": {k: v for k, v in case["config"].items()
+                                                     if k not in ("sliding_window",)}})
+    arch = Architecture.from_config(case["config"])
+    assert arch.layer_windows, case
+    config.attention_config = SimpleNamespace(hisparse_config=None)  # read by the estimate from 0.32
+    dtype_bytes = vllm.kv_dtype_bytes(arch, "fp8" if case["fp8"] else "auto", "auto")
+    fields = dict(block_size=ours["block"], num_kv_heads=max(1, arch.kv_heads // case["tp"]), head_size=arch.head_dim,
+                  dtype=Dtype(size=dtype_bytes))
+    specs = {f"model.layers.{i}.self_attn": spec(engine.sliding, sliding_window=w, **fields) if w else
+             spec(engine.full, sliding_window=None, attention_chunk_size=None, **fields)
+             for i, w in enumerate(arch.layer_windows)}
+    per_token = vllm.bytes_per_token(arch, tp=case["tp"], pp=1, dtype_bytes=dtype_bytes)
+    return config, specs, ours | dict(arch=arch, per_token=per_token, rules=rules)
+
+
+def test_interleaved_minimum_is_vllms_grouping_to_the_byte(grouped):
+    rng = random.Random(f"interleaved-{grouped.version}")
+    for _ in range(CASES):
+        case = interleaved_case(rng)
+        config, specs, o = grouped_both(grouped, case)
+        ours = vllm.required_kv_bytes(o["arch"], o["length"], o["block"], o["per_token"], held_back=o["held"],
+                                      batch_tokens=o["in_flight"], rules=o["rules"])
+        assert ours == grouped.minimum(config, specs), case
+
+
+def test_interleaved_longest_context_is_vllms(grouped):
+    rng = random.Random(f"interleaved-longest-{grouped.version}")
+    checked = 0
+    while checked < CASES // 2:
+        case = interleaved_case(rng)
+        config, specs, o = grouped_both(grouped, case)
+        needed = grouped.minimum(config, specs)
+        available = rng.randint(1, needed - 1) if needed > 1 else 1
+        error = grouped.outcome(config, specs, available)
+        if error is None or "estimated maximum model length" not in error:
+            continue
+        theirs = int(re.search(r"estimated maximum model length is (\d+)", error).group(1))
+        ours = vllm.longest_context(o["arch"], available, o["block"], o["per_token"], o["length"],
+                                    held_back=o["held"], batch_tokens=o["in_flight"], rules=o["rules"])
+        assert ours == theirs, case
+        checked += 1

@@ -139,3 +139,16 @@ def test_gemma3_minimum_is_vllms_groups_by_version():
                                     rules=old) == pool_block * sliding
     assert vllm.required_kv_bytes(arch, 32768, 16, per_token, held_back=1, batch_tokens=8192,
                                     rules=new) == pool_block * (full + 6 * sliding + 1)
+
+
+def test_gemma2_as_published_alternates_sliding_and_full_layers():
+    """gemma-2-9b's config.json names no layer pattern; vLLM's gemma2.py takes transformers' default
+    (layer 0 slides, layer 1 full, ...)."""
+    config = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "num_hidden_layers": 42,
+              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "hidden_size": 3584,
+              "sliding_window": 4096, "max_position_embeddings": 8192}
+    arch = Architecture.from_config(config)
+    assert arch.layer_windows == (4096, None) * 21 and arch.sliding_window is None
+    # the same numbers under another family are not read as Gemma-2's
+    other = Architecture.from_config(config | {"architectures": ["MistralForCausalLM"], "model_type": "mistral"})
+    assert other.layer_windows == () and other.sliding_window == 4096

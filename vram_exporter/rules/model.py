@@ -90,7 +90,7 @@ class Architecture:
         window = text.get("sliding_window")
         if text.get("use_sliding_window") is False:
             window = None  # Qwen2 ships the field switched off
-        layer_windows = _layer_windows(text, window)
+        layer_windows = _layer_windows(text, window, _is_gemma2(config))
         if layer_windows:
             window = None  # per layer, not every layer (all full: none)
             layer_windows = layer_windows if any(layer_windows) else ()
@@ -124,16 +124,22 @@ class Architecture:
         )
 
 
-def _layer_windows(text: Mapping[str, Any], window: Any) -> tuple[int | None, ...]:
+def _is_gemma2(config: Mapping[str, Any]) -> bool:
+    return config.get("model_type") == "gemma2" or "Gemma2ForCausalLM" in (config.get("architectures") or ())
+
+
+def _layer_windows(text: Mapping[str, Any], window: Any, gemma2: bool = False) -> tuple[int | None, ...]:
     """Each layer's window where sliding and full layers interleave, as transformers' configs (and vLLM
     through them) read it: ``layer_types`` written out ("sliding_attention" / "full_attention"), else
     ``sliding_window_pattern`` as Gemma-3 publishes it (every pattern-th layer full: layer i slides unless
-    (i + 1) % pattern == 0). Empty where the layers are all alike."""
+    (i + 1) % pattern == 0). Gemma-2 publishes neither: vLLM 0.17-0.34's gemma2.py reads
+    ``config.layer_types[layer_idx]``, which transformers' Gemma2Config fills as every other layer sliding
+    (pattern 2: layer 0 slides, layer 1 is full). Empty where the layers are all alike."""
     if not window:
         return ()
     layers = int(text.get("num_hidden_layers") or 0)
     types = text.get("layer_types")
-    pattern = text.get("sliding_window_pattern")
+    pattern = text.get("sliding_window_pattern") or (2 if gemma2 else None)
     if isinstance(types, list) and len(types) == layers:
         sliding = [t == "sliding_attention" for t in types]
     elif isinstance(pattern, int) and pattern > 0:
