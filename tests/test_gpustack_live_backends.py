@@ -81,7 +81,9 @@ def test_sglang_on_the_seed_card_is_pending_with_gpustacks_words(live):
 
 def test_sglang_fraction_comes_from_the_smallest_card_of_the_cluster(live):
     """GPUStack computes SGLang's default for the smallest GPU of the type among the workers: with a
-    16 GiB card in the cluster, a model on the 80 GiB card books 0.772 of it, not 0.835."""
+    16 GiB card in the cluster, a model on the 80 GiB card books 0.772 of it, not 0.835. SGLang takes the
+    same 0.772: GPUStack 2.3.0's worker passes its booked fraction as --mem-fraction-static when the model
+    names none (gpustack/worker/backends/sglang.py), so SGLang's own default for the card never decides."""
     cluster = live.cluster("sglang-hetero")
     small = live.worker(cluster, "hetero-small", [16384])
     big = live.worker(cluster, "hetero-big", [81559])
@@ -94,7 +96,7 @@ def test_sglang_fraction_comes_from_the_smallest_card_of_the_cluster(live):
     text = assert_agrees(live, big, {"hetero-qwen7b": model_id})
     readers = {dict(labels)["reader"]: value for labels, value in samples(text, "vram_model_gpu_memory_utilization")
                .items() if dict(labels)["model"] == "hetero-qwen7b"}
-    assert readers == {"gpustack": 0.772, "sglang": 0.835}  # SGLang sizes for its own node's card
+    assert readers == {"gpustack": 0.772, "sglang": 0.772}  # what GPUStack books is what it passes
 
 
 def test_sglang_tensor_parallel_and_custom_multi_gpu(live):
