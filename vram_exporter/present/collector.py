@@ -102,16 +102,17 @@ class ModelFamilies:
         self.gpu_detail = gpu_detail
         self.node = node
         uuids = {b.index: b.uuid for b in node.gpus}
-        static: dict[str, list[Segment]] = {}
+        texts: dict[str, list[str]] = {}
         shown_all = []
         for fit in node.models:
             shown = [] if fit.error else self._shown_gpus(fit)
             for name, (labels, values) in self._static_segments(fit, shown, uuids).items():
                 # Rendered here, in the planner's thread, so that no scrape renders them.
-                text = render_samples(name, CATALOGUE[name].label_names, labels, values)
-                static.setdefault(name, []).append(Segment(fit.name, labels, values, text))
+                texts.setdefault(name, []).append(render_samples(name, CATALOGUE[name].label_names, labels, values))
             shown_all.append((fit, shown))
-        self._static = static  # per family, the same list at every scrape: the renderer reuses it whole
+        # Per family, every model's samples as one text: a scrape hands the renderer one part per family,
+        # not one per model (3,400 parts at 8 GPUs x 200 models, about 1 ms of each scrape that renders).
+        self._static = {name: [Segment(name, (), (), "".join(parts))] for name, parts in texts.items()}
         self._layout = _LiveLayout.of(shown_all)
 
     def live(self, free: Mapping[int, int]) -> LivePart:
