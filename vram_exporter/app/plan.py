@@ -16,8 +16,8 @@ a scrape never waits for them.
 
 What is remembered, all of it here and every piece keyed by value (never by which object was handed
 in): the current plan (by its inputs), per plan the live part of the last free memory seen and each
-model's picked fixes (by the free memory of its GPUs), and the last scrape body and the last report
-(``LastOne``, by what they are made of). Why each is kept is said where it is.
+model's picked fixes (by which side of each need it compares free memory is on: ``PickKeys``), and
+the last scrape body and the last report (``LastOne``, by what they are made of). Why each is kept is said where it is.
 """
 
 from __future__ import annotations
