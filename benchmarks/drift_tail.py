@@ -5,7 +5,8 @@ a separate process rewrites the fixture file twice a second, every GPU's used/fr
 MiB off (the fake NVML follows the file); a client in this process scrapes /metrics at a steady
 rate (``--rate`` per second) for ``--seconds`` and records each scrape's latency. The floor is the
 same client against the same bytes from a minimal aiohttp handler (floor_server.py), with the
-drifting process running too. Several versions side by side, in one run, alternating:
+drifting process running too, measured in every round after its versions. Several versions side by
+side, in one run, alternating:
 
     git -C /work/main worktree add --detach /tmp/before HEAD
     .venv/bin/python benchmarks/drift_tail.py --version before=/tmp/before --version after=. --rounds 2
@@ -145,22 +146,23 @@ def main() -> None:
         work = Path(tmp)
         fixture, manifest = scenarios.write(work, args.gpus, args.models, 0)
         pristine = fixture.read_bytes()
-        body = b""
-        results = []
         for round_ in range(args.rounds):
-            for name, path in versions:
+            # Each round has its own floor, measured right after its versions: on a shared machine the
+            # load moves, and a ratio is only as good as the floor it was measured beside.
+            results = []
+            for name, path in (versions if round_ % 2 == 0 else versions[::-1]):  # neither always goes first
                 fixture.write_bytes(pristine)
                 times, body = exporter_run(path, fixture, manifest, args.rate, args.seconds)
-                results.append((f"{name} (round {round_ + 1})", times))
-                print(f"{name}: p50 {quantile(times, 0.5) * 1e3:.2f} ms, p99 {quantile(times, 0.99) * 1e3:.2f} ms",
-                      file=sys.stderr)
-        floor = floor_run(body, work, fixture, args.rate, args.seconds)
-        floor_p99 = quantile(floor, 0.99) * 1e3
-        rows.append(row("floor", floor, floor_p99))
-        rows.extend(row(name, times, floor_p99) for name, times in results)
+                results.append((f"{name}, round {round_ + 1}", times))
+                print(f"{name}: p50 {quantile(times, 0.5) * 1e3:.2f} ms, p99 {quantile(times, 0.99) * 1e3:.2f} ms, "
+                      f"load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+            floor = floor_run(body, work, fixture, args.rate, args.seconds)
+            floor_p99 = quantile(floor, 0.99) * 1e3
+            rows.append(row(f"floor, round {round_ + 1}", floor, floor_p99))
+            rows.extend(row(name, times, floor_p99) for name, times in results)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{args.gpus} GPUs x {args.models} models, {args.rate:g} scrapes/s for {args.seconds:g} s, readings "
-          f"moving on every GPU twice a second\n")
+          f"moving on every GPU twice a second; ratios against the same round's floor\n")
     print("| server | scrapes | p50 ms | p99 ms | max ms | p99 / floor p99 |\n| --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fitcases import GIB, MIB, gpu, node, seed_cluster, seed_model
-from vram_exporter.rules.node import fit_node
+from vram_exporter.rules.node import fit_node, with_free
 from vram_exporter.app.plan import LastOne, NodeInputs, Planner
 from vram_exporter.present.report import plan_report
 
@@ -151,3 +155,36 @@ def test_what_is_remembered_is_keyed_by_value():
     assert plan.live({0: GIB, 1: 2 * GIB}) is plan.live(dict([(1, 2 * GIB), (0, GIB)]))
     assert plan.live({0: GIB, 1: 3 * GIB}) is not plan.live({0: GIB, 1: 2 * GIB})
     planner.close()
+
+
+@functools.cache
+def _plan_with_fixes():
+    """Models that fail in each way (GPUStack does not place them; placed, vLLM does not start; SGLang)
+    on three GPUs, with their fixes."""
+    snap = node(gpu(0), gpu(1, 12 * GIB), gpu(2, 24 * GIB))
+    models = (seed_model(), seed_model("--gpu-memory-utilization=0.5", name="half"),
+              seed_model("--gpu-memory-utilization=0.95", name="big", max_model_len=131072),
+              seed_model("--gpu-memory-utilization=0.3", name="small", max_model_len=8192),
+              seed_model("--gpu-memory-utilization=0.45", name="running", placed_on=(1,)),
+              seed_model("--mem-fraction-static=0.8", name="sg", backend="sglang"))
+    planner = Planner()
+    plan = planner.build_now(NodeInputs.of(seed_cluster(), models, {}, snap), snap)
+    planner.close()
+    return plan, {g.index: g.memory.total for g in snap.gpus}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_kept_pick_is_the_pick_of_now(data):
+    """The plan keeps each model's picked fixes while its key (``PickKeys``: per GPU, which side of each
+    need free memory is on) holds: on any readings, at a need, a byte either side of it, or anywhere,
+    one after another, the fixes shown are those the full fit picks afresh."""
+    plan, totals = _plan_with_fixes()
+    near_a_need = st.sampled_from(sorted({n + d for needs in plan.pick_keys.needs.values() for n in needs
+                                          for d in (-1, 0, 1)}))
+    for _ in range(data.draw(st.integers(1, 4))):
+        free = {i: data.draw(st.one_of(near_a_need, st.integers(0, total))) for i, total in totals.items()}
+        shown = [label for segment in plan.fix_segments(free, plan.live(free)) for label in segment.labels]
+        afresh = [(fit.name, fix.knob, fix.action) for fit in plan.node.models
+                  for fix in plan.fixes[fit.name].pick(with_free(fit, free), free) if fix.works]
+        assert shown == afresh, free

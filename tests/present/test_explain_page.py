@@ -265,7 +265,10 @@ def test_what_if_form_recomputes_the_verdicts(start_exporter, typed, verdict):
 
 def test_what_if_link_reproduces_it_and_the_live_state_is_untouched(start_exporter, tmp_path, update_golden):
     exporter = start_exporter(*SEED)
-    before = (exporter.text("/metrics"), exporter.text("/api/v1/fit"))
+    # /api/v1/fit first: it waits for the fixes, which a scrape right after start-up may come before
+    # (the fix search follows the plan): "before" is then the settled state, as "after" is.
+    fit = exporter.text("/api/v1/fit")
+    before = (exporter.text("/metrics"), fit)
     status, page = submit(exporter, exporter.text("/"), SEED_MODEL, vram_claim="4GiB", gpu_memory_utilization="0.80",
                           max_model_len="")
     assert status == 200

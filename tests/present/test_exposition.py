@@ -11,9 +11,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from fitcases import GIB, MIB, gpu, node, seed_model
-from vram_exporter.present.exposition import Family, Renderer, format_value, wants_openmetrics
+from vram_exporter.present.exposition import Family, Renderer, format_value, render_samples, wants_openmetrics
 from vram_exporter.rules.model import Cluster
-from vram_exporter.rules.node import fit_node, live_values, static_fit, with_free
+from vram_exporter.present.catalogue import MODEL_GPU
+from vram_exporter.present.collector import ModelFamilies
+from vram_exporter.rules.node import (apply_free, fit_node, free_for_static_top, static_fit, top_moves, window_top,
+                                      with_free)
+from vram_exporter.rules.verdicts import NodeFit
 
 
 def samples(text: str, openmetrics: bool = False) -> list[tuple[str, dict, float]]:
@@ -84,22 +88,67 @@ def test_content_negotiation():
        st.lists(st.integers(min_value=0, max_value=4000), min_size=2, max_size=2))
 def test_patching_free_memory_equals_a_full_fit(before, after):
     """The plan's static fit, made on other readings, with new free memory applied (the report's path,
-    with_free, and the metrics', live_values) must equal a fresh fit."""
+    with_free, and the metrics', the collector's live part) must equal a fresh fit."""
     models = [seed_model("--gpu-memory-utilization=0.45", name="a"),
               seed_model("--gpu-memory-utilization=0.3", name="b", max_model_len=8192),
-              seed_model("--gpu-memory-utilization=0.45", name="c", placed_on=(1,))]
+              seed_model("--gpu-memory-utilization=0.45", name="c", placed_on=(1,)),
+              seed_model("--mem-fraction-static=0.5", name="d", backend="sglang", max_model_len=8192)]
     cluster = Cluster()
     snap_before = node(*(gpu(i, 24 * GIB, used=u * MIB) for i, u in enumerate(before)))
     snap_after = node(*(gpu(i, 24 * GIB, used=u * MIB) for i, u in enumerate(after)))
     free = {g.index: g.memory.free for g in snap_after.gpus}
-    static = static_fit(snap_before, cluster, models).models
-    patched = [with_free(fit, free) for fit in static]
+    static = static_fit(snap_before, cluster, models)
+    patched = [with_free(fit, free) for fit in static.models]
     fresh = fit_node(snap_after, cluster, models)
-    for s, p, f in zip(static, patched, fresh.models):
+    for p, f in zip(patched, fresh.models):
         assert (p.schedulable, p.startable, p.gpus, p.reasons) == (f.schedulable, f.startable, f.gpus, f.reasons)
         assert [(g.headroom, g.gmu_min, g.gmu_max, g.max_model_len) for g in p.per_gpu] == \
                [(g.headroom, g.gmu_min, g.gmu_max, g.max_model_len) for g in f.per_gpu]
-        live = live_values(s, free)
-        assert live.startable == f.startable
-        assert list(live.gmu_max) == [g.gmu_max for g in f.per_gpu]
-        assert list(live.free_headroom) == [g.headroom.get("vllm_free_memory") for g in f.per_gpu]
+    assert live_lines(ModelFamilies(static).live(free)) == fresh_live_lines(fresh)
+
+
+def live_lines(live) -> dict[str, str]:
+    return {name: segment.text for name, segment in live.segments.items()}
+
+
+def fresh_live_lines(fit: NodeFit) -> dict[str, str]:
+    """The live samples as the full fit says them, rendered sample by sample."""
+    headroom, top = [], []
+    for m in fit.models:
+        for g in (() if m.error else m.per_gpu):
+            labels = (m.name, str(g.index), g.uuid)
+            top.append(render_samples("vram_model_gpu_memory_utilization_max", MODEL_GPU, [labels], [g.gmu_max]))
+            if g.free_need is not None:
+                headroom.append(render_samples("vram_model_headroom_bytes", (*MODEL_GPU, "check"),
+                                               [(*labels, g.free_check)], [g.headroom[g.free_check]]))
+    startable = render_samples("vram_model_startable", ("model",), [(m.name,) for m in fit.models],
+                               [1 if m.startable else 0 for m in fit.models])
+    return {"vram_model_headroom_bytes": "".join(headroom), "vram_model_gpu_memory_utilization_max": "".join(top),
+            "vram_model_startable": startable}
+
+
+def test_the_live_part_is_the_full_fit_on_each_side_of_every_tops_edge():
+    """Where free memory reaches a top's edge (free_for_static_top) the live part writes the static top
+    without computing it: one byte either side of each edge, it still says what a fresh fit says."""
+    models = [seed_model(f"--gpu-memory-utilization={g}", name=f"m{g}") for g in (0.3, 0.45, 0.6, 0.9)]
+    sizes = node(gpu(0, 24 * GIB), gpu(1, 16 * GIB))
+    static = static_fit(sizes, Cluster(), models)
+    edges = {(f.index, edge) for m in static.models for f in m.per_gpu if top_moves(f)
+             and (edge := free_for_static_top(f.free_need - f.budget, f.cuda_total, f.gmu_max_static)) is not None}
+    assert len(edges) >= 4
+    families = ModelFamilies(static)
+    for index, edge in sorted(edges):
+        for free_there in (edge - 1, edge, edge + 1):
+            free = {g.index: g.memory.free for g in sizes.gpus} | {index: free_there}
+            fresh = apply_free(static, free)
+            assert live_lines(families.live(free)) == fresh_live_lines(fresh), (index, free_there)
+
+
+@given(st.integers(min_value=-(2**40), max_value=2**40), st.integers(min_value=2**20, max_value=2**38),
+       st.floats(min_value=1e-4, max_value=1.0), st.integers(min_value=-(2**30), max_value=2**30))
+def test_a_tops_edge_is_where_the_window_top_becomes_static(beside_budget, cuda_total, static, offset):
+    edge = free_for_static_top(beside_budget, cuda_total, static)
+    assert window_top(edge, beside_budget, cuda_total, static) == static
+    assert window_top(edge - 1, beside_budget, cuda_total, static) != static
+    free = edge + offset
+    assert (window_top(free, beside_budget, cuda_total, static) == static) == (free >= edge)

@@ -16,8 +16,8 @@ a scrape never waits for them.
 
 What is remembered, all of it here and every piece keyed by value (never by which object was handed
 in): the current plan (by its inputs), per plan the live part of the last free memory seen and each
-model's picked fixes (by the free memory of its GPUs), and the last scrape body and the last report
-(``LastOne``, by what they are made of). Why each is kept is said where it is.
+model's picked fixes (by which side of each need it compares free memory is on: ``PickKeys``), and
+the last scrape body and the last report (``LastOne``, by what they are made of). Why each is kept is said where it is.
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ import asyncio
 import gc
 import logging
 import threading
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Generic, TypeVar
 
 from ..present.collector import GpuDetail, LivePart, ModelFamilies, fix_segment
 from ..present.exposition import Family, Segment
 from ..rules.fixes import FixPlan, plan_fixes
 from ..rules.model import ModelSpec
-from ..rules.node import NodeFit, free_memory, static_fit
+from ..rules.node import NodeFit, free_memory, start_needs, static_fit
 from ..snapshot import GpuReading, NodeSnapshot
 from .cooperative import yielding
 from .inputs import GpuSize, NodeInputs, gpu_sizes, node_inputs
@@ -81,12 +83,13 @@ class Plan:
     families: ModelFamilies  # the per-model segments that only change with the plan
     gpus: tuple[GpuReading, ...]  # the readings the plan was made from (sizes only are read)
     fixes: Mapping[str, FixPlan] | None = field(default=None)  # None until every model's are known
+    pick_keys: PickKeys | None = field(default=None)  # set with the fixes, before them
     # Done when ``fixes`` is set, or with None when a newer plan made this one's search pointless.
     fixes_known: Future = field(default_factory=Future)
     # The live part of the last free memory seen (by value): a scrape whose readings did not move (the
     # fixes just known, say) redoes none of it.
     _live: LastOne[LivePart] = field(default_factory=LastOne)
-    # Each model's rendered working fixes and the free memory of its GPUs they were picked for. The
+    # Each model's rendered working fixes and the key (``PickKeys``) they were picked for. The
     # planner's thread fills it for the free memory the plan was made with before ``fixes`` is set,
     # so that the scrape that first shows the fixes need not pick them: that scrape was the slowest
     # of those meanwhile (benchmarks/RESULTS.md, "What a user sees": p99 meanwhile 8.7 ms at 8 x 200).
@@ -109,24 +112,70 @@ class Plan:
         return self.families.families(self.node, free, self.fix_segments(free, live), live)
 
     def fix_segments(self, free: Mapping[int, int], live: LivePart) -> list[Segment]:
-        """Each model's working fixes on ``free``, rendered; a model whose GPUs' free memory did not
-        move keeps its last pick. Empty while the fixes are not known."""
-        if self.fixes is None:
+        """Each model's working fixes on ``free``, rendered; a model whose pick cannot have changed
+        (``PickKeys``) keeps its last one. Empty while the fixes are not known."""
+        fixes, keys = self.fixes, self.pick_keys
+        if fixes is None:
             return []
+        sides = keys.sides(free)
         out = []
         for fit in self.node.models:
-            fix_plan = self.fixes.get(fit.name)
-            if fix_plan is None or fit.error or fit.placed or (fit.schedulable and live.lives[fit.name].startable):
+            fix_plan = fixes.get(fit.name)
+            if fix_plan is None or fit.error or fit.placed or (fit.schedulable and live.startable[fit.name]):
                 continue
-            out.append(self._pick(fit, fix_plan, free))
+            out.append(self._pick(fit, fix_plan, free, keys.key(fit.name, sides, free)))
         return out
 
-    def _pick(self, fit, fix_plan: FixPlan, free: Mapping[int, int]) -> Segment:
-        key = pick_key(fit, free)
+    def _pick(self, fit, fix_plan: FixPlan, free: Mapping[int, int], key: tuple) -> Segment:
         last = self._picks.get(fit.name)
         if last is None or last[0] != key:
             last = self._picks[fit.name] = (key, fix_segment(fit.name, fix_plan.working(fit, free)))
         return last[1]
+
+
+@dataclass(frozen=True, slots=True)
+class PickKeys:
+    """What each model's picked fixes (``FixPlan.working``) depend on, made once per plan with the fixes.
+
+    A pick compares free memory with fixed numbers (its options' needs, ``FixPlan.needs``, and what the
+    model's start needs, ``start_needs``); only a schedulable model's ``other_processes`` fix reads the
+    free memory of its GPUs itself. So the pick is a function of, per GPU, the side of each of those
+    numbers free memory is on (``bisect``: how many of them it reaches), and, for a schedulable model,
+    its GPUs' free memory. Readings that move a few MiB on every GPU twice a second rarely cross one:
+    each model's pick, 193 of them at 8 GPUs x 200 models, was about 1.4 ms of each such scrape
+    (benchmarks/RESULTS.md, "Readings moving twice a second")."""
+
+    needs: Mapping[int, tuple[int, ...]]  # per GPU, every need compared with its free memory, sorted
+    # per model: the GPUs whose side its pick reads (an itemgetter over ``sides``), and those whose free memory
+    by_model: Mapping[str, tuple[Callable[[Mapping[int, int]], object], tuple[int, ...]]]
+
+    @classmethod
+    def of(cls, node: NodeFit, fixes: Mapping[str, FixPlan]) -> PickKeys:
+        needs: dict[int, set[int]] = {}
+        by_model = {}
+        for fit in node.models:
+            fix_plan = fixes.get(fit.name)
+            if fix_plan is None:
+                continue
+            own = [*fix_plan.needs(), *(start_needs(fit) or ())]
+            for index, need in own:
+                needs.setdefault(index, set()).add(need)
+            gpus = sorted({index for index, _ in own})
+            exact = tuple(f.index for f in fit.per_gpu if f.index in fit.gpus) if fit.schedulable else ()
+            by_model[fit.name] = (itemgetter(*gpus) if gpus else _nothing, exact)
+        return cls({index: tuple(sorted(values)) for index, values in needs.items()}, by_model)
+
+    def sides(self, free: Mapping[int, int]) -> dict[int, int]:
+        """Per GPU, how many of its needs ``free`` reaches (``free >= need`` holds for exactly those)."""
+        return {index: bisect_right(needs, free.get(index, 0)) for index, needs in self.needs.items()}
+
+    def key(self, model: str, sides: Mapping[int, int], free: Mapping[int, int]) -> tuple:
+        side_of, exact = self.by_model[model]
+        return side_of(sides), tuple(free.get(index, 0) for index in exact) if exact else ()
+
+
+def _nothing(_sides) -> tuple:
+    return ()
 
 
 class Planner:
@@ -179,7 +228,10 @@ class Planner:
         """A whole plan in the calling thread (``check``, the explain page's what-if), never the
         planner's current one; the fixes are left out (None) if ``stale()`` turns true meanwhile."""
         plan = _fit(0, inputs, snapshot, self._gpu_detail)
-        plan.fixes = _fixes(plan, stale)
+        fixes = _fixes(plan, stale)
+        if fixes is not None:
+            plan.pick_keys = PickKeys.of(plan.node, fixes)
+        plan.fixes = fixes
         plan.fixes_known.set_result(plan.fixes)
         return plan
 
@@ -200,6 +252,7 @@ class Planner:
             # it stops within one model, and the newer plan's fit, queued behind it, starts.
             fixes = _fixes(plan, lambda: self._version != plan.version)
             if fixes is not None:
+                plan.pick_keys = PickKeys.of(plan.node, fixes)
                 _first_picks(plan, fixes)
                 plan.fixes = fixes  # one assignment: readers see None or every model's
                 _settle_memory()
@@ -229,19 +282,16 @@ def _settle_memory() -> None:
     gc.freeze()
 
 
-def pick_key(fit, free: Mapping[int, int]) -> tuple:
-    """What a model's picked fixes depend on: the free memory of each GPU it is judged on."""
-    return tuple(free.get(f.index) for f in fit.per_gpu)
-
-
 def _first_picks(plan: Plan, fixes: Mapping[str, FixPlan]) -> None:
     """Each model's fixes on the free memory the plan was made with (readings rarely moved since),
     picked before ``plan.fixes`` is set: no scrape reads ``_picks`` until then."""
     free = free_memory(NodeSnapshot(driver_version="", gpus=plan.gpus))
+    keys = plan.pick_keys
+    sides = keys.sides(free)
     for fit in plan.node.models:
         if fit.name in fixes:
             try:
-                plan._pick(fit, fixes[fit.name], free)
+                plan._pick(fit, fixes[fit.name], free, keys.key(fit.name, sides, free))
             except Exception:  # noqa: BLE001 - the scrape picks this one itself
                 log.exception("picking the fixes of model %s failed", fit.name)
 

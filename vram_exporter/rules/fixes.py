@@ -17,7 +17,7 @@ and the pick, alike for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..snapshot import GpuReading
@@ -44,6 +44,13 @@ class FixPlan:
         """The fixes that work, for the static ``fit`` on ``free``: ``pick``'s, without building the
         live fit (the metrics export only these, at every change of a reading)."""
         return [f for f in self._choose(fit, free, startable(fit, free), None) if f.works]
+
+    def needs(self) -> Iterator[tuple[int, int]]:
+        """Every (GPU, free bytes) a pick compares free memory with (``Option.holds``): where free memory
+        moves on one side of all of them, every knob picks what it picked."""
+        for knob in self.knobs.values():
+            for option in knob.options:
+                yield from option.needs
 
     def _choose(self, fit: ModelFit, free: Mapping[int, int], starts: bool, window_note) -> list[Fix]:
         if fit.error or fit.placed or (fit.schedulable and starts):

@@ -24,7 +24,7 @@ from ..snapshot import GpuReading, NodeSnapshot
 from ..units import gib
 from . import backends, gpustack
 from .model import Cluster, ModelSpec
-from .verdicts import (BOOKING_CHECK, BOOKING_TOLERANCE, CHECKS, ENGINE_CHECKS, Context, GpuBooking, GpuFit, LiveValues, ModelFit,  # noqa: F401
+from .verdicts import (BOOKING_CHECK, BOOKING_TOLERANCE, CHECKS, ENGINE_CHECKS, Context, GpuBooking, GpuFit, ModelFit,  # noqa: F401
                        NodeFit, Probe, reasons)
 
 
@@ -87,26 +87,85 @@ def free_headroom(f: GpuFit, free: int) -> int | None:
 
 def free_top(f: GpuFit, free: int) -> float:
     """The window's top once the start-up check is counted too (rounded down: it passes itself)."""
-    if f.free_need is None or f.free_check != "vllm_free_memory":
+    if not top_moves(f):
         return f.gmu_max  # SGLang: free memory sizes its pool, it does not bound the fraction
-    top = math.floor((free - (f.free_need - f.budget)) / f.cuda_total * 10_000 + 1e-9) / 10_000
-    static = f.gmu_max_static
+    return window_top(free, f.free_need - f.budget, f.cuda_total, f.gmu_max_static)
+
+
+def top_moves(f: GpuFit) -> bool:
+    """Whether free memory moves the window's top on this GPU (vLLM's start-up check applies)."""
+    return f.free_need is not None and f.free_check == "vllm_free_memory"
+
+
+def window_top(free: int, beside_budget: int, cuda_total: int, static: float) -> float:
+    """``free_top`` from plain numbers, for callers that take them out of the GpuFit once
+    (present/collector.py, at every change of a reading): ``beside_budget`` is free_need - budget."""
+    top = math.floor((free - beside_budget) / cuda_total * 10_000 + 1e-9) / 10_000
     return static if static < top else (top if top > 0 else 0.0)
+
+
+def free_for_static_top(beside_budget: int, cuda_total: int, static: float) -> int | None:
+    """The least free memory from which ``window_top`` is ``static`` (free memory no longer bounds the
+    window), found on ``window_top`` itself, which only grows with free memory up to ``static``; None
+    where there is none to find (``static`` not above 0). Made once per plan: at a reading, most tops
+    are then one comparison (present/collector.py)."""
+    if not static > 0 or cuda_total <= 0:
+        return None
+
+    def reached(free: int) -> bool:
+        return window_top(free, beside_budget, cuda_total, static) == static
+
+    low = high = beside_budget + math.ceil(static * cuda_total)  # within a few bytes of it
+    step = 1
+    while reached(low):
+        low, step = low - step, step * 2
+    step = 1
+    while not reached(high):
+        high, step = high + step, step * 2
+    while high - low > 1:  # low does not reach it, high does
+        middle = (low + high) // 2
+        low, high = (low, middle) if reached(middle) else (middle, high)
+    return high
 
 
 def startable(fit: ModelFit, free: Mapping[int, int]) -> bool:
     """vLLM starts and serves max_model_len on every GPU the scheduler picks."""
+    return starts_on(start_needs(fit), free)
+
+
+def starts_on(needs: tuple[tuple[int, int], ...] | None, free: Mapping[int, int]) -> bool:
+    """``startable`` from the model's ``start_needs``, for callers that take those once per plan."""
+    return needs is not None and all(free.get(i, 0) >= need for i, need in needs)
+
+
+def start_needs(fit: ModelFit) -> tuple[tuple[int, int], ...] | None:
+    """What ``startable`` asks of free memory: (GPU, bytes) on the GPUs the scheduler picks; None where
+    no free memory makes it start (an error, no GPU picked, a failing engine check). Free memory aside,
+    it is static: callers take it once per plan and compare at every reading."""
     if fit.error or not fit.gpus:
-        return False
+        return None
     by_index = {f.index: f for f in fit.per_gpu}
-    return all(vllm_starts_on(by_index[i], free.get(i, 0)) for i in fit.gpus if i in by_index)
+    needs = []
+    for i in fit.gpus:
+        f = by_index.get(i)
+        if f is None:
+            continue
+        if not _engine_passes(f):
+            return None
+        if f.free_need is not None:
+            needs.append((i, f.free_need))
+    return tuple(needs)
 
 
 def vllm_starts_on(f: GpuFit, free: int) -> bool:
     """vLLM's two checks on one GPU: the KV cache for max_model_len, and (but for a running
     instance) free memory at start-up."""
-    engine = all(f.headroom[c] >= 0 for c in ENGINE_CHECKS if c in f.headroom)
-    return engine and (f.free_need is None or free >= f.free_need)
+    return _engine_passes(f) and (f.free_need is None or free >= f.free_need)
+
+
+def _engine_passes(f: GpuFit) -> bool:
+    """The engine's own checks on one GPU (the KV cache for max_model_len...), free memory aside."""
+    return all(f.headroom[c] >= 0 for c in ENGINE_CHECKS if c in f.headroom)
 
 
 def apply_free(node: NodeFit, free: Mapping[int, int]) -> NodeFit:
@@ -128,12 +187,6 @@ def with_free(fit: ModelFit, free: Mapping[int, int]) -> ModelFit:
 
 def _reasons(fit: ModelFit) -> tuple[str, ...]:
     return reasons(fit, backends.of(fit.backend).fit.free_reasons)
-
-
-def live_values(fit: ModelFit, free: Mapping[int, int]) -> LiveValues:
-    """The free-memory dependent numbers of a static fit, for the metrics."""
-    return LiveValues(tuple(free_headroom(f, free[f.index]) for f in fit.per_gpu),
-                      tuple(free_top(f, free[f.index]) for f in fit.per_gpu), startable(fit, free))
 
 
 def _book_placed(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: dict[int, int]) -> ModelFit:

@@ -170,15 +170,6 @@ class Knob:
         return next((o.fix for o in self.options if o.holds(free)), self.otherwise)
 
 
-@dataclass(frozen=True, slots=True)
-class LiveValues:
-    """What free memory moves for one model, in the order of its ``per_gpu``."""
-
-    free_headroom: tuple[int | None, ...]  # None: a running instance, not held to the start-up check
-    gmu_max: tuple[float, ...]
-    startable: bool
-
-
 def passes_all(f: GpuFit) -> bool:
     return all(value >= 0 for value in f.headroom.values())
 

@@ -127,11 +127,11 @@ REGISTRY: Mapping[str, Backend] = {b.name: b for b in (
             reads_run_command=False, selector=vllm_selector, fit=vllm_fit, fixes=vllm_fixes),
     Backend("sglang", "SGLang", "SGLang", "--mem-fraction-static (GPUStack's tests)", "--mem-fraction-static", "sglang", ("mem-fraction-static", "context-length"),
             engine_sizes_own_fraction=True, fraction_spelling_matters=False, checks_shown_always=False,
-            reads_run_command=False, selector=sglang_selector, fit=sglang_fit, fixes=sglang_fixes),
+            reads_run_command=False, selector=sglang_selector, fit=sglang_fit.FIT, fixes=sglang_fixes),
     Backend("custom", "the custom backend", "custom", "fraction", "--gpu-memory-utilization / --mem-fraction-static", None,
             ("gpu-memory-utilization", "max-model-len"), engine_sizes_own_fraction=False,
             fraction_spelling_matters=False, checks_shown_always=False, reads_run_command=True,
-            selector=custom_selector, fit=custom_fit, fixes=custom_fixes),
+            selector=custom_selector, fit=custom_fit.FIT, fixes=custom_fixes),
 )}
 NAMES = tuple(REGISTRY)  # the backends the rulebooks judge
 

@@ -1,6 +1,6 @@
 """The fit of a model whose selector is not vLLM's (SGLang, custom): GPUStack's placement through the
 backend's selector, the per-GPU checks through the backend's own ``gpu_fit``. Each backend's fit.py hands
-its selector and its engine here; nothing here names a backend.
+its selector and its engine here, as one ``SharedFit``; nothing here names a backend.
 
 Checks (``vram_model_headroom_bytes{check}``, negative fails) are each backend's: its fit.py lists them.
 """
@@ -8,7 +8,7 @@ Checks (``vram_model_headroom_bytes{check}``, negative fails) are each backend's
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 from ...errors import ModelError
@@ -103,7 +103,40 @@ def _engine_checks(engine) -> tuple[str, ...]:
     return engine.CHECKS if engine is not None else ()
 
 
-def probe(evaluate_one, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
-    """The verdict of the full evaluation (these backends have no cheaper form)."""
-    fit = evaluate_one(model, cluster, gpus, context)
-    return Probe(fit.schedulable and fit.startable and not fit.error)
+def _no_free_reasons(fit: ModelFit, f: GpuFit) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class SharedFit:
+    """The ``Fit`` contract (rules/backends/__init__.py) of a backend whose fit is this module's. A backend's
+    fit.py makes one and states only what differs: its selector, its engine's terms (``engine_of(model,
+    cluster, gpus)``, None: not modelled), one GPU's checks (``gpu_fit``), its own reasons (``say(fit, engine,
+    book)``) and what its engine says of a GPU's free memory (``free_reasons``: nothing by default)."""
+
+    selector: ModuleType
+    engine_of: Callable
+    gpu_fit: GpuFitter
+    say: Callable[..., list[str]]
+    free_reasons: Callable[[ModelFit, GpuFit], list[str]] = _no_free_reasons
+
+    def evaluate(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context,
+                 placed_on: Sequence[int] | None = None) -> ModelFit:
+        return evaluate(self.selector, self.engine_of, self.gpu_fit, self.say, model, cluster, gpus, context,
+                        placed_on)
+
+    def probe(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
+        """The verdict of the full evaluation (these backends have no cheaper form)."""
+        fit = self.evaluate(model, cluster, gpus, context)
+        return Probe(fit.schedulable and fit.startable and not fit.error)
+
+    def placement(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: Mapping[int, int],
+                  replica_count: int | None = None) -> gpustack.Placement | None:
+        return placement(self.selector, model, cluster, gpus, claims, replica_count)
+
+    def placed_claims(self, model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> dict[int, int]:
+        return placed_claims(self.selector, model, cluster, gpus)
+
+    def committed_on(self, model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
+        """What the engine takes of a GPU it is placed on: about what GPUStack books, and its CUDA context."""
+        return claim + cluster.vllm_context_overhead

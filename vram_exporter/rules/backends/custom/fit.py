@@ -8,14 +8,13 @@ it, and the reasons say so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from ....snapshot import GpuReading
 from ... import gpustack
 from ...model import Cluster, ModelSpec
-from ...verdicts import Context, GpuFit, ModelFit, Probe
-from ..shared_fit import (evaluate as shared_evaluate, placed_claims as shared_placed_claims,
-                          placement as shared_placement, probe as shared_probe)
+from ...verdicts import GpuFit, ModelFit
+from ..shared_fit import SharedFit
 from . import selector
 
 NOT_MODELLED = "a custom backend's engine is not modelled: only GPUStack's placement is judged"
@@ -36,28 +35,4 @@ def _say(fit: ModelFit, engine, book: gpustack.Booking) -> list[str]:
     return [NOT_MODELLED]
 
 
-def evaluate(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context,
-             placed_on: Sequence[int] | None = None) -> ModelFit:
-    return shared_evaluate(selector, _no_engine, _gpu_fit, _say, model, cluster, gpus, context, placed_on)
-
-
-def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
-    return shared_probe(evaluate, model, cluster, gpus, context)
-
-
-def placement(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: Mapping[int, int],
-              replica_count: int | None = None) -> gpustack.Placement | None:
-    return shared_placement(selector, model, cluster, gpus, claims, replica_count)
-
-
-def placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> dict[int, int]:
-    return shared_placed_claims(selector, model, cluster, gpus)
-
-
-def committed_on(model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
-    """What the engine takes of a GPU it is placed on: taken as what GPUStack books, and a CUDA context."""
-    return claim + cluster.vllm_context_overhead
-
-
-def free_reasons(fit: ModelFit, f: GpuFit) -> list[str]:
-    return []  # not modelled: free memory is never read
+FIT = SharedFit(selector, _no_engine, _gpu_fit, _say)

@@ -15,7 +15,7 @@ from . import fit as custom_fit
 
 
 def knobs(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> dict[str, Knob]:
-    search = Search(custom_fit.evaluate, model, fit, node.cluster, [g for g in gpus if g.up])
+    search = Search(custom_fit.FIT.evaluate, model, fit, node.cluster, [g for g in gpus if g.up])
     return {"reservation": search.reservation(), "utilization": search.fraction("gpu-memory-utilization"),
             "reservation_and_utilization": NO_KNOB, "claim": NO_KNOB, "pin": search.pin(),
             "max_model_len": NO_KNOB, "kv_cache_dtype": NO_KNOB, "gpu_count": NO_KNOB}

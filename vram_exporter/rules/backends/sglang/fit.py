@@ -20,15 +20,14 @@ context): memory held by other processes is not counted here (node.py ``with_fre
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from ....snapshot import GpuReading
 from ....units import GIB, gib
 from ... import gpustack
 from ...model import Cluster, ModelSpec
-from ...verdicts import Context, GpuFit, ModelFit, Probe
-from ..shared_fit import (booking_on, evaluate as shared_evaluate, placed_claims as shared_placed_claims,
-                          placement as shared_placement, probe as shared_probe)
+from ...verdicts import GpuFit, ModelFit
+from ..shared_fit import SharedFit, booking_on
 from ..vllm.engine import cuda_total
 from . import engine as sglang, selector, versions
 
@@ -148,29 +147,6 @@ def _say(fit: ModelFit, engine: Engine, book: gpustack.Booking) -> list[str]:
     return said
 
 
-def evaluate(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context,
-             placed_on: Sequence[int] | None = None) -> ModelFit:
-    return shared_evaluate(selector, Engine, _gpu_fit, _say, model, cluster, gpus, context, placed_on)
-
-
-def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], context: Context) -> Probe:
-    return shared_probe(evaluate, model, cluster, gpus, context)
-
-
-def placement(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: Mapping[int, int],
-              replica_count: int | None = None) -> gpustack.Placement | None:
-    return shared_placement(selector, model, cluster, gpus, claims, replica_count)
-
-
-def placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) -> dict[int, int]:
-    return shared_placed_claims(selector, model, cluster, gpus)
-
-
-def committed_on(model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
-    """What SGLang takes of a GPU it is placed on: about what GPUStack books, and its CUDA context."""
-    return claim + cluster.vllm_context_overhead
-
-
 def free_reasons(fit: ModelFit, f: GpuFit) -> list[str]:
     """SGLang's pool on this GPU's free memory, where it falls short of one full-context request."""
     if f.headroom.get("sglang_free_memory", 0) >= 0:
@@ -178,3 +154,6 @@ def free_reasons(fit: ModelFit, f: GpuFit) -> list[str]:
     return [f"GPU {f.index}: SGLang sizes its KV pool from the free memory at start: with the free "
             f"memory of now it falls {gib(-f.headroom['sglang_free_memory'])} short of one request of "
             f"{fit.max_model_len} tokens (other processes hold it), and SGLang would cap requests"]
+
+
+FIT = SharedFit(selector, Engine, _gpu_fit, _say, free_reasons)

@@ -20,7 +20,7 @@ TP_SIZES = (2, 4, 8)
 
 
 def knobs(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> dict[str, Knob]:
-    search = _SglangSearch(sglang_fit.evaluate, model, fit, node.cluster, [g for g in gpus if g.up])
+    search = _SglangSearch(sglang_fit.FIT.evaluate, model, fit, node.cluster, [g for g in gpus if g.up])
     return {"reservation": search.reservation(), "utilization": search.named_then_grid(),
             "reservation_and_utilization": NO_KNOB, "claim": NO_KNOB, "pin": search.pin(),
             "max_model_len": search.context_length(), "kv_cache_dtype": search.kv_cache_dtype(),
