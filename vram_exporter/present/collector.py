@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .. import __version__
-from .catalogue import CATALOGUE, GPU as GPU_LABELS, MODEL_GPU as MODEL_GPU_LABELS, family
+from .catalogue import CATALOGUE, MODEL_GPU as MODEL_GPU_LABELS, family
 from .exposition import Family, Segment, format_value, render_samples, sample_prefix
 from ..rules import backends
 from ..rules.fixes import Fix

@@ -102,10 +102,6 @@ class Model(_ApiRecord):
     disaggregation: Any = None
 
     @property
-    def is_vllm(self) -> bool:
-        return (self.backend or "").lower() == backends.VLLM
-
-    @property
     def backend_kind(self) -> str | None:
         """vllm, sglang or custom (the backends the rulebooks judge); None for the others (MindIE, VoxBox)."""
         kind = (self.backend or "").lower()

@@ -182,11 +182,7 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     found = gpustack_paths.search(nodes, ask)
     if not found.candidates:
         return Verdict(inst.id, inst.model, False, reason=found.reason)
-    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
-    chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
-    return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
-                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization,
-                   tuple(found.candidates))
+    return _picked(inst, request, nodes, found.candidates, holdings, overcommit_reason=found.reason)
 
 
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
@@ -226,12 +222,21 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
                                                    subordinate_utilization=book.fraction)]
     if not candidates:
         return Verdict(inst.id, inst.model, False, reason=reason)
-    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
     utilization = selector.claim_utilization(book, manual=manual)
     candidates = [c if c.subordinates else replace(c, utilization=utilization) for c in candidates]
-    best = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
-    return Verdict(inst.id, inst.model, True, best.worker, best.gpus, "", best.claims, best.overcommit,
-                   best.utilization, best.subordinate_utilization, tuple(candidates))
+    return _picked(inst, request, nodes, candidates, holdings)
+
+
+def _picked(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Node],
+            candidates: Sequence[gpustack_paths.Candidate], holdings: Sequence[placement_scorer.Holding],
+            overcommit_reason: str = "") -> Verdict:
+    """GPUStack's placement scorer picks among every candidate the selector listed; an overcommitted pick
+    carries the selector's reason (its own tests fail there)."""
+    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    chosen = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
+    return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus,
+                   overcommit_reason if chosen.overcommit else "", chosen.claims, chosen.overcommit,
+                   chosen.utilization, chosen.subordinate_utilization, tuple(candidates))
 
 
 def _sizing_selection(nodes: Sequence[gpustack_paths.Node], request: Request
@@ -283,11 +288,7 @@ def _decide_manual(inst: Instance, request: Request, nodes: Sequence[gpustack_pa
     found = gpustack_paths.manual(nodes, ask)
     if not found.candidates:
         return Verdict(inst.id, inst.model, False, reason=found.reason)
-    allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
-    chosen = placement_scorer.pick(found.candidates, request.strategy, inst.model, holdings, allocatable)
-    return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus, found.reason if chosen.overcommit else "",
-                   chosen.claims, chosen.overcommit, chosen.utilization, chosen.subordinate_utilization,
-                   tuple(found.candidates))
+    return _picked(inst, request, nodes, found.candidates, holdings, overcommit_reason=found.reason)
 
 
 def _per_replica(request: Request, world_size: int | None, skip: bool) -> int | None:

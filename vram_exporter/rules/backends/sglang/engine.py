@@ -186,7 +186,3 @@ def not_enough_memory(mem_fraction_static: float) -> str:
     return ("Not enough memory. Please try to increase --mem-fraction-static. "
             f"Current value: self.server_args.mem_fraction_static={mem_fraction_static}")
 
-
-def longest_request(context_len: int, tokens: int) -> int:
-    """``max_req_len``: what one request may hold."""
-    return min(context_len - 1, tokens - 1)

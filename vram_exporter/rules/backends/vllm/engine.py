@@ -27,13 +27,11 @@ from .versions import VLLM_RULES, VllmRules
 # H200 with DeepSeek-V2-Lite (tests/data/vllm-h200/run-2.json: FLASH_ATTN_MLA, block_size 16). FLASHMLA
 # (64) and CUTLASS_MLA (128) are picked only when asked for (--block-size 64 / 128 or the backend).
 BLOCK_TOKENS = 16
-MLA_BLOCK_TOKENS = 16
 # Sliding-window layers keep window - 1 + one batch of tokens (max_num_batched_tokens), not
 # max_model_len: SlidingWindowSpec.max_memory_usage_bytes. `vllm serve`'s default batch is 8192 tokens on
 # GPUs of 70 GiB or more that are not A100s, 2048 on others (vllm/engine/arg_utils.py,
 # _get_default_max_num_seqs_and_batched_tokens, vLLM 0.26.0; the H200 run logged 8192).
 SLIDING_BATCH_TOKENS = 2048
-LARGE_GPU_BATCH_TOKENS = 8192
 
 
 def default_scheduler_limits(device_total_bytes: int | None, device_name: str = "",
