@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..errors import ModelError
 
 import functools
+import json
 import math
 import re
 import shlex
@@ -221,7 +222,11 @@ _VLLM_ALIASES = {
     "pp": "pipeline-parallel-size",
     "dp": "data-parallel-size",
     "device-memory-utilization": "gpu-memory-utilization",
+    "sc": "speculative-config",  # vLLM 0.34's short form
 }
+# vllm/config/lora.py MaxLoRARanks (0.17.1-0.34.0): argparse refuses any other --max-lora-rank.
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LORA_DTYPES = ("auto", "float16", "bfloat16")  # vllm/config/lora.py LoRADType
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,11 +239,27 @@ class VllmParams:
     dtype: str
     block_size: int | None
     spelled_with_underscore: bool
-    max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU  # --gpu_memory_utilization: vLLM reads it, GPUStack does not
+    max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU
+    max_num_seqs: int | None = None  # None: vLLM's default for the GPU  # --gpu_memory_utilization: vLLM reads it, GPUStack does not
     # The KV cache sized directly (vllm/config/cache.py, 0.17.1-0.34.0); either turns 0.34's extensible KV
     # cache off (vllm/config/vllm.py::_resolve_extensible_kv_cache).
     kv_cache_memory_bytes: int | None = None
     num_gpu_blocks_override: int | None = None
+    lora: VllmLoraParams | None = None  # --enable-lora and its settings; None: LoRA off
+    speculative_config: Mapping[str, object] | None = None  # --speculative-config's JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class VllmLoraParams:
+    """vLLM's LoRAConfig as its flags set it (vllm/engine/arg_utils.py, vllm/config/lora.py, 0.17.1-0.34.0)."""
+
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # None (or <= 0): max_loras; CPU memory only
+    lora_dtype: str = "auto"  # auto: the model's dtype
+    fully_sharded_loras: bool = False
+    specialize_active_lora: bool = False  # one CUDA graph set per active-adapter count (power of 2)
+    target_modules: tuple[str, ...] | None = None  # --lora-target-modules (0.34)
 
 
 def _vllm_key(key: str) -> str:
@@ -279,6 +300,12 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
         name = _vllm_key(key)
         if name == "gpu-memory-utilization" and "_" in key:
             underscore = True
+        if name.startswith("no-"):  # argparse.BooleanOptionalAction's --no-X: X off, the last one wins
+            name, value = name[3:], "false"
+        elif name in _BOOLEAN_FLAGS:
+            if value is not None:
+                raise ModelError(f"vLLM's --{name} takes no value (argparse: ignored explicit argument {value!r})")
+            value = "true"
         last[name] = value  # argparse: the last one wins
 
     number = functools.partial(last_number, last, engine="vLLM")
@@ -294,9 +321,56 @@ def vllm_params(parameters: Sequence[str] | None) -> VllmParams:
         block_size=number("block-size", int, None),
         spelled_with_underscore=underscore,
         max_num_batched_tokens=number("max-num-batched-tokens", int, None),
+        max_num_seqs=number("max-num-seqs", int, None),
         kv_cache_memory_bytes=number("kv-cache-memory-bytes", human_readable_int, None),
         num_gpu_blocks_override=number("num-gpu-blocks-override", int, None),
+        lora=_lora_params(last, number),
+        speculative_config=_speculative_config(last.get("speculative-config")),
     )
+
+
+# vLLM's BooleanOptionalAction flags read here (--X on, --no-X off)
+_BOOLEAN_FLAGS = frozenset({"enable-lora", "fully-sharded-loras", "specialize-active-lora"})
+
+
+def _lora_params(last: Mapping[str, str | None], number) -> VllmLoraParams | None:
+    """LoRAConfig, built only with --enable-lora (arg_utils.py create_engine_config); argparse checks the
+    choices of --max-lora-rank and --lora-dtype whether LoRA is on or not."""
+    rank = number("max-lora-rank", int, 16)
+    if rank not in MAX_LORA_RANKS:
+        raise ModelError(f"vLLM refuses --max-lora-rank {rank}: choose from {', '.join(map(str, MAX_LORA_RANKS))}")
+    dtype = last.get("lora-dtype") or "auto"
+    if dtype not in LORA_DTYPES:
+        raise ModelError(f"vLLM refuses --lora-dtype {dtype!r}: choose from {', '.join(LORA_DTYPES)}")
+    if last.get("enable-lora") != "true":
+        return None
+    max_loras = number("max-loras", int, 1)
+    cpu = number("max-cpu-loras", int, None)
+    cpu = cpu if cpu and cpu > 0 else None  # arg_utils.py: "if self.max_cpu_loras and self.max_cpu_loras > 0"
+    if max_loras < 1:
+        raise ModelError(f"vLLM refuses --max-loras {max_loras}: it must be at least 1")
+    if cpu is not None and cpu < max_loras:
+        raise ModelError(f"vLLM fails: max_cpu_loras ({cpu}) must be >= max_loras ({max_loras}).")
+    targets = last.get("lora-target-modules")
+    return VllmLoraParams(max_loras=max_loras, max_lora_rank=rank, max_cpu_loras=cpu, lora_dtype=dtype,
+                          fully_sharded_loras=last.get("fully-sharded-loras") == "true",
+                          specialize_active_lora=last.get("specialize-active-lora") == "true",
+                          target_modules=tuple(targets.split()) if targets else None)
+
+
+def _speculative_config(raw: str | None) -> Mapping[str, object] | None:
+    """--speculative-config: a JSON object (arg_utils.py: ``optional_type(json.loads)``)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ModelError(f"vLLM cannot read --speculative-config {raw!r}: it takes a JSON object (GPUStack splits "
+                         "a parameter as a shell does: give the JSON as an entry of its own, or in single quotes)"
+                         ) from None
+    if not isinstance(value, dict):
+        raise ModelError(f"vLLM cannot read --speculative-config {raw!r}: it takes a JSON object")
+    return value
 
 
 def with_param(parameters: Sequence[str], name: str, value: object) -> tuple[str, ...]:

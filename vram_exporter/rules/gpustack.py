@@ -5,7 +5,7 @@ their folders' selector.py; this module holds what they share. Sources, gpustack
 - ``gpustack/policies/resource_view.py``: allocatable = max(total - claims - system_reserved, 0);
   live used/free memory is never read.
 - ``gpustack/policies/utils.py::estimate_model_vram``: E = GPUSTACK_MODEL_VRAM_CLAIM, else
-  int(weights * 1.2) + 2 GiB.
+  int((weights + LoRA adapters' weights) * 1.2) + 2 GiB (``model_estimate``).
 - ``gpustack/policies/candidate_selectors/vllm_resource_fit_selector.py``: the single-GPU tests
   (``E > total * g`` and ``allocatable / total < g`` exclude a GPU), the multi-GPU walk
   (``allocatable / total > g`` strictly, largest allocatable first, each GPU adding int(total * g),
@@ -25,7 +25,7 @@ from typing import Literal
 
 from ..snapshot import GpuReading
 from ..units import GIB, MIB
-from .model import Architecture, Scheduler
+from .model import Architecture, ModelSpec, Scheduler
 
 ESTIMATE_FACTOR = 1.2  # https://blog.eleuther.ai/transformer-math/#total-inference-memory
 ESTIMATE_FRAMEWORK = 2 * GIB  # CUDA graphs etc., for LLMs
@@ -100,6 +100,13 @@ def estimate_bytes(weights_bytes: int, env: Mapping[str, str]) -> int:
         except ValueError:
             pass
     return int(weights_bytes * ESTIMATE_FACTOR) + ESTIMATE_FRAMEWORK
+
+
+def model_estimate(spec: ModelSpec) -> int:
+    """E of one model: its weights and its LoRA adapters' together (policies/utils.py::estimate_model_vram:
+    int((weights + estimate_lora_weights_bytes) * 1.2) + 2 GiB; GPUSTACK_MODEL_VRAM_CLAIM still wins). A
+    draft model for speculative decoding is not counted: GPUStack 2.3.0 ignores it (gpustack #3169)."""
+    return estimate_bytes(spec.weights_bytes + sum(a.weights_bytes for a in spec.lora_adapters), spec.env)
 
 
 def claim_bytes(total_bytes: int, gmu: float) -> int:

@@ -63,6 +63,9 @@ class Architecture:
     intermediate_size: int | None = None  # dense MLP (intermediate_size; OPT: ffn_dim; GPT-2: n_inner)
     moe: MoeShape | None = None
     architectures: tuple[str, ...] = ()  # config.json's: GPUStack keys some rules on them
+    # Multi-token-prediction layers in the checkpoint (DeepSeek-V3's num_nextn_predict_layers): vLLM's "mtp"
+    # speculative method runs them as the draft, each with a KV cache layer of its own.
+    mtp_layers: int = 0
 
     @property
     def mla(self) -> bool:
@@ -121,6 +124,7 @@ class Architecture:
                                     if (v := _optional_int(text, k))), None),
             moe=MoeShape.from_config(text),
             architectures=tuple(a for a in config.get("architectures") or () if isinstance(a, str)),
+            mtp_layers=_optional_int(text, "num_nextn_predict_layers") or 0,
         )
 
 
@@ -217,6 +221,47 @@ class EngineVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class LoraAdapter:
+    """One LoRA adapter a model serves: an entry of GPUStack 2.3.0's ``Model.lora_list``
+    (gpustack/schemas/models.py ``LoraListEntry``), or of the manifest's ``lora_adapters``."""
+
+    name: str
+    weights_bytes: int  # its weight files, as GPUStack sizes them (policies/utils.py::estimate_lora_weights_bytes)
+    # adapter_config.json's ``r`` and the largest of its ``rank_pattern`` (None: not read). GPUStack's worker
+    # passes --max-lora-rank from the larger of them (worker/backends/base.py::read_lora_max_rank).
+    rank: int | None = None
+    pattern_rank: int | None = None
+
+    @property
+    def max_rank(self) -> int | None:
+        ranks = [r for r in (self.rank, self.pattern_rank) if r is not None]
+        return max(ranks) if ranks else None
+
+
+@dataclass(frozen=True, slots=True)
+class DraftModel:
+    """The draft model of speculative decoding (vLLM's ``--speculative-config`` ``model``; GPUStack 2.3.0's
+    ``speculative_config.draft_model``, resolved as the instance's ``draft_model_source``): its weights and
+    config.json where known. None of them: not known, and said (the engine's fit then cannot be judged)."""
+
+    source: str  # where it comes from, for a person
+    weights_bytes: int | None = None
+    arch: Architecture | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Speculative:
+    """Speculative decoding as the engine is started with it: vLLM's ``--speculative-config`` (the flag wins,
+    as the last argument wins), else what GPUStack 2.3.0's worker passes for the model's speculative_config
+    (worker/backends/vllm.py::_get_speculative_arguments: method eagle3 / mtp / ngram)."""
+
+    method: str | None  # vLLM's method; None: detected from the draft (vllm/config/speculative.py)
+    num_speculative_tokens: int | None = None
+    draft_tensor_parallel_size: int | None = None
+    model: str | None = None  # the draft named in the config
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model of the manifest, resolved: sizes in bytes, parameters parsed."""
 
@@ -238,6 +283,12 @@ class ModelSpec:
     # --mem-fraction-static for (None: this node's GPUs; set with GPUStack as the source)
     sizing_total: int | None = None
     engine_version: EngineVersion | None = None  # None: the cluster's default for the backend (Cluster)
+    # What the engine loads beyond the base model: LoRA adapters (GPUStack adds their weights to its estimate
+    # and its worker turns them on: --enable-lora, --max-loras, --max-lora-rank), the draft model of
+    # speculative decoding and GPUStack's speculative_config for the model (None: the flags alone decide).
+    lora_adapters: tuple[LoraAdapter, ...] = ()
+    draft: DraftModel | None = None
+    speculative: Speculative | None = None
 
     def read(self, reader: Callable[[tuple[str, ...]], T]) -> T:
         """``backend_parameters`` as ``reader`` (one program's flag reader: rules/flags.py and each backend's)

@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from ..rules import backends, runner_pick
 from ..rules.gpustack import ENV_CLAIM
-from ..rules.model import Architecture, Cluster, EngineVersion, ModelSpec
+from ..rules.model import Architecture, Cluster, DraftModel, EngineVersion, LoraAdapter, ModelSpec
 from ..rules.flags import parse_model_len
 from ..units import parse_size
 from ..errors import BadInput
@@ -91,6 +91,43 @@ class ProcessMatch(Strict):
         return self
 
 
+class LoraAdapterEntry(Strict):
+    """One LoRA adapter a model serves (GPUStack's ``lora_list``): its directory (adapter_config.json and the
+    weight files at its root), or its weight files' size and, where known, its rank."""
+
+    name: str = Field(min_length=1)
+    path: str | None = None
+    weights_bytes: Size | None = None
+    rank: int | None = Field(default=None, ge=1)  # adapter_config.json's r (or the largest of rank_pattern)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoraAdapterEntry:
+        if (self.path is None) == (self.weights_bytes is None):
+            raise ValueError("a LoRA adapter needs path (its directory) or weights_bytes, one of them")
+        if self.path is not None and self.rank is not None:
+            raise ValueError("rank is read from path's adapter_config.json: give path or rank, not both")
+        return self
+
+
+class DraftModelEntry(Strict):
+    """The draft model of speculative decoding (vLLM's --speculative-config): GPUStack does not book it
+    (gpustack #3169), the engine loads it; a local directory, or its weights' size and config.json."""
+
+    path: str | None = None
+    weights_from: WeightsFrom = "local"
+    weights_bytes: Size | None = None
+    config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DraftModelEntry:
+        inline = self.weights_bytes is not None or self.config is not None
+        if self.path is not None and inline:
+            raise ValueError("give either path (the draft's directory) or weights_bytes with config, not both")
+        if self.path is None and (self.weights_bytes is None or self.config is None):
+            raise ValueError("a draft model needs path (its directory), or both weights_bytes and config")
+        return self
+
+
 class ModelEntry(Strict):
     name: str = Field(min_length=1)
     path: str | None = None
@@ -122,6 +159,10 @@ class ModelEntry(Strict):
     worker_selector: dict[str, str] = {}
     placement_strategy: Literal["spread", "binpack"] = "spread"
     distributed_inference_across_workers: bool = True
+    # What the engine loads beyond the model: GPUStack's lora_list (it adds their weights to its estimate,
+    # its worker starts vLLM with --enable-lora for them) and the draft of --speculative-config.
+    lora_adapters: list[LoraAdapterEntry] = []
+    draft_model: DraftModelEntry | None = None
 
     @field_validator("env", mode="before")
     @classmethod
@@ -184,6 +225,12 @@ class ModelEntry(Strict):
             raise ValueError("engine_version is the vLLM or SGLang version: a custom backend's engine is not modelled")
         if self.weights_from != "local" and self.path is None:
             raise ValueError("weights_from says how the files under path are counted: it needs path")
+        names = [a.name for a in self.lora_adapters]
+        if len(set(names)) != len(names):
+            raise ValueError("two lora_adapters have the same name")
+        if self.draft_model is not None and self.backend != backends.VLLM:
+            raise ValueError("draft_model is read by the vLLM rules only: another engine's speculative decoding "
+                             "is not modelled")
         return self
 
 class WorkerEntry(Strict):
@@ -282,7 +329,7 @@ def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
         try:
             models.append(_resolve(entry, path.parent, manifest.cluster))
         except _FieldError as exc:
-            loc = ("models", i, exc.field)
+            loc = ("models", i, *exc.field)
             problems.append((line_of(loc), field_path(loc), str(exc)))
     if problems:
         raise InputFileError(path, problems)
@@ -290,9 +337,9 @@ def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
                           entries=tuple(manifest.models))
 
 class _FieldError(BadInput):
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str | tuple[str | int, ...], message: str):
         super().__init__(message)
-        self.field = field
+        self.field = field if isinstance(field, tuple) else (field,)
 
 def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSpec:
     if entry.path is not None:
@@ -306,13 +353,52 @@ def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSp
     except ValueError as exc:
         raise _FieldError(source_field, str(exc)) from None
     max_len = parse_model_len(entry.max_model_len) if isinstance(entry.max_model_len, str) else entry.max_model_len
-    return ModelSpec(
+    spec = ModelSpec(
         name=entry.name, weights_bytes=weights, arch=arch,
         backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
         placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
         runtime_overhead=entry.runtime_overhead, metrics_url=entry.metrics_url,
         backend=entry.backend, run_command=entry.run_command, engine_version=engine_version_of(entry, cluster),
+        lora_adapters=tuple(_adapter(a, base, ("lora_adapters", i)) for i, a in enumerate(entry.lora_adapters)),
+        draft=_draft(entry.draft_model, base) if entry.draft_model is not None else None,
     )
+    if spec.draft is not None and not _passes_speculative_config(spec):
+        raise _FieldError("draft_model", "draft_model is the draft of vLLM's --speculative-config, which "
+                          "backend_parameters do not pass")
+    return spec
+
+
+def _passes_speculative_config(spec: ModelSpec) -> bool:
+    try:
+        return spec.vllm.speculative_config is not None
+    except BadInput:  # flags vLLM cannot read: the model's verdict says so
+        return True
+
+
+def _adapter(entry: LoraAdapterEntry, base: Path, where: tuple[str, int]) -> LoraAdapter:
+    if entry.path is None:
+        return LoraAdapter(entry.name, entry.weights_bytes, entry.rank)
+    try:
+        weights, rank, pattern_rank = read_adapter_directory((base / entry.path).expanduser())
+    except _FieldError as exc:
+        raise _FieldError((*where, "path"), str(exc)) from None
+    return LoraAdapter(entry.name, weights, rank, pattern_rank)
+
+
+def _draft(entry: DraftModelEntry, base: Path) -> DraftModel:
+    if entry.path is not None:
+        try:
+            config, weights = read_model_directory((base / entry.path).expanduser(), entry.weights_from)
+        except _FieldError as exc:
+            raise _FieldError(("draft_model", "path"), str(exc)) from None
+        where = ("draft_model", "path")
+        source = entry.path
+    else:
+        config, weights, where, source = entry.config, entry.weights_bytes, ("draft_model", "config"), "the manifest's"
+    try:
+        return DraftModel(source, weights, Architecture.from_config(config))
+    except ValueError as exc:
+        raise _FieldError(where, str(exc)) from None
 
 
 def engine_version_of(entry: ModelEntry, cluster: ClusterSettings) -> EngineVersion:
@@ -339,6 +425,28 @@ def read_model_directory(directory: Path, weights_from: WeightsFrom = "local") -
     if weights == 0:
         raise _FieldError("path", f"{directory} has no weight files ({', '.join(WEIGHT_EXTENSIONS)}) at its root")
     return config, weights
+
+def read_adapter_directory(directory: Path) -> tuple[int, int | None, int | None]:
+    """A PEFT LoRA adapter's weight files' size and its rank: adapter_config.json's ``r`` and the largest
+    of its ``rank_pattern``, as GPUStack's worker reads them (worker/backends/base.py::read_lora_max_rank;
+    the file is what marks an adapter, worker/model_file_manager.py::_read_lora_adapter_config)."""
+    config_file = directory / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _FieldError("path", f"{config_file} does not exist (path must be a PEFT LoRA adapter directory)") from None
+    except (OSError, ValueError) as exc:
+        raise _FieldError("path", f"cannot read {config_file}: {exc}") from None
+    if not isinstance(config, dict):
+        raise _FieldError("path", f"{config_file} is not a JSON object")
+    rank = config.get("r") if isinstance(config.get("r"), int) else None
+    pattern = config.get("rank_pattern")
+    pattern_ranks = [v for v in pattern.values() if isinstance(v, int)] if isinstance(pattern, dict) else []
+    weights = weight_files_size(directory)
+    if weights == 0:
+        raise _FieldError("path", f"{directory} has no weight files ({', '.join(WEIGHT_EXTENSIONS)}) at its root")
+    return weights, rank, max(pattern_ranks, default=None)
+
 
 def weight_files_size(directory: Path, weights_from: WeightsFrom = "local") -> int:
     """Sum of the root-level weight files' sizes, as GPUStack counts them (sparse files count in full;

@@ -62,7 +62,7 @@ def evaluate(selector: ModuleType, engine_of, gpu_fit: GpuFitter, say, model: Mo
 def _evaluate(selector, engine_of, gpu_fit, say, model, cluster, gpus, context, placed_on) -> ModelFit:
     views = gpustack.views_of(gpus, context.claims, cluster.system_reserved_vram)
     book = booking_on(selector, model, views)
-    estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
+    estimate = gpustack.model_estimate(model)
     chosen: tuple[int, ...]
     place = None
     if placed_on is not None:

@@ -3,7 +3,7 @@
 Source: ``gpustack/policies/candidate_selectors/custom_backend_resource_fit_selector.py``
 (``CustomBackendResourceFitSelector``), with ``base_candidate_selector.py`` for manual selection.
 
-- E is GPUStack's estimate (``estimate_model_vram``, as for vLLM: gpustack.py ``estimate_bytes``).
+- E is GPUStack's estimate (``estimate_model_vram``, as for vLLM: gpustack.py ``model_estimate``).
 - The whole-card fraction: the LAST ``--gpu-memory-utilization`` or ``--mem-fraction-static`` of
   ``run_command`` (shell-split) followed by ``backend_parameters`` (``_find_whole_card_fraction``,
   ``find_last_parameter``), used only when it reads as a float in (0, 1]. The vLLM and SGLang
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ....units import GIB
 from ...flags import param_pairs
 from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib,
-                         estimate_bytes, listed, selector_message, total_whole_mib)
+                         listed, model_estimate, selector_message, total_whole_mib)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -167,7 +167,7 @@ def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequenc
 
 def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
                pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
-    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), fraction=book.fraction,
+    return place(views, estimate=model_estimate(spec), fraction=book.fraction,
                  pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
 
 
@@ -175,7 +175,7 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
                pinned: Sequence[int] | None = None) -> list[Placement]:
     """Every candidate of this worker before the placement scorer picks: one per passing GPU on the
     single-GPU path, else the one ``place`` finds."""
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     single = [] if pinned else [Placement((g.index,), {g.index: c}, "single") for g in views
                                 if g.allocatable >= (c := claim_on(g, estimate, book.fraction))]
     if single:
@@ -209,7 +209,7 @@ def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None
     the estimate and the RAM it asks."""
     if selected_workers < 2:
         return None
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     opening = (f"The model requires approximately {byte_to_gib(estimate)} of VRAM and "
                f"{byte_to_gib(max(int(estimate * 0.1), 2 * GIB))} of RAM.")
     return selector_message([opening], [listed([MANUAL_ACROSS_WORKERS])])
@@ -217,11 +217,11 @@ def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None
 
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
-    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), views, book.fraction, pinned=bool(pinned))
+    return pending_message(model_estimate(spec), views, book.fraction, pinned=bool(pinned))
 
 
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """As the single-GPU and multi-GPU paths book (a manual one: GPUStack's claims are known)."""
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     views = [GpuView(i, total_whole_mib(t), 0) for i, t in totals.items()]
     return {v.index: claim_among(v, estimate, book.fraction, len(views)) for v in views}

@@ -17,7 +17,7 @@ from ....units import gib
 from ... import gpustack
 from ...model import RUNTIME_OVERHEAD_FALLBACK, Cluster, ModelSpec
 from ...verdicts import Context, EngineTake, GpuFit, ModelFit, Probe, reasons
-from . import engine as vllm, runtime as vllm_runtime, selector, versions
+from . import draft as vllm_draft, engine as vllm, lora as vllm_lora, runtime as vllm_runtime, selector, versions
 
 
 def evaluate(
@@ -53,6 +53,8 @@ class _KvTerms:
     kv_given: int | None = None  # --kv-cache-memory-bytes: the KV cache, profiling skipped
     blocks_override: int | None = None  # --num-gpu-blocks-override: the KV cache in blocks
     transient_peak: int = 0  # O's activation peak where O is the fitted model; 0: not known
+    # What the engine loads beyond the base model, inside weights_per_gpu: (what, bytes per GPU)
+    extras: tuple[tuple[str, int], ...] = ()
 
 
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
@@ -70,27 +72,51 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     vp = model.vllm
     tp, pp = vp.tensor_parallel_size, vp.pipeline_parallel_size
     dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
-    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
     rules = versions.rules_of(model, cluster)
+    draft = vllm_draft.load_of(model, rules, tp=tp, pp=pp, kv_dtype_bytes=dtype_bytes)
+    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes) + (draft.per_token if draft else 0)
     block = vllm.block_tokens(model.arch, vp.block_size, rules.block_tokens)
     cap = model.arch.max_position_embeddings
     target_len = _target_len(model, vp, cap)
     held = rules.held_back_blocks
     first_up = next((g for g in gpus if g.up), None)
+    lora = _lora_memory(model, rules, first_up)
     required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
                                        batch_tokens=_batch_in_flight(first_up, rules, vp.max_num_batched_tokens), rules=rules)
                 if target_len > 0 else 0)
+    extras = tuple((what, size) for what, size in (
+        ("LoRA slots", lora.weights if lora else 0), ("draft weights", draft.weights_per_gpu if draft else 0)) if size)
     return _KvTerms(
         gmu=_vllm_gmu(model, cluster), per_token=per_token, block=block, cap=cap, target_len=target_len,
-        required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)),
-        overhead=_runtime_overhead(model, cluster, first_up), held_back=held, rules=rules,
+        required=required, weights_per_gpu=math.ceil(model.weights_bytes / (tp * pp)) + sum(s for _, s in extras),
+        overhead=_runtime_overhead(model, cluster, first_up, lora), held_back=held, rules=rules,
         batch_flag=vp.max_num_batched_tokens, kv_given=vp.kv_cache_memory_bytes or None,
-        blocks_override=vp.num_gpu_blocks_override, transient_peak=_transient_peak(model, cluster, first_up))
+        blocks_override=vp.num_gpu_blocks_override, transient_peak=_transient_peak(model, cluster, first_up, lora),
+        extras=extras)
 
 
-def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+def _lora_memory(model: ModelSpec, rules: versions.VllmRules, gpu: GpuReading | None) -> vllm_lora.LoraMemory | None:
+    """What --enable-lora adds on each GPU (rules/backends/vllm/lora.py), as the engine is started: with the flags
+    GPUStack's worker adds for the model's adapters; None: LoRA off."""
+    params = vllm_lora.engine_params(model)
+    if params is None:
+        return None
+    if problem := vllm_lora.rank_refusal(model.lora_adapters, params, rules):
+        raise ModelError(problem)
+    vp = model.vllm
+    tokens, seqs = vllm.default_scheduler_limits(gpu.memory.total if gpu and gpu.memory else None,
+                                                 gpu.name if gpu else "", "serve", rules)
+    return vllm_lora.gpu_memory(model.arch, params, rules, tp=vp.tensor_parallel_size, pp=vp.pipeline_parallel_size,
+                                model_dtype_bytes=vllm.kv_dtype_bytes(model.arch, "auto", vp.dtype),
+                                max_num_batched_tokens=vp.max_num_batched_tokens or tokens,
+                                max_num_seqs=vp.max_num_seqs or seqs)
+
+
+def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None,
+                      lora: vllm_lora.LoraMemory | None = None) -> int:
     """O: the model's own, else the cluster's, else (one GPU, no tensor or pipeline parallelism) the fitted
-    model at the batch `vllm serve` will run (rules/backends/vllm/runtime.py), else the fallback constant."""
+    model at the batch `vllm serve` will run (rules/backends/vllm/runtime.py; with LoRA its graph sets and
+    shrink buffer), else the fallback constant."""
     for given in (model.runtime_overhead, cluster.vllm_runtime_overhead):
         if given is not None:
             return given
@@ -98,11 +124,13 @@ def _runtime_overhead(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None
         return RUNTIME_OVERHEAD_FALLBACK  # the fit is of one GPU; NCCL and sharded MLPs were not measured
     fitted = vllm_runtime.fitted_runtime_overhead(
         model.arch, version=versions.version_of(model, cluster), device_total_bytes=gpu.memory.total if gpu and gpu.memory else None,
-        device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+        device_name=gpu.name if gpu else "", max_num_batched_tokens=model.vllm.max_num_batched_tokens,
+        graph_sets=lora.graph_sets if lora else 1, extra_activation=lora.activation if lora else 0)
     return RUNTIME_OVERHEAD_FALLBACK if fitted is None else fitted
 
 
-def _transient_peak(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) -> int:
+def _transient_peak(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None,
+                    lora: vllm_lora.LoraMemory | None = None) -> int:
     """The transient peak 0.34's extensible KV cache keeps free (and 0.75 of it as its margin, above 1 GiB):
     the activation peak of the fitted O where O is that model (``_runtime_overhead``); 0 where O is given or
     the fallback (its parts are not known: the margin is then its 1 GiB floor and the peak stays inside O)."""
@@ -113,7 +141,7 @@ def _transient_peak(model: ModelSpec, cluster: Cluster, gpu: GpuReading | None) 
     peak = vllm_runtime.fitted_transient_peak(
         model.arch, version=versions.version_of(model, cluster),
         device_total_bytes=gpu.memory.total if gpu and gpu.memory else None, device_name=gpu.name if gpu else "",
-        max_num_batched_tokens=model.vllm.max_num_batched_tokens)
+        max_num_batched_tokens=model.vllm.max_num_batched_tokens, extra_activation=lora.activation if lora else 0)
     return peak or 0
 
 
@@ -191,7 +219,7 @@ def probe(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], contex
 def _placement(model, cluster, gpus, claims, params, replica_count=None):
     return selector.place(
         gpustack.views_of(gpus, claims, cluster.system_reserved_vram),
-        estimate=gpustack.estimate_bytes(model.weights_bytes, model.env),
+        estimate=gpustack.model_estimate(model),
         gmu=params.gpu_memory_utilization,
         world_size=params.world_size,
         arch=gpustack.tp_arch(model.arch, params),
@@ -215,7 +243,7 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
     kv = _kv_terms(model, cluster, gpus)
     _refuse(model, gs, kv.gmu)
     gmu_v = kv.gmu
-    estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
+    estimate = gpustack.model_estimate(model)
 
     placement = None
     if placed_on is not None:
@@ -247,7 +275,7 @@ def _evaluate(model, cluster, gpus, context, placed_on) -> ModelFit:
         replicas_placed=replicas_placed if placed_on is None else model.replicas, replicas=model.replicas,
         per_gpu=tuple(per_gpu), context=context,
     )
-    return _with_static_reasons(fit, model, views, cluster)
+    return _with_static_reasons(fit, model, views, cluster, kv.extras)
 
 
 def _target_len(model: ModelSpec, vp, cap: int | None) -> int:
@@ -305,13 +333,14 @@ def _window(view, estimate, n_gpus, scheduler, t_cuda, weights_per_gpu, overhead
     return lo, max(_round_down(min(highs)), 0.0)
 
 
-def _with_static_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) -> ModelFit:
+def _with_static_reasons(fit: ModelFit, model: ModelSpec, views, cluster: Cluster,
+                         extras: tuple[tuple[str, int], ...] = ()) -> ModelFit:
     head = []
     if not fit.schedulable:
         head.append(_pending_reason(fit, model, views, cluster))
     elif fit.overcommit:
         head.append("GPUStack accepts the manual GPU selection as overcommit: its own tests fail there.")
-    kv = {f.index: f"GPU {f.index}: " + _kv_reason(fit, f) for f in fit.per_gpu
+    kv = {f.index: f"GPU {f.index}: " + _kv_reason(fit, f, extras) for f in fit.per_gpu
           if f.index in fit.gpus and f.headroom["vllm_kv_cache"] < 0}
     fit = replace(fit, static_reasons=tuple(head), kv_reasons=kv)
     return replace(fit, reasons=reasons(fit))
@@ -327,14 +356,16 @@ def _pending_reason(fit: ModelFit, model: ModelSpec, views, cluster: Cluster) ->
     return text
 
 
-def _kv_reason(fit: ModelFit, f: GpuFit) -> str:
+def _kv_reason(fit: ModelFit, f: GpuFit, extras: tuple[tuple[str, int], ...] = ()) -> str:
     kv = f.headroom["vllm_kv_cache"] + fit.kv_required
+    loaded = (" (the weights include " + ", ".join(f"{what} {gib(size)}" for what, size in extras) + ")"
+              if extras else "")
     if kv <= 0:
         return ("vLLM fails: No available memory for the cache blocks "
-                f"(budget {gib(f.budget)} minus weights and overhead leaves {gib(kv)}).")
+                f"(budget {gib(f.budget)} minus weights and overhead leaves {gib(kv)}){loaded}.")
     return (f"vLLM fails: To serve at least one request with the model's max seq len ({fit.max_model_len}), "
             f"{gib(fit.kv_required)} KV cache is needed, which is larger than the available KV cache memory "
-            f"({gib(kv)}); the longest context that fits is {f.max_model_len} tokens.")
+            f"({gib(kv)}); the longest context that fits is {f.max_model_len} tokens{loaded}.")
 
 
 def placement(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading], claims: Mapping[int, int]):
@@ -391,6 +422,8 @@ def _take(f: GpuFit, kv: _KvTerms, model: ModelSpec, cluster: Cluster, claim: in
     fix = f"pass --gpu-memory-utilization={booked} (what GPUStack books)"
     if kv_fix > 0:
         fix += f" or --kv-cache-memory-bytes={kv_fix // 2**20}M"
+    if kv.extras:
+        why += ", " + ", ".join(f"{what} {gib(size)} among it" for what, size in kv.extras)
     return EngineTake(claim=claim, takes=takes, fix=fix,
                       said=f"vLLM {version} will hold {gib(takes)} here ({why})")
 

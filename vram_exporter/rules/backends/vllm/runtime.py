@@ -129,8 +129,10 @@ class RuntimeOverhead:
     non_torch: int
     cuda_graphs: int  # upper bound; counted in O only where the version takes graphs out of R
 
-    def total(self, rules: VllmRules) -> int:
-        return self.peak_activation + self.non_torch + (self.cuda_graphs if rules.graphs_in_budget else 0)
+    def total(self, rules: VllmRules, graph_sets: int = 1) -> int:
+        """O; ``graph_sets``: how many times each graph is captured (LoRA: lora.py ``graph_sets``)."""
+        graphs = self.cuda_graphs * graph_sets if rules.graphs_in_budget else 0
+        return self.peak_activation + self.non_torch + graphs
 
 
 def runtime_overhead(arch: Architecture, max_num_batched_tokens: int,
@@ -145,24 +147,26 @@ def runtime_overhead(arch: Architecture, max_num_batched_tokens: int,
 
 
 def fitted_runtime_overhead(arch: Architecture, *, version: str, device_total_bytes: int | None,
-                            device_name: str = "", max_num_batched_tokens: int | None = None) -> int | None:
+                            device_name: str = "", max_num_batched_tokens: int | None = None,
+                            graph_sets: int = 1, extra_activation: int = 0) -> int | None:
     """O the rulebook uses when neither the model nor the cluster sets one: the fitted model at the batch
     `vllm serve` runs (its flags, else its defaults for the GPU), for a first start, the CUDA graphs counted
     where the version takes them out of R. Calibrated on an H200 with vLLM 0.26; elsewhere a starting
     point, checked against a running instance (vram_exporter/sources/vllm_instance.py). None: config.json lacks
-    the MLP's shape."""
+    the MLP's shape. ``graph_sets`` and ``extra_activation``: what LoRA adds (rules/backends/vllm/lora.py)."""
     rules = rules_for(version)
     tokens = max_num_batched_tokens or rules.batch_defaults(device_total_bytes, device_name)[0]
     parts = runtime_overhead(arch, tokens)
-    return None if parts is None else parts.total(rules)
+    return None if parts is None else parts.total(rules, graph_sets) + extra_activation
 
 
 def fitted_transient_peak(arch: Architecture, *, version: str, device_total_bytes: int | None,
-                          device_name: str = "", max_num_batched_tokens: int | None = None) -> int | None:
+                          device_name: str = "", max_num_batched_tokens: int | None = None,
+                          extra_activation: int = 0) -> int | None:
     """The activation peak part of the fitted O (``fitted_runtime_overhead``'s batch): what vLLM 0.34's
     extensible KV cache measures as its transient peak (vllm/v1/worker/extensible_kv_cache.py,
     ExtensibleKVCache.record_transient_peak: allocated peak - current over profiling and warm-up). None:
     config.json lacks the MLP's shape."""
     tokens = max_num_batched_tokens or rules_for(version).batch_defaults(device_total_bytes, device_name)[0]
     parts = runtime_overhead(arch, tokens)
-    return None if parts is None else parts.peak_activation
+    return None if parts is None else parts.peak_activation + extra_activation

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ....errors import ModelError
 from ....units import GIB
-from ...gpustack import (Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib, claim_bytes, estimate_bytes, listed,
+from ...gpustack import (Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib, claim_bytes, listed, model_estimate,
                          requirement_lines, selector_message, single_gpu_tests, tp_arch, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
@@ -47,7 +47,7 @@ def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
                pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
     """``place`` for ``spec`` as GPUStack books it (``book``)."""
     assert book.fraction is not None
-    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), gmu=book.fraction,
+    return place(views, estimate=model_estimate(spec), gmu=book.fraction,
                  world_size=book.world_size, arch=tp_arch(spec.arch, spec.gpustack), scheduler=scheduler,
                  pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
 
@@ -61,7 +61,7 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
     assert book.fraction is not None
-    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), book.fraction, views, book.world_size,
+    return pending_message(model_estimate(spec), book.fraction, views, book.world_size,
                            tp_arch(spec.arch, spec.gpustack))
 
 

@@ -57,6 +57,14 @@ class VllmRules:
     # _get_kv_cache_groups_uniform_page_size: 1.25 in 0.17.1, 1.5 from 0.32).
     hybrid_groups_summed: bool = True
     hybrid_group_ratio: float = 1.5
+    # LoRA (lora.py): the punica wrapper's embeddings index is two rows of tokens in 0.17.1, one from 0.26
+    # (vllm/lora/punica_wrapper/punica_base.py); an adapter's rank is checked against --max-lora-rank by
+    # its r alone in 0.17.1, by the largest of r and rank_pattern from 0.26 (vllm/lora/peft_helper.py).
+    lora_embedding_index_rows: int = 1
+    lora_rank_pattern_checked: bool = True
+    # speculative decoding's "draft_model" method wants the draft's TP to be the target's (0.17.1-0.33.0:
+    # vllm/v1/spec_decode/draft_model.py::_raise_if_draft_tp_mismatch; 0.34.0's drafters do not check it)
+    draft_tp_must_match: bool = True
 
     def batch_defaults(self, device_total_bytes: int | None, device_name: str = "") -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) `vllm serve` runs when neither flag is given."""
@@ -80,7 +88,8 @@ VLLM_RULES = {
     # back); vllm/v1/worker/gpu_worker.py takes no CUDA graph estimate out of the budget.
     "0.17": VllmRules("0.17", held_back_blocks=0, graphs_in_budget=False, block_tokens=16, default_gmu=0.9,
                       extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, in_flight_batches=1,
-                      override_checked=False, hybrid_groups_summed=False, hybrid_group_ratio=1.25),
+                      override_checked=False, hybrid_groups_summed=False, hybrid_group_ratio=1.25,
+                      lora_embedding_index_rows=2, lora_rank_pattern_checked=False),
     # 0.26.0 as measured on an H200 (tests/data/vllm-h200): the minimum is cdiv(max_model_len, B) pages
     # (vllm/v1/kv_cache_interface.py); CUDA graphs only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS.
     # gpu_memory_utilization 0.92 from 0.20 (vllm/config/cache.py).
@@ -101,7 +110,7 @@ VLLM_RULES = {
     # (vllm/v1/worker/utils.py::request_memory), KV sized after warm-up
     # (vllm/v1/worker/extensible_kv_cache.py::measure_kv_cache_bytes).
     "0.34": VllmRules("0.34", held_back_blocks=1, graphs_in_budget=True, block_tokens=64, default_gmu=0.92,
-                      extensible_kv_cache=True, batch_tiers=_BATCH_TIERS_FROM_032),
+                      extensible_kv_cache=True, batch_tiers=_BATCH_TIERS_FROM_032, draft_tp_must_match=False),
 }
 
 
