@@ -29,6 +29,7 @@ from gpustack.policies.candidate_selectors import (
 )
 from gpustack.scheduler import scheduler
 from gpustack.schemas.models import BackendEnum, ComputedResourceClaim, ModelInstanceSubordinateWorker
+from gpustack.utils import lora_model_source
 
 import hub
 
@@ -77,9 +78,12 @@ class _Ours:
             "instances": [mi.model_dump(mode="json") for mi in self._model_instances],
             "config": config,
             "weights": policy_utils.get_model_weight_size(self._model, None),
+            "lora_weights": await _lora_weights(self._model, workers),
         })
         if reply.get("not_modelled"):
             raise NotImplementedError(f"not modelled by vram-exporter: {reply['not_modelled']}")
+        if reply.get("fraction") is not None:  # SGLang: the --mem-fraction-static our selector books
+            self._mem_fraction_static_by_gpu_type = {_gpu_type(workers): reply["fraction"]}
         if not reply["placed"]:
             self._messages = [reply["message"]]
             return []
@@ -87,9 +91,28 @@ class _Ours:
         return [_candidate(candidate, workers) for candidate in reply["candidates"]]
 
 
+async def _lora_weights(model, workers) -> dict:
+    """Each LoRA adapter's weights as GPUStack's estimate counts them (policies/utils.py::
+    estimate_lora_weights_bytes, asked one entry at a time), by the name the API shows."""
+    sizes = {}
+    for entry in lora_model_source.normalized_lora_list(model):
+        alone = model.model_copy(update={"lora_list": [entry]})
+        sizes[entry.lora_name] = await policy_utils.estimate_lora_weights_bytes(alone, None, workers, None)
+    return sizes
+
+
 def _claim(claims: dict, utilization) -> ComputedResourceClaim:
     return ComputedResourceClaim(is_unified_memory=False, vram={int(g): b for g, b in claims.items()},
                                  vram_utilization=utilization)
+
+
+def _gpu_type(workers) -> str:
+    """The GPU type of the workers' first GPU (cuda, rocm, ...), as GPUStack keys its fractions."""
+    for worker in workers:
+        for gpu in (worker.status.gpu_devices or []) if worker.status else []:
+            if gpu.type:
+                return gpu.type
+    return "*"
 
 
 def _candidate(reply: dict, workers) -> ModelInstanceScheduleCandidate:

@@ -18,8 +18,12 @@ import json
 import sys
 from pathlib import Path
 
+from vram_exporter.errors import ModelError
+from vram_exporter.rules import backends
+from vram_exporter.rules.model import Architecture, Cluster, LoraAdapter, ModelSpec
 from vram_exporter.sources.gpustack_api import GpuStackState, Model, ModelInstance, Worker
-from vram_exporter.sources.gpustack_view import _requests, _specs, replay_state
+from vram_exporter.sources.gpustack_view import _requests, _sized, _specs, replay_state
+from vram_exporter.sources.manifest import LoadedManifest
 
 NEW_INSTANCE = 10**9  # the instance being scheduled: after every existing one
 
@@ -37,17 +41,42 @@ def answer(request: dict) -> dict:
     def read(_: Path) -> tuple[dict, int]:
         return request["config"], int(request["weights"])
 
-    specs, unknown = _specs(state.models, None, read)
+    specs, unknown = _specs(state.models, _overlay(request), read)
     if model.name in unknown:
         return {"placed": False, "message": "", "not_modelled": str(unknown[model.name])}
-    verdict = replay_state(state, _requests(state, specs))[NEW_INSTANCE]
+    requests = _requests(state, specs)
+    verdict = replay_state(state, requests)[NEW_INSTANCE]
+    fraction = _fraction(specs[model.name], requests[model.name], workers)
     if not verdict.placed:
-        return {"placed": False, "message": verdict.reason, "not_modelled": None}
+        return {"placed": False, "message": verdict.reason, "not_modelled": None, "fraction": fraction}
     chosen = _placement(verdict.worker, verdict.gpus, verdict.claims, verdict.utilization,
                         verdict.subordinate_utilization)
-    return dict(chosen, placed=True, not_modelled=None, message=verdict.reason,
+    return dict(chosen, placed=True, not_modelled=None, message=verdict.reason, fraction=fraction,
                 candidates=[_placement(c.worker, c.gpus, c.claims, c.utilization, c.subordinate_utilization)
                             for c in verdict.candidates] or [chosen])
+
+
+def _overlay(request: dict) -> LoadedManifest | None:
+    """The LoRA adapters' sizes GPUStack's hub lookups gave, as the exporter takes them from GPUStack's API: the
+    overlay manifest's lora_adapters (the API says no size)."""
+    if not request.get("lora_weights"):
+        return None
+    model = request["model"]
+    spec = ModelSpec(name=model["name"], weights_bytes=int(request["weights"]),
+                     arch=Architecture.from_config(request["config"]),
+                     lora_adapters=tuple(LoraAdapter(name, int(size)) for name, size in request["lora_weights"].items()))
+    return LoadedManifest(Path("overlay.yaml"), Cluster(), (spec,))
+
+
+def _fraction(spec, request, workers) -> float | None:
+    """The --mem-fraction-static our SGLang selector books for the model (None for other backends)."""
+    if not backends.of(spec.backend).engine_sizes_own_fraction:
+        return None
+    sized = _sized(spec, request, workers)
+    try:
+        return backends.of(spec.backend).selector.booking(sized, sized.sizing_total).fraction
+    except ModelError:
+        return None
 
 
 def _placement(worker: int, gpus, claims: dict, utilization, subordinate_utilization) -> dict:

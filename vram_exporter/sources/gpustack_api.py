@@ -9,7 +9,8 @@ GPUStack adds fields between releases. Field meanings (gpustack 2.3.0 ``gpustack
   ``type`` (cuda, rocm, cann...), ``runtime_version`` (for cuda: the CUDA version, which picks the runner)
   and ``compute_capability``.
 - models.py: ``Model`` (backend, backend_parameters, env, replicas, gpu_selector.gpu_ids as
-  ``"<worker>:<device>:<index>"``, worker_selector, local_path) and ``ModelInstance`` (state,
+  ``"<worker>:<device>:<index>"``, worker_selector, local_path, ``lora_list`` and ``speculative_config``)
+  and ``ModelInstance`` (state, ``draft_model_source``,
   worker_id, gpu_indexes, computed_resource_claim.vram as ``{"<index>": bytes}``,
   distributed_servers.subordinate_workers, and ``backend_version``, the version GPUStack deployed it with,
   and ``api_detected_backend_version``, what the running engine answers on /version).
@@ -78,6 +79,32 @@ class GpuSelector(_ApiRecord):
     gpus_per_replica: int | None = None
 
 
+class LoraEntry(_ApiRecord):
+    """One entry of a model's lora_list (models.py ``LoraListEntry``; the API strips the "<model>:" prefix
+    of lora_name)."""
+
+    lora_name: str = ""
+    lora_repo_name: str | None = None  # Hugging Face repo, ModelScope id, or a path (local_path's fallback)
+    source: str | None = "huggingface"
+    local_path: str | None = None
+
+
+class SpeculativeSettings(_ApiRecord):
+    """models.py ``SpeculativeConfig``: what GPUStack's worker turns into vLLM's --speculative-config."""
+
+    enabled: bool = False
+    algorithm: str | None = None  # eagle3, mtp, ngram
+    draft_model: str | None = None  # a catalog name, a path, or an id of the model's own source
+    num_draft_tokens: int | None = None
+
+
+class ModelSourceRecord(_ApiRecord):
+    source: str | None = None
+    local_path: str | None = None
+    huggingface_repo_id: str | None = None
+    model_scope_model_id: str | None = None
+
+
 class Model(_ApiRecord):
     id: int
     name: str
@@ -99,6 +126,8 @@ class Model(_ApiRecord):
     categories: list[str] | None = None  # llm, embedding, reranker, ... (GPUStack fills it in when empty)
     distributed_inference_across_workers: bool | None = None  # None: GPUStack's default, on for vLLM
     roles: list[Any] | None = None  # prefill/decode disaggregation: not modelled
+    lora_list: list[LoraEntry] | None = None  # LoRA adapters: GPUStack adds their weights to its estimate
+    speculative_config: SpeculativeSettings | None = None
     disaggregation: Any = None
 
     @property
@@ -144,6 +173,7 @@ class ModelInstance(_ApiRecord):
     distributed_servers: DistributedServers | None = None
     backend_version: str | None = None  # the version GPUStack resolved when it deployed it
     api_detected_backend_version: str | None = None  # what the running engine answers on /version
+    draft_model_source: ModelSourceRecord | None = None  # where the server resolved the draft model
 
     @property
     def placed(self) -> bool:

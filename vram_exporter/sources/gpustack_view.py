@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import BadInput, ModelError
-from .manifest import LoadedManifest, NodeModels, read_model_directory
+from .manifest import LoadedManifest, NodeModels, read_adapter_directory, read_model_directory
 from ..rules import backends, gpustack, runner_pick
 from ..rules.cluster import replay
 from ..rules.cluster import paths as gpustack_paths
-from ..rules.model import Architecture, Cluster, EngineVersion, ModelSpec
+from ..rules.model import Architecture, Cluster, DraftModel, EngineVersion, LoraAdapter, ModelSpec, Speculative
 from ..rules.flags import executor_is_mp
 from . import vllm_instance
 from .gpustack_api import GpuDevice, GpuStackState, Model, ModelInstance, Worker
@@ -42,6 +42,8 @@ from ..rules.usage import Instance
 log = logging.getLogger(__name__)
 
 ModelReader = Callable[[Path], tuple[dict[str, Any], int]]  # directory -> (config.json, weights bytes); BadInput
+# a LoRA adapter's directory -> (weights bytes, r, largest rank_pattern); BadInput
+AdapterReader = Callable[[Path], tuple[int, int | None, int | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,8 @@ def _claims_without_gmu(model: Model, spec: ModelSpec) -> bool:
     return not _GMU_ARCHITECTURES & set(spec.arch.architectures)
 
 
-def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> ModelSpec:
+def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader,
+          read_adapter: AdapterReader = read_adapter_directory) -> ModelSpec:
     if given is not None:
         weights, arch, max_len, overhead = given.weights_bytes, given.arch, given.max_model_len, given.runtime_overhead
     elif model.local_path:
@@ -193,7 +196,82 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> Mod
     return ModelSpec(name=model.name, weights_bytes=weights, arch=arch,
                      backend_parameters=tuple(model.backend_parameters or ()), env=dict(model.env or {}),
                      max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead,
-                     backend=model.backend_kind or "vllm", run_command=model.run_command)
+                     backend=model.backend_kind or "vllm", run_command=model.run_command,
+                     lora_adapters=_adapters(model, given, read_adapter), draft=_draft(model, given, read_model),
+                     speculative=_speculative(model))
+
+
+def _adapters(model: Model, given: ModelSpec | None, read_adapter: AdapterReader) -> tuple[LoraAdapter, ...]:
+    """The model's lora_list as GPUStack sizes it for its estimate (policies/utils.py::estimate_lora_weights_bytes,
+    lora_model_source.py): a Hugging Face or ModelScope adapter by its hub listing, a local one by its files
+    only where the model itself is local (else it counts 0); an entry without a name or a usable source is
+    skipped. Sizes come from the overlay manifest's lora_adapters (by name), else from a directory this
+    node can read; the rank from the same place (GPUStack's worker reads adapter_config.json)."""
+    overlay = {a.name: a for a in given.lora_adapters} if given else {}
+    adapters = []
+    for entry in model.lora_list or ():
+        source = (entry.source or "huggingface").lower()
+        path = entry.local_path or entry.lora_repo_name if source == "local_path" else None
+        if not entry.lora_name or source not in ("huggingface", "model_scope", "local_path") or (
+                source == "local_path" and not path):
+            continue  # lora_entry_to_model_source raises ValueError: GPUStack skips the entry
+        if entry.lora_name in overlay:
+            adapters.append(overlay[entry.lora_name])
+        elif path is None:
+            raise ModelError(f"weights size unknown: LoRA adapter {entry.lora_name} "
+                             f"({entry.lora_repo_name or entry.lora_name} on {source}) is not a local path this node "
+                             "can read; give it in the overlay manifest's lora_adapters (--manifest)")
+        else:
+            adapters.append(_local_adapter(entry.lora_name, Path(path), (model.source or "") == "local_path",
+                                           read_adapter))
+    return tuple(adapters)
+
+
+def _local_adapter(name: str, path: Path, counted: bool, read_adapter: AdapterReader) -> LoraAdapter:
+    """A local adapter: GPUStack counts its files only for a local model (else 0); its rank either way."""
+    try:
+        weights, rank, pattern_rank = read_adapter(path)
+    except BadInput as exc:
+        if counted:
+            raise ModelError(f"weights size unknown: LoRA adapter {name}: {exc}; give it in the overlay manifest's "
+                             "lora_adapters (--manifest)") from None
+        return LoraAdapter(name, 0)
+    return LoraAdapter(name, weights if counted else 0, rank, pattern_rank)
+
+
+def _draft(model: Model, given: ModelSpec | None, read_model: ModelReader) -> DraftModel | None:
+    """The draft of the model's speculative_config, sized from the overlay manifest's draft_model, else from its
+    directory where the server takes its name for a path (utils/model_source.py::get_draft_model_source: a
+    name starting with "/"). GPUStack's API says no size (gpustack #3169): else unknown, and the vLLM fit
+    says so."""
+    settings = model.speculative_config
+    name = settings.draft_model if settings and settings.enabled else None
+    if not name:
+        return None
+    if given is not None and given.draft is not None:
+        return given.draft
+    if name.startswith("/"):
+        try:
+            config, weights = read_model(Path(name))
+            return DraftModel(name, weights, Architecture.from_config(config))
+        except BadInput:
+            pass
+    return DraftModel(name)
+
+
+# worker/backends/vllm.py::_get_speculative_arguments: the algorithms it passes on, as vLLM's methods
+_GPUSTACK_METHODS = {"eagle3": "eagle3", "mtp": "mtp", "ngram": "ngram"}
+
+
+def _speculative(model: Model) -> Speculative | None:
+    """What GPUStack's worker passes as --speculative-config for the model (nothing for another algorithm)."""
+    settings = model.speculative_config
+    if settings is None or not settings.enabled:
+        return None
+    method = _GPUSTACK_METHODS.get((settings.algorithm or "").lower())
+    if method is None:
+        return None
+    return Speculative(method, settings.num_draft_tokens or None, model=settings.draft_model or None)
 
 
 def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay.Request:
