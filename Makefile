@@ -9,9 +9,21 @@ GPUSTACK_VENV ?= .venv-gpustack
 SGLANG_WHEEL  := .cache/sglang/sglang-0.5.9-py3-none-any.whl
 # vLLM's KV code per version (tests/rules/test_vllm_source.py): only the .py files read, out of each wheel
 VLLM_VERSIONS := 0.17.1 0.32.0 0.33.0 0.34.0
-VLLM_SOURCES  := $(foreach v,$(VLLM_VERSIONS),.cache/vllm/$(v)/.extracted)
+# LoRA and speculative decoding (tests/rules/test_vllm_lora_source.py, test_vllm_draft_source.py)
+VLLM_LORA_FILES := $(addprefix vllm/lora/,layers/base_linear.py layers/column_parallel_linear.py \
+                   layers/row_parallel_linear.py layers/logits_processor.py layers/vocab_parallel_embedding.py \
+                   layers/vocal_parallel_embedding.py layers/utils.py punica_wrapper/punica_base.py \
+                   ops/triton_ops/lora_kernel_metadata.py utils.py peft_helper.py) \
+                   $(addprefix vllm/model_executor/models/,registry.py llama.py mistral.py qwen2.py qwen3.py phi3.py \
+                   granite.py gemma2.py gemma3.py) \
+                   vllm/config/lora.py vllm/config/speculative.py vllm/v1/cudagraph_dispatcher.py \
+                   vllm/v1/worker/gpu/lora_utils.py vllm/v1/spec_decode/draft_model.py
 VLLM_FILES    := vllm/v1/kv_cache_interface.py vllm/v1/core/kv_cache_utils.py vllm/v1/core/kv_cache_planning.py \
-                 vllm/v1/worker/extensible_kv_cache.py vllm/v1/worker/utils.py vllm/config/cache.py
+                 vllm/v1/worker/extensible_kv_cache.py vllm/v1/worker/utils.py vllm/config/cache.py \
+                 $(VLLM_LORA_FILES)
+# the stamp names the file list, so a longer list extracts again
+VLLM_STAMP    := .extracted-$(shell echo '$(VLLM_FILES)' | cksum | cut -d' ' -f1)
+VLLM_SOURCES  := $(foreach v,$(VLLM_VERSIONS),.cache/vllm/$(v)/$(VLLM_STAMP))
 
 SGLANG_VERSIONS := 0.5.6.post2 0.5.18 0.5.22 0.5.23
 SGLANG_WHEELS := .cache/sglang/.versions-$(subst $() ,-,$(SGLANG_VERSIONS))
@@ -77,7 +89,7 @@ $(SGLANG_WHEEL): venv
 # made of kept under .cache/vllm/<version>/ (a few MB), the wheel deleted.
 vllm-sources: $(VLLM_SOURCES)
 
-.cache/vllm/%/.extracted: | venv
+.cache/vllm/%/$(VLLM_STAMP): | venv
 	rm -rf .cache/vllm/$*.tmp && mkdir -p .cache/vllm/$*.tmp
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps vllm==$* -d .cache/vllm/$*.tmp
 	$(PY) -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(".cache/vllm/$*.tmp/*.whl")[0]); \

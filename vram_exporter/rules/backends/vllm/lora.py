@@ -52,7 +52,7 @@ class LoraLayout:
     qkv_slices: int  # 3: q/k/v packed (MergedQKVParallelLinearWithLoRA); 1: one fused qkv (QKVParallelLinearWithLoRA)
     gate_up_slices: int  # 2: gate/up packed (MergedColumnParallelLinearWithLoRA); 1: one fused gate_up
     embeddings: bool  # embedding_modules = {"embed_tokens": ..., "lm_head": ...}
-    lm_head: bool = True  # the class has an lm_head module (Gemma's logits come from embed_tokens)
+    lm_head: bool = True  # the class has an lm_head module (Gemma-2's logits come from embed_tokens)
 
 
 # The classes' packed_modules_mapping and embedding_modules, read in vllm/model_executor/models/<name>.py
@@ -65,7 +65,7 @@ LAYOUTS = {
     "Phi3ForCausalLM": LoraLayout(1, 1, embeddings=True),  # fused qkv_proj and gate_up_proj; Llama's embeddings
     "GraniteForCausalLM": LoraLayout(3, 2, embeddings=True),
     "Gemma2ForCausalLM": LoraLayout(3, 2, embeddings=False, lm_head=False),
-    "Gemma3ForCausalLM": LoraLayout(3, 2, embeddings=False, lm_head=False),
+    "Gemma3ForCausalLM": LoraLayout(3, 2, embeddings=False),
 }
 LM_HEAD_VOCAB_LIMIT = 258048  # logits_processor.py: "When using LoRA, vocab size must be <= 258048"
 VOCAB_PADDING = 64  # vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
