@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vllm_source import VERSIONS, Dtype, _compile, source
+from vllm_source import SOURCES, VERSIONS, Dtype, _compile, source
 from vram_exporter.errors import ModelError
 from vram_exporter.rules.backends.vllm import lora, versions
 from vram_exporter.rules.flags import MAX_LORA_RANKS, VllmLoraParams
@@ -157,8 +157,8 @@ class LoraLayers:
               "VocabParallelEmbedding": VocabParallelEmbedding, "ParallelLMHead": ParallelLMHead,
               "dataclass": dataclass}
         _functions(version, "lora/layers/utils.py", ("_not_fully_sharded_can_replace", "_fully_sharded_can_replace"), ns)
-        embedding = "lora/layers/vocal_parallel_embedding.py" if version == "0.17.1" else \
-            "lora/layers/vocab_parallel_embedding.py"
+        embedding = next(m for m in ("lora/layers/vocab_parallel_embedding.py", "lora/layers/vocal_parallel_embedding.py")
+                         if (SOURCES / version / "vllm" / m).exists())  # the file's older (misspelt) name
         for module in ("lora/layers/base_linear.py", "lora/layers/column_parallel_linear.py",
                        "lora/layers/row_parallel_linear.py", "lora/layers/logits_processor.py", embedding):
             _classes(version, module, None, ns)

@@ -57,9 +57,10 @@ class VllmRules:
     # _get_kv_cache_groups_uniform_page_size: 1.25 in 0.17.1, 1.5 from 0.32).
     hybrid_groups_summed: bool = True
     hybrid_group_ratio: float = 1.5
-    # LoRA (lora.py): the punica wrapper's embeddings index is two rows of tokens in 0.17.1, one from 0.26
-    # (vllm/lora/punica_wrapper/punica_base.py); an adapter's rank is checked against --max-lora-rank by
-    # its r alone in 0.17.1, by the largest of r and rank_pattern from 0.26 (vllm/lora/peft_helper.py).
+    # LoRA (lora.py): the punica wrapper's embeddings index is two rows of tokens in 0.17.1 and 0.26.0, one
+    # from 0.32 (vllm/lora/punica_wrapper/punica_base.py); an adapter's rank is checked against --max-lora-rank
+    # by its r alone in 0.17.1 and 0.26.0, by the largest of r and rank_pattern from 0.32
+    # (vllm/lora/peft_helper.py).
     lora_embedding_index_rows: int = 1
     lora_rank_pattern_checked: bool = True
     # speculative decoding's "draft_model" method wants the draft's TP to be the target's (0.17.1-0.33.0:
@@ -95,7 +96,8 @@ VLLM_RULES = {
     # gpu_memory_utilization 0.92 from 0.20 (vllm/config/cache.py).
     # Its --num-gpu-blocks-override was not read: taken as 0.17.1's.
     "0.26": VllmRules("0.26", held_back_blocks=0, graphs_in_budget=False, block_tokens=16, default_gmu=0.92,
-                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, override_checked=False),
+                      extensible_kv_cache=False, batch_tiers=_BATCH_TIERS_TO_031, override_checked=False,
+                      lora_embedding_index_rows=2, lora_rank_pattern_checked=False),
     # 0.32.0: get_kv_cache_configs "Reserve[s] the null block BlockPool permanently holds back" (one pool
     # block off the memory checked); gpu_worker.py takes profile_cudagraph_memory() out of the budget
     # (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to 1); arg_utils.py's 160 GiB tier.
