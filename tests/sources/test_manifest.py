@@ -119,3 +119,73 @@ def test_every_problem_is_listed_not_only_the_first(tmp_path):
     text = "cluster:\n  scheduler: kubernetes\n  vllm_default_gpu_memory_utilization: 1.5\n"
     message = errors(tmp_path, text)
     assert ":2: cluster.scheduler:" in message and ":3: cluster.vllm_default_gpu_memory_utilization:" in message
+
+
+# --- what the engine loads beyond the model: lora_adapters and draft_model (issue 21) ----------------------
+TINY = "{num_hidden_layers: 1, num_attention_heads: 1, hidden_size: 8}"
+
+
+def adapter_dir(tmp_path, name="adapter", config=None, weights=1000):
+    directory = tmp_path / name
+    directory.mkdir()
+    if config is not None:
+        (directory / "adapter_config.json").write_text(json.dumps(config))
+    if weights:
+        (directory / "adapter_model.safetensors").write_bytes(b"x" * weights)
+    return directory
+
+
+def test_a_lora_adapter_directory_is_read_as_gpustack_reads_it(tmp_path):
+    """adapter_config.json's r and rank_pattern (worker/backends/base.py::read_lora_max_rank), the weight files
+    at its root (the estimate's share)."""
+    adapter_dir(tmp_path, config={"r": 16, "rank_pattern": {"q_proj": 64, "v_proj": 32}}, weights=1234)
+    text = (f"models:\n  - name: x\n    weights_bytes: 10\n    config: {TINY}\n    lora_adapters:\n"
+            "      - {name: a, path: adapter}\n      - {name: b, weights_bytes: 2MiB, rank: 8}\n")
+    (model,) = load_manifest(write(tmp_path, text)).models
+    a, b = model.lora_adapters
+    assert (a.name, a.weights_bytes, a.rank, a.pattern_rank, a.max_rank) == ("a", 1234, 16, 64, 64)
+    assert (b.weights_bytes, b.max_rank) == (2 * 2**20, 8)
+
+
+@pytest.mark.parametrize("adapters, where, words", [
+    ("      - {name: a, path: nowhere}\n", ":7: models[0].lora_adapters[0].path:", "adapter_config.json does not exist"),
+    ("      - {name: a}\n", ":7: models[0].lora_adapters[0]:", "path (its directory) or weights_bytes"),
+    ("      - {name: a, path: adapter, rank: 8}\n", ":7: models[0].lora_adapters[0]:", "not both"),
+    ("      - {name: a, weights_bytes: 1MiB, rank: 0}\n", ":7: models[0].lora_adapters[0].rank:", "greater than"),
+    ("      - {name: a, weights_bytes: 1}\n      - {name: a, weights_bytes: 1}\n", ":2: models[0]:", "same name"),
+    ("      - {name: a, path: empty}\n", ":7: models[0].lora_adapters[0].path:", "no weight files"),
+])
+def test_lora_adapter_errors_name_file_line_and_field(tmp_path, adapters, where, words):
+    adapter_dir(tmp_path, config={"r": 8})
+    adapter_dir(tmp_path, "empty", config={"r": 8}, weights=0)
+    text = f"models:\n  - name: x\n    weights_bytes: 10\n    config: {TINY}\n    backend: vllm\n    lora_adapters:\n" + adapters
+    message = errors(tmp_path, text)
+    assert where in message and words in message, message
+
+
+DRAFT = ('    backend_parameters: ["--speculative-config", \'{"model": "/d", "num_speculative_tokens": 3}\']\n')
+
+
+def test_a_draft_model_is_read_from_its_directory(tmp_path):
+    directory = tmp_path / "draft"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(QWEN_CONFIG))
+    (directory / "model.safetensors").write_bytes(b"x" * 4321)
+    text = f"models:\n  - name: x\n    weights_bytes: 10\n    config: {TINY}\n{DRAFT}    draft_model: {{path: draft}}\n"
+    (model,) = load_manifest(write(tmp_path, text)).models
+    assert (model.draft.weights_bytes, model.draft.arch.kv_heads) == (4321, 2)
+
+
+@pytest.mark.parametrize("entry, where, words", [
+    ("    draft_model: {path: nowhere}\n" + DRAFT, ":5: models[0].draft_model.path:", "config.json does not exist"),
+    ("    draft_model: {weights_bytes: 1GiB}\n" + DRAFT, ":5: models[0].draft_model:", "both weights_bytes and config"),
+    (f"    draft_model: {{weights_bytes: 1GiB, config: {TINY}}}\n", ":5: models[0].draft_model:",
+     "backend_parameters do not pass"),
+    (f"    draft_model: {{weights_bytes: 1GiB, config: {{num_hidden_layers: 1}}}}\n" + DRAFT,
+     ":5: models[0].draft_model.config:", "num_attention_heads"),
+    (f"    backend: sglang\n    draft_model: {{weights_bytes: 1GiB, config: {TINY}}}\n", ":2: models[0]:",
+     "vLLM rules only"),
+])
+def test_draft_model_errors_name_file_line_and_field(tmp_path, entry, where, words):
+    message = errors(tmp_path, f"models:\n  - name: x\n    weights_bytes: 10\n    config: {TINY}\n" + entry)
+    assert where in message and words in message, message
