@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DESIGN = (ROOT / "docs" / "design.md").read_text()
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
 MANIFEST_MODELS = (manifest.Manifest, manifest.ClusterSettings, manifest.WorkerEntry, manifest.ModelEntry,
-                   manifest.ProcessMatch)
+                   manifest.ProcessMatch, manifest.LoraAdapterEntry, manifest.DraftModelEntry)
 
 
 def section(text: str, heading: str) -> str:

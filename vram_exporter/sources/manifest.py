@@ -228,7 +228,7 @@ class ModelEntry(Strict):
         names = [a.name for a in self.lora_adapters]
         if len(set(names)) != len(names):
             raise ValueError("two lora_adapters have the same name")
-        if self.draft_model is not None and self.backend != backends.VLLM:
+        if self.draft_model is not None and not backends.of(self.backend).draft_modelled:
             raise ValueError("draft_model is read by the vLLM rules only: another engine's speculative decoding "
                              "is not modelled")
         return self
