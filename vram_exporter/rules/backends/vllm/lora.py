@@ -172,6 +172,7 @@ class LoraMemory:
     activation: int  # added to the activation peak
 
 
+@lru_cache(maxsize=1024)  # the fit search asks again for every value it tries; all arguments are values
 def gpu_memory(arch: Architecture, params: VllmLoraParams, rules: VllmRules, *, tp: int, pp: int,
                model_dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int) -> LoraMemory:
     if (arch.vocab_size or 0) > LM_HEAD_VOCAB_LIMIT and layout_of(arch).embeddings and layout_of(arch).lm_head:
