@@ -74,7 +74,8 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     dtype_bytes = vllm.kv_dtype_bytes(model.arch, vp.kv_cache_dtype, vp.dtype)
     rules = versions.rules_of(model, cluster)
     draft = vllm_draft.load_of(model, rules, tp=tp, pp=pp, kv_dtype_bytes=dtype_bytes)
-    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes) + (draft.per_token if draft else 0)
+    per_token = vllm.bytes_per_token(model.arch, tp=tp, pp=pp, dtype_bytes=dtype_bytes)
+    per_token += draft.per_token if draft else 0  # the draft's layers share the KV cache's blocks (draft.py)
     block = vllm.block_tokens(model.arch, vp.block_size, rules.block_tokens)
     cap = model.arch.max_position_embeddings
     target_len = _target_len(model, vp, cap)

@@ -27,7 +27,8 @@ alive inside the MLP's peak (``punica_gpu.py::add_lora_linear``), and a second s
 captured once per LoRA case, without adapters and with (``vllm/v1/cudagraph_dispatcher.py::_get_lora_cases``;
 0.34: ``vllm/v1/worker/gpu/lora_utils.py::get_lora_capture_cases``), one per power of two of active
 adapters with ``--specialize-active-lora`` (``vllm/lora/utils.py::get_captured_lora_counts``).
-tests/rules/test_vllm_lora_source.py runs each version's own code for all of this.
+tests/rules/test_vllm_lora_source.py runs each version's own code for the slots, the punica tensors and the graph sets
+(the shrink buffer is read, not run).
 """
 
 from __future__ import annotations
