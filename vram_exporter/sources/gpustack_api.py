@@ -10,7 +10,7 @@ GPUStack adds fields between releases. Field meanings (gpustack 2.3.0 ``gpustack
   and ``compute_capability``.
 - models.py: ``Model`` (backend, backend_parameters, env, replicas, gpu_selector.gpu_ids as
   ``"<worker>:<device>:<index>"``, worker_selector, local_path, ``lora_list`` and ``speculative_config``)
-  and ``ModelInstance`` (state, ``draft_model_source``,
+  and ``ModelInstance`` (state,
   worker_id, gpu_indexes, computed_resource_claim.vram as ``{"<index>": bytes}``,
   distributed_servers.subordinate_workers, and ``backend_version``, the version GPUStack deployed it with,
   and ``api_detected_backend_version``, what the running engine answers on /version).
@@ -98,13 +98,6 @@ class SpeculativeSettings(_ApiRecord):
     num_draft_tokens: int | None = None
 
 
-class ModelSourceRecord(_ApiRecord):
-    source: str | None = None
-    local_path: str | None = None
-    huggingface_repo_id: str | None = None
-    model_scope_model_id: str | None = None
-
-
 class Model(_ApiRecord):
     id: int
     name: str
@@ -173,7 +166,6 @@ class ModelInstance(_ApiRecord):
     distributed_servers: DistributedServers | None = None
     backend_version: str | None = None  # the version GPUStack resolved when it deployed it
     api_detected_backend_version: str | None = None  # what the running engine answers on /version
-    draft_model_source: ModelSourceRecord | None = None  # where the server resolved the draft model
 
     @property
     def placed(self) -> bool:
