@@ -36,6 +36,7 @@ CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("connections", Connections
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
+WRITE_SLICE = 512 * 1024  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
 MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
 MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
 
@@ -201,8 +202,13 @@ class _Parts(payload.Payload):
         return b"".join(self._value).decode(encoding, errors)
 
     async def write(self, writer) -> None:
+        # In slices: aiohttp joins the headers with the first write, and asyncio copies what the socket
+        # does not take at once; a whole body's copy would be a fresh mapping each time (app/memory.py
+        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape.
         for part in self._value:
-            await writer.write(part)
+            view = memoryview(part)
+            for start in range(0, len(view), WRITE_SLICE):
+                await writer.write(view[start:start + WRITE_SLICE])
 
 
 def _guard(web_config: WebConfig | None):
