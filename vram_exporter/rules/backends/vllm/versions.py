@@ -124,12 +124,15 @@ def rules_for(version: str) -> VllmRules:
     """The rules of a vLLM version "X.Y[.Z]": the newest known rules not newer than it (the oldest known
     for anything older)."""
     wanted = _key(version)
-    known = sorted(VLLM_RULES, key=_key)
-    chosen = known[0]
-    for v in known:
-        if _key(v) <= wanted:
-            chosen = v
-    return VLLM_RULES[chosen]
+    chosen = _OLDEST_FIRST[0][1]
+    for key, rules in _OLDEST_FIRST:
+        if key <= wanted:
+            chosen = rules
+    return chosen
+
+
+# Parsed once: the fix search asks for a version's rules hundreds of thousands of times.
+_OLDEST_FIRST = sorted((_key(v), rules) for v, rules in VLLM_RULES.items())
 
 
 def version_of(model: ModelSpec, cluster: Cluster) -> str:
