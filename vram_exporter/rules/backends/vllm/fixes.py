@@ -106,6 +106,11 @@ class _Search:
         self.model, self.fit, self.cluster, self.gpus = model, fit, cluster, gpus
         self._totals = {gpu.index: gpustack.total_whole_mib(gpu.memory.total) for gpu in gpus}
         self._allocatable_memo: dict[int, dict[int, int]] = {}
+        vp, rules = model.vllm, versions.rules_of(model, cluster)
+        # --kv-cache-memory-bytes, or --num-gpu-blocks-override where the check reads it (versions.py
+        # override_checked): the KV cache does not follow the utilization.
+        self._kv_sized_by_flags = vp.kv_cache_memory_bytes is not None or (
+            vp.num_gpu_blocks_override is not None and rules.override_checked)
 
     def _allocatable(self, reserved: int) -> dict[int, int]:
         """Each GPU's A with ``reserved`` VRAM reserved and the claims placed before this model."""
@@ -216,11 +221,12 @@ class _Search:
         return any(gpustack.single_gpu_tests(views[f.index], 0, g, self.cluster.scheduler).allocatable_headroom >= 0
                    and self._kv_passes(f, g, rewritten=g != self.fit.gmu_gpustack) for f in self.fit.per_gpu)
 
-    @staticmethod
-    def _kv_passes(f: GpuFit, g: float, rewritten: bool = True) -> bool:
+    def _kv_passes(self, f: GpuFit, g: float, rewritten: bool = True) -> bool:
         """vLLM's KV check on ``f``'s GPU once g is written with dashes (vLLM reads it too): KV = R - W - O
-        moves with R only. ``rewritten`` False: the model is left as it is, and so is vLLM's reading."""
-        if not rewritten:
+        moves with R only, and not at all where the flags size the KV cache (fit.py ``_directly_sized_kv``).
+        ``rewritten`` False: the model is left as it is, and so is vLLM's reading. With 0.34's extensible
+        cache KV is at most R - W - O, so this stays a bound the probe confirms."""
+        if not rewritten or self._kv_sized_by_flags:
             return f.headroom["vllm_kv_cache"] >= 0
         return f.headroom["vllm_kv_cache"] - f.budget + vllm.budget_bytes(f.cuda_total, g) >= 0
 
@@ -289,7 +295,8 @@ class _Search:
         for name in removed:
             parameters = _without(parameters, name)
         model = replace(self.model, backend_parameters=parameters)
-        flags = " and ".join(f"--{name}" for name in removed)
+        spelled = {"gpu-memory-utilization": "gpu_memory_utilization"} if vp.spelled_with_underscore else {}
+        flags = " and ".join(f"--{spelled.get(name, name)}" for name in removed)
         fix = Fix("unset_gpu_memory_utilization",
                   f"remove {flags}: vLLM's extensible KV cache then takes what is free on the GPU after warm-up "
                   f"(GPUStack books {model.gpustack.gpu_memory_utilization} of it)", True,
@@ -314,8 +321,8 @@ class _Search:
                   "start-up again)", True, (("kv_cache_memory_bytes", least * MIB),))
         option = self._option(fix, model) if self._holds(model) else None
         return Knob((option,) if option else (), Fix(
-            "kv_cache_memory_bytes", f"--kv-cache-memory-bytes: the least KV cache vLLM's check passes "
-            f"({gib(least * MIB)}) does not fit beside the weights and activations", False))
+            "kv_cache_memory_bytes", f"--kv-cache-memory-bytes={least}M, the least KV cache vLLM's check passes, "
+            "does not make it fit (less fails the check, more leaves less room)", False))
 
     def max_num_seqs(self) -> Knob | None:
         """vLLM 0.34's KV check, with the extensible cache, names --max-num-seqs
