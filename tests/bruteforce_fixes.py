@@ -231,8 +231,11 @@ class _Search:
         return bool(fit.gpus) and all(f.headroom["vllm_kv_cache"] >= 0 for f in fit.per_gpu if f.index in fit.gpus)
 
     def _holds(self, model: ModelSpec) -> bool:
+        """vLLM allocates the KV cache the flag gives, beside weights and O, in the memory free now less what is
+        committed before it and its CUDA context (no check of vLLM's own: it runs out of memory otherwise)."""
         fit = self._fits(model)
-        return all(f.take.takes + self.cluster.vllm_context_overhead + f.committed <= f.cuda_total
+        free = {g.index: g.memory.free for g in self.gpus}
+        return all(f.take.takes + self.cluster.vllm_context_overhead + f.committed <= free[f.index]
                    for f in fit.per_gpu if f.index in fit.gpus)
 
     def max_num_seqs(self) -> Fix | None:

@@ -260,6 +260,17 @@ def test_034_kv_cache_memory_bytes_is_not_offered_where_it_would_not_fit_beside_
     assert fit_node(snap, Cluster(), [sized]).models[0].startable  # the check alone would pass
 
 
+def test_034_kv_cache_memory_bytes_needs_free_memory_for_what_it_allocates_not_only_for_r():
+    """At 0.8 the start-up check wants R = 0.8 x T free; the KV cache the flag gives (16 GiB beside 50 GiB of
+    weights) needs more than R: with 13 GiB held by another process the check passes, the allocation would not."""
+    _, _, _, idle = _kv_short("0.34.0", "--gpu-memory-utilization=0.8")
+    model, _, snap, busy = _kv_short("0.34.0", "--gpu-memory-utilization=0.8", used=13 * GIB)
+    assert idle["kv_cache_memory_bytes"].works and not busy["kv_cache_memory_bytes"].works
+    n = dict(idle["kv_cache_memory_bytes"].change)["kv_cache_memory_bytes"]
+    sized = replace(model, backend_parameters=with_param(model.backend_parameters, "kv-cache-memory-bytes", n))
+    assert fit_node(snap, Cluster(), [sized]).models[0].fits  # the rules' checks pass it; the allocation would not
+
+
 def test_034_says_nothing_of_free_memory_at_start_up_where_033_does():
     """Another process holds 20 GiB: vLLM 0.33 fails its start-up check at 0.9 (free memory fix), vLLM 0.34's
     extensible cache raises no such error (vllm/v1/worker/utils.py::request_memory)."""
@@ -334,3 +345,22 @@ def test_the_booked_kv_cache_too_small_for_the_context_is_said_not_offered():
     fixes = find_fixes(a, full.models[0], full, snap.gpus)
     assert fixes and not any(f.works for f in fixes)
     assert fixes == bruteforce_fixes.find_fixes(a, full.models[0], full, snap.gpus, [a, b])
+
+
+def test_034_a_lower_utilization_is_not_ruled_out_where_free_memory_bounds_the_kv_cache():
+    """With the flag unset vLLM 0.34 reads 1.0 and the extensible cache is bounded by what is free, not by R:
+    at 0.98 (what GPUStack must book to place it) the KV cache is the same. The candidates' closed form took KV
+    to follow R down (found in review): it must only bound it."""
+    for mib in range(57 * 1024, 62 * 1024, 128):
+        m = _versioned(replace(seed_model(name="m", arch=MHA, weights_bytes=mib * MIB, max_model_len=32768),
+                               backend_parameters=()), "0.34.0")
+        snap = node(gpu(0, H100))
+        full = fit_node(snap, Cluster(), [m])
+        fit = full.models[0]
+        if not fit.schedulable and 0 <= fit.per_gpu[0].headroom["vllm_kv_cache"] < H100 // 100:
+            break
+    else:
+        pytest.fail("no such shape")
+    fixes = find_fixes(m, fit, full, snap.gpus)
+    assert fixes[0].works and fixes[0].action.startswith("set --gpu-memory-utilization=0.9")
+    assert fixes == bruteforce_fixes.find_fixes(m, fit, full, snap.gpus, [m])

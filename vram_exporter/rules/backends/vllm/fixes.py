@@ -111,6 +111,7 @@ class _Search:
         # override_checked): the KV cache does not follow the utilization.
         self._kv_sized_by_flags = vp.kv_cache_memory_bytes is not None or (
             vp.num_gpu_blocks_override is not None and rules.override_checked)
+        self._extensible = rules.extensible_kv_cache
 
     def _allocatable(self, reserved: int) -> dict[int, int]:
         """Each GPU's A with ``reserved`` VRAM reserved and the claims placed before this model."""
@@ -222,13 +223,15 @@ class _Search:
                    and self._kv_passes(f, g, rewritten=g != self.fit.gmu_gpustack) for f in self.fit.per_gpu)
 
     def _kv_passes(self, f: GpuFit, g: float, rewritten: bool = True) -> bool:
-        """vLLM's KV check on ``f``'s GPU once g is written with dashes (vLLM reads it too): KV = R - W - O
-        moves with R only, and not at all where the flags size the KV cache (fit.py ``_directly_sized_kv``).
-        ``rewritten`` False: the model is left as it is, and so is vLLM's reading. With 0.34's extensible
-        cache KV is at most R - W - O, so this stays a bound the probe confirms."""
+        """Whether vLLM's KV check on ``f``'s GPU can pass once g is written with dashes (vLLM reads it too):
+        KV = R - W - O moves with R only, and not at all where the flags size the KV cache (fit.py
+        ``_directly_sized_kv``). With 0.34's extensible cache KV = min(R - W - O, what is free less the margin):
+        a larger R adds at most its growth, a smaller one takes nothing away for sure, so only that bound is
+        used (the probe confirms). ``rewritten`` False: the model is left as it is, and so is vLLM's reading."""
         if not rewritten or self._kv_sized_by_flags:
             return f.headroom["vllm_kv_cache"] >= 0
-        return f.headroom["vllm_kv_cache"] - f.budget + vllm.budget_bytes(f.cuda_total, g) >= 0
+        grows = vllm.budget_bytes(f.cuda_total, g) - f.budget
+        return f.headroom["vllm_kv_cache"] + (max(grows, 0) if self._extensible else grows) >= 0
 
     def _largest_claim(self, g: float) -> int:
         """The largest E that test (1) admits: over the N GPUs the instance needs, the roomiest ones."""
@@ -308,21 +311,37 @@ class _Search:
     def kv_cache_memory_bytes(self) -> Knob | None:
         """vLLM 0.34+ where its KV check fails: --kv-cache-memory-bytes=N sizes the KV cache, profiling skipped
         (vllm/v1/worker/gpu_worker.py::determine_available_memory returns N), and turns the extensible cache off,
-        so its start-up check on free memory is back (vllm/v1/worker/utils.py::request_memory, in the probe's
-        needs). The least N the check passes is the model's minimum, in whole MiB up; vLLM allocates N beside
-        the weights and O whatever its budget, so N must fit in the memory left to it on each GPU (``_holds``)."""
+        so its start-up check on free memory is back (vllm/v1/worker/utils.py::request_memory). The least N the
+        check passes is the model's minimum, in whole MiB up. vLLM allocates N beside the weights and O whatever
+        its budget, with no check of its own: where that is more than R, the free memory it needs on each GPU is
+        that (``_needs``)."""
         if not self._extensible_version or not self._kv_short():
             return None
         least = -(-self.fit.kv_required // MIB)
-        model = self._with("kv-cache-memory-bytes", f"{least}M")
         fix = Fix("kv_cache_memory_bytes",
                   f"set --kv-cache-memory-bytes={least}M (the least KV cache vLLM's check passes, "
                   f"{gib(least * MIB)}; the extensible KV cache is then off and vLLM checks free memory at "
                   "start-up again)", True, (("kv_cache_memory_bytes", least * MIB),))
-        option = self._option(fix, model) if self._holds(model) else None
+        option = self._sized_option(fix, self._with("kv-cache-memory-bytes", f"{least}M"))
         return Knob((option,) if option else (), Fix(
             "kv_cache_memory_bytes", f"--kv-cache-memory-bytes={least}M, the least KV cache vLLM's check passes, "
             "does not make it fit (less fails the check, more leaves less room)", False))
+
+    def _sized_option(self, fix: Fix, model: ModelSpec) -> Option | None:
+        """``fix`` where ``model`` fits free memory aside, with the free memory it needs on each GPU it lands on:
+        its start-up check's, or what it holds (GpuFit.take: weights, O, the KV cache) beside what is committed
+        there before it and its CUDA context, whichever is more; none where that is more than the GPU has."""
+        fit = vllm_fit.evaluate(model, self.cluster, self.gpus, self.fit.context)
+        if fit.error or not (fit.schedulable and fit.startable):
+            return None
+        needs = []
+        for f in fit.per_gpu:
+            if f.index in fit.gpus:
+                holds = f.committed + self.cluster.vllm_context_overhead + f.take.takes
+                if holds > f.cuda_total:
+                    return None
+                needs.append((f.index, max(holds, f.free_need or 0)))
+        return Option(fix, tuple(needs))
 
     def max_num_seqs(self) -> Knob | None:
         """vLLM 0.34's KV check, with the extensible cache, names --max-num-seqs
@@ -337,15 +356,6 @@ class _Search:
 
     def _kv_short(self) -> bool:
         return any(f.headroom["vllm_kv_cache"] < 0 for f in self.fit.per_gpu if f.index in self.fit.gpus)
-
-    def _holds(self, model: ModelSpec, placed_on: Sequence[int] | None = None) -> bool:
-        """Whether what vLLM holds on each GPU it lands on (GpuFit.take: weights, O, the KV cache) fits beside
-        its CUDA context and what is committed there before it: vLLM allocates a directly sized KV cache
-        whatever its budget (no check of vLLM's own), and runs out of memory where it does not fit."""
-        fit = vllm_fit.evaluate(model, self.cluster, self.gpus, self.fit.context, placed_on)
-        return bool(fit.gpus) and all(
-            f.take is not None and f.take.takes + self.cluster.vllm_context_overhead + f.committed <= f.cuda_total
-            for f in fit.per_gpu if f.index in fit.gpus)
 
     # --- vLLM holding more than GPUStack booked, beside another instance (node.py with_booking_check) -------
 
