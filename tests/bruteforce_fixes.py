@@ -27,7 +27,7 @@ from vram_exporter.rules.backends.vllm import versions
 from vram_exporter.rules.backends.vllm.fixes import holds_for
 from vram_exporter.rules.fixes import Fix
 from vram_exporter.rules.model import Cluster, ModelSpec
-from vram_exporter.rules.node import ModelFit, NodeFit, evaluate, fit_node, with_free
+from vram_exporter.rules.node import ModelFit, NodeFit, evaluate, fit_node, top_moves, with_free
 from vram_exporter.rules.flags import with_param
 from vram_exporter.rules.verdicts import BOOKING_CHECK, BOOKING_TOLERANCE
 from vram_exporter.snapshot import GpuReading, NodeSnapshot
@@ -327,4 +327,4 @@ def _window_note(fit: ModelFit) -> str:
     best = max(fit.per_gpu, key=lambda f: f.gmu_max - f.gmu_min)
     return (f": on GPU {best.index} it would need at least {best.gmu_min:.4f} "
             f"(GPUStack's estimate, vLLM's KV cache) but at most {best.gmu_max:.4f} passes "
-            "(GPUStack's allocatable, free memory)")
+            f"(GPUStack's allocatable{', free memory' if top_moves(best) else ''})")  # 0.34: not free memory

@@ -227,7 +227,8 @@ def test_034_removing_the_utilization_lets_the_extensible_cache_take_what_is_fre
     model, full, snap, fixes = _kv_short("0.34.0", "--gpu-memory-utilization=0.8")
     assert full.models[0].schedulable and not full.models[0].startable
     unset = fixes["unset_gpu_memory_utilization"]
-    assert unset.works and unset.action.startswith("remove --gpu-memory-utilization:") and "[vLLM 0.34+]" in unset.action
+    assert unset.works and unset.action.startswith("remove --gpu-memory-utilization:")
+    assert unset.action.endswith("[vLLM 0.34+]")
     without = replace(model, backend_parameters=())
     assert fit_node(snap, Cluster(), [without]).models[0].fits
     # vLLM 0.33 has no extensible cache: unset is 0.92 there, and no such fix is offered
@@ -247,8 +248,8 @@ def test_034_kv_cache_memory_bytes_is_the_least_the_check_passes():
 
 
 def test_034_kv_cache_memory_bytes_is_not_offered_where_it_would_not_fit_beside_the_weights():
-    """64 GiB of weights on an H100 (GPUStack books 0.99): the least KV cache that passes does not fit beside them and O, though
-    the rules' own KV check (which vLLM does not bound by memory) would pass."""
+    """64 GiB of weights on an H100 (GPUStack books 0.99): the least KV cache that passes does not fit beside
+    them and O, though the rules' own KV check (which vLLM does not bound by memory) would pass."""
     model = _versioned(seed_model("--gpu-memory-utilization=0.99", name="m", arch=MHA, weights_bytes=64 * GIB,
                                   max_model_len=32768), "0.34.0")
     snap = node(gpu(0, H100))
@@ -312,7 +313,8 @@ def test_the_booking_fixes_keep_vllm_within_its_claim_and_its_neighbour_starts(v
     a, b, snap, full = _beside(version, running)
     assert full.models[0].per_gpu[0].headroom[BOOKING_CHECK] < -BOOKING_TOLERANCE and not full.models[1].fits
     fixes = find_fixes(a, full.models[0], full, snap.gpus)
-    assert [f.knob for f in fixes] == ["gpu_memory_utilization", "kv_cache_memory_bytes"] and all(f.works for f in fixes)
+    assert [f.knob for f in fixes] == ["gpu_memory_utilization", "kv_cache_memory_bytes"]
+    assert all(f.works for f in fixes)
     assert fixes[0].action.startswith("set --gpu-memory-utilization=0.9 (what GPUStack books")
     # vLLM reads 0.92 (0.33) or 1.0 (0.34) unset; with the KV cache sized, 0.92: the booked value goes too, so that
     # its start-up check asks no more free memory than GPUStack books

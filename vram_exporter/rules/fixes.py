@@ -25,7 +25,7 @@ from ..units import gib
 from . import backends
 from .backends.vllm.fixes import beyond_booking  # the one engine whose take is judged (verdicts.BOOKING_CHECK)
 from .model import ModelSpec
-from .node import free_headroom, startable, with_free
+from .node import free_headroom, startable, top_moves, with_free
 from .verdicts import Fix, Knob, ModelFit, NodeFit, Option  # noqa: F401 - the fix search's vocabulary, named here too
 
 
@@ -140,4 +140,4 @@ def _window_note(fit: ModelFit) -> str:
     best = max(fit.per_gpu, key=lambda f: f.gmu_max - f.gmu_min)
     return (f": on GPU {best.index} it would need at least {best.gmu_min:.4f} "
             f"(GPUStack's estimate, vLLM's KV cache) but at most {best.gmu_max:.4f} passes "
-            "(GPUStack's allocatable, free memory)")
+            f"(GPUStack's allocatable{', free memory' if top_moves(best) else ''})")  # 0.34: not free memory
