@@ -7,7 +7,7 @@ start-up error on free memory (vllm/v1/worker/utils.py::request_memory), so noth
 --gpu-memory-utilization for free memory; what fails is the KV check after warm-up, whose own hint
 (vllm/v1/core/kv_cache_planning.py::_more_kv_cache_memory_hint) names raising the utilization (unset: 1.0),
 --max-model-len and --max-num-seqs, and --kv-cache-memory-bytes sizes the cache directly
-(``_unset_utilization``, ``kv_cache_memory_bytes``, ``max_num_seqs``). Where vLLM holds more of a GPU than
+(``unset_utilization``, ``kv_cache_memory_bytes``, ``max_num_seqs``). Where vLLM holds more of a GPU than
 GPUStack booked beside another instance (node.py ``with_booking_check``), ``booking`` says what keeps it
 within its claim.
 
@@ -15,7 +15,8 @@ Candidates come from the rulebooks' algebra: a --gpu-memory-utilization g can on
 GPU's working window (``GpuFit.gmu_min`` .. ``gmu_max_static``, the closed form of every static check), a
 claim only at a g that GPUStack's test 2 and vLLM's KV check admit somewhere; each candidate left is confirmed
 by one ``probe`` (fit.py: the rulebooks themselves, reduced to the verdict). tests/rules/test_fix_search.py
-holds the result equal to a brute-force search over the whole grid with the full rulebooks.
+and test_fix_search_034.py (by version) hold the result equal to a brute-force search over the whole grid
+with the full rulebooks.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ class _Search:
         so its start-up check on free memory is back (vllm/v1/worker/utils.py::request_memory). The least N the
         check passes is the model's minimum, in whole MiB up. vLLM allocates N beside the weights and O whatever
         its budget, with no check of its own: where that is more than R, the free memory it needs on each GPU is
-        that (``_needs``)."""
+        that (``_sized_option``)."""
         if not self._extensible_version or not self._kv_short():
             return None
         least = -(-self.fit.kv_required // MIB)
@@ -400,11 +401,8 @@ class _Search:
         return {"booking_utilization": utilization, "booking_kv_cache": kv_cache}
 
     def _vllm_reads(self, model: ModelSpec) -> float:
-        """The --gpu-memory-utilization vLLM runs ``model`` with (fit.py: its flag, the cluster's, the version's)."""
-        given = model.vllm.gpu_memory_utilization
-        if given is None:
-            given = self.cluster.vllm_default_gpu_memory_utilization
-        return versions.rules_of(model, self.cluster).gmu(given)
+        """The --gpu-memory-utilization vLLM runs ``model`` with, as its fit reads it (ModelFit.gmu_vllm)."""
+        return vllm_fit.evaluate(model, self.cluster, self.gpus, self.fit.context, self._placed_on()).gmu_vllm
 
     def _placed_on(self) -> tuple[int, ...] | None:
         return self.fit.gpus if self.fit.placed else None
