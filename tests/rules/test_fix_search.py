@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import bruteforce_fixes
 from fitcases import GIB, MIB, QWEN_1_5B, SEED_WEIGHTS, gpu, node, seed_cluster, seed_model
 from vram_exporter.rules.fixes import find_fixes, plan_fixes
-from vram_exporter.rules.model import Architecture, Cluster
+from vram_exporter.rules.model import Architecture, Cluster, EngineVersion
 from vram_exporter.rules.node import Context, evaluate, fit_node, probe, static_fit, with_free
 
 MLA = Architecture.from_config({
@@ -50,6 +50,9 @@ def scenarios(draw):
     changes = {"weights_bytes": weights, "arch": draw(st.sampled_from([QWEN_1_5B, MLA])),
                "max_model_len": draw(st.sampled_from([None, 4096, 32768])),
                "replicas": draw(st.sampled_from([1, 1, 2]))}
+    version = draw(st.sampled_from([None, None, "0.17.1", "0.26.0", "0.32.0", "0.34.0", "0.34.0"]))
+    if version:  # else the cluster's default, 0.33
+        changes["engine_version"] = EngineVersion(version, "test")
     if draw(st.integers(min_value=0, max_value=5)) == 0:
         changes["pinned_gpus"] = (draw(st.integers(min_value=0, max_value=n_gpus - 1)),)
     if draw(st.integers(min_value=0, max_value=5)) == 0:
@@ -76,7 +79,7 @@ def test_planned_fixes_equal_brute_force(scenario):
     before, now = _node(totals, used), _node(totals, later_used)
     plan_node = static_fit(before, cluster, models)  # the plan was made on other readings
     full = fit_node(now, cluster, models)
-    expected = bruteforce_fixes.find_fixes(model, full.models[-1], full, now.gpus)
+    expected = bruteforce_fixes.find_fixes(model, full.models[-1], full, now.gpus, models)
     fix_plan = plan_fixes(model, plan_node.models[-1], plan_node, before.gpus)
     free = {g.index: g.memory.free for g in now.gpus}
     assert fix_plan.pick(with_free(plan_node.models[-1], free), free) == expected
@@ -95,7 +98,8 @@ def test_probe_is_evaluate_reduced_to_its_verdict(scenario):
     assert verdict.fits == (fit.schedulable and fit.startable and not fit.error)
     if verdict.fits:
         by_gpu = {f.index: f for f in fit.per_gpu}
-        assert dict(verdict.needs) == {i: by_gpu[i].free_need for i in fit.gpus}
+        # vLLM 0.34's extensible KV cache needs no free memory at start-up (free_need None): no need is named
+        assert dict(verdict.needs) == {i: by_gpu[i].free_need for i in fit.gpus if by_gpu[i].free_need is not None}
 
 
 def test_seed_fix_matrix_from_the_plan():
@@ -107,7 +111,8 @@ def test_seed_fix_matrix_from_the_plan():
     idle = {0: snap.gpus[0].memory.free}
     fixes = {f.knob: f for f in fix_plan.pick(with_free(plan_node.models[0], idle), idle)}
     assert not fixes["gpu_memory_utilization"].works
-    assert fixes["system_reserved_vram+gpu_memory_utilization"].action.endswith("--gpu-memory-utilization=0.91")
+    assert fixes["system_reserved_vram+gpu_memory_utilization"].action.endswith(
+        "--gpu-memory-utilization=0.91 [vLLM 0.32-0.33]")  # the cluster's default version, 0.33
     assert fixes["gpu_selector"].works
     # A desktop holding 1 GiB: vLLM's start-up check now fails wherever g >= 0.91, so the combined
     # fix is gone and the pin no longer works, as the full search says too.
@@ -135,6 +140,6 @@ def test_a_value_at_the_exact_edge_of_vllms_kv_check_is_found():
     full = fit_node(snap, Cluster(), [model])
     assert full.models[0].per_gpu[0].gmu_min > g  # the window alone would rule 0.85 out
     expected = bruteforce_fixes.find_fixes(model, full.models[0], full, snap.gpus)
-    assert "set --gpu-memory-utilization=0.85 (dashes, so GPUStack and vLLM both read it)" in \
+    assert "set --gpu-memory-utilization=0.85 (dashes, so GPUStack and vLLM both read it) [vLLM 0.32-0.33]" in \
         [f.action for f in expected]
     assert find_fixes(model, full.models[0], full, snap.gpus) == expected

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from ..snapshot import GpuReading
 from ..units import gib
 from . import backends
+from .backends.vllm.fixes import beyond_booking  # the one engine whose take is judged (verdicts.BOOKING_CHECK)
 from .model import ModelSpec
-from .node import free_headroom, startable, with_free
+from .node import free_headroom, startable, top_moves, with_free
 from .verdicts import Fix, Knob, ModelFit, NodeFit, Option  # noqa: F401 - the fix search's vocabulary, named here too
 
 
@@ -34,6 +35,9 @@ class FixPlan:
 
     schedulable: bool
     knobs: Mapping[str, Knob]
+    # The engine versions the fixes this plan writes itself hold for ("vLLM 0.32-0.33"; the backend's
+    # ``holds_for``, which its own knobs say too); "" where the backend says none.
+    said_for: str = ""
 
     def pick(self, live: ModelFit, free: Mapping[int, int]) -> list[Fix]:
         """The fixes for ``live`` (the model's fit with this free memory applied), those that do not
@@ -53,25 +57,39 @@ class FixPlan:
                 yield from option.needs
 
     def _choose(self, fit: ModelFit, free: Mapping[int, int], starts: bool, window_note) -> list[Fix]:
-        if fit.error or fit.placed or (fit.schedulable and starts):
+        if fit.error:
             return []
         knobs = self.knobs
+        if fit.placed or (fit.schedulable and starts):  # it fits: only what keeps it within its booking
+            return [f for name in BOOKING_KNOBS if (f := _pick(knobs, name, free)) is not None]
+        said = f" [{self.said_for}]" if self.said_for else ""
         fixes: list[Fix | None] = []
         if not self.schedulable:
-            single = [knobs["reservation"].pick(free), _utilization(knobs["utilization"], free, window_note)]
+            single = [knobs["reservation"].pick(free), _utilization(knobs["utilization"], free, window_note, said)]
             fixes += single
             if not any(f and f.works for f in single):
                 fixes.append(knobs["reservation_and_utilization"].pick(free))
-            fixes += [knobs["claim"].pick(free), knobs["pin"].pick(free)]
+            fixes += [_pick(knobs, "unset_utilization", free), knobs["claim"].pick(free), knobs["pin"].pick(free)]
         else:
-            fixes += [_utilization(knobs["utilization"], free, window_note),
+            fixes += [_utilization(knobs["utilization"], free, window_note, said),
+                      _pick(knobs, "unset_utilization", free),
                       None if starts else knobs["max_model_len"].pick(free),
-                      knobs["kv_cache_dtype"].pick(free), _other_processes(fit, free)]
+                      _pick(knobs, "kv_cache_memory_bytes", free),
+                      knobs["kv_cache_dtype"].pick(free), _pick(knobs, "max_num_seqs", free),
+                      _other_processes(fit, free, said)]
         fixes.append(knobs["gpu_count"].pick(free))
         return [f for f in fixes if f is not None]
 
 
+def _pick(knobs: Mapping[str, Knob], name: str, free: Mapping[int, int]) -> Fix | None:
+    """A knob only some backends or versions have (vLLM 0.34's extensible KV cache's: vllm/fixes.py)."""
+    knob = knobs.get(name)
+    return None if knob is None else knob.pick(free)
+
+
 NO_FIXES = FixPlan(True, {})
+# Where the engine holds more than GPUStack booked beside another instance (vllm/fixes.py ``booking``).
+BOOKING_KNOBS = ("booking_utilization", "booking_kv_cache")
 
 
 def find_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> list[Fix]:
@@ -81,23 +99,31 @@ def find_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[Gp
 
 
 def plan_fixes(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> FixPlan:
-    """Every knob's options for ``fit`` (static parts only are read; free memory is never)."""
-    if fit.error or fit.placed:
+    """Every knob's options for ``fit`` (static parts only are read; free memory is never). A running instance
+    has fixes only where its engine holds more than GPUStack booked beside another instance."""
+    if fit.error or (fit.placed and not beyond_booking(fit)):
         return NO_FIXES
-    return FixPlan(fit.schedulable, backends.of(model.backend).fixes.knobs(model, fit, node, gpus))
+    fixes = backends.of(model.backend).fixes
+    # A backend whose fixes depend on the engine's version says which (vllm/fixes.py holds_for); optional.
+    holds_for = getattr(fixes, "holds_for", None)
+    return FixPlan(fit.schedulable, fixes.knobs(model, fit, node, gpus),
+                   holds_for(model, node.cluster) if holds_for else "")
 
 
-def _utilization(knob: Knob, free: Mapping[int, int], window_note) -> Fix | None:
+def _utilization(knob: Knob, free: Mapping[int, int], window_note, said: str = "") -> Fix | None:
     """The nearest working g; else, where the caller wants it said (``window_note``), why none does."""
     found = knob.pick(free)
     if found is not None or window_note is None:
         return found
     return Fix("gpu_memory_utilization",
-               "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit on this node" + window_note(),
-               False)
+               "no value of --gpu-memory-utilization from 0.50 to 0.99 makes it fit on this node" + window_note()
+               + said, False)
 
 
-def _other_processes(fit: ModelFit, free: Mapping[int, int]) -> Fix | None:
+def _other_processes(fit: ModelFit, free: Mapping[int, int], said: str = "") -> Fix | None:
+    """Where vLLM's start-up check on free memory fails (before 0.34, or 0.34 with the KV cache sized by flags:
+    vllm/v1/worker/utils.py::request_memory raises it only without the extensible KV cache, and no free memory
+    is needed otherwise, GpuFit.free_need None)."""
     short = [(f.index, -headroom) for f in fit.per_gpu
              if f.index in fit.gpus and (headroom := free_headroom(f, free.get(f.index, 0))) is not None
              and headroom < 0]
@@ -105,7 +131,7 @@ def _other_processes(fit: ModelFit, free: Mapping[int, int]) -> Fix | None:
         return None
     index, missing = max(short, key=lambda s: s[1])
     return Fix("other_processes", f"free {gib(missing)} more on GPU {index} (other processes hold it), or lower "
-               "--gpu-memory-utilization", True)
+               "--gpu-memory-utilization" + said, True)
 
 
 def _window_note(fit: ModelFit) -> str:
@@ -114,4 +140,4 @@ def _window_note(fit: ModelFit) -> str:
     best = max(fit.per_gpu, key=lambda f: f.gmu_max - f.gmu_min)
     return (f": on GPU {best.index} it would need at least {best.gmu_min:.4f} "
             f"(GPUStack's estimate, vLLM's KV cache) but at most {best.gmu_max:.4f} passes "
-            "(GPUStack's allocatable, free memory)")
+            f"(GPUStack's allocatable{', free memory' if top_moves(best) else ''})")  # 0.34: not free memory

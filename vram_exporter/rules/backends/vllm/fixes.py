@@ -1,11 +1,22 @@
 """The fix search for a vLLM model: for each knob, the values that make it fit free memory aside, each with
 the free memory vLLM's start-up check would need (rules/fixes.py ``FixPlan`` picks among them).
 
+Every fix says the vLLM versions it holds for (``holds_for``: those whose rules, versions.py, are the model's).
+vLLM 0.34's extensible KV cache (versions.py ``extensible_kv_cache``) has fixes of its own: it raises no
+start-up error on free memory (vllm/v1/worker/utils.py::request_memory), so nothing is said of lowering
+--gpu-memory-utilization for free memory; what fails is the KV check after warm-up, whose own hint
+(vllm/v1/core/kv_cache_planning.py::_more_kv_cache_memory_hint) names raising the utilization (unset: 1.0),
+--max-model-len and --max-num-seqs, and --kv-cache-memory-bytes sizes the cache directly
+(``unset_utilization``, ``kv_cache_memory_bytes``, ``max_num_seqs``). Where vLLM holds more of a GPU than
+GPUStack booked beside another instance (node.py ``with_booking_check``), ``booking`` says what keeps it
+within its claim.
+
 Candidates come from the rulebooks' algebra: a --gpu-memory-utilization g can only work on a GPU inside that
 GPU's working window (``GpuFit.gmu_min`` .. ``gmu_max_static``, the closed form of every static check), a
 claim only at a g that GPUStack's test 2 and vLLM's KV check admit somewhere; each candidate left is confirmed
 by one ``probe`` (fit.py: the rulebooks themselves, reduced to the verdict). tests/rules/test_fix_search.py
-holds the result equal to a brute-force search over the whole grid with the full rulebooks.
+and test_fix_search_034.py (by version) hold the result equal to a brute-force search over the whole grid
+with the full rulebooks.
 """
 
 from __future__ import annotations
@@ -14,29 +25,81 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from ....snapshot import GpuReading
-from ....units import GIB, gib
+from ....units import GIB, MIB, gib
 from ... import gpustack
 from ...flags import with_param
 from ...model import Cluster, ModelSpec
-from ...verdicts import Fix, GpuFit, Knob, ModelFit, NodeFit, Option, Probe
-from . import engine as vllm, fit as vllm_fit, selector
+from ...verdicts import BOOKING_CHECK, BOOKING_TOLERANCE, Fix, GpuFit, Knob, ModelFit, NodeFit, Option, Probe
+from . import engine as vllm, fit as vllm_fit, selector, versions
 
 GMU_GRID = tuple(round(0.50 + i / 100, 2) for i in range(50))  # 0.50 .. 0.99
 TP_SIZES = (2, 4, 8, 16)
 
 
 def knobs(model: ModelSpec, fit: ModelFit, node: NodeFit, gpus: Sequence[GpuReading]) -> dict[str, Knob]:
-    """Every knob's options for ``fit`` (static parts only are read; free memory is never)."""
+    """Every knob's options for ``fit`` (static parts only are read; free memory is never), and ``booking_*``
+    where vLLM would hold more than GPUStack booked beside another instance (a running instance has only those)."""
     search = _Search(model, fit, node.cluster, [g for g in gpus if g.up])
-    if not fit.schedulable:
+    if fit.placed:
+        found = search.booking() if beyond_booking(fit) else {}
+    elif not fit.schedulable:
         found = {"reservation": search.reservation(), "utilization": search.utilization(),
+                 "unset_utilization": search.unset_utilization(),
                  "reservation_and_utilization": search.reservation_and_utilization(),
-                 "claim": search.claim(), "pin": search.pin()}
+                 "claim": search.claim(), "pin": search.pin(), "gpu_count": search.gpu_count()}
     else:
-        found = {"utilization": search.utilization(), "max_model_len": search.max_model_len(),
-                 "kv_cache_dtype": search.kv_cache_dtype()}
-    found["gpu_count"] = search.gpu_count()
-    return found
+        found = {"utilization": search.utilization(), "unset_utilization": search.unset_utilization(),
+                 "max_model_len": search.max_model_len(), "kv_cache_memory_bytes": search.kv_cache_memory_bytes(),
+                 "kv_cache_dtype": search.kv_cache_dtype(), "max_num_seqs": search.max_num_seqs(),
+                 "gpu_count": search.gpu_count(), **(search.booking() if beyond_booking(fit) else {})}
+    said = holds_for(model, node.cluster)
+    return {name: _said_for(knob, said) for name, knob in found.items() if knob is not None}
+
+
+def holds_for(model: ModelSpec, cluster: Cluster) -> str:
+    """The vLLM versions a fix for ``model`` holds for: those whose rules (versions.py) are its version's,
+    neighbours with equal rules joined ("vLLM 0.32-0.33"; the newest read, "vLLM 0.34+", stands for later
+    ones too, as versions.rules_for reads them). A version older than every one read says so."""
+    version = versions.version_of(model, cluster)
+    known = sorted(versions.VLLM_RULES, key=_minor)
+    at = next(i for i, v in enumerate(known) if versions.VLLM_RULES[v] is versions.rules_for(version))
+    lo, hi = at, at
+    while lo > 0 and _rules_alike(versions.VLLM_RULES[known[lo - 1]], versions.VLLM_RULES[known[at]]):
+        lo -= 1
+    while hi + 1 < len(known) and _rules_alike(versions.VLLM_RULES[known[hi + 1]], versions.VLLM_RULES[known[at]]):
+        hi += 1
+    first, last = known[lo], known[hi]
+    after = known[hi + 1] if hi + 1 < len(known) else None
+    if after is None:
+        span = f"{first}+"
+    else:
+        major, minor = _minor(after)
+        end = f"{major}.{minor - 1}" if minor > 0 else f"before {after}"
+        span = first if end == first else f"{first}-{end}"
+    return f"vLLM {span}" if _minor(version) >= _minor(first) else f"vLLM {span}, read for {version}"
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, _, rest = version.partition(".")
+    minor = rest.partition(".")[0]
+    return int(major) if major.isdigit() else 0, int(minor) if minor.isdigit() else 0
+
+
+def _rules_alike(a: versions.VllmRules, b: versions.VllmRules) -> bool:
+    return replace(a, version="") == replace(b, version="")
+
+
+def _said_for(knob: Knob, said: str) -> Knob:
+    """``knob`` with every fix saying the versions it holds for."""
+    def tag(fix: Fix | None) -> Fix | None:
+        return None if fix is None else replace(fix, action=f"{fix.action} [{said}]")
+    return Knob(tuple(Option(tag(o.fix), o.needs) for o in knob.options), tag(knob.otherwise))
+
+
+def beyond_booking(fit: ModelFit) -> list[GpuFit]:
+    """The GPUs where vLLM would hold more than GPUStack booked for it beside another instance."""
+    return [f for f in fit.per_gpu if f.index in fit.gpus and f.take is not None
+            and f.headroom.get(BOOKING_CHECK, 0) < -BOOKING_TOLERANCE]
 
 
 class _Search:
@@ -44,6 +107,12 @@ class _Search:
         self.model, self.fit, self.cluster, self.gpus = model, fit, cluster, gpus
         self._totals = {gpu.index: gpustack.total_whole_mib(gpu.memory.total) for gpu in gpus}
         self._allocatable_memo: dict[int, dict[int, int]] = {}
+        vp, rules = model.vllm, versions.rules_of(model, cluster)
+        # --kv-cache-memory-bytes, or --num-gpu-blocks-override where the check reads it (versions.py
+        # override_checked): the KV cache does not follow the utilization.
+        self._kv_sized_by_flags = vp.kv_cache_memory_bytes is not None or (
+            vp.num_gpu_blocks_override is not None and rules.override_checked)
+        self._extensible = rules.extensible_kv_cache
 
     def _allocatable(self, reserved: int) -> dict[int, int]:
         """Each GPU's A with ``reserved`` VRAM reserved and the claims placed before this model."""
@@ -154,13 +223,16 @@ class _Search:
         return any(gpustack.single_gpu_tests(views[f.index], 0, g, self.cluster.scheduler).allocatable_headroom >= 0
                    and self._kv_passes(f, g, rewritten=g != self.fit.gmu_gpustack) for f in self.fit.per_gpu)
 
-    @staticmethod
-    def _kv_passes(f: GpuFit, g: float, rewritten: bool = True) -> bool:
-        """vLLM's KV check on ``f``'s GPU once g is written with dashes (vLLM reads it too): KV = R - W - O
-        moves with R only. ``rewritten`` False: the model is left as it is, and so is vLLM's reading."""
-        if not rewritten:
+    def _kv_passes(self, f: GpuFit, g: float, rewritten: bool = True) -> bool:
+        """Whether vLLM's KV check on ``f``'s GPU can pass once g is written with dashes (vLLM reads it too):
+        KV = R - W - O moves with R only, and not at all where the flags size the KV cache (fit.py
+        ``_directly_sized_kv``). With 0.34's extensible cache KV = min(R - W - O, what is free less the margin):
+        a larger R adds at most its growth, a smaller one takes nothing away for sure, so only that bound is
+        used (the probe confirms). ``rewritten`` False: the model is left as it is, and so is vLLM's reading."""
+        if not rewritten or self._kv_sized_by_flags:
             return f.headroom["vllm_kv_cache"] >= 0
-        return f.headroom["vllm_kv_cache"] - f.budget + vllm.budget_bytes(f.cuda_total, g) >= 0
+        grows = vllm.budget_bytes(f.cuda_total, g) - f.budget
+        return f.headroom["vllm_kv_cache"] + (max(grows, 0) if self._extensible else grows) >= 0
 
     def _largest_claim(self, g: float) -> int:
         """The largest E that test (1) admits: over the N GPUs the instance needs, the roomiest ones."""
@@ -201,6 +273,163 @@ class _Search:
         return Knob((option,) if option else (),
                     Fix("kv_cache_dtype", "--kv-cache-dtype=fp8 alone does not make it fit", False))
 
+    # --- vLLM 0.34's extensible KV cache (versions.py extensible_kv_cache) ---------------------------------
+
+    @property
+    def _extensible_version(self) -> bool:
+        """The model's vLLM version has the extensible KV cache (whether its flags turn it off or not)."""
+        return versions.rules_for(versions.version_of(self.model, self.cluster)).extensible_kv_cache
+
+    def unset_utilization(self) -> Knob | None:
+        """vLLM 0.34+: --gpu-memory-utilization removed, unset being 1.0 with the extensible KV cache
+        (vllm/config/cache.py resolved_gpu_memory_utilization), and with it the flags that turn that cache off
+        (--kv-cache-memory-bytes, --num-gpu-blocks-override: vllm/config/vllm.py::_resolve_extensible_kv_cache),
+        so that the cache takes what is free after warm-up (extensible_kv_cache.py::measure_kv_cache_bytes).
+        GPUStack then books its default. Not where the cluster sets a default utilization (it would apply)."""
+        vp = self.model.vllm
+        if not self._extensible_version or self.cluster.vllm_default_gpu_memory_utilization is not None:
+            return None
+        removed = [name for name, value in (("gpu-memory-utilization", vp.gpu_memory_utilization),
+                                            ("kv-cache-memory-bytes", vp.kv_cache_memory_bytes),
+                                            ("num-gpu-blocks-override", vp.num_gpu_blocks_override))
+                   if value is not None]
+        if not removed:
+            return None
+        parameters = tuple(self.model.backend_parameters)
+        for name in removed:
+            parameters = _without(parameters, name)
+        model = replace(self.model, backend_parameters=parameters)
+        spelled = {"gpu-memory-utilization": "gpu_memory_utilization"} if vp.spelled_with_underscore else {}
+        flags = " and ".join(f"--{spelled.get(name, name)}" for name in removed)
+        fix = Fix("unset_gpu_memory_utilization",
+                  f"remove {flags}: vLLM's extensible KV cache then takes what is free on the GPU after warm-up "
+                  f"(GPUStack books {model.gpustack.gpu_memory_utilization} of it)", True,
+                  (("unset_gpu_memory_utilization", True),))
+        option = self._option(fix, model)
+        return Knob((option,) if option else (),
+                    Fix("unset_gpu_memory_utilization", f"removing {flags} alone does not make it fit", False))
+
+    def kv_cache_memory_bytes(self) -> Knob | None:
+        """vLLM 0.34+ where its KV check fails: --kv-cache-memory-bytes=N sizes the KV cache, profiling skipped
+        (vllm/v1/worker/gpu_worker.py::determine_available_memory returns N), and turns the extensible cache off,
+        so its start-up check on free memory is back (vllm/v1/worker/utils.py::request_memory). The least N the
+        check passes is the model's minimum, in whole MiB up. vLLM allocates N beside the weights and O whatever
+        its budget, with no check of its own: where that is more than R, the free memory it needs on each GPU is
+        that (``_sized_option``)."""
+        if not self._extensible_version or not self._kv_short():
+            return None
+        least = -(-self.fit.kv_required // MIB)
+        fix = Fix("kv_cache_memory_bytes",
+                  f"set --kv-cache-memory-bytes={least}M (the least KV cache vLLM's check passes, "
+                  f"{gib(least * MIB)}; the extensible KV cache is then off and vLLM checks free memory at "
+                  "start-up again)", True, (("kv_cache_memory_bytes", least * MIB),))
+        option = self._sized_option(fix, self._with("kv-cache-memory-bytes", f"{least}M"))
+        return Knob((option,) if option else (), Fix(
+            "kv_cache_memory_bytes", f"--kv-cache-memory-bytes={least}M, the least KV cache vLLM's check passes, "
+            "does not make it fit (less fails the check, more leaves less room)", False))
+
+    def _sized_option(self, fix: Fix, model: ModelSpec) -> Option | None:
+        """``fix`` where ``model`` fits free memory aside, with the free memory it needs on each GPU it lands on:
+        its start-up check's, or what it holds (GpuFit.take: weights, O, the KV cache) beside what is committed
+        there before it and its CUDA context, whichever is more; none where that is more than the GPU has."""
+        fit = vllm_fit.evaluate(model, self.cluster, self.gpus, self.fit.context)
+        if fit.error or not (fit.schedulable and fit.startable):
+            return None
+        needs = []
+        for f in fit.per_gpu:
+            if f.index in fit.gpus:
+                holds = f.committed + self.cluster.vllm_context_overhead + f.take.takes
+                if holds > f.cuda_total:
+                    return None
+                needs.append((f.index, max(holds, f.free_need or 0)))
+        return Option(fix, tuple(needs))
+
+    def max_num_seqs(self) -> Knob | None:
+        """vLLM 0.34's KV check, with the extensible cache, names --max-num-seqs
+        (kv_cache_planning.py::_more_kv_cache_memory_hint): fewer sequences, fewer and smaller CUDA graphs
+        (vllm/config/vllm.py, capture sizes up to 2 x max_num_seqs). The rules bound CUDA graph memory per
+        layer (runtime.py GRAPH_PER_LAYER_BOUND), not by sequences: what it frees is not sized, so no value
+        is offered as working."""
+        if not versions.rules_of(self.model, self.cluster).extensible_kv_cache or not self._kv_short():
+            return None
+        return Knob((), Fix("max_num_seqs", "lowering --max-num-seqs (vLLM's own hint) frees CUDA graph memory "
+                            "these rules do not size by it: no value is predicted to make it fit", False))
+
+    def _kv_short(self) -> bool:
+        return any(f.headroom["vllm_kv_cache"] < 0 for f in self.fit.per_gpu if f.index in self.fit.gpus)
+
+    # --- vLLM holding more than GPUStack booked, beside another instance (node.py with_booking_check) -------
+
+    def booking(self) -> dict[str, Knob]:
+        """What keeps vLLM within GPUStack's claim where another instance is booked on its GPU: the utilization
+        GPUStack books, with dashes (GPUStack reads the same, so its claim stays; vLLM's budget R = ceil(T_cuda x
+        g) then bounds what it holds, the extensible KV cache's too: extensible_kv_cache.py measure_kv_cache_bytes
+        takes min(R - non-KV, ...)); and --kv-cache-memory-bytes, the most within the claim (vLLM then holds the
+        weights, O and N: fit.py ``_take``). Each kept where the model still fits and holds no more than its
+        claim (BOOKING_TOLERANCE: the claim's and the budget's rounding) on those GPUs; a running instance is
+        judged where it runs, restarted with the flag."""
+        over = beyond_booking(self.fit)
+        booked = self.model.gpustack.gpu_memory_utilization
+        needed = gib(self.fit.kv_required)
+        fix = Fix("gpu_memory_utilization", f"set --gpu-memory-utilization={booked} (what GPUStack books: vLLM "
+                  "then holds no more than its claim)", True, (("gpu_memory_utilization", booked),))
+        option = self._within_booking(fix, _gmu(self.model, booked), over)
+        utilization = Knob((option,) if option else (), Fix(
+            "gpu_memory_utilization", f"--gpu-memory-utilization={booked} (what GPUStack books) does not keep vLLM "
+            f"within its claim with the KV cache it needs ({needed})", False))
+        most = self._most_kv_within_claim(over)
+        option = None
+        if most is not None and most[0] * MIB >= self.fit.kv_required:
+            mib, bound = most
+            model = self._with("kv-cache-memory-bytes", f"{mib}M")
+            # With the KV cache sized so, vLLM checks free memory at start-up for its budget again
+            # (utils.py::request_memory): no more than GPUStack books, so that others keeping to their claims
+            # leave it enough; where vLLM would read more (unset: 0.92 from 0.20), the booked value goes too.
+            also = booked < self._vllm_reads(model)
+            change: tuple[tuple[str, object], ...] = (("kv_cache_memory_bytes", mib * MIB),)
+            if also:
+                model, change = _gmu(model, booked), change + (("gpu_memory_utilization", booked),)
+            fix = Fix("kv_cache_memory_bytes", f"set --kv-cache-memory-bytes={mib}M"
+                      + (f" and --gpu-memory-utilization={booked}" if also else "")
+                      + f" (the most KV cache within GPUStack's claim of {gib(bound.take.claim)} on GPU "
+                      f"{bound.index}; it needs at least {needed})", True, change)
+            option = self._within_booking(fix, model, over)
+        worst = min(over, key=lambda f: f.take.headroom)
+        kv_cache = Knob((option,) if option else (), Fix(
+            "kv_cache_memory_bytes", f"no --kv-cache-memory-bytes keeps vLLM within GPUStack's claim of "
+            f"{gib(worst.take.claim)} on GPU {worst.index} with the KV cache it needs ({needed})", False))
+        return {"booking_utilization": utilization, "booking_kv_cache": kv_cache}
+
+    def _vllm_reads(self, model: ModelSpec) -> float:
+        """The --gpu-memory-utilization vLLM runs ``model`` with, as its fit reads it (ModelFit.gmu_vllm)."""
+        return vllm_fit.evaluate(model, self.cluster, self.gpus, self.fit.context, self._placed_on()).gmu_vllm
+
+    def _placed_on(self) -> tuple[int, ...] | None:
+        return self.fit.gpus if self.fit.placed else None
+
+    def _within_booking(self, fix: Fix, model: ModelSpec, over: list[GpuFit]) -> Option | None:
+        fit = vllm_fit.evaluate(model, self.cluster, self.gpus, self.fit.context, self._placed_on())
+        if fit.error or not (fit.schedulable and fit.startable):
+            return None
+        by_index = {f.index: f for f in fit.per_gpu}
+        if any(f.index not in by_index or by_index[f.index].take is None
+               or by_index[f.index].take.headroom < -BOOKING_TOLERANCE for f in over):
+            return None
+        return Option(fix, tuple((f.index, f.free_need) for f in fit.per_gpu
+                                 if f.index in fit.gpus and f.free_need is not None))
+
+    def _most_kv_within_claim(self, over: list[GpuFit]) -> tuple[int, GpuFit] | None:
+        """The most whole MiB of --kv-cache-memory-bytes with which vLLM holds no more than its claim on every
+        GPU of ``over`` (what it holds is linear in N: read at N = 1 MiB), and the GPU that bounds it."""
+        fit = vllm_fit.evaluate(self._with("kv-cache-memory-bytes", "1M"), self.cluster, self.gpus,
+                                self.fit.context, self._placed_on())
+        by_index = {f.index: f for f in fit.per_gpu}
+        room = [((f.take.claim - by_index[f.index].take.takes + MIB) // MIB, f) for f in over
+                if f.index in by_index and by_index[f.index].take is not None]
+        if len(room) != len(over):
+            return None
+        return min(room, key=lambda r: r[0])
+
     def gpu_count(self) -> Knob:
         current = self.model.vllm.tensor_parallel_size
         options = []
@@ -217,3 +446,8 @@ class _Search:
 
 def _gmu(model: ModelSpec, g: float) -> ModelSpec:
     return replace(model, backend_parameters=with_param(model.backend_parameters, "gpu-memory-utilization", g))
+
+
+def _without(parameters: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """``parameters`` without any spelling of ``--name`` (with_param removes them all, then appends its own)."""
+    return with_param(parameters, name, "")[:-1]
