@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from ..rules import backends, runner_pick
+from ..rules import backends, categories as model_categories, runner_pick
 from ..rules.gpustack import ENV_CLAIM
 from ..rules.model import Architecture, Cluster, EngineVersion, ModelSpec
 from ..rules.flags import parse_model_len
@@ -35,6 +35,8 @@ Version = Annotated[str, Field(min_length=1, pattern=r"^v?[0-9][0-9A-Za-z.+_-]*$
 WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
 EXCLUDED_FROM_HUB_LISTING = ("consolidated.safetensors",)
 WeightsFrom = Literal["local", "huggingface", "modelscope"]
+# GPUStack's CategoryEnum (rules/categories.py NAMES)
+Category = Literal["llm", "embedding", "image", "reranker", "speech_to_text", "text_to_speech", "unknown"]
 
 
 class ClusterSettings(Strict):
@@ -112,6 +114,8 @@ class ModelEntry(Strict):
     backend: Literal["vllm", "sglang", "custom"] = "vllm"
     run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
     engine_version: Version | None = None  # the engine version it runs (GPUStack: its backend_version)
+    # GPUStack's model categories; empty: detected from config.json's architectures, as GPUStack fills them in
+    categories: list[Category] = []
     # With the manifest's workers (a cluster): the worker placed_on / pinned_gpus refer to, GPUStack's
     # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
     worker: str | None = None
@@ -306,12 +310,17 @@ def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSp
     except ValueError as exc:
         raise _FieldError(source_field, str(exc)) from None
     max_len = parse_model_len(entry.max_model_len) if isinstance(entry.max_model_len, str) else entry.max_model_len
+    categories = model_categories.filled_in(entry.categories, arch.architectures, entry.backend_parameters,
+                                            entry.backend)
+    if problem := model_categories.not_modelled(categories):
+        raise _FieldError("categories" if entry.categories else source_field, problem)
     return ModelSpec(
         name=entry.name, weights_bytes=weights, arch=arch,
         backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
         placed_on=_tuple(entry.placed_on), pinned_gpus=_tuple(entry.pinned_gpus), replicas=entry.replicas,
         runtime_overhead=entry.runtime_overhead, metrics_url=entry.metrics_url,
         backend=entry.backend, run_command=entry.run_command, engine_version=engine_version_of(entry, cluster),
+        categories=categories,
     )
 
 

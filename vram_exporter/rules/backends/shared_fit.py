@@ -42,7 +42,8 @@ def placed_claims(selector: ModuleType, model: ModelSpec, cluster: Cluster,
     """A running instance's claims when GPUStack's own are not known: what its selector books."""
     by_index = {gpu.index: gpu for gpu in gpus}
     book = booking_on(selector, model, gpustack.views_of(gpus, {}, cluster.system_reserved_vram))
-    return selector.claims_of(model, {i: by_index[i].memory.total for i in model.placed_on if i in by_index}, book)
+    return selector.claims_of(model, {i: gpustack.reported_total(by_index[i].memory.total)
+                                      for i in model.placed_on if i in by_index}, book)
 
 
 GpuFitter = Callable[..., GpuFit]
@@ -62,7 +63,7 @@ def evaluate(selector: ModuleType, engine_of, gpu_fit: GpuFitter, say, model: Mo
 def _evaluate(selector, engine_of, gpu_fit, say, model, cluster, gpus, context, placed_on) -> ModelFit:
     views = gpustack.views_of(gpus, context.claims, cluster.system_reserved_vram)
     book = booking_on(selector, model, views)
-    estimate = gpustack.estimate_bytes(model.weights_bytes, model.env)
+    estimate = gpustack.model_estimate(model)
     chosen: tuple[int, ...]
     place = None
     if placed_on is not None:

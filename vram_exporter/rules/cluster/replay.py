@@ -281,7 +281,7 @@ def _decide_manual(inst: Instance, request: Request, nodes: Sequence[gpustack_pa
     assert book.fraction is not None
     skip = _skip_count_check(spec.env)
     ask = gpustack_paths.Ask(
-        estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=max(book.fraction, 0),
+        estimate=gpustack.model_estimate(spec), gmu=max(book.fraction, 0),
         world_size=book.world_size, arch=spec.arch, replicas=spec.replicas, selection=request.selection,
         selected_count=request.selected_count, gpus_per_replica=_per_replica(request, book.world_size, skip),
         skip_count_check=skip, distributed_workers=_distributed_workers(request, holdings), fraction_flag=flag)
@@ -329,7 +329,7 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
     skip = _skip_count_check(spec.env)
     per_replica = _per_replica(request, params.world_size, skip)
     return gpustack_paths.Ask(
-        estimate=gpustack.estimate_bytes(spec.weights_bytes, spec.env), gmu=params.gpu_memory_utilization,
+        estimate=gpustack.model_estimate(spec), gmu=params.gpu_memory_utilization,
         world_size=params.world_size, arch=gpustack.tp_arch(spec.arch, params), scheduler=scheduler, distributed=request.distributed,
         replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
         gpus_per_replica=per_replica, skip_count_check=skip,
@@ -356,7 +356,7 @@ def _params(spec: ModelSpec) -> GpuStackParams:
 
 def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> list[gpustack.GpuView]:
     return [
-        gpustack.GpuView(index, gpustack.total_whole_mib(total),
+        gpustack.GpuView(index, total,
                          gpustack.allocatable_bytes(total, claims.get((worker.id, index), 0), worker.system_reserved))
         for index, total in sorted(worker.totals.items())
     ]

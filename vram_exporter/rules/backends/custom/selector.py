@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ....units import GIB
 from ...flags import param_pairs
 from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib,
-                         estimate_bytes, listed, selector_message, total_whole_mib)
+                         model_estimate, listed, selector_message)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -167,7 +167,7 @@ def booking(spec: ModelSpec, min_total: int = 0, *, selected_per_worker: Sequenc
 
 def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
                pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
-    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), fraction=book.fraction,
+    return place(views, estimate=model_estimate(spec), fraction=book.fraction,
                  pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
 
 
@@ -175,7 +175,7 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
                pinned: Sequence[int] | None = None) -> list[Placement]:
     """Every candidate of this worker before the placement scorer picks: one per passing GPU on the
     single-GPU path, else the one ``place`` finds."""
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     single = [] if pinned else [Placement((g.index,), {g.index: c}, "single") for g in views
                                 if g.allocatable >= (c := claim_on(g, estimate, book.fraction))]
     if single:
@@ -209,7 +209,7 @@ def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None
     the estimate and the RAM it asks."""
     if selected_workers < 2:
         return None
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     opening = (f"The model requires approximately {byte_to_gib(estimate)} of VRAM and "
                f"{byte_to_gib(max(int(estimate * 0.1), 2 * GIB))} of RAM.")
     return selector_message([opening], [listed([MANUAL_ACROSS_WORKERS])])
@@ -217,11 +217,11 @@ def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None
 
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
-    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), views, book.fraction, pinned=bool(pinned))
+    return pending_message(model_estimate(spec), views, book.fraction, pinned=bool(pinned))
 
 
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """As the single-GPU and multi-GPU paths book (a manual one: GPUStack's claims are known)."""
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
-    views = [GpuView(i, total_whole_mib(t), 0) for i, t in totals.items()]
+    estimate = model_estimate(spec)
+    views = [GpuView(i, t, 0) for i, t in totals.items()]
     return {v.index: claim_among(v, estimate, book.fraction, len(views)) for v in views}

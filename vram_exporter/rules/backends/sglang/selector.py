@@ -37,7 +37,7 @@ from ....units import GIB, MIB
 from ...flags import find_bool_parameter as _flag, first_int_parameter as _first_int, first_parameter as _first
 from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView,
                          byte_to_gib, claim_bytes, combination_lines, listed, requirement_lines, selector_message,
-                         estimate_bytes, gpu_tests, pinned_count_problem, tp_divisibility_problem)
+                         model_estimate, gpu_tests, pinned_count_problem, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
 
@@ -395,7 +395,7 @@ def workers_candidates(spec: ModelSpec, workers: Sequence[WorkerView], book: Boo
     """One instance over several workers, or the selector's whole "No suitable workers" text when its
     worker search ran and found none (None: it did not run)."""
     assert book.fraction is not None
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     found, event = across_workers(workers, estimate=estimate, fraction=book.fraction, arch=spec.arch,
                                   check_vision=not params_of(spec).language_only)
     if event is None:
@@ -427,7 +427,7 @@ def booking(spec: ModelSpec, min_total: int, *, selected_per_worker: Sequence[in
 def place_spec(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Scheduler, book: Booking,
                pinned: Sequence[int] | None = None, replica_count: int | None = None) -> Placement | None:
     assert book.fraction is not None
-    return place(views, estimate=estimate_bytes(spec.weights_bytes, spec.env), fraction=book.fraction,
+    return place(views, estimate=model_estimate(spec), fraction=book.fraction,
                  world_size=book.world_size, arch=spec.arch, check_vision=not params_of(spec).language_only,
                  pinned=pinned, replica_count=spec.replicas if replica_count is None else replica_count)
 
@@ -437,7 +437,7 @@ def candidates(spec: ModelSpec, views: Sequence[GpuView], *, scheduler: Schedule
     """Every candidate of this worker before the placement scorer picks: one per passing GPU on the
     single-GPU path, else the one ``place`` finds."""
     assert book.fraction is not None
-    estimate = estimate_bytes(spec.weights_bytes, spec.env)
+    estimate = model_estimate(spec)
     single = []
     if not pinned and not (book.world_size and book.world_size > 1):
         single = [Placement((g.index,), {g.index: claim_bytes(g.total, book.fraction)}, "single")
@@ -461,7 +461,7 @@ def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None
 def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
     assert book.fraction is not None
-    return pending_message(estimate_bytes(spec.weights_bytes, spec.env), book.fraction, views, book.world_size,
+    return pending_message(model_estimate(spec), book.fraction, views, book.world_size,
                            spec.arch, not params_of(spec).language_only, pinned=bool(pinned))
 
 
