@@ -56,7 +56,8 @@ def make_model(spec, directory):
     return Model(
         id=spec["id"], name=spec["name"], source=SourceEnum.LOCAL_PATH, local_path=str(directory),
         backend=BackendEnum(spec.get("backend", "vLLM")), backend_parameters=spec["params"], env=spec.get("env") or None,
-        replicas=spec["replicas"], cluster_id=1, categories=[CategoryEnum.LLM], gpu_selector=selector,
+        replicas=spec["replicas"], cluster_id=1, categories=[CategoryEnum(c) for c in spec.get("categories", ["llm"])],
+        gpu_selector=selector,
         placement_strategy=PlacementStrategyEnum(spec["strategy"]),
         # The API validates a ModelCreate, whose set_defaults turns None into True for vLLM and SGLang; a table
         # Model built directly skips validators, so the default is applied here.
