@@ -103,14 +103,13 @@ def detected(architectures: Sequence[str]) -> tuple[str, ...]:
     return (LLM,)
 
 
-def filled_in(given: Sequence[str], architectures: Sequence[str], backend_parameters: Sequence[str],
-              backend: str) -> tuple[str, ...]:
-    """The categories GPUStack schedules a model with: its own, else detected from its architectures (for
-    vLLM, --hf-overrides' first)."""
+def filled_in(given: Sequence[str], architectures: Sequence[str], overriding: Sequence[str] = ()) -> tuple[str, ...]:
+    """The categories GPUStack schedules a model with: its own, else detected from its architectures, those
+    of an --hf-overrides in ``overriding`` first (the backend parameters of a backend whose overrides
+    GPUStack reads: rules/backends ``reads_hf_overrides``)."""
     if given:
         return tuple(given)
-    overridden = _overridden(backend_parameters, "last") if backend == "vllm" else ()
-    return detected(overridden or architectures)
+    return detected(_overridden(overriding, "last") or architectures)
 
 
 def is_llm(categories: Sequence[str]) -> bool:
@@ -144,7 +143,9 @@ def vllm_books_estimate(categories: Sequence[str], architectures: Sequence[str],
 
 def _overridden(backend_parameters: Sequence[str], which: str) -> tuple[str, ...]:
     """--hf-overrides' architectures: the first occurrence as the selector reads it (json.loads), the last as
-    the scheduler's category detection does; () where absent or not a JSON object with a list there."""
+    the scheduler's category detection does; () where absent or not a JSON object with a list there. (The
+    flag readers do not mask JSON as GPUStack's safe_split does: an --hf-overrides={...} written in one entry
+    with spaces inside is split; as its own entry, the JSON is read whole.)"""
     if which == "first":
         raw = first_parameter(backend_parameters, ["hf-overrides"])
     else:

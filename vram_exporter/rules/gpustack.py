@@ -165,6 +165,33 @@ def pinned_count_problem(pinned: Sequence[int] | None, world_size: int | None, e
             "or set GPUSTACK_SKIP_GPU_COUNT_CHECK=1.")
 
 
+def skips_gpu_count_check(env: Mapping[str, str]) -> bool:
+    """policies/utils.py::should_skip_gpu_count_check."""
+    return str(env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK", "")).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def filled_gpus_per_replica(selected_count: int, replicas: int, world_size: int | None, skip_count_check: bool) -> int:
+    """What GPUStack writes into gpu_selector.gpus_per_replica when it is not given
+    (``scheduler/scheduler.py::set_model_gpus_per_replica``): the world size the parameters ask, else the
+    largest power of 2 <= the selected GPUs per replica (``utils/math.py::largest_power_of_2_leq``); with
+    GPUSTACK_SKIP_GPU_COUNT_CHECK, the selected GPUs per replica."""
+    per_replica = selected_count // max(replicas, 1)
+    if skip_count_check:
+        return per_replica
+    if world_size and world_size > 0:
+        return world_size
+    return 1 << (per_replica.bit_length() - 1) if per_replica >= 1 else 0
+
+
+def selection_split(pinned: Sequence[int], replicas: int, world_size: int | None, skip_count_check: bool,
+                    given: int | None = None) -> int | None:
+    """How many of the ``pinned`` GPUs one replica takes when that is fewer than all of them (GPUStack's manual
+    selection then picks them per replica: ``_set_gpu_count``, gpus_per_replica ``given`` or filled in), else
+    None: every replica is judged on the whole selection."""
+    count = given or filled_gpus_per_replica(len(pinned), replicas, world_size, skip_count_check)
+    return count if 0 < count < len(pinned) else None
+
+
 @dataclass(frozen=True, slots=True)
 class GpuView:
     """One GPU as the scheduler sees it when this instance is placed."""

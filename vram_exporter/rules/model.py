@@ -250,16 +250,17 @@ class ModelSpec:
 
     @property
     def gpustack(self) -> GpuStackParams:
-        """As GPUStack's vLLM selector reads them (the first occurrence); its g is 0 where it books the
-        estimate instead of a share of the card (``books_estimate``)."""
+        """As GPUStack's vLLM selector reads them (the first occurrence), whatever the model's backend (only
+        the vLLM rules read them); its g is 0 where it books the estimate instead of a share of the card
+        (``books_estimate``)."""
         params = self.read(gpustack_params)
         return replace(params, gpu_memory_utilization=0.0) if self.books_estimate else params
 
     @property
     def books_estimate(self) -> bool:
-        """GPUStack's vLLM selector books this model's estimate, not g x total (rules/categories.py
+        """GPUStack's vLLM selector would book this model's estimate, not g x total (rules/categories.py
         ``vllm_books_estimate``: a non-LLM category, no --gpu-memory-utilization given)."""
-        return (self.backend == "vllm" and not self.read(gpustack_params).gmu_given
+        return (bool(self.categories) and not self.read(gpustack_params).gmu_given
                 and model_categories.vllm_books_estimate(self.categories, self.arch.architectures,
                                                          self.backend_parameters))
 

@@ -167,8 +167,9 @@ def _categories(model: Model, arch: Architecture) -> tuple[str, ...]:
     """GPUStack's categories for the model: its own, else what its scheduler fills in from the architectures
     before it schedules (rules/categories.py ``filled_in``)."""
     given = model_categories.checked(model.categories or (), f"model {model.name!r}: categories")
-    return model_categories.filled_in(given, arch.architectures, model.backend_parameters or (),
-                                      model.backend_kind or "vllm")
+    reads_overrides = backends.of(model.backend_kind or backends.VLLM).reads_hf_overrides
+    return model_categories.filled_in(given, arch.architectures,
+                                      (model.backend_parameters or ()) if reads_overrides else ())
 
 
 def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader) -> ModelSpec:

@@ -93,17 +93,6 @@ class Search:
     reason: str = ""  # why there is none: GPUStack's words where it has them
 
 
-def gpus_per_replica(selected_count: int, replicas: int, world_size: int | None, skip_count_check: bool) -> int:
-    """What GPUStack writes into gpu_selector.gpus_per_replica when it is not given
-    (``scheduler/scheduler.py::set_model_gpus_per_replica``)."""
-    per_replica = selected_count // max(replicas, 1)
-    if skip_count_check:
-        return per_replica
-    if world_size and world_size > 0:
-        return world_size
-    return 1 << (per_replica.bit_length() - 1) if per_replica >= 1 else 0  # utils/math.py::largest_power_of_2_leq
-
-
 def selection_of(gpu_ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker name, indexes sorted
     (utils/gpu.py::group_gpu_indexes_by_gpu_type_and_worker); entries of another form are dropped."""
