@@ -268,7 +268,8 @@ def extensible_kv_static(*, budget: int, device_room: int, weights_per_gpu: int,
 # memory (v1/worker/utils.py::request_memory, in init_device) still runs at --gpu-memory-utilization. The
 # architectures vLLM builds from encoder-only attention: its bert.py, roberta.py, bert_with_rope.py and
 # modernbert.py families and the bidirectional (non-causal) variants of decoders. Decoder-based embedding and
-# reranker models (Qwen3-Embedding, LlamaModel, Qwen2Model...) keep a KV cache sized from the budget.
+# reranker models (Qwen3-Embedding, LlamaModel, Qwen2Model...) keep a KV cache sized from the budget. Read in
+# vLLM's V1 sources (the skip is there since V1 ran encoder-only models); not re-read for each version here.
 _ENCODER_ONLY_PREFIXES = ("Bert", "Roberta", "XLMRoberta", "ModernBert", "NomicBert", "Gte", "SnowflakeGte",
                           "JinaRoberta", "BgeM3", "HF_ColBERT", "ColBERTModernBert", "ColBERTJinaRoberta")
 
