@@ -130,6 +130,8 @@ conformance: venv $(GPUSTACK_VENV)/.installed
 	  $(PY) conformance/run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(SCENARIOS) \
 	    --selector $$selector || exit 1; done
 	$(PY) conformance/cluster_run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(CLUSTER_SCENARIOS)
+	$(PY) conformance/cluster_run.py --gpustack-python $(GPUSTACK_VENV)/bin/python --scenarios $(CLUSTER_SCENARIOS) \
+	  --sglang 0.3 --categories 0.3 --per-replica 0.3
 
 $(GPUSTACK_VENV)/.installed:
 	$(PYTHON) -m venv $(GPUSTACK_VENV)

@@ -1,7 +1,8 @@
 """Differential test over whole clusters: our scheduler replay against GPUStack 2.3.0's own classes.
 
 Random clusters (1-4 workers of 1-8 GPUs, reservations, models created one by one with 1-3
-replicas, vLLM or SGLang (its fraction given or GPUStack's default, --tp-size/--pp-size), g and TP/PP in
+replicas, vLLM or SGLang (its fraction given or GPUStack's default, --tp-size/--pp-size), embedding and
+reranker models (--categories: GPUStack books the estimate for most under vLLM), g and TP/PP in
 every spelling, spread or binpack, distributed inference on or off, the
 claim override, gpu_selector in every shape: one GPU per replica across workers, more GPUs than a
 replica needs, fewer than the world size, several workers; local directories with a
@@ -12,7 +13,7 @@ instance pending, so it decides them all in creation order as GPUStack's re-chec
 instance must agree: placed or pending, and when placed the same worker, GPUs and claims.
 
 Usage: python conformance/cluster_run.py --gpustack-python .venv-gpustack/bin/python [--scenarios 200] [--seed 1]
-       [--sglang 0.3]
+       [--sglang 0.3] [--categories 0.3] [--per-replica 0.5]
 Exit 0 when every instance agrees; prints the agreement per case kind either way.
 """
 
@@ -32,7 +33,7 @@ from vram_exporter.sources.gpustack_api import GpuStackState, Model, ModelInstan
 from vram_exporter.sources.gpustack_view import _requests, _specs, replay_state
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import CARDS_MIB, MODELS  # noqa: E402
+from run import CARDS_MIB, CATEGORY_MODELS, MODELS  # noqa: E402
 
 MIB, GIB = 2**20, 2**30
 
@@ -98,15 +99,20 @@ def _user_per_replica(rng: random.Random, spec: dict) -> int | None:
     return rng.randint(1, per_replica - 1) if per_replica > 1 else None
 
 
-def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0, per_replica_share: float = 0.0
-             ) -> tuple[dict, set[str]]:
+def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0, per_replica_share: float = 0.0,
+             categories_share: float = 0.0) -> tuple[dict, set[str]]:
     card = rng.choice(CARDS_MIB)
     workers = [_worker(rng, i + 1, card if rng.random() < 0.7 else rng.choice(CARDS_MIB))
                for i in range(rng.choice([1, 2, 2, 3, 4]))]
     kinds = {"multi-worker cluster" if len(workers) > 1 else "one worker"}
     models = []
     for m in range(rng.randint(2, 6)):
-        _, weights, config = rng.choice(MODELS)
+        categories = None
+        if categories_share and rng.random() < categories_share:
+            _, weights, config = rng.choice(CATEGORY_MODELS)
+            categories = [rng.choice(["embedding", "reranker"])]
+        else:
+            _, weights, config = rng.choice(MODELS)
         weights = int(weights * rng.choice([1, 1, 0.5, 0.25, 1.5, 3]))
         files = {"model.safetensors": weights}
         if rng.random() < 0.15:
@@ -120,6 +126,9 @@ def scenario(rng: random.Random, ident: int, sglang_share: float = 0.0, per_repl
         spec = {"id": m + 1, "name": f"m{m + 1}", "config": config, "files": files, "params": params,
                 "replicas": replicas, "strategy": rng.choice(["spread", "spread", "binpack"]), "backend": backend}
         kinds.add(f"backend: {backend}")
+        if categories:
+            spec["categories"] = categories
+            kinds.add(f"category: {categories[0]} ({config['architectures'][0]})")
         if spec["strategy"] == "binpack":
             kinds.add("binpack")
         if rng.random() < 0.15:
@@ -159,6 +168,7 @@ def state_of(s: dict, root: Path, per_replica: dict | None = None) -> GpuStackSt
             "backend_parameters": spec["params"], "env": spec.get("env"), "replicas": spec["replicas"],
             "source": "local_path", "local_path": str(directory), "placement_strategy": spec["strategy"],
             "distributed_inference_across_workers": spec.get("distributed"),
+            "categories": spec.get("categories", ["llm"]),
             "gpu_selector": {"gpu_ids": spec["gpu_ids"], "gpus_per_replica": spec.get("gpus_per_replica") or (per_replica or {}).get(spec["name"])}
             if spec.get("gpu_ids") else None,
         }))
@@ -202,12 +212,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sglang", type=float, default=0.0, metavar="SHARE",
                         help="the share of models served by SGLang (0: vLLM only, the scenarios of seed N as before)")
+    parser.add_argument("--categories", type=float, default=0.0, metavar="SHARE",
+                        help="the share of embedding and reranker models (0: none, the scenarios of seed N as before)")
     parser.add_argument("--per-replica", type=float, default=0.0, metavar="SHARE",
                         help="the share of manual selections with a user-given gpus_per_replica smaller than the "
                              "selection per replica (0: none, the scenarios of seed N as before)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    made = [scenario(rng, i, args.sglang, args.per_replica) for i in range(args.scenarios)]
+    made = [scenario(rng, i, args.sglang, args.per_replica, args.categories) for i in range(args.scenarios)]
     driver = Path(__file__).with_name("gpustack_cluster.py")
     run = subprocess.run([args.gpustack_python, str(driver)], input="".join(json.dumps(s) + "\n" for s, _ in made),
                          capture_output=True, text=True, timeout=3000)

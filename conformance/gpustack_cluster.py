@@ -56,7 +56,8 @@ def make_model(spec, directory):
     return Model(
         id=spec["id"], name=spec["name"], source=SourceEnum.LOCAL_PATH, local_path=str(directory),
         backend=BackendEnum(spec.get("backend", "vLLM")), backend_parameters=spec["params"], env=spec.get("env") or None,
-        replicas=spec["replicas"], cluster_id=1, categories=[CategoryEnum.LLM], gpu_selector=selector,
+        replicas=spec["replicas"], cluster_id=1, categories=[CategoryEnum(c) for c in spec.get("categories", ["llm"])],
+        gpu_selector=selector,
         placement_strategy=PlacementStrategyEnum(spec["strategy"]),
         # The API validates a ModelCreate, whose set_defaults turns None into True for vLLM and SGLang; a table
         # Model built directly skips validators, so the default is applied here.
@@ -71,13 +72,17 @@ def placed_instance(ident, model, candidate):
             gpu_type=sw.gpu_type, gpu_indexes=sw.gpu_indexes, computed_resource_claim=sw.computed_resource_claim)
         for sw in candidate.subordinate_workers or []
     ]
-    return ModelInstance.model_construct(
-        id=ident, name=f"{model.name}-{ident}", model_id=model.id, model_name=model.name, model=model,
+    # Built as the database loads it (not model_construct): a selector reads instance.model, a relationship
+    # SQLAlchemy instruments only on a constructed instance (_validate_distributed_limit_per_worker).
+    instance = ModelInstance(
+        id=ident, name=f"{model.name}-{ident}", model_id=model.id, model_name=model.name,
         worker_id=candidate.worker.id, worker_name=candidate.worker.name, gpu_indexes=list(candidate.gpu_indexes),
         gpu_type="cuda", state=ModelInstanceStateEnum.SCHEDULED,
         computed_resource_claim=ComputedResourceClaim(vram=dict(candidate.computed_resource_claim.vram), ram=0),
         distributed_servers=DistributedServers(subordinate_workers=subordinates) if subordinates else None,
     )
+    instance.model = model
+    return instance
 
 
 def claims_of(candidate):
@@ -118,7 +123,9 @@ async def run(scenario, root):
         per_replica[spec["name"]] = model.gpu_selector.gpus_per_replica if model.gpu_selector else None
         for _ in range(spec["replicas"]):
             ident += 1
-            candidate, message = await decide(config, model, workers, instances)
+            # A fresh list each time, as Worker.all gives find_candidate one: the SGLang selector sorts the list
+            # it is handed in place (sort_workers_by_gpu_count), which must not reorder the next decisions.
+            candidate, message = await decide(config, model, list(workers), instances)
             if candidate is None:
                 out.append({"id": ident, "model": spec["name"], "placed": False, "message": message})
                 continue

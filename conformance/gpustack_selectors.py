@@ -58,7 +58,7 @@ def make_model(spec, backend, directory, name):
         id=spec.get("id", 1), name=name, source=SourceEnum.LOCAL_PATH, local_path=str(directory),
         backend=backend, backend_parameters=spec["params"], env=spec.get("env") or None,
         run_command=spec.get("run_command"), replicas=spec.get("replicas", 1), cluster_id=1,
-        categories=[CategoryEnum.LLM], gpu_selector=gpu_selector,
+        categories=[CategoryEnum(c) for c in spec.get("categories", ["llm"])], gpu_selector=gpu_selector,
         placement_strategy=PlacementStrategyEnum.SPREAD, distributed_inference_across_workers=False,
     )
 

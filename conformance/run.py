@@ -47,17 +47,35 @@ MODELS = [
      "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
      "vocab_size": 32768, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}),
 ]
+# Models GPUStack books by category (rules/categories.py): an encoder-only embedding model, a decoder one it
+# books the same way, and a Qwen3 one it books at g like an LLM. Weights: their float32 / bf16 sizes.
+CATEGORY_MODELS = [
+    ("bge-large-en-v1.5", 1_340_616_616, {"architectures": ["BertModel"], "model_type": "bert",
+     "num_hidden_layers": 24, "num_attention_heads": 16, "hidden_size": 1024, "intermediate_size": 4096,
+     "vocab_size": 30522, "torch_dtype": "float32", "max_position_embeddings": 512}),
+    ("gte-qwen2-7b", 15_231_233_024, {"architectures": ["Qwen2Model"], "model_type": "qwen2",
+     "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_size": 3584,
+     "vocab_size": 151646, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}),
+    ("qwen3-embedding-8b", 15_133_989_888, {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+     "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+     "head_dim": 128, "vocab_size": 151665, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}),
+]
 
 
 def scenario(rng: random.Random, ident: int) -> dict:
     card = rng.choice(CARDS_MIB)
     count = rng.choice([1, 1, 2, 2, 3, 4])
     gpus = [card * MIB if rng.random() < 0.8 else rng.choice(CARDS_MIB) * MIB for _ in range(count)]
-    _, weights, config = rng.choice(MODELS)
+    categories = ["llm"]
+    if rng.random() < 0.25:  # a non-LLM model: GPUStack books the estimate unless g is given or it is Qwen3
+        _, weights, config = rng.choice(CATEGORY_MODELS)
+        categories = [rng.choice(["embedding", "reranker", "embedding"])]
+    else:
+        _, weights, config = rng.choice(MODELS)
     weights = int(weights * rng.choice([1, 1, 0.5, 0.25, 1.5]))
     params: list[str] = []
     g = round(rng.uniform(0.5, 0.95), 2)
-    spelling = rng.choice(["eq", "space", "items", "underscore", "absent"])
+    spelling = rng.choice(["eq", "space", "items", "underscore", "absent"] + ["absent"] * (categories != ["llm"]))
     params += {"eq": [f"--gpu-memory-utilization={g}"], "space": [f"--gpu-memory-utilization {g}"],
                "items": ["--gpu-memory-utilization", str(g)], "underscore": [f"--gpu_memory_utilization={g}"],
                "absent": []}[spelling]
@@ -68,8 +86,12 @@ def scenario(rng: random.Random, ident: int) -> dict:
     model = {"weights": weights, "params": params, "config": config}
     if rng.random() < 0.2:
         model["env"] = {"GPUSTACK_MODEL_VRAM_CLAIM": str(rng.randrange(1 * GIB, 100 * GIB))}
+    if categories != ["llm"]:
+        model["categories"] = categories
     if rng.random() < 0.1:
         model["pinned"] = [rng.randrange(count)]
+    elif rng.random() < 0.05 and count > 1:
+        model["pinned"] = sorted(rng.sample(range(count), rng.choice([2, count])))
     placed = []
     for _ in range(rng.choice([0, 0, 1, 2])):
         on = rng.sample(range(count), rng.choice([1, 1, 2]) if count > 1 else 1)
@@ -88,10 +110,13 @@ def ours(s: dict) -> dict:
                         max_model_len=16, placed_on=tuple(p["gpus"])) for n, p in enumerate(s["placed"])]
     m = s["model"]
     candidate = ModelSpec("candidate", m["weights"], arch, backend_parameters=tuple(m["params"]),
-                          env=m.get("env", {}), max_model_len=1024,
-                          pinned_gpus=tuple(m["pinned"]) if m.get("pinned") else None)
+                          env=m.get("env", {}), max_model_len=min(1024, arch.max_position_embeddings or 1024),
+                          pinned_gpus=tuple(m["pinned"]) if m.get("pinned") else None,
+                          categories=tuple(m.get("categories", ["llm"])))
     fit = fit_node(snapshot, Cluster(system_reserved_vram=s["system_reserved"]), [*placed, candidate]).models[-1]
-    return {"gpus": list(fit.gpus) if fit.schedulable else [], "error": fit.error, "overcommit": fit.overcommit}
+    claims = {str(f.index): f.take.claim for f in fit.per_gpu if f.take is not None and f.index in fit.gpus}
+    return {"gpus": list(fit.gpus) if fit.schedulable else [], "error": fit.error, "overcommit": fit.overcommit,
+            "claims": claims}
 
 
 def agree(mine: dict, theirs: dict) -> str | None:
@@ -109,6 +134,10 @@ def agree(mine: dict, theirs: dict) -> str | None:
             return f"our GPUs {mine['gpus']} are not among GPUStack's candidates {theirs.get('candidates')}"
         if bool(theirs.get("overcommit")) != mine["overcommit"]:
             return f"overcommit: gpustack {theirs.get('overcommit')}, ours {mine['overcommit']}"
+        claims = dict(zip(map(tuple, map(sorted, theirs.get("candidates", []))), theirs.get("all_claims", [])))
+        expected = claims.get(tuple(sorted(mine["gpus"])), theirs.get("claims"))
+        if expected != mine["claims"]:
+            return f"claims on {mine['gpus']}: gpustack {expected}, ours {mine['claims']}"
     return None
 
 

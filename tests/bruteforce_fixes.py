@@ -138,10 +138,11 @@ class _Search:
         """The largest E that test (1) admits: over the N GPUs the instance needs, the roomiest ones."""
         n = self.model.gpustack.world_size or 1
         if self.cluster.scheduler == "gpustack-0.6":
-            sizes = [gpustack.allocatable_bytes(gpu.memory.total, self.fit.context.claims.get(gpu.index, 0),
+            sizes = [gpustack.allocatable_bytes(gpustack.reported_total(gpu.memory.total),
+                                                self.fit.context.claims.get(gpu.index, 0),
                                                 self.cluster.system_reserved_vram) for gpu in self.gpus]
         else:
-            sizes = [gpustack.claim_bytes(gpu.memory.total, g) for gpu in self.gpus]
+            sizes = [gpustack.claim_bytes(gpustack.reported_total(gpu.memory.total), g) for gpu in self.gpus]
         return sum(sorted(sizes, reverse=True)[:n])
 
     def pin(self) -> Fix | None:

@@ -372,17 +372,19 @@ def test_a_pending_instance_left_bound_to_a_worker_is_never_decided_again(tmp_pa
     assert view.node_models.predicted == {0: int(24564 * 2**20 * 0.9)}
 
 
-def test_an_embedding_model_is_not_judged_with_the_llm_rules(tmp_path):
-    """GPUStack claims an embedding model's estimate, not g x total (_disable_gpu_memory_utilization):
-    shown, with why, and never predicted with the wrong rule; a Qwen3 embedding model keeps g."""
+def test_an_embedding_model_is_booked_at_its_estimate(tmp_path):
+    """GPUStack books a non-LLM model's estimate, not g x total (_disable_gpu_memory_utilization), and
+    estimates it with 512 MiB of framework overhead, not 2 GiB (estimate_model_vram); a Qwen3 embedding
+    model keeps g (its exception list)."""
     from vram_exporter.sources.gpustack_api import Model
 
     state = _two_worker_state(tmp_path)
     embedding = Model.model_validate({**state.models[1].model_dump(), "categories": ["embedding"]})
     verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], embedding),
                                                             state.instances), worker_name="w1", source="t").verdicts}
-    assert verdicts["m2"].predicted_pending is None and "claims the estimate instead" in verdicts["m2"].note
-    assert verdicts["m2"].size_known is None  # its size is known: the rule is what is missing
+    (decision,) = verdicts["m2"].decisions
+    assert verdicts["m2"].predicted_pending == 0
+    assert dict(decision.claims) == {(2, 0): int(QWEN_1_5B_WEIGHTS * 1.2) + 512 * 2**20}
     qwen3 = tmp_path / "qwen3"
     qwen3.mkdir()
     (qwen3 / "config.json").write_text(json.dumps({**QWEN_1_5B, "architectures": ["Qwen3ForCausalLM"]}))
@@ -391,4 +393,33 @@ def test_an_embedding_model_is_not_judged_with_the_llm_rules(tmp_path):
     reranker = Model.model_validate({**embedding.model_dump(), "local_path": str(qwen3)})
     verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], reranker),
                                                             state.instances), worker_name="w1", source="t").verdicts}
-    assert verdicts["m2"].predicted_pending == 0
+    (decision,) = verdicts["m2"].decisions
+    assert dict(decision.claims) == {(2, 0): int(24564 * 2**20 * 0.9)}
+
+
+def test_a_model_without_categories_gets_them_from_its_architectures(tmp_path):
+    """GPUStack fills in a model's empty categories from config.json's architectures before it schedules
+    it (evaluate_pretrained_config, detect_model_type): a BertModel is an embedding model."""
+    from vram_exporter.sources.gpustack_api import Model
+
+    state = _two_worker_state(tmp_path)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({**QWEN_1_5B, "architectures": ["BertModel"]}))
+    with open(bert / "model.safetensors", "wb") as f:
+        f.truncate(QWEN_1_5B_WEIGHTS)
+    unnamed = Model.model_validate({**state.models[1].model_dump(), "categories": [], "local_path": str(bert)})
+    verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], unnamed),
+                                                            state.instances), worker_name="w1", source="t").verdicts}
+    (decision,) = verdicts["m2"].decisions
+    assert dict(decision.claims) == {(2, 0): int(QWEN_1_5B_WEIGHTS * 1.2) + 512 * 2**20}
+
+
+def test_an_image_model_is_not_modelled(tmp_path):
+    from vram_exporter.sources.gpustack_api import Model
+
+    state = _two_worker_state(tmp_path)
+    image = Model.model_validate({**state.models[1].model_dump(), "categories": ["image"]})
+    verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], image),
+                                                            state.instances), worker_name="w1", source="t").verdicts}
+    assert verdicts["m2"].predicted_pending is None and "diffusion" in verdicts["m2"].note

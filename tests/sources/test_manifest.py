@@ -189,3 +189,49 @@ def test_a_draft_model_is_read_from_its_directory(tmp_path):
 def test_draft_model_errors_name_file_line_and_field(tmp_path, entry, where, words):
     message = errors(tmp_path, f"models:\n  - name: x\n    weights_bytes: 10\n    config: {TINY}\n" + entry)
     assert where in message and words in message, message
+INLINE = ("models:\n  - name: x\n    weights_bytes: 1000000\n"
+          "    config: {{architectures: [{arch}], num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 64}}\n")
+
+
+def test_categories_are_given_or_filled_in_from_the_architectures(tmp_path):
+    """As GPUStack's scheduler fills in a model created without categories (detect_model_type)."""
+    assert load_manifest(write(tmp_path, INLINE.format(arch="BertModel"))).models[0].categories == ("embedding",)
+    assert load_manifest(write(tmp_path, INLINE.format(arch="Qwen2ForCausalLM"))).models[0].categories == ("llm",)
+    given = INLINE.format(arch="Qwen2ForCausalLM") + "    categories: [reranker]\n"
+    assert load_manifest(write(tmp_path, given)).models[0].categories == ("reranker",)
+
+
+def test_a_bad_category_names_its_line(tmp_path):
+    message = errors(tmp_path, INLINE.format(arch="BertModel") + "    categories: [embeding]\n")
+    assert ":5: models[0].categories[0]:" in message and "'embedding'" in message
+
+
+def test_an_image_model_is_refused_where_it_is_named(tmp_path):
+    message = errors(tmp_path, INLINE.format(arch="BertModel") + "    categories: [image]\n")
+    assert ":5: models[0].categories:" in message and "diffusion" in message and "not modelled" in message
+
+
+def test_gpus_per_replica_needs_the_workers_and_says_why(tmp_path):
+    text = INLINE.format(arch="Qwen2ForCausalLM") + "    pinned_gpus: [0, 1]\n    gpus_per_replica: 1\n"
+    message = errors(tmp_path, text)
+    assert "gpus_per_replica need the manifest's workers" in message and "judges a replica on every pinned GPU" in message
+
+
+@pytest.mark.parametrize("pinned, replicas, params, refused", [
+    ("[0, 1, 2, 3]", 2, "[]", True),  # GPUStack fills in 2 per replica
+    ("[0, 1, 2]", 1, "[]", True),  # the largest power of 2 <= 3: 2 of the 3
+    ("[0, 1, 2, 3]", 1, "[]", False),
+    ("[0, 1]", 1, "[--tensor-parallel-size=2]", False),
+    ("[0, 1, 2]", 1, "[]\n    env: {GPUSTACK_SKIP_GPU_COUNT_CHECK: '1'}", False),  # then all 3 per replica
+])
+def test_a_selection_gpustack_splits_per_replica_is_refused_on_one_nodes_view(tmp_path, pinned, replicas, params,
+                                                                            refused):
+    """set_model_gpus_per_replica gives each replica fewer GPUs than pinned: the node's view (no workers)
+    would judge each replica on all of them, so it says so; a manifest with workers places them."""
+    text = (INLINE.format(arch="Qwen2ForCausalLM")
+            + f"    pinned_gpus: {pinned}\n    replicas: {replicas}\n    backend_parameters: {params}\n")
+    if refused:
+        message = errors(tmp_path, text)
+        assert ":5: models[0].pinned_gpus:" in message and "Describe this node under `workers:`" in message
+    else:
+        load_manifest(write(tmp_path, text))

@@ -5,7 +5,13 @@ their folders' selector.py; this module holds what they share. Sources, gpustack
 - ``gpustack/policies/resource_view.py``: allocatable = max(total - claims - system_reserved, 0);
   live used/free memory is never read.
 - ``gpustack/policies/utils.py::estimate_model_vram``: E = GPUSTACK_MODEL_VRAM_CLAIM, else
-  int((weights + LoRA adapters' weights) * 1.2) + 2 GiB (``model_estimate``).
+  int((weights + LoRA adapters' weights) * 1.2) + 2 GiB (``model_estimate``; other categories than llm:
+  rules/categories.py).
+- T is the total as the worker reports it, in bytes, used as is (``int(total * g)``, ``allocatable /
+  total``): a 2.3.0 worker reports NVML's total floored to whole MiB (``gpustack_runtime/detector/nvidia.py::
+  _get_memory_info``, ``byte_to_mebibyte`` = total >> 20; ``detectors/runtime/runtime.py``: x 2^20), so
+  ``reported_total`` floors where we read NVML ourselves; a total from GPUStack's API, a manifest worker or a
+  test fixture is what a worker reported and is taken as it stands.
 - ``gpustack/policies/candidate_selectors/vllm_resource_fit_selector.py``: the single-GPU tests
   (``E > total * g`` and ``allocatable / total < g`` exclude a GPU), the multi-GPU walk
   (``allocatable / total > g`` strictly, largest allocatable first, each GPU adding int(total * g),
@@ -25,10 +31,9 @@ from typing import Literal
 
 from ..snapshot import GpuReading
 from ..units import GIB, MIB
+from . import categories as model_categories
 from .model import Architecture, ModelSpec, Scheduler
 
-ESTIMATE_FACTOR = 1.2  # https://blog.eleuther.ai/transformer-math/#total-inference-memory
-ESTIMATE_FRAMEWORK = 2 * GIB  # CUDA graphs etc., for LLMs
 ENV_CLAIM = "GPUSTACK_MODEL_VRAM_CLAIM"
 MANUAL_MULTI_REPLICA = ("Found 1 candidate, manual scheduling for multi-replica model instances does not allow "
                         "overcommit or heterogeneous deployment topologies.")  # base_candidate_selector.py
@@ -62,14 +67,18 @@ def selector_message(opening: Sequence[str], events: Iterable[str | None]) -> st
     return listed(opening) + "\n" + next((event for event in events if event), "")
 
 
-def total_whole_mib(total_bytes: int) -> int:
-    """GPUStack workers report memory in whole MiB: the scheduler's T, in bytes."""
-    return total_bytes // MIB * MIB
+def reported_total(nvml_total_bytes: int) -> int:
+    """What a GPUStack 2.3.0 worker reports of a GPU whose NVML total we read: whole MiB, in bytes (the
+    module's docstring). Only for totals read from NVML: one from GPUStack's API is already reported."""
+    return nvml_total_bytes // MIB * MIB
+
+
+total_whole_mib = reported_total  # the name the fix searches use (rules/backends/vllm/fixes.py)
 
 
 def allocatable_bytes(total_bytes: int, claimed: int, system_reserved: int) -> int:
-    """A = max(T - claims - R_res, 0)."""
-    return max(total_whole_mib(total_bytes) - claimed - system_reserved, 0)
+    """A = max(T - claims - R_res, 0), T as the worker reports it."""
+    return max(total_bytes - claimed - system_reserved, 0)
 
 
 # A GPU larger than this (4 TiB) is no GPU: the reservation search stops there, whatever the worker says.
@@ -86,32 +95,35 @@ def reservations_below(current: int, totals_bytes: Iterable[int]) -> Iterator[in
     if current < GIB:
         return
     yield current - GIB
-    ceiling = max((total_whole_mib(t) for t in totals_bytes), default=0)
+    ceiling = max(totals_bytes, default=0)
     below = max(2, (current - ceiling) // GIB + 1)  # the first step under the ceiling, after the one above
     yield from islice(range(current - below * GIB, -1, -GIB), MAX_RESERVATION_STEPS)
 
 
-def estimate_bytes(weights_bytes: int, env: Mapping[str, str]) -> int:
-    """E. A GPUSTACK_MODEL_VRAM_CLAIM that is not an integer is ignored, as GPUStack ignores it."""
+def estimate_bytes(weights_bytes: int, env: Mapping[str, str], categories: Sequence[str] = ()) -> int:
+    """E. A GPUSTACK_MODEL_VRAM_CLAIM that is not an integer is ignored, as GPUStack ignores it; else by the
+    model's categories (rules/categories.py ``estimate``: no categories is an LLM)."""
     override = env.get(ENV_CLAIM)
     if override is not None:
         try:
             return int(override)
         except ValueError:
             pass
-    return int(weights_bytes * ESTIMATE_FACTOR) + ESTIMATE_FRAMEWORK
+    return model_categories.estimate(weights_bytes, categories)
 
 
 def model_estimate(spec: ModelSpec) -> int:
     """E of one model: its weights and its LoRA adapters' together (policies/utils.py::estimate_model_vram:
-    int((weights + estimate_lora_weights_bytes) * 1.2) + 2 GiB; GPUSTACK_MODEL_VRAM_CLAIM still wins). A
+    int((weights + estimate_lora_weights_bytes) * factor) + framework, by categories; GPUSTACK_MODEL_VRAM_CLAIM
+    still wins). A
     draft model for speculative decoding is not counted: GPUStack 2.3.0 ignores it (gpustack #3169)."""
-    return estimate_bytes(spec.weights_bytes + sum(a.weights_bytes for a in spec.lora_adapters), spec.env)
+    return estimate_bytes(spec.weights_bytes + sum(a.weights_bytes for a in spec.lora_adapters), spec.env,
+                          spec.categories)
 
 
 def claim_bytes(total_bytes: int, gmu: float) -> int:
-    """What an instance books on each GPU it uses: int(T * g)."""
-    return int(total_whole_mib(total_bytes) * gmu)
+    """What an instance books on each GPU it uses: int(T * g), T as the worker reports it."""
+    return int(total_bytes * gmu)
 
 
 def replicas_placed(replicas: int, claims: Mapping[int, int], place) -> int:
@@ -158,12 +170,39 @@ def pinned_count_problem(pinned: Sequence[int] | None, world_size: int | None, e
             "or set GPUSTACK_SKIP_GPU_COUNT_CHECK=1.")
 
 
+def skips_gpu_count_check(env: Mapping[str, str]) -> bool:
+    """policies/utils.py::should_skip_gpu_count_check."""
+    return str(env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK", "")).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def filled_gpus_per_replica(selected_count: int, replicas: int, world_size: int | None, skip_count_check: bool) -> int:
+    """What GPUStack writes into gpu_selector.gpus_per_replica when it is not given
+    (``scheduler/scheduler.py::set_model_gpus_per_replica``): the world size the parameters ask, else the
+    largest power of 2 <= the selected GPUs per replica (``utils/math.py::largest_power_of_2_leq``); with
+    GPUSTACK_SKIP_GPU_COUNT_CHECK, the selected GPUs per replica."""
+    per_replica = selected_count // max(replicas, 1)
+    if skip_count_check:
+        return per_replica
+    if world_size and world_size > 0:
+        return world_size
+    return 1 << (per_replica.bit_length() - 1) if per_replica >= 1 else 0
+
+
+def selection_split(pinned: Sequence[int], replicas: int, world_size: int | None, skip_count_check: bool,
+                    given: int | None = None) -> int | None:
+    """How many of the ``pinned`` GPUs one replica takes when that is fewer than all of them (GPUStack's manual
+    selection then picks them per replica: ``_set_gpu_count``, gpus_per_replica ``given`` or filled in), else
+    None: every replica is judged on the whole selection."""
+    count = given or filled_gpus_per_replica(len(pinned), replicas, world_size, skip_count_check)
+    return count if 0 < count < len(pinned) else None
+
+
 @dataclass(frozen=True, slots=True)
 class GpuView:
     """One GPU as the scheduler sees it when this instance is placed."""
 
     index: int
-    total: int  # T, whole MiB in bytes
+    total: int  # T as the worker reports it (``reported_total`` of what we read from NVML)
     allocatable: int  # A, after reservation and the claims placed before
 
 
@@ -179,18 +218,18 @@ class Booking:
 
 def views_of(gpus: Sequence[GpuReading], claims: Mapping[int, int], system_reserved: int) -> list[GpuView]:
     """This node's GPUs as the scheduler sees them, with ``claims`` booked."""
-    return [GpuView(gpu.index, total_whole_mib(gpu.memory.total),
-                    allocatable_bytes(gpu.memory.total, claims.get(gpu.index, 0), system_reserved))
+    return [GpuView(gpu.index, total := reported_total(gpu.memory.total),
+                    allocatable_bytes(total, claims.get(gpu.index, 0), system_reserved))
             for gpu in gpus]
 
 
 def smallest_total(totals: Mapping[int, Mapping[int, int]], pinned: Mapping[int, Sequence[int]] | None) -> int:
     """``_get_min_gpu_sum``, the card a fraction that depends on the card is sized for (SGLang's default):
     ``totals`` worker -> GPU index -> bytes (the ready workers the model may use); with manual selection
-    only the selected GPUs count. Whole MiB, as workers report."""
+    only the selected GPUs count. ``totals`` as the workers report them."""
     chosen = [t for w, gpus in totals.items() for i, t in gpus.items()
               if pinned is None or i in pinned.get(w, ())]
-    return total_whole_mib(min(chosen, default=0))
+    return min(chosen, default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +246,8 @@ class SingleGpuTests:
 
 
 def single_gpu_tests(gpu: GpuView, estimate: int, gmu: float, scheduler: Scheduler) -> SingleGpuTests:
+    if gmu <= 0:  # the vLLM selector's non-LLM branch: E <= allocatable, no share of the card asked
+        return SingleGpuTests(gpu.allocatable - estimate, gpu.allocatable)
     if scheduler == "gpustack-0.6":
         estimate_headroom = gpu.allocatable - estimate
     else:
@@ -219,7 +260,27 @@ def gpu_tests(gpu: GpuView, estimate: int, gmu: float, n_gpus: int, scheduler: S
     on several, each GPU contributes int(g * T) towards E and books g * T of its allocatable."""
     if n_gpus == 1:
         return single_gpu_tests(gpu, estimate, gmu, scheduler)
+    if gmu <= 0:  # non-LLM: each GPU books (and contributes) its whole allocatable memory
+        return SingleGpuTests(gpu.allocatable - estimate / n_gpus, gpu.allocatable)
     return SingleGpuTests(claim_bytes(gpu.total, gmu) - estimate / n_gpus, gpu.allocatable - gpu.total * gmu)
+
+
+def single_gpu_claim(gpu: GpuView, gmu: float, estimate: int) -> int:
+    """The one-GPU path's claim: int(T * g); with g = 0 (the vLLM selector's non-LLM booking,
+    rules/categories.py) the estimate itself."""
+    return claim_bytes(gpu.total, gmu) if gmu > 0 else int(estimate)
+
+
+def multi_gpu_claim(gpu: GpuView, gmu: float) -> int:
+    """The several-GPU path's claim on each GPU: int(T * g); with g = 0 the GPU's whole allocatable memory
+    (vllm_resource_fit_selector.py ``_find_single_worker_multi_gpu_full_offloading_candidates``)."""
+    return claim_bytes(gpu.total, gmu) if gmu > 0 else gpu.allocatable
+
+
+def manual_claims(gpus: Sequence[GpuView], gmu: float, estimate: int) -> dict[int, int]:
+    """Manual selection's claims on one worker's GPUs (``_get_worker_resource_claim``): int(T * g) each;
+    with g = 0, int(E / the number of that worker's GPUs) each."""
+    return {g.index: claim_bytes(g.total, gmu) if gmu > 0 else int(estimate / len(gpus)) for g in gpus}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 from ..errors import ModelError
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Callable, Literal, TypeVar
 
 from ..units import GIB
+from . import categories as model_categories
 from .flags import GpuStackParams, VllmParams, gpustack_params, vllm_params
 
 T = TypeVar("T")
@@ -289,6 +290,9 @@ class ModelSpec:
     lora_adapters: tuple[LoraAdapter, ...] = ()
     draft: DraftModel | None = None
     speculative: Speculative | None = None
+    # GPUStack's categories as it schedules the model (llm, embedding, reranker, ...: rules/categories.py),
+    # filled in from the architectures where the model gives none; () is an LLM
+    categories: tuple[str, ...] = ()
 
     def read(self, reader: Callable[[tuple[str, ...]], T]) -> T:
         """``backend_parameters`` as ``reader`` (one program's flag reader: rules/flags.py and each backend's)
@@ -297,8 +301,19 @@ class ModelSpec:
 
     @property
     def gpustack(self) -> GpuStackParams:
-        """As GPUStack's vLLM selector reads them (the first occurrence)."""
-        return self.read(gpustack_params)
+        """As GPUStack's vLLM selector reads them (the first occurrence), whatever the model's backend (only
+        the vLLM rules read them); its g is 0 where it books the estimate instead of a share of the card
+        (``books_estimate``)."""
+        params = self.read(gpustack_params)
+        return replace(params, gpu_memory_utilization=0.0) if self.books_estimate else params
+
+    @property
+    def books_estimate(self) -> bool:
+        """GPUStack's vLLM selector would book this model's estimate, not g x total (rules/categories.py
+        ``vllm_books_estimate``: a non-LLM category, no --gpu-memory-utilization given)."""
+        return (bool(self.categories) and not self.read(gpustack_params).gmu_given
+                and model_categories.vllm_books_estimate(self.categories, self.arch.architectures,
+                                                         self.backend_parameters))
 
     @property
     def vllm(self) -> VllmParams:

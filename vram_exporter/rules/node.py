@@ -63,9 +63,9 @@ def static_fit(snapshot: NodeSnapshot, cluster: Cluster, models: Sequence[ModelS
             _commit(model, fit, cluster, gpus, claims, committed, tenants)
     results = {name: with_booking_check(fit, tenants) for name, fit in results.items()}
     bookings = tuple(
-        GpuBooking(gpu.index, gpu.uuid, gpustack.total_whole_mib(gpu.memory.total), cluster.system_reserved_vram,
+        GpuBooking(gpu.index, gpu.uuid, total := gpustack.reported_total(gpu.memory.total), cluster.system_reserved_vram,
                    today[gpu.index],
-                   gpustack.allocatable_bytes(gpu.memory.total, today[gpu.index], cluster.system_reserved_vram),
+                   gpustack.allocatable_bytes(total, today[gpu.index], cluster.system_reserved_vram),
                    claims[gpu.index] - today[gpu.index] if predicted is None else predicted.get(gpu.index, 0))
         for gpu in gpus
     )

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from ..errors import BadInput, ModelError
 from .manifest import LoadedManifest, NodeModels, read_adapter_directory, read_model_directory
-from ..rules import backends, gpustack, runner_pick
+from ..rules import backends, categories as model_categories, gpustack, runner_pick
 from ..rules.cluster import replay
 from ..rules.cluster import paths as gpustack_paths
 from ..rules.model import Architecture, Cluster, DraftModel, EngineVersion, LoraAdapter, ModelSpec, Speculative
@@ -154,32 +154,24 @@ def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: 
         except BadInput as exc:  # config.json unreadable or wrong, weights size unknown
             unknown[model.name] = str(exc)
             continue
-        if _claims_without_gmu(model, spec):
-            unknown[model.name] = NotModelled(f"a {'/'.join(model.categories or [])} model: GPUStack does not read "
-                                              "--gpu-memory-utilization for it and claims the estimate instead; "
-                                              "not modelled")
+        if problem := model_categories.not_modelled(spec.categories):
+            unknown[model.name] = NotModelled(problem)
             continue
         specs[model.name] = spec
     return specs, unknown
-
-
-# vllm_resource_fit_selector.py::_disable_gpu_memory_utilization: vLLM takes no share of the card for
-# models outside these categories, but for these architectures (Qwen3 embedding and reranker).
-_GMU_CATEGORIES = frozenset({"llm", "speech_to_text"})
-_GMU_ARCHITECTURES = frozenset({"Qwen3ForCausalLM", "Qwen3ForSequenceClassification",
-                                "Qwen3VLForConditionalGeneration", "Qwen3VLForSequenceClassification"})
 
 
 class NotModelled(str):
     """Why a model is not judged when its size is not the reason (vram_model_size_known stays absent)."""
 
 
-def _claims_without_gmu(model: Model, spec: ModelSpec) -> bool:
-    if model.backend_kind != "vllm" or not model.categories:
-        return False
-    if any(category.lower() in _GMU_CATEGORIES for category in model.categories):
-        return False
-    return not _GMU_ARCHITECTURES & set(spec.arch.architectures)
+def _categories(model: Model, arch: Architecture) -> tuple[str, ...]:
+    """GPUStack's categories for the model: its own, else what its scheduler fills in from the architectures
+    before it schedules (rules/categories.py ``filled_in``)."""
+    given = model_categories.checked(model.categories or (), f"model {model.name!r}: categories")
+    reads_overrides = backends.of(model.backend_kind or backends.VLLM).reads_hf_overrides
+    return model_categories.filled_in(given, arch.architectures,
+                                      (model.backend_parameters or ()) if reads_overrides else ())
 
 
 def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader,
@@ -198,7 +190,7 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader,
                      max_model_len=max_len, replicas=max(model.replicas, 1), runtime_overhead=overhead,
                      backend=model.backend_kind or "vllm", run_command=model.run_command,
                      lora_adapters=_adapters(model, given, read_adapter), draft=_draft(model, given, read_model),
-                     speculative=_speculative(model))
+                     speculative=_speculative(model), categories=_categories(model, arch))
 
 
 def _adapters(model: Model, given: ModelSpec | None, read_adapter: AdapterReader) -> tuple[LoraAdapter, ...]:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from ..rules import backends, runner_pick
+from ..rules import backends, categories as model_categories, gpustack, runner_pick
 from ..rules.gpustack import ENV_CLAIM
 from ..rules.model import Architecture, Cluster, DraftModel, EngineVersion, LoraAdapter, ModelSpec
 from ..rules.flags import parse_model_len
@@ -35,6 +35,8 @@ Version = Annotated[str, Field(min_length=1, pattern=r"^v?[0-9][0-9A-Za-z.+_-]*$
 WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
 EXCLUDED_FROM_HUB_LISTING = ("consolidated.safetensors",)
 WeightsFrom = Literal["local", "huggingface", "modelscope"]
+# GPUStack's CategoryEnum (rules/categories.py NAMES)
+Category = Literal["llm", "embedding", "image", "reranker", "speech_to_text", "text_to_speech", "unknown"]
 
 
 class ClusterSettings(Strict):
@@ -149,6 +151,8 @@ class ModelEntry(Strict):
     backend: Literal["vllm", "sglang", "custom"] = "vllm"
     run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
     engine_version: Version | None = None  # the engine version it runs (GPUStack: its backend_version)
+    # GPUStack's model categories; empty: detected from config.json's architectures, as GPUStack fills them in
+    categories: list[Category] = []
     # With the manifest's workers (a cluster): the worker placed_on / pinned_gpus refer to, GPUStack's
     # gpu_selector and worker_selector, placement strategy and distributed inference across workers.
     worker: str | None = None
@@ -269,7 +273,9 @@ def _check_cluster_fields(model: ModelEntry, workers: Mapping[str, WorkerEntry])
     uses = model.worker or model.gpu_ids or model.worker_selector or model.gpus_per_replica
     if uses and not workers:
         raise ValueError(f"model {model.name!r}: worker, gpu_ids, worker_selector and gpus_per_replica need the "
-                         "manifest's workers")
+                         "manifest's workers (gpus_per_replica: GPUStack then gives each replica that many of the "
+                         "selected GPUs, picked per replica by its manual selection and placement scorer, which the "
+                         "cluster replay of `check` models; one node's view judges a replica on every pinned GPU)")
     if not workers:
         return
     if model.worker is not None and model.worker not in workers:
@@ -328,6 +334,8 @@ def load_manifest(path: Path | str, *, cluster: bool = False) -> LoadedManifest:
     for i, entry in enumerate(manifest.models):
         try:
             models.append(_resolve(entry, path.parent, manifest.cluster))
+            if not manifest.workers:
+                _judged_whole(models[-1])
         except _FieldError as exc:
             loc = ("models", i, *exc.field)
             problems.append((line_of(loc), field_path(loc), str(exc)))
@@ -353,6 +361,11 @@ def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSp
     except ValueError as exc:
         raise _FieldError(source_field, str(exc)) from None
     max_len = parse_model_len(entry.max_model_len) if isinstance(entry.max_model_len, str) else entry.max_model_len
+    categories = model_categories.filled_in(entry.categories, arch.architectures,
+                                            entry.backend_parameters if backends.of(entry.backend).reads_hf_overrides
+                                            else ())
+    if problem := model_categories.not_modelled(categories):
+        raise _FieldError("categories" if entry.categories else source_field, problem)
     spec = ModelSpec(
         name=entry.name, weights_bytes=weights, arch=arch,
         backend_parameters=tuple(entry.backend_parameters), env=dict(entry.env), max_model_len=max_len,
@@ -361,6 +374,7 @@ def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSp
         backend=entry.backend, run_command=entry.run_command, engine_version=engine_version_of(entry, cluster),
         lora_adapters=tuple(_adapter(a, base, ("lora_adapters", i)) for i, a in enumerate(entry.lora_adapters)),
         draft=_draft(entry.draft_model, base) if entry.draft_model is not None else None,
+        categories=categories,
     )
     if spec.draft is not None and not _passes_speculative_config(spec):
         raise _FieldError("draft_model", "draft_model is the draft of vLLM's --speculative-config, which "
@@ -399,6 +413,27 @@ def _draft(entry: DraftModelEntry, base: Path) -> DraftModel:
         return DraftModel(source, weights, Architecture.from_config(config))
     except ValueError as exc:
         raise _FieldError(where, str(exc)) from None
+
+
+def _judged_whole(spec: ModelSpec) -> None:
+    """One node's view judges every replica of a pinned model on all its pinned GPUs. GPUStack gives each
+    replica fewer of them where gpus_per_replica (filled in by set_model_gpus_per_replica: the world size,
+    else the largest power of 2 <= the selection per replica) is smaller; it then picks them per replica
+    (its manual selection over the worker's GPUs, then its placement scorer): the cluster replay of a
+    manifest with workers models that, the node's view does not."""
+    if not spec.pinned_gpus or len(spec.pinned_gpus) < 2:
+        return
+    try:
+        world_size = backends.of(spec.backend).selector.booking(spec, 0).world_size
+    except BadInput:
+        return  # the model's own refusal is said where it is judged
+    if count := gpustack.selection_split(spec.pinned_gpus, spec.replicas, world_size,
+                                         gpustack.skips_gpu_count_check(spec.env)):
+        raise _FieldError("pinned_gpus", (
+            f"GPUStack gives each of the {spec.replicas} replica(s) {count} of these {len(spec.pinned_gpus)} GPUs "
+            "(gpus_per_replica as set_model_gpus_per_replica fills it in) and picks them per replica; one node's "
+            "view judges a replica on every pinned GPU. Describe this node under `workers:` (vram-exporter check "
+            "places each replica as GPUStack does), or pin as many GPUs as one replica takes"))
 
 
 def engine_version_of(entry: ModelEntry, cluster: ClusterSettings) -> EngineVersion:

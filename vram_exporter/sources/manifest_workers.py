@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 from .manifest import LoadedManifest, ModelEntry, WorkerEntry
 from ..rules.cluster import replay
-from ..rules import gpustack
+from ..errors import BadInput
+from ..rules import backends, gpustack
 from ..rules.cluster import paths as gpustack_paths
 from ..rules.model import ModelSpec
 from ..rules.flags import executor_is_mp
@@ -95,14 +96,24 @@ def _instances(models: Sequence[ModelSpec], entries: Mapping[str, ModelEntry], w
     out: list[replay.Instance] = []
     for spec in (m for m in models if m.placed):
         worker = by_id[ids[entries[spec.name].worker or workers[0].name]]
-        gmu = spec.gpustack.gpu_memory_utilization
-        claims = {(worker.id, i): (spec.placed_claims or {}).get(i, gpustack.claim_bytes(worker.totals[i], gmu))
-                  for i in spec.placed_on or ()}
+        booked = _booked(spec, {i: worker.totals[i] for i in spec.placed_on or ()})
+        claims = {(worker.id, i): (spec.placed_claims or {}).get(i, booked.get(i, 0)) for i in spec.placed_on or ()}
         out.append(replay.Instance(len(out) + 1, spec.name, True, claims, worker=worker.id))
     for spec in (m for m in models if not m.placed):
         for _ in range(spec.replicas):
             out.append(replay.Instance(len(out) + 1, spec.name, False, {}))
     return out
+
+
+def _booked(spec: ModelSpec, totals: Mapping[int, int]) -> dict[int, int]:
+    """A running model's claims on its GPUs when the manifest does not give GPUStack's: what its backend's
+    selector books there (rules/backends ``claims_of``; vLLM: int(T x g), or its estimate for a model it books
+    at its estimate); none where GPUStack would refuse the model."""
+    selector = backends.of(spec.backend).selector
+    try:
+        return selector.claims_of(spec, totals, selector.booking(spec, gpustack.smallest_total({0: totals}, None)))
+    except BadInput:
+        return {}
 
 
 def _verdict(spec: ModelSpec, verdicts: Sequence[replay.Verdict], names: Mapping[int, str],

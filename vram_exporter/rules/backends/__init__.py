@@ -115,6 +115,9 @@ class Backend:
     fit: Fit
     fixes: Fixes
     draft_modelled: bool = False  # its rules load a speculative-decoding draft (the manifest's draft_model)
+    # GPUStack takes its --hf-overrides' architectures to fill in the model's categories
+    # (scheduler.py::get_vllm_override_architectures)
+    reads_hf_overrides: bool = False
 
     @property
     def engine_modelled(self) -> bool:
@@ -125,7 +128,8 @@ VLLM = "vllm"
 REGISTRY: Mapping[str, Backend] = {b.name: b for b in (
     Backend(VLLM, "vLLM", "vLLM", "gpu_memory_utilization", "--gpu-memory-utilization", "vllm", ("gpu-memory-utilization", "max-model-len"),
             engine_sizes_own_fraction=False, fraction_spelling_matters=True, checks_shown_always=True,
-            reads_run_command=False, selector=vllm_selector, fit=vllm_fit, fixes=vllm_fixes, draft_modelled=True),
+            reads_run_command=False, selector=vllm_selector, fit=vllm_fit, fixes=vllm_fixes, draft_modelled=True,
+            reads_hf_overrides=True),
     Backend("sglang", "SGLang", "SGLang", "--mem-fraction-static (GPUStack's tests)", "--mem-fraction-static", "sglang", ("mem-fraction-static", "context-length"),
             engine_sizes_own_fraction=True, fraction_spelling_matters=False, checks_shown_always=False,
             reads_run_command=False, selector=sglang_selector, fit=sglang_fit.FIT, fixes=sglang_fixes),

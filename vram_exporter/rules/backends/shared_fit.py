@@ -42,7 +42,8 @@ def placed_claims(selector: ModuleType, model: ModelSpec, cluster: Cluster,
     """A running instance's claims when GPUStack's own are not known: what its selector books."""
     by_index = {gpu.index: gpu for gpu in gpus}
     book = booking_on(selector, model, gpustack.views_of(gpus, {}, cluster.system_reserved_vram))
-    return selector.claims_of(model, {i: by_index[i].memory.total for i in model.placed_on if i in by_index}, book)
+    return selector.claims_of(model, {i: gpustack.reported_total(by_index[i].memory.total)
+                                      for i in model.placed_on if i in by_index}, book)
 
 
 GpuFitter = Callable[..., GpuFit]

@@ -93,17 +93,6 @@ class Search:
     reason: str = ""  # why there is none: GPUStack's words where it has them
 
 
-def gpus_per_replica(selected_count: int, replicas: int, world_size: int | None, skip_count_check: bool) -> int:
-    """What GPUStack writes into gpu_selector.gpus_per_replica when it is not given
-    (``scheduler/scheduler.py::set_model_gpus_per_replica``)."""
-    per_replica = selected_count // max(replicas, 1)
-    if skip_count_check:
-        return per_replica
-    if world_size and world_size > 0:
-        return world_size
-    return 1 << (per_replica.bit_length() - 1) if per_replica >= 1 else 0  # utils/math.py::largest_power_of_2_leq
-
-
 def selection_of(gpu_ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """gpu_selector.gpu_ids ("<worker>:<device>:<index>") by worker name, indexes sorted
     (utils/gpu.py::group_gpu_indexes_by_gpu_type_and_worker); entries of another form are dropped."""
@@ -167,7 +156,7 @@ def claim(view: GpuView, gmu: float) -> int:
 def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size and ask.world_size > 1:
         return [], None
-    found = [Candidate(node.id, (gpu.index,), {(node.id, gpu.index): claim(gpu, ask.gmu)})
+    found = [Candidate(node.id, (gpu.index,), {(node.id, gpu.index): gpustack.single_gpu_claim(gpu, ask.gmu, ask.estimate)})
              for node in nodes for gpu in node.gpus
              if gpu.total and _single_passes(gpu, ask)]
     event = None if found else vllm_selector.single_gpu_event((g for n in nodes for g in n.gpus), ask.gmu)
@@ -189,7 +178,7 @@ def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate],
         chosen = vllm_selector.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)
         if chosen:
             found.append(Candidate(node.id, tuple(g.index for g in chosen),
-                                   {(node.id, g.index): claim(g, ask.gmu) for g in chosen}))
+                                   {(node.id, g.index): gpustack.multi_gpu_claim(g, ask.gmu) for g in chosen}))
     if found:
         fewest = min(len(c.gpus) for c in found)
         return [c for c in found if len(c.gpus) == fewest], None
@@ -302,14 +291,16 @@ def _manual(nodes: Sequence[Node], ask: Ask) -> Search:
     selected = _selected_nodes(nodes, ask.selection or {})
     found: list[Candidate] = []
     if count == 1:
-        found = [_manual_one_worker(node, [gpu], 1, ask.gmu) for node in selected for gpu in node.gpus]
+        found = [_manual_one_worker(node, [gpu], 1, ask) for node in selected for gpu in node.gpus]
     elif count > 1:
-        found = [c for node in selected if (c := _manual_one_worker(node, list(node.gpus), count, ask.gmu))]
+        found = [c for node in selected if (c := _manual_one_worker(node, list(node.gpus), count, ask))]
         if not found and len(selected) >= 2:
             found = _manual_workers(selected, count, ask)
     if not found:
         return Search((), "", message(ask, ()))  # no event: the requirement lines and a newline
-    satisfied = {(n.id, g.index) for n in selected for g in n.gpus if g.total and g.allocatable / g.total >= ask.gmu}
+    # g = 0 (the vLLM selector's non-LLM booking): every selected GPU meets it
+    satisfied = {(n.id, g.index) for n in selected for g in n.gpus
+                 if ask.gmu <= 0 or (g.total and g.allocatable / g.total >= ask.gmu)}
     by_id = {node.id: node for node in selected}
     judged = [_judge_overcommit(c, by_id, satisfied, ask) for c in found]
     fitting = [c for c in judged if not c.overcommit]
@@ -343,9 +334,15 @@ def _overcommit_lines(candidate: Candidate, nodes: Mapping[int, Node], satisfied
             workers = len(candidate.subordinates)
             devices += (f" and {others} {'GPUs' if others > 1 else 'GPU'} from other {workers} "
                         f"{'workers' if workers > 1 else 'worker'}")
-        lines += [f"Using {devices} out of {ask.selected_count} selected devices.",
-                  f"Used GPUs provide {_gib2(allocatable)} GiB allocatable VRAM, {used_satisfied}/{len(used)} of GPUs "
-                  f"meet the VRAM utilization ratio, providing {_gib2(allocatable * ask.gmu)} GiB of allocatable VRAM."]
+        lines.append(f"Using {devices} out of {ask.selected_count} selected devices.")
+        if ask.gmu <= 0:  # non-LLM: what the GPUs offer, the ratio not asked
+            lines.append(f"Used GPUs provide {byte_to_gib(allocatable)} allocatable VRAM.")
+        else:
+            lines.append(f"Used GPUs provide {_gib2(allocatable)} GiB allocatable VRAM, {used_satisfied}/{len(used)} "
+                         f"of GPUs meet the VRAM utilization ratio, providing {_gib2(allocatable * ask.gmu)} GiB of "
+                         "allocatable VRAM.")
+    elif ask.gmu <= 0:
+        lines.append(f"Selected GPUs have {byte_to_gib(sum(g.allocatable for g in views.values()))} of VRAM.")
     else:
         allocatable = sum(g.allocatable for g in views.values())
         lines.append(f"Selected GPUs have {_gib2(allocatable)} GiB allocatable VRAM, {len(satisfied)}/"
@@ -381,19 +378,20 @@ def _selected_nodes(nodes: Sequence[Node], selection: Mapping[str, tuple[int, ..
     return out
 
 
-def _manual_one_worker(node: Node, gpus: Sequence[GpuView], count: int, gmu: float) -> Candidate | None:
-    """``_manual_select_single_worker_multi_gpu_candidates``: the first ``count`` GPUs meeting g, topped
-    up with the ones that do not."""
+def _manual_one_worker(node: Node, gpus: Sequence[GpuView], count: int, ask: Ask) -> Candidate | None:
+    """``_manual_select_single_worker_multi_gpu_candidates``: the first ``count`` GPUs meeting g (with g = 0,
+    every one), topped up with the ones that do not."""
     if len(gpus) < count:
         return None
     meets, short = [], []
     for gpu in gpus:
-        (meets if gpu.total and gpu.allocatable / gpu.total >= gmu else short).append(gpu)
+        (meets if ask.gmu <= 0 or (gpu.total and gpu.allocatable / gpu.total >= ask.gmu) else short).append(gpu)
         if len(meets) >= count:
             break
     used = meets + short[:count - len(meets)]
-    return Candidate(node.id, tuple(g.index for g in used), {(node.id, g.index): claim(g, gmu) for g in used},
-                     utilization=gmu)
+    claims = gpustack.manual_claims(used, ask.gmu, ask.estimate)
+    return Candidate(node.id, tuple(g.index for g in used), {(node.id, i): c for i, c in claims.items()},
+                     utilization=ask.gmu)
 
 
 def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Candidate]:
@@ -401,18 +399,20 @@ def _manual_workers(selected: Sequence[Node], count: int, ask: Ask) -> list[Cand
     all of them (in index order), the others add theirs until ``count``."""
     main = selected[0]
     main_gpus = sorted(main.gpus, key=lambda g: g.index)
-    claims = {(main.id, g.index): claim(g, ask.gmu) for g in main_gpus}
+    claims = {(main.id, i): c for i, c in gpustack.manual_claims(main_gpus, ask.gmu, ask.estimate).items()}
     used = len(main_gpus)
     subordinates = []
     for node in selected[1:]:
         if node.id in ask.distributed_workers:
             continue  # "Each worker can run only one distributed vLLM instance."
-        # sort_gpu_indexes_by_allocatable_rate, handed the claims int(T * g) rather than the allocatable
-        # memory: every rate is g but for int()'s truncation, which still orders them.
-        ranked = sorted(node.gpus, key=lambda g: claim(g, ask.gmu) / g.total if g.total else 0, reverse=True)
+        # sort_gpu_indexes_by_allocatable_rate, handed the claims of all its selected GPUs rather than the
+        # allocatable memory: int(T * g), every rate g but for int()'s truncation, which still orders them
+        # (g = 0: E / their number each, the smaller card first).
+        rated = gpustack.manual_claims(node.gpus, ask.gmu, ask.estimate)
+        ranked = sorted(node.gpus, key=lambda g: rated[g.index] / g.total if g.total else 0, reverse=True)
         take = ranked[:min(len(ranked), max(count - used, 0))]
         subordinates.append((node.id, tuple(g.index for g in take)))
-        claims.update({(node.id, g.index): claim(g, ask.gmu) for g in take})
+        claims.update({(node.id, i): c for i, c in gpustack.manual_claims(take, ask.gmu, ask.estimate).items()})
         used += len(take)
         if used >= count:
             break
@@ -431,5 +431,5 @@ def _judge_overcommit(candidate: Candidate, nodes: Mapping[int, Node], satisfied
     views = {(n.id, g.index): g for n in nodes.values() for g in n.gpus}
     partial = len(used) < ask.selected_count
     pool = used if partial else list(views)
-    effective = sum(views[key].allocatable for key in pool if key in views) * ask.gmu
+    effective = sum(views[key].allocatable for key in pool if key in views) * (ask.gmu if ask.gmu > 0 else 1)
     return replace(candidate, overcommit=over, effective_vram=effective)

@@ -295,7 +295,7 @@ def _per_replica(request: Request, world_size: int | None, skip: bool) -> int | 
     """gpu_selector.gpus_per_replica, as GPUStack fills it in when the model leaves it out."""
     if request.selection is None or request.gpus_per_replica:
         return request.gpus_per_replica
-    return gpustack_paths.gpus_per_replica(request.selected_count, request.spec.replicas, world_size, skip)
+    return gpustack.filled_gpus_per_replica(request.selected_count, request.spec.replicas, world_size, skip)
 
 
 def _distributed_workers(request: Request, holdings: Sequence[placement_scorer.Holding]) -> frozenset[int]:
@@ -336,9 +336,7 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
         parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed)
 
 
-def _skip_count_check(env: Mapping[str, str]) -> bool:
-    """policies/utils.py::should_skip_gpu_count_check."""
-    return str(env.get("GPUSTACK_SKIP_GPU_COUNT_CHECK", "")).strip().lower() in {"1", "true", "yes", "on"}
+_skip_count_check = gpustack.skips_gpu_count_check
 
 
 @functools.lru_cache(maxsize=4096)
@@ -356,7 +354,7 @@ def _params(spec: ModelSpec) -> GpuStackParams:
 
 def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> list[gpustack.GpuView]:
     return [
-        gpustack.GpuView(index, gpustack.total_whole_mib(total),
+        gpustack.GpuView(index, total,
                          gpustack.allocatable_bytes(total, claims.get((worker.id, index), 0), worker.system_reserved))
         for index, total in sorted(worker.totals.items())
     ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ....units import GIB
 from ...flags import param_pairs
 from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib,
-                         listed, model_estimate, selector_message, total_whole_mib)
+                         model_estimate, listed, selector_message)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -223,5 +223,5 @@ def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """As the single-GPU and multi-GPU paths book (a manual one: GPUStack's claims are known)."""
     estimate = model_estimate(spec)
-    views = [GpuView(i, total_whole_mib(t), 0) for i, t in totals.items()]
+    views = [GpuView(i, t, 0) for i, t in totals.items()]
     return {v.index: claim_among(v, estimate, book.fraction, len(views)) for v in views}

@@ -37,7 +37,7 @@ from ....units import GIB, MIB
 from ...flags import find_bool_parameter as _flag, first_int_parameter as _first_int, first_parameter as _first
 from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView,
                          byte_to_gib, claim_bytes, combination_lines, listed, requirement_lines, selector_message,
-                         gpu_tests, model_estimate, pinned_count_problem, tp_divisibility_problem)
+                         model_estimate, gpu_tests, pinned_count_problem, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
 

@@ -259,3 +259,24 @@ def extensible_kv_static(*, budget: int, device_room: int, weights_per_gpu: int,
     non_kv = weights_per_gpu + runtime_overhead - transient_peak
     return extensible_kv_bytes(init_free=device_room, free=device_room - non_kv, committed=0, requested=budget,
                                transient_peak=transient_peak)
+
+
+# --- models without a KV cache ----------------------------------------------------------------------------
+# vllm/v1/worker/gpu_model_runner.py::get_kv_cache_spec: "encoder-only attention does not need KV cache" (the
+# layers of AttentionType.ENCODER / ENCODER_ONLY get no spec); vllm/v1/engine/core.py::_initialize_kv_caches:
+# with no spec at all, no memory is profiled and none is allocated for a KV cache. The start-up check on free
+# memory (v1/worker/utils.py::request_memory, in init_device) still runs at --gpu-memory-utilization. The
+# architectures vLLM builds from encoder-only attention: its bert.py, roberta.py, bert_with_rope.py and
+# modernbert.py families and the bidirectional (non-causal) variants of decoders. Decoder-based embedding and
+# reranker models (Qwen3-Embedding, LlamaModel, Qwen2Model...) keep a KV cache sized from the budget. Read in
+# vLLM's V1 sources (the skip is there since V1 ran encoder-only models); not re-read for each version here.
+_ENCODER_ONLY_PREFIXES = ("Bert", "Roberta", "XLMRoberta", "ModernBert", "NomicBert", "Gte", "SnowflakeGte",
+                          "JinaRoberta", "BgeM3", "HF_ColBERT", "ColBERTModernBert", "ColBERTJinaRoberta")
+
+
+def allocates_kv_cache(arch: Architecture) -> bool:
+    """Whether vLLM allocates a KV cache for this model: not for one built of encoder-only attention alone."""
+    names = arch.architectures
+    encoder_only = bool(names) and all(name.startswith(_ENCODER_ONLY_PREFIXES) or "Bidirectional" in name
+                                       for name in names)
+    return not encoder_only

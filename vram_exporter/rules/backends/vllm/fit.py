@@ -60,7 +60,7 @@ class _KvTerms:
 def _refuse(model: ModelSpec, gs, gmu_v: float) -> None:
     """Raise ModelError where the model cannot be judged (or GPUStack refuses it outright)."""
     for name, value in (("GPUStack", gs.gpu_memory_utilization), ("vLLM", gmu_v)):
-        if not 0 < value <= 1:
+        if not 0 < value <= 1 and not (name == "GPUStack" and model.books_estimate):
             raise ModelError(f"gpu_memory_utilization {value} as {name} reads it must be in (0, 1]")
     if problem := selector.tp_problem(model):
         raise ModelError(problem)
@@ -84,7 +84,7 @@ def _kv_terms(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]) ->
     lora = _lora_memory(model, rules, first_up)
     required = (vllm.required_kv_bytes(model.arch, target_len, block, per_token, held_back=held,
                                        batch_tokens=_batch_in_flight(first_up, rules, vp.max_num_batched_tokens), rules=rules)
-                if target_len > 0 else 0)
+                if target_len > 0 and vllm.allocates_kv_cache(model.arch) else 0)
     extras = tuple((what, size) for what, size in (
         ("LoRA slots", lora.weights if lora else 0), ("draft weights", draft.weights_per_gpu if draft else 0)) if size)
     return _KvTerms(
@@ -378,7 +378,8 @@ def placed_claims(model: ModelSpec, cluster: Cluster, gpus: Sequence[GpuReading]
     """A running instance's claims when GPUStack's own are not known: int(g * T) on each of its GPUs."""
     by_index = {gpu.index: gpu for gpu in gpus}
     gmu = model.gpustack.gpu_memory_utilization
-    return {i: gpustack.claim_bytes(by_index[i].memory.total, gmu) for i in model.placed_on if i in by_index}
+    return {i: gpustack.claim_bytes(gpustack.reported_total(by_index[i].memory.total), gmu)
+            for i in model.placed_on if i in by_index}
 
 
 def committed_on(model: ModelSpec, cluster: Cluster, gpu: GpuReading, claim: int) -> int:
@@ -409,6 +410,8 @@ def _take(f: GpuFit, kv: _KvTerms, model: ModelSpec, cluster: Cluster, claim: in
     from the budget; its own CUDA context aside, as GPUStack's claim leaves it aside) against GPUStack's claim,
     and what to pass so that it holds no more than the claim: the utilization GPUStack books, or
     the KV cache the claim leaves (--kv-cache-memory-bytes, which every version read has)."""
+    if not vllm.allocates_kv_cache(model.arch):
+        return _take_without_kv_cache(kv, model, cluster, claim)
     takes = kv.weights_per_gpu + kv.overhead + _allocated_kv_of(f, kv)
     version = versions.version_of(model, cluster)
     if kv.rules.extensible_kv_cache:
@@ -421,12 +424,24 @@ def _take(f: GpuFit, kv: _KvTerms, model: ModelSpec, cluster: Cluster, claim: in
     booked = model.gpustack.gpu_memory_utilization  # with dashes GPUStack reads it too: its claim stays
     kv_fix = claim - kv.weights_per_gpu - kv.overhead
     fix = f"pass --gpu-memory-utilization={booked} (what GPUStack books)"
-    if kv_fix > 0:
+    if model.books_estimate:  # g = 0: a --gpu-memory-utilization would make GPUStack book g x total instead
+        fix = (f"pass --kv-cache-memory-bytes={kv_fix // 2**20}M (GPUStack books the estimate, not a share of the "
+               "card, and passes no --gpu-memory-utilization)") if kv_fix > 0 else "none keeps it within the estimate"
+    elif kv_fix > 0:
         fix += f" or --kv-cache-memory-bytes={kv_fix // 2**20}M"
     if kv.extras:
         why += ", " + ", ".join(f"{what} {gib(size)} among it" for what, size in kv.extras)
     return EngineTake(claim=claim, takes=takes, fix=fix,
                       said=f"vLLM {version} will hold {gib(takes)} here ({why})")
+
+
+def _take_without_kv_cache(kv: _KvTerms, model: ModelSpec, cluster: Cluster, claim: int) -> EngineTake:
+    """An encoder-only model (engine.py ``allocates_kv_cache``): vLLM holds its weights and O, no KV cache."""
+    takes = kv.weights_per_gpu + kv.overhead
+    return EngineTake(claim=claim, takes=takes,
+                      fix=f"no flag shrinks it (no KV cache); {gpustack.ENV_CLAIM}={takes} raises GPUStack's claim to it",
+                      said=f"vLLM {versions.version_of(model, cluster)} will hold {gib(takes)} here (weights and "
+                           "runtime overhead: an encoder-only model allocates no KV cache)")
 
 
 def _allocated_kv_of(f: GpuFit, kv: _KvTerms) -> int:

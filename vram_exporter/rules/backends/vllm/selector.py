@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ....errors import ModelError
 from ....units import GIB
-from ...gpustack import (Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib, claim_bytes, listed, model_estimate,
-                         requirement_lines, selector_message, single_gpu_tests, tp_arch, tp_divisibility_problem)
+from ...gpustack import (Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib, listed,
+                         manual_claims, model_estimate, multi_gpu_claim, requirement_lines, selector_message,
+                         single_gpu_claim, single_gpu_tests, tp_arch, tp_divisibility_problem)
 from ...model import Architecture, ModelSpec, Scheduler
 
 
@@ -87,7 +88,14 @@ def manual_workers_refusal(spec: ModelSpec, selected_workers: int) -> str | None
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
     assert book.fraction is not None
-    return {i: claim_bytes(t, book.fraction) for i, t in totals.items()}
+    return placed_claims_of(spec, totals, book.fraction)
+
+
+def placed_claims_of(spec: ModelSpec, totals: Mapping[int, int], gmu: float) -> dict[int, int]:
+    """int(T * g) on each GPU; booked on the estimate (g = 0), E shared among them (one GPU: E, as the
+    one-GPU path books; on several, GPUStack's claims then depend on what was allocatable: E / n, as its
+    manual path books, is what is known)."""
+    return manual_claims([GpuView(i, t, 0) for i, t in totals.items()], gmu, model_estimate(spec))
 
 
 def place(
@@ -118,7 +126,7 @@ def _place_single(gpus: Sequence[GpuView], estimate: int, gmu: float, scheduler:
     # Every passing GPU is a candidate; the placement strategy picks one. Spread (the default)
     # favours the emptiest: the most allocatable, then the lowest index.
     chosen = max(fits, key=lambda gpu: (gpu.allocatable, -gpu.index))
-    return Placement((chosen.index,), {chosen.index: claim_bytes(chosen.total, gmu)}, "single")
+    return Placement((chosen.index,), {chosen.index: single_gpu_claim(chosen, gmu, estimate)}, "single")
 
 
 def multi_gpu_eligible(gpu: GpuView, gmu: float) -> bool:
@@ -130,7 +138,8 @@ def _place_multi(
     gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None, arch: Architecture
 ) -> Placement | None:
     chosen = multi_gpu_choice(gpus, estimate, gmu, world_size, arch)
-    return _multi(chosen, gmu) if chosen else None
+    return Placement(tuple(g.index for g in chosen), {g.index: multi_gpu_claim(g, gmu) for g in chosen},
+                     "multi") if chosen else None
 
 
 def multi_gpu_choice(gpus: Sequence[GpuView], estimate: int, gmu: float, world_size: int | None,
@@ -144,7 +153,7 @@ def multi_gpu_choice(gpus: Sequence[GpuView], estimate: int, gmu: float, world_s
     booked = 0
     for gpu in eligible:
         chosen.append(gpu)
-        booked += claim_bytes(gpu.total, gmu)
+        booked += multi_gpu_claim(gpu, gmu)
         if tp_divisibility_problem(arch, len(chosen)):
             continue
         if world_size and len(chosen) >= world_size:
@@ -155,10 +164,6 @@ def multi_gpu_choice(gpus: Sequence[GpuView], estimate: int, gmu: float, world_s
     return None
 
 
-def _multi(chosen: Sequence[GpuView], gmu: float) -> Placement:
-    return Placement(tuple(g.index for g in chosen), {g.index: claim_bytes(g.total, gmu) for g in chosen}, "multi")
-
-
 def _place_pinned(
     gpus: Sequence[GpuView], pinned: Sequence[int], estimate: int, gmu: float, scheduler: Scheduler,
     replica_count: int,
@@ -167,14 +172,16 @@ def _place_pinned(
     if any(index not in by_index for index in pinned):
         return None
     views = [by_index[index] for index in pinned]
-    if len(views) == 1:
+    claims = manual_claims(views, gmu, estimate)
+    if gmu <= 0:  # non-LLM: every selected GPU meets g; overcommitted when the shares of E fall short of it
+        fits = sum(claims.values()) >= estimate
+    elif len(views) == 1:
         fits = single_gpu_tests(views[0], estimate, gmu, scheduler).passes
     else:
-        fits = (all(g.allocatable / g.total >= gmu for g in views)
-                and sum(claim_bytes(g.total, gmu) for g in views) >= estimate)
+        fits = all(g.allocatable / g.total >= gmu for g in views) and sum(claims.values()) >= estimate
     if not fits and replica_count > 1:
         return None  # overcommit is accepted only for a single replica
-    return Placement(tuple(pinned), {g.index: claim_bytes(g.total, gmu) for g in views}, "pinned", not fits)
+    return Placement(tuple(pinned), claims, "pinned", not fits)
 
 
 def pending_message(estimate: int, gmu: float, gpus: Sequence[GpuView], world_size: int | None,
