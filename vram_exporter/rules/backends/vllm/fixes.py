@@ -61,22 +61,30 @@ def holds_for(model: ModelSpec, cluster: Cluster) -> str:
     neighbours with equal rules joined ("vLLM 0.32-0.33"; the newest read, "vLLM 0.34+", stands for later
     ones too, as versions.rules_for reads them). A version older than every one read says so."""
     version = versions.version_of(model, cluster)
-    known = sorted(versions.VLLM_RULES, key=_minor)
-    at = next(i for i, v in enumerate(known) if versions.VLLM_RULES[v] is versions.rules_for(version))
-    lo, hi = at, at
-    while lo > 0 and _rules_alike(versions.VLLM_RULES[known[lo - 1]], versions.VLLM_RULES[known[at]]):
-        lo -= 1
-    while hi + 1 < len(known) and _rules_alike(versions.VLLM_RULES[known[hi + 1]], versions.VLLM_RULES[known[at]]):
-        hi += 1
-    first, last = known[lo], known[hi]
-    after = known[hi + 1] if hi + 1 < len(known) else None
-    if after is None:
-        span = f"{first}+"
-    else:
-        major, minor = _minor(after)
-        end = f"{major}.{minor - 1}" if minor > 0 else f"before {after}"
-        span = first if end == first else f"{first}-{end}"
+    first, span = _SPANS[versions.rules_for(version).version]
     return f"vLLM {span}" if _minor(version) >= _minor(first) else f"vLLM {span}, read for {version}"
+
+
+def _spans() -> dict[str, tuple[str, str]]:
+    """Each version read -> the first version of its run of alike rules and the run as said ("0.32-0.33")."""
+    known = sorted(versions.VLLM_RULES, key=_minor)
+    spans = {}
+    for at, version in enumerate(known):
+        lo, hi = at, at
+        while lo > 0 and _rules_alike(versions.VLLM_RULES[known[lo - 1]], versions.VLLM_RULES[version]):
+            lo -= 1
+        while hi + 1 < len(known) and _rules_alike(versions.VLLM_RULES[known[hi + 1]], versions.VLLM_RULES[version]):
+            hi += 1
+        first = known[lo]
+        after = known[hi + 1] if hi + 1 < len(known) else None
+        if after is None:
+            span = f"{first}+"
+        else:
+            major, minor = _minor(after)
+            end = f"{major}.{minor - 1}" if minor > 0 else f"before {after}"
+            span = first if end == first else f"{first}-{end}"
+        spans[version] = (first, span)
+    return spans
 
 
 def _minor(version: str) -> tuple[int, int]:
@@ -87,6 +95,9 @@ def _minor(version: str) -> tuple[int, int]:
 
 def _rules_alike(a: versions.VllmRules, b: versions.VllmRules) -> bool:
     return replace(a, version="") == replace(b, version="")
+
+
+_SPANS = _spans()  # the versions read never change while the exporter runs
 
 
 def _said_for(knob: Knob, said: str) -> Knob:
@@ -107,6 +118,7 @@ class _Search:
         self.model, self.fit, self.cluster, self.gpus = model, fit, cluster, gpus
         self._totals = {gpu.index: gpustack.total_whole_mib(gpu.memory.total) for gpu in gpus}
         self._allocatable_memo: dict[int, dict[int, int]] = {}
+        self._views_memo: dict[int, dict[int, gpustack.GpuView]] = {}  # by reserved VRAM, as above
         vp, rules = model.vllm, versions.rules_of(model, cluster)
         # --kv-cache-memory-bytes, or --num-gpu-blocks-override where the check reads it (versions.py
         # override_checked): the KV cache does not follow the utilization.
@@ -157,8 +169,12 @@ class _Search:
                 or (multi_count and sum(selector.multi_gpu_eligible(v, g) for v in views.values()) >= multi_count)]
 
     def _views(self, reserved: int) -> dict[int, gpustack.GpuView]:
-        allocatable = self._allocatable(reserved)
-        return {i: gpustack.GpuView(i, total, allocatable[i]) for i, total in self._totals.items()}
+        found = self._views_memo.get(reserved)
+        if found is None:
+            allocatable = self._allocatable(reserved)
+            found = {i: gpustack.GpuView(i, total, allocatable[i]) for i, total in self._totals.items()}
+            self._views_memo[reserved] = found
+        return found
 
     def utilization(self) -> Knob:
         options = self._gmu_options(self.cluster, lambda g: Fix(
