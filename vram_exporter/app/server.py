@@ -36,6 +36,7 @@ CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("connections", Connections
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
+HTML = "text/html; charset=utf-8"
 WRITE_SLICE = 512 * 1024  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
 MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
 MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
@@ -82,7 +83,7 @@ def create_app(
 
     async def landing(request: web.Request) -> web.Response:
         page = await exporter.document(await exporter.snapshot(), "page", page_of)
-        return web.Response(body=page, content_type="text/html", charset="utf-8")
+        return _document(page, HTML)
 
     what_ifs = whatif.WhatIfs()
     manifest_name = lambda: str(exporter.manifest.path) if exporter.manifest else None  # noqa: E731
@@ -98,7 +99,7 @@ def create_app(
             extra = {"gpustack": live["gpustack"]} if "gpustack" in live else {}
             outcome = await what_ifs.run(query, await exporter.plan(snap), snap, extra, beside=live)
             if outcome.page is not None:
-                return web.Response(body=outcome.page, content_type="text/html", charset="utf-8")
+                return _document(outcome.page, HTML)
             report = outcome.report
             view = {"values": dict(query.fields()), "changes": query.changes(), "link": query.query(), "live": live}
         except whatif.WhatIfError as exc:
@@ -109,12 +110,11 @@ def create_app(
         page = (await asyncio.to_thread(explain_page, report, telemetry_path, manifest_name(), view)).encode()
         if outcome is not None:
             outcome.page = page  # kept while the what-if is: the live report it is shown beside is the same
-        return web.Response(body=page, status=status, headers=headers, content_type="text/html",
-                            charset="utf-8")
+        return _document(page, HTML, status, headers)
 
     async def fit(request: web.Request) -> web.Response:
         body = await exporter.document(await exporter.snapshot(), "json", _json)
-        return web.Response(body=body, content_type="application/json")
+        return _document(body, "application/json")
 
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
@@ -185,6 +185,11 @@ def _form_values(items: list[tuple[str, str]]) -> dict[str, str]:
         if name in whatif.FIELDS:
             values.setdefault(name, value[: whatif.MAX_VALUE_CHARS])
     return values
+
+
+def _document(body: bytes, content_type: str, status: int = 200, headers: dict | None = None) -> web.Response:
+    """A page or JSON document, sent in slices as /metrics is (``_Parts``)."""
+    return web.Response(body=_Parts((body,)), status=status, headers={**(headers or {}), "Content-Type": content_type})
 
 
 def _json(document: dict) -> bytes:
