@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from ..rules import backends, categories as model_categories, gpustack, runner_pick
 from ..rules.gpustack import ENV_CLAIM
-from ..rules.model import Architecture, Cluster, DraftModel, EngineVersion, LoraAdapter, ModelSpec
+from ..rules.model import Architecture, Backend, Cluster, DraftModel, EngineVersion, LoraAdapter, ModelSpec
 from ..rules.flags import parse_model_len
 from ..units import parse_size
 from ..errors import BadInput
@@ -148,7 +148,7 @@ class ModelEntry(Strict):
     # A running model's own vLLM /metrics: its real KV cache is shown next to the prediction.
     metrics_url: str | None = None
     # Which GPUStack selector places it and which engine's rules apply (GPUStack's backend field).
-    backend: Literal["vllm", "sglang", "custom"] = "vllm"
+    backend: Backend = "vllm"
     run_command: str | None = None  # a custom backend's command line: GPUStack reads fraction flags in it
     engine_version: Version | None = None  # the engine version it runs (GPUStack: its backend_version)
     # GPUStack's model categories; empty: detected from config.json's architectures, as GPUStack fills them in
