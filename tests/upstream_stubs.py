@@ -1,10 +1,10 @@
 """A GPUStack and a vLLM on 127.0.0.1 that can misbehave on demand, for the fault tests and tools/soak.py.
 
 One aiohttp server in a background thread answers GPUStack's ``/v2/{workers,models,model-instances}``
-from the recorded API (tests/fixtures/gpustack) and a vLLM ``/metrics`` for the running instance of
-worker ``error-node``. ``gpustack_fault`` and ``vllm_fault`` switch each side to one of ``FAULTS``;
-``churn()`` moves the state the way a live cluster does (models and instances appear and go, readings
-move). Nothing here leaves the loopback interface.
+from the recorded API (tests/fixtures/gpustack) and a vLLM ``/metrics`` and ``/version`` (``VLLM_VERSION``)
+for the running instance of worker ``error-node``. ``gpustack_fault`` and ``vllm_fault`` switch each side
+to one of ``FAULTS``; ``churn()`` moves the state the way a live cluster does (models and instances appear
+and go, readings move). Nothing here leaves the loopback interface.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ METRICS = ('# HELP vllm:cache_config_info Information of the LLMEngine CacheConf
            '# TYPE vllm:cache_config_info gauge\n'
            'vllm:cache_config_info{block_size="16",cache_dtype="auto",gpu_memory_utilization="0.9",'
            'num_gpu_blocks="%d"} 1.0\n')
+VLLM_VERSION = "0.17.1"  # not the 0.32.0 GPUStack's runner pick gives the recorded CUDA 13.0 workers
 
 
 class Upstreams:
@@ -66,6 +67,7 @@ class Upstreams:
         app = web.Application()
         app.router.add_get("/v2/{kind}", self._gpustack)
         app.router.add_get("/metrics", self._vllm)
+        app.router.add_get("/version", self._vllm_version)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -124,6 +126,12 @@ class Upstreams:
         body = (METRICS % self._blocks).encode()
         if self.vllm_fault in ("none", "bad-model", "huge-reservation"):
             return web.Response(body=body, content_type="text/plain")
+        return await misbehave(request, self.vllm_fault, body)
+
+    async def _vllm_version(self, request: web.Request) -> web.StreamResponse:
+        body = json.dumps({"version": VLLM_VERSION}).encode()
+        if self.vllm_fault in ("none", "bad-model", "huge-reservation"):
+            return web.Response(body=body, content_type="application/json")
         return await misbehave(request, self.vllm_fault, body)
 
 

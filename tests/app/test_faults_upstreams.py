@@ -17,10 +17,12 @@ from pathlib import Path
 import yaml
 
 from conftest import ExporterProcess
-from upstream_stubs import FAULTS, NODE_FIXTURE, OVERLAY, WORKER, Upstreams
+from upstream_stubs import FAULTS, NODE_FIXTURE, OVERLAY, VLLM_VERSION, WORKER, Upstreams
 
 MIB = 2**20
 HOLD_SECONDS, RECOVER_SECONDS = 3.0, 2.5
+# The running model's verdicts assume what its vLLM answers on /version (sources/vllm_client.py).
+ANSWERED = f'version="{VLLM_VERSION}",why="the running vLLM answered {VLLM_VERSION} on /version"}} 1'
 
 
 def rss_bytes(pid: int) -> int:
@@ -96,6 +98,7 @@ def test_every_scrape_answers_through_every_upstream_fault(tmp_path):
             hold(3, upstreams, gpu)  # warm-up: GPUStack and vLLM read, the plan made
             assert 'vram_exporter_collect_success{collector="gpustack"} 1' in exporter.text()
             assert f'vllm_instance="127.0.0.1:{upstreams.port}"}} 1' in exporter.text()  # the vLLM is read
+            assert ANSWERED in exporter.text()
             scraper.start()
             warm_rss = peak_rss = rss_bytes(exporter.proc.pid)
             for fault in FAULTS[1:]:
@@ -108,6 +111,7 @@ def test_every_scrape_answers_through_every_upstream_fault(tmp_path):
                 peak_rss = max(peak_rss, rss_bytes(exporter.proc.pid))
                 text = exporter.text()
                 assert 'vram_exporter_collect_success{collector="gpustack"} 1' in text, (fault, exporter.output())
+                assert ANSWERED in text, (fault, [line for line in text.splitlines() if "engine_info{" in line])
             scraper.stop.set()
             scraper.join(10)
             log = exporter.output()

@@ -68,6 +68,10 @@ async def good(request):
     return web.Response(text=GOOD_METRICS)
 
 
+async def version(request):
+    return web.json_response({"version": "0.34.0"})  # vLLM's /version, on the same server (sources/vllm_client.py)
+
+
 async def stub(routes):
     app = web.Application()
     for path, handler in routes.items():
@@ -90,7 +94,8 @@ VLLM_FAULTS = {"/endless": (endless, "--vllm.max-body-bytes"), "/huge": (announc
 
 def test_each_vllm_fault_is_that_instance_down_and_the_others_read(caplog):
     async def go():
-        runner, base = await stub({"/good": good, **{path: h for path, (h, _) in VLLM_FAULTS.items()}})
+        runner, base = await stub({"/good": good, "/version": version,
+                                   **{path: h for path, (h, _) in VLLM_FAULTS.items()}})
         instances = VllmInstances(timeout=1.0)
         models = [model("good", f"{base}/good")] + [model(path[1:], base + path) for path in VLLM_FAULTS]
         try:
@@ -124,7 +129,7 @@ def test_a_vllm_that_recovers_is_logged_once_when_it_does(caplog):
         return await state["handler"](request)
 
     async def go():
-        runner, base = await stub({"/metrics": switching})
+        runner, base = await stub({"/metrics": switching, "/version": version})
         instances = VllmInstances(timeout=1.0)
         try:
             for handler in (not_utf8, not_utf8, good, good):

@@ -95,7 +95,8 @@ def test_the_exporter_reads_a_running_vllm_and_shows_it_beside_the_prediction(st
     """End to end: a manifest model running on GPU 0 with a metrics_url; a server answers that URL with
     the recorded /metrics of the real `vllm serve` (Phi-3.5-mini, u = 0.5, H200). The exporter's own
     /metrics then carries the KV cache vLLM allocated next to the predicted one, the observed O, and
-    the instance's up; when the vLLM stops answering, up goes to 0 and the comparison goes away."""
+    the instance's up, and the verdicts assume the version it answers on /version (0.26.0, the recorded
+    run's); when the vLLM stops answering, up goes to 0 and the comparison goes away."""
     import http.server
     import threading
     import time
@@ -108,9 +109,11 @@ def test_the_exporter_reads_a_running_vllm_and_shows_it_beside_the_prediction(st
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
-            body = case["metrics_text"].encode()
+            # vLLM's two routes (vllm/entrypoints/serve/instrumentator/basic.py and metrics.py)
+            version = self.path == "/version"
+            body = json.dumps({"version": run["vllm"]}).encode() if version else case["metrics_text"].encode()
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Type", "application/json" if version else "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -146,6 +149,9 @@ def test_the_exporter_reads_a_running_vllm_and_shows_it_beside_the_prediction(st
     predicted = fit["checks"]["0"]["vllm_kv_cache"]["headroom_bytes"] + fit["kv_cache_required_bytes"]
     assert f"vram_model_vllm_kv_cache_predicted_bytes{{{where}}} {predicted}" in text
     assert f"vram_model_vllm_runtime_overhead_observed_bytes{{{where}}}" in text
+    assert run["vllm"] == "0.26.0" and ('vram_model_engine_info{model="phi-3.5-mini",backend="vllm",version="0.26.0",'
+                                        'why="the running vLLM answered 0.26.0 on /version"} 1') in text
+    assert fit["engine_version"] == {"version": "0.26.0", "why": "the running vLLM answered 0.26.0 on /version"}
     vllm.shutdown()
     vllm.server_close()
     deadline = time.monotonic() + 10

@@ -158,8 +158,8 @@ class Exporter:
         return True
 
     def inputs(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> NodeInputs:
-        """What the plan is derived from (app/inputs.py, the same for ``check``)."""
-        return node_inputs(manifest, snap)
+        """What the plan is derived from (app/inputs.py, the same for ``check``, which asks no vLLM its version)."""
+        return node_inputs(manifest, snap, self.instances.versions if self.instances is not None else None)
 
     async def start_planning(self) -> None:
         """Plan for the first readings before any scrape asks: the first one then finds it made."""

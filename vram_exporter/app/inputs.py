@@ -2,17 +2,20 @@
 ``check --gpustack.url``: the models (a manifest's, or GPUStack's for this worker), their settings,
 the other instances' bookings, the cluster's placement of the candidates here (GPUStack only) and
 the GPUs' identities and sizes. Every field is a frozen value: two inputs are the same plan exactly
-when they compare equal.
+when they compare equal. With ``serve``, each running vLLM's own answer on /version
+(sources/vllm_client.py) is the version its model's verdicts assume; ``check`` asks no engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
+from ..rules import runner_pick
 from ..rules.model import Cluster, ModelSpec
 from ..snapshot import NodeSnapshot
 from ..sources.manifest import LoadedManifest, NodeModels
+from ..sources.vllm_instance import VersionAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +48,31 @@ class NodeInputs:
                    None if predicted is None else tuple(sorted(predicted.items())))
 
 
-def node_inputs(models: LoadedManifest | NodeModels | None, snapshot: NodeSnapshot) -> NodeInputs:
+def node_inputs(models: LoadedManifest | NodeModels | None, snapshot: NodeSnapshot,
+                answers: Mapping[str, VersionAnswer] | None = None) -> NodeInputs:
     """The inputs of the node that ``models`` describe, on the GPUs of ``snapshot``. With GPUStack as
     the source (``NodeModels``) the cluster-wide prediction comes with them; without models (no worker
-    here, or no readings to judge it on) only the GPUs' bookings are left (GPUStack's defaults)."""
+    here, or no readings to judge it on) only the GPUs' bookings are left (GPUStack's defaults).
+    ``answers``: what the running models' engines answered on /version, by model name."""
     if models is None:
         return NodeInputs.of(None, (), None, snapshot)
     predicted = models.predicted if isinstance(models, NodeModels) else None
-    return NodeInputs.of(models.cluster, models.models, models.booked, snapshot, predicted)
+    return NodeInputs.of(models.cluster, answered(models.models, answers), models.booked, snapshot, predicted)
+
+
+def answered(models: Iterable[ModelSpec], answers: Mapping[str, VersionAnswer] | None) -> tuple[ModelSpec, ...]:
+    """Each running model whose engine answered on /version, at the URL the model names now, with the
+    version it answered first (rules/runner_pick.py ``running``)."""
+    if not answers:
+        return tuple(models)
+    return tuple(_answered(model, answers.get(model.name)) for model in models)
+
+
+def _answered(model: ModelSpec, answer: VersionAnswer | None) -> ModelSpec:
+    if answer is None or not model.placed or answer.metrics_url != model.metrics_url:
+        return model
+    version = runner_pick.running(model.backend, model.engine_version, answer.version, answer.not_a_version)
+    return model if version == model.engine_version else replace(model, engine_version=version)
 
 
 def gpu_sizes(snapshot: NodeSnapshot) -> tuple[GpuSize, ...]:

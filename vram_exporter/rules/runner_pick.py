@@ -2,7 +2,10 @@
 
 An instance's version, in GPUStack's order of knowledge:
 1. what the running engine answers on its ``/version`` (the instance's ``api_detected_backend_version``,
-   gpustack/worker/runtime_metrics_aggregator.py::fetch_and_update_api_backend_version);
+   gpustack/worker/runtime_metrics_aggregator.py::fetch_and_update_api_backend_version); where the exporter
+   reads a running vLLM itself (a model's ``metrics_url``, sources/vllm_client.py), its own answer on
+   ``/version`` at this step (``running``), before GPUStack's: the same answer, read now, where GPUStack keeps
+   the first it read and never asks again;
 2. the version GPUStack resolved when it deployed the instance (the instance's ``backend_version``) or the
    model's ``backend_version`` (a version the user picked, or the one GPUStack wrote back at the first
    deploy: base.py::_update_model_backend_service_version);
@@ -19,6 +22,7 @@ GPUStack's own code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from functools import cmp_to_key
 
@@ -30,6 +34,18 @@ RUNNERS: Mapping[str, Mapping[str, str]] = {
     "sglang": {"12.8": "0.5.9", "12.9": "0.5.18", "13.0": "0.5.22"},
 }
 RUNNER_PACKAGE = "gpustack-runner 0.1.31.post4"
+
+# Where a running engine answers its version, on the server of its /metrics: GPUStack's BackendVersionAPI
+# (gpustack/worker/runtime_metrics_client.py) for the engines whose answer is read here. vLLM serves
+# ``GET /version`` -> ``{"version": "0.34.0"}`` beside ``/metrics`` (vllm/entrypoints/serve/instrumentator/
+# basic.py::show_version, registered with the metrics route by register_instrumentator_api_routers; read in
+# 0.17.1 and 0.34.0). SGLang's get_server_info is not read (no SGLang instance is read at all).
+VERSION_PATHS: Mapping[str, str] = {backends.VLLM: "version"}
+
+# What a running engine's answer must look like to be taken as its version: a release our rules can order
+# ("0.34.0", "0.11.0rc1", "0.34.1.dev3+g1a2b3c", "v0.17.1"); vLLM answers "dev" where its _version.py is missing
+# (vllm/version.py), and a proxy or GPUStack's router may answer anything.
+_VERSION = re.compile(r"v?[0-9]+\.[0-9]+[0-9A-Za-z.+_-]{0,48}")
 
 # The version whose rules apply where none is known (the rules' own reference versions); a custom
 # backend has none: it runs whatever its command runs.
@@ -121,6 +137,27 @@ def choose(backend: str, *, detected: str | None = None, deployed: str | None = 
         if picked is not None:
             return picked
     return unknown(backend)
+
+
+def is_version(text: str) -> bool:
+    """Whether a running engine's answer is a version the rules can use (``_VERSION``)."""
+    return _VERSION.fullmatch(text) is not None
+
+
+def running(backend: str, current: EngineVersion | None, answered: str | None, not_a_version: str | None = None
+            ) -> EngineVersion | None:
+    """A model's version once its running engine was asked (step 1, before whatever ``current`` came from):
+    ``answered``, the version it answered on its version path (``VERSION_PATHS``; a leading "v" dropped, as
+    the rules read "X.Y"); else ``current``, with ``not_a_version`` (what it answered instead, in words) said
+    and ignored: the next source decides."""
+    engine = backends.of(backend).display_name
+    path = VERSION_PATHS.get(backend, "version")
+    if answered:
+        return EngineVersion(answered.removeprefix("v"), f"the running {engine} answered {answered} on /{path}")
+    if not_a_version and current is not None:
+        return EngineVersion(current.version, f"{current.why} (the running {engine} answered {not_a_version} "
+                                              f"on /{path}: not a version, ignored)")
+    return current
 
 
 def unknown(backend: str) -> EngineVersion:

@@ -12,14 +12,20 @@ for the model (docs/runbooks.md#vramkvcachemismatch says how).
 
 Where the URL comes from: with a manifest, the model's ``metrics_url``; with GPUStack as the source,
 the instance's worker IP and port from GPUStack's API (``http://{worker_ip}:{port}/metrics``).
+
+The same server answers the engine's version: vLLM's ``GET /version`` -> ``{"version": "0.34.0"}``
+(rules/runner_pick.py ``VERSION_PATHS``), the verdicts' version before any other (``VersionAnswer``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
+from ..rules import runner_pick
 from ..rules.node import NodeFit
 
 _INFO = re.compile(r"^vllm:cache_config_info\{(?P<labels>.*)\}\s+\S+\s*$", re.M)
@@ -122,3 +128,50 @@ def metrics_url(model: Mapping, instance: Mapping | None = None) -> str | None:
     if instance and instance.get("worker_ip") and instance.get("port"):
         return f"http://{instance['worker_ip']}:{instance['port']}/metrics"
     return None
+
+
+# A /version answer is some 25 bytes; anything past this is not one.
+VERSION_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class VersionAnswer:
+    """What a running engine, read through ``metrics_url``, answered on its version path: ``version`` (a
+    version: the verdicts assume it) or ``not_a_version`` (what it answered instead, in words: said beside
+    the version the next source gives); ``error``: no answer this time (logged), beside what the same URL
+    answered before, if anything (sources/vllm_client.py keeps it)."""
+
+    metrics_url: str  # the model's, which the answer is for
+    url: str  # where it was asked (``version_url``)
+    version: str | None = None
+    not_a_version: str | None = None
+    error: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return self.error or (f"answered {self.not_a_version}, not a version" if self.not_a_version else None)
+
+
+def version_url(metrics_url: str, path: str) -> str:
+    """The URL of ``path`` on the server of ``metrics_url``: its last path segment replaced (a prefix a proxy
+    adds is kept), its query dropped. ``http://h:8000/metrics`` -> ``http://h:8000/version``."""
+    parts = urlsplit(metrics_url)
+    directory = parts.path.rstrip("/").rpartition("/")[0]
+    return urlunsplit((parts.scheme, parts.netloc, f"{directory}/{path}", "", ""))
+
+
+def parse_version_answer(body: bytes) -> str:
+    """The version in a /version answer (``{"version": "0.34.0"}``); ValueError saying, in words that follow
+    "answered", what it is instead."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("bytes that are not UTF-8") from None
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
+        raise ValueError("text that is not JSON") from None
+    version = document.get("version") if isinstance(document, dict) else None
+    if not isinstance(version, str):
+        raise ValueError('JSON without a "version" string')
+    if not runner_pick.is_version(version):
+        raise ValueError(repr(version[:40]))
+    return version
