@@ -88,7 +88,7 @@ def _spans() -> dict[str, tuple[str, str]]:
 
 
 def _minor(version: str) -> tuple[int, int]:
-    major, _, rest = version.partition(".")
+    major, _, rest = version.lstrip("vV").partition(".")
     minor = rest.partition(".")[0]
     return int(major) if major.isdigit() else 0, int(minor) if minor.isdigit() else 0
 

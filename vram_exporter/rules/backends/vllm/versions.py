@@ -117,7 +117,8 @@ VLLM_RULES = {
 
 
 def _key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    """(major, minor) of "0.17.1" or "v0.17.1" (the manifest's version pattern allows the "v")."""
+    return tuple(int(p) for p in version.lstrip("vV").split(".")[:2] if p.isdigit())
 
 
 def rules_for(version: str) -> VllmRules:
