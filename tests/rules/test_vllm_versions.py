@@ -156,8 +156,7 @@ def test_gemma2_as_published_alternates_sliding_and_full_layers():
 
 def test_a_version_written_with_a_v_takes_its_own_rules():
     """The manifest's version pattern accepts "v0.17.1": it must not fall through to the newest rules."""
-    from vram_exporter.rules.backends.vllm.versions import rules_for
-
+    rules_for = vllm_versions.rules_for
     assert rules_for("v0.17.1") is rules_for("0.17.1")
     assert rules_for("V0.32.0") is rules_for("0.32.0")
     assert rules_for("v0.17.1") is not rules_for("0.34.0")
