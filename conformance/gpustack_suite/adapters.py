@@ -101,9 +101,9 @@ async def _lora_weights(model, workers) -> dict:
     return sizes
 
 
-def _claim(claims: dict, utilization) -> ComputedResourceClaim:
+def _claim(claims: dict, utilization, ram=None) -> ComputedResourceClaim:
     return ComputedResourceClaim(is_unified_memory=False, vram={int(g): b for g, b in claims.items()},
-                                 vram_utilization=utilization)
+                                 vram_utilization=utilization, ram=ram)
 
 
 def _gpu_type(workers) -> str:
@@ -122,8 +122,9 @@ def _candidate(reply: dict, workers) -> ModelInstanceScheduleCandidate:
         gpu_indexes=sorted(int(g) for g in s["claims"]), computed_resource_claim=_claim(s["claims"], reply["subordinate_utilization"]))
         for s in reply["subordinates"]]
     return ModelInstanceScheduleCandidate(
-        worker=by_id[reply["worker"]], gpu_indexes=reply["gpus"],
-        computed_resource_claim=_claim(reply["claims"], reply["utilization"]), subordinate_workers=subordinates)
+        worker=by_id[reply["worker"]], gpu_indexes=reply["gpus"] or None,  # none: a CPU-only candidate
+        computed_resource_claim=_claim(reply["claims"], reply["utilization"], reply.get("ram")),
+        subordinate_workers=subordinates)
 
 
 class OursVLLM(_Ours, vllm_resource_fit_selector.VLLMResourceFitSelector):

@@ -50,9 +50,10 @@ def answer(request: dict) -> dict:
     if not verdict.placed:
         return {"placed": False, "message": verdict.reason, "not_modelled": None, "fraction": fraction}
     chosen = _placement(verdict.worker, verdict.gpus, verdict.claims, verdict.utilization,
-                        verdict.subordinate_utilization)
-    return dict(chosen, placed=True, not_modelled=None, message=verdict.reason, fraction=fraction,
-                candidates=[_placement(c.worker, c.gpus, c.claims, c.utilization, c.subordinate_utilization)
+                        verdict.subordinate_utilization, verdict.ram)
+    return dict(chosen, placed=True, not_modelled=None, message=verdict.placed_message or verdict.reason,
+                fraction=fraction,
+                candidates=[_placement(c.worker, c.gpus, c.claims, c.utilization, c.subordinate_utilization, c.ram)
                             for c in verdict.candidates] or [chosen])
 
 
@@ -79,14 +80,14 @@ def _fraction(spec, request, workers) -> float | None:
         return None
 
 
-def _placement(worker: int, gpus, claims: dict, utilization, subordinate_utilization) -> dict:
-    """One placement as GPUStack's candidate holds it: the main worker's GPUs and claims, then each
-    subordinate worker's."""
+def _placement(worker: int, gpus, claims: dict, utilization, subordinate_utilization, ram) -> dict:
+    """One placement as GPUStack's candidate holds it: the main worker's GPUs (none: CPU-only), claims and RAM
+    claim, then each subordinate worker's."""
     subordinates: dict[int, dict[int, int]] = {}
     for (owner, gpu), claim in sorted(claims.items()):
         if owner != worker:
             subordinates.setdefault(owner, {})[gpu] = claim
-    return {"worker": worker, "gpus": sorted(gpus), "utilization": utilization,
+    return {"worker": worker, "gpus": sorted(gpus), "utilization": utilization, "ram": ram,
             "subordinate_utilization": subordinate_utilization,
             "claims": {str(g): c for (w, g), c in claims.items() if w == worker},
             "subordinates": [{"worker": w, "claims": {str(g): c for g, c in by_gpu.items()}}

@@ -290,6 +290,25 @@ class WorkerView:
     id: int
     name: str
     gpus: tuple[GpuView, ...]
+    ram: int | None = None  # its allocatable RAM (``ram_allocatable``); None: not known, never judged short
+    gpu_type: str | None = None  # cuda, rocm, ... of the GPUs above (None: not said)
+
+
+def ram_allocatable(total: int | None, booked: int, reserved_ram: int, *, unified: bool = False,
+                    reserved_vram: int = 0, vram_booked: int = 0) -> int | None:
+    """``policies/resource_view.py::ResourceView.allocatable``'s RAM: max(total - the RAM claims of the instances
+    whose main worker it is - system_reserved.ram, 0); with unified memory the GPU reservation and every VRAM
+    claim on the worker come out of it too. None when the worker reports no RAM."""
+    if total is None:
+        return None
+    ram = max(total - booked - reserved_ram, 0)
+    return max(ram - reserved_vram - vram_booked, 0) if unified else ram
+
+
+def ram_short(needed: int | None, node: WorkerView) -> bool:
+    """``policies/utils.py::ram_not_enough`` (and the custom selector's ``allocatable.ram >= ram_claim``):
+    a claim of 0 or none never is; a worker whose RAM is unknown is not judged."""
+    return bool(needed) and node.ram is not None and node.ram < needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +340,9 @@ def combination_lines(names: Sequence[str], booked: int, group_size: int, per_wo
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    gpus: tuple[int, ...]
+    gpus: tuple[int, ...]  # none: a CPU-only placement (the custom backend's cpu_offloading)
     claims: Mapping[int, int]  # GPU index -> bytes booked
-    mode: Literal["single", "multi", "pinned"]
+    mode: Literal["single", "multi", "pinned", "cpu"]
     overcommit: bool = False
 
 

@@ -278,7 +278,7 @@ def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay
         model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
         "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
         True if distributed is None else distributed,
-        _executor_mp(model))
+        _executor_mp(model), bool(model.cpu_offloading))
 
 
 def _executor_mp(model: Model) -> bool:
@@ -290,13 +290,14 @@ def _instance(inst: ModelInstance, models: Mapping[int, Model]) -> replay.Instan
     if model is None:
         return None
     return replay.Instance(inst.id, model.name, inst.placed, inst.claims(), distributed=bool(inst.subordinates),
-                           worker=inst.worker_id, backend=(model.backend or "").lower(), stuck=inst.stuck)
+                           worker=inst.worker_id, backend=(model.backend or "").lower(), stuck=inst.stuck,
+                           ram=inst.ram_claim)
 
 
 def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
     return replay.WorkerGpus(
         worker.id, worker.name, {gpu.index: gpu.memory.total if gpu.memory else 0 for gpu in worker.gpus},
-        worker.reserved_vram, worker.state == "ready")
+        worker.reserved_vram, worker.state == "ready", worker.ram_total, worker.reserved_ram, worker.unified_memory)
 
 
 def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str],

@@ -48,6 +48,7 @@ class Candidate:
     # worker's claim for one worker, on the subordinates' for several); automatic paths leave it None.
     utilization: float | None = None
     subordinate_utilization: float | None = None
+    ram: int | None = None  # the RAM claim GPUStack writes on the main worker's claim (None: none written)
 
     @property
     def workers(self) -> tuple[int, ...]:

@@ -45,6 +45,9 @@ class WorkerGpus:
     totals: Mapping[int, int]  # GPU index -> memory total in bytes, as the worker reports it
     system_reserved: int = 0
     ready: bool = True  # only ready workers take new instances (worker_filters/status_filter.py)
+    ram_total: int | None = None  # its RAM as it reports it (status.memory.total); None: not judged
+    reserved_ram: int = 0  # system_reserved.ram
+    unified_memory: bool = False  # status.memory.is_unified_memory: GPU claims come out of its RAM too
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class Request:
     strategy: Strategy = "spread"  # the model's placement_strategy
     distributed: bool = True  # distributed_inference_across_workers (GPUStack's default for vLLM)
     executor_mp: bool = False  # --distributed-executor-backend mp
+    cpu_offloading: bool = False  # the model's cpu_offloading: the custom backend then tries a CPU-only placement
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class Instance:
     worker: int | None = None  # where GPUStack put it (tried first when judging it: the usual answer)
     backend: str = "vllm"  # its model's (GPUStack limits distributed instances per worker per backend)
     stuck: bool = False  # pending with a worker bound: GPUStack never decides it again, its claims stay
+    ram: int = 0  # the RAM it books on its main worker (``worker``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,9 @@ class Verdict:
     # Every candidate the selector listed before the placement scorer chose (the chosen one among them),
     # each with the claims and vram_utilization GPUStack would book for it.
     candidates: tuple[gpustack_paths.Candidate, ...] = ()
+    ram: int | None = None  # the RAM claim GPUStack writes on the main worker (None: it writes none)
+    # GPUStack's message for an instance it places: only the custom-backend selector writes one ("" else)
+    placed_message: str = ""
 
 
 Claims = dict[tuple[int, int], int]
@@ -102,6 +110,7 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
     ordered_workers = sorted(workers, key=lambda w: w.id, reverse=reverse_order)
     ordered = sorted(instances, key=lambda inst: inst.id)
     claims: Claims = {}
+    ram: dict[int, int] = {}  # worker id -> the RAM claims of the instances whose main worker it is
     holdings: list[placement_scorer.Holding] = []
     verdicts: dict[int, Verdict] = {}
     # Placed instances are judged on the workers as they were when placed: one since gone not ready
@@ -111,6 +120,7 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
     for inst in ordered:
         if inst.stuck:
             _book(claims, inst.claims)
+            _book_ram(ram, inst.worker, inst.ram)
             holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims), inst.backend))
         if not inst.placed:
             continue
@@ -118,8 +128,9 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
         if request is not None:
             verdicts[inst.id] = (Verdict(inst.id, inst.model, True) if inst.distributed
                                  else _judge_placed(inst, request, as_placed, as_placed_by_id, claims, scheduler,
-                                                    holdings))
+                                                    holdings, ram))
         _book(claims, inst.claims)
+        _book_ram(ram, inst.worker, inst.ram)
         holdings.append(placement_scorer.Holding(inst.model, frozenset(inst.claims), inst.backend))
     for inst in ordered:
         request = requests.get(inst.model)
@@ -130,10 +141,11 @@ def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], insta
                 "Pending with a worker still bound (a failed re-schedule): GPUStack does not decide it again "
                 "until it is deleted and recreated."))
             continue
-        verdict = decide(inst, request, ordered_workers, claims, scheduler, holdings)
+        verdict = decide(inst, request, ordered_workers, claims, scheduler, holdings, ram_booked=ram)
         verdicts[inst.id] = verdict
         if verdict.placed:
             _book(claims, verdict.claims)
+            _book_ram(ram, verdict.worker, verdict.ram or 0)
             holdings.append(placement_scorer.Holding(inst.model, frozenset(verdict.claims), inst.backend))
     return verdicts
 
@@ -148,25 +160,28 @@ def pending_counts(verdicts: Mapping[int, Verdict]) -> dict[str, int]:
 
 def _judge_placed(inst: Instance, request: Request, workers: Sequence[WorkerGpus], by_id: Mapping[int, WorkerGpus],
                   claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
-                  holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+                  holdings: Sequence[placement_scorer.Holding], ram: Mapping[int, int]) -> Verdict:
     """Would GPUStack have accepted this placed instance: is there any candidate at all? Its own
     worker is tried alone first: a candidate there means the whole search has one (the one-GPU path
     covers every worker, the several-GPU path each), and that spares searching every worker for every
     instance."""
     own = by_id.get(inst.worker) if inst.worker is not None else None
     if own is not None:
-        verdict = decide(inst, request, [own], claims, scheduler)
+        verdict = decide(inst, request, [own], claims, scheduler, ram_booked=ram)
         if verdict.placed:
             return verdict
-    return decide(inst, request, workers, claims, scheduler, holdings)
+    return decide(inst, request, workers, claims, scheduler, holdings, ram_booked=ram)
 
 
 def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
-           scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding] = ()) -> Verdict:
+           scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding] = (), *,
+           ram_booked: Mapping[int, int] | None = None) -> Verdict:
     """Where GPUStack would put this instance now: its candidate search over the model's ready
-    workers (gpustack_paths.py), then its placement scorer (placement_scorer.py)."""
+    workers (gpustack_paths.py), then its placement scorer (placement_scorer.py). ``ram_booked``: the RAM
+    claims per main worker of the instances placed before (none: no RAM is booked yet)."""
+    ram_booked = ram_booked or {}
     if backends.of(request.spec.backend).selector is not vllm_selector:  # the vLLM selector's own search: paths.py
-        return _decide_backend(inst, request, workers, claims, scheduler, holdings)
+        return _decide_backend(inst, request, workers, claims, scheduler, holdings, ram_booked)
     try:
         ask = _ask(request, scheduler, holdings)
     except ModelError as exc:
@@ -176,7 +191,7 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
         return Verdict(inst.id, inst.model, False, reason=problem)
     if request.executor_mp and params.mp_arguments_problem:  # vllm_resource_fit_selector._validate_mp_multinode_arguments
         return Verdict(inst.id, inst.model, False, reason=params.mp_arguments_problem)
-    nodes = _nodes(request, workers, claims)
+    nodes = _nodes(request, workers, claims, ram_booked)
     if not nodes:
         return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
     found = gpustack_paths.search(nodes, ask)
@@ -187,14 +202,14 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
 
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
                     claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
-                    holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+                    holdings: Sequence[placement_scorer.Holding], ram_booked: Mapping[int, int]) -> Verdict:
     """``decide`` for SGLang and custom backends (rules/backends/__init__.py): manual selection (the base
     selector's, across workers too, where the backend hands it its fraction; else each worker's own), else
     the single-GPU candidates of every worker, else each worker's multi-GPU one, else the backend's
     search across whole workers; then GPUStack's placement scorer. SGLang's default fraction is sized for
     the smallest GPU of the model's workers, as GPUStack's selector sees them all."""
     spec = request.spec
-    nodes = _nodes(request, workers, claims)
+    nodes = _nodes(request, workers, claims, ram_booked)
     if not nodes:
         return Verdict(inst.id, inst.model, False, reason="no ready worker of its cluster matches its selectors")
     selector = backends.of(spec.backend).selector
@@ -211,6 +226,8 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
         return Verdict(inst.id, inst.model, False, reason=refusal)
     if pinned is not None and selector.MANUAL_FRACTION_FLAG is not None:
         return _decide_manual(inst, request, nodes, book, selector.MANUAL_FRACTION_FLAG, holdings)
+    if selector.cluster_search is not None:
+        return _decide_cluster(inst, request, nodes, book, pinned, holdings)
     candidates, reason = _worker_candidates(spec, nodes, scheduler, book, pinned)
     manual = pinned is not None
     if not candidates and not manual and request.distributed:
@@ -227,6 +244,22 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
     return _picked(inst, request, nodes, candidates, holdings)
 
 
+def _decide_cluster(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Node], book: gpustack.Booking,
+                    pinned: Mapping[int, tuple[int, ...]] | None,
+                    holdings: Sequence[placement_scorer.Holding]) -> Verdict:
+    """A selector that searches the whole cluster at once and words one message for it, whether it places
+    the instance or not (the custom backend's: its RAM, its CPU-only path)."""
+    selector = backends.of(request.spec.backend).selector
+    found = selector.cluster_search(request.spec, nodes, book, pinned=pinned, cpu_offloading=request.cpu_offloading)
+    if not found.placements:
+        return Verdict(inst.id, inst.model, False, reason=found.message)
+    utilization = selector.claim_utilization(book, manual=pinned is not None)
+    candidates = [gpustack_paths.Candidate(worker, p.gpus, {(worker, i): c for i, c in p.claims.items()},
+                                           overcommit=p.overcommit, utilization=utilization, ram=found.ram)
+                  for worker, p in found.placements]
+    return replace(_picked(inst, request, nodes, candidates, holdings), placed_message=found.message)
+
+
 def _picked(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Node],
             candidates: Sequence[gpustack_paths.Candidate], holdings: Sequence[placement_scorer.Holding],
             overcommit_reason: str = "") -> Verdict:
@@ -236,7 +269,7 @@ def _picked(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Nod
     chosen = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
     return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus,
                    overcommit_reason if chosen.overcommit else "", chosen.claims, chosen.overcommit,
-                   chosen.utilization, chosen.subordinate_utilization, tuple(candidates))
+                   chosen.utilization, chosen.subordinate_utilization, tuple(candidates), chosen.ram)
 
 
 def _sizing_selection(nodes: Sequence[gpustack_paths.Node], request: Request
@@ -313,13 +346,22 @@ def _totals(nodes: Sequence[gpustack_paths.Node]) -> dict[int, dict[int, int]]:
 
 
 def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tuple[int, int], int],
-           ) -> list[gpustack_paths.Node]:
+           ram_booked: Mapping[int, int]) -> list[gpustack_paths.Node]:
     """find_candidate's worker filters: its cluster and labels (request.workers), ready, and named by
     its gpu_selector (policies/worker_filters/gpu_matching_filter.py)."""
-    return [gpustack_paths.Node(worker.id, worker.name, tuple(worker_views(worker, claims)))
+    return [gpustack_paths.Node(worker.id, worker.name, tuple(worker_views(worker, claims)),
+                                _ram_of(worker, ram_booked, claims))
             for worker in workers
             if worker.id in request.workers and worker.ready
             and (request.selection is None or worker.name in request.selection)]
+
+
+def _ram_of(worker: WorkerGpus, ram_booked: Mapping[int, int], claims: Mapping[tuple[int, int], int]) -> int | None:
+    """The worker's allocatable RAM (gpustack.ram_allocatable)."""
+    vram_booked = sum(claims.get((worker.id, index), 0) for index in worker.totals) if worker.unified_memory else 0
+    return gpustack.ram_allocatable(worker.ram_total, ram_booked.get(worker.id, 0), worker.reserved_ram,
+                                    unified=worker.unified_memory, reserved_vram=worker.system_reserved,
+                                    vram_booked=vram_booked)
 
 
 def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_scorer.Holding]) -> gpustack_paths.Ask:
@@ -363,3 +405,8 @@ def worker_views(worker: WorkerGpus, claims: Mapping[tuple[int, int], int]) -> l
 def _book(claims: Claims, more: Mapping[tuple[int, int], int]) -> None:
     for key, value in more.items():
         claims[key] = claims.get(key, 0) + value
+
+
+def _book_ram(ram: dict[int, int], worker: int | None, size: int) -> None:
+    if worker is not None and size:
+        ram[worker] = ram.get(worker, 0) + size

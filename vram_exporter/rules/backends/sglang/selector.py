@@ -469,3 +469,6 @@ def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict
     """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
     assert book.fraction is not None
     return {i: claim_bytes(t, book.fraction) for i, t in totals.items()}
+
+
+cluster_search = None  # candidates searched worker by worker (cluster/replay.py) or by cluster/paths.py
