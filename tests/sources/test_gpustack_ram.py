@@ -58,3 +58,25 @@ def test_a_cpu_only_model_short_of_ram_stays_pending_with_gpustacks_line(tmp_pat
     verdict = _m2(_state(tmp_path, _cpu_worker(8 * GIB, GIB), 6 * GIB))
     assert verdict.predicted_pending == 1
     assert "CPU-only inference is supported. Requires at least 2.0 GiB RAM." in verdict.note
+
+
+def _vllm_state(tmp_path: Path, kv: dict) -> GpuStackState:
+    worker = Worker.model_validate({"id": 1, "name": "w", "cluster_id": 1, "state": "ready",
+                                    "status": {"gpu_devices": [{"index": 0, "type": "cuda",
+                                                                "memory": {"total": 24 * GIB}}],
+                                               "memory": {"total": 4 * GIB}}})
+    model = Model.model_validate({"id": 2, "name": "m2", "cluster_id": 1, "backend": "vLLM",
+                                  "local_path": str(_model_dir(tmp_path)), "extended_kv_cache": kv})
+    return GpuStackState((worker,), (model,), (ModelInstance.model_validate({"id": 2, "model_id": 2}),))
+
+
+def test_a_local_extended_kv_cache_needs_its_ram_on_the_worker(tmp_path):
+    verdict = _m2(_vllm_state(tmp_path, {"enabled": True, "ram_size": 8}))  # 8 GiB > the worker's 4 GiB
+    assert verdict.predicted_pending == 1
+    assert "of VRAM and 8.0 GiB of RAM." in verdict.note
+
+
+def test_a_shared_cache_service_claims_no_ram_of_the_worker(tmp_path):
+    verdict = _m2(_vllm_state(tmp_path, {"enabled": True, "ram_size": 8, "mode": "shared"}))
+    (decision,) = verdict.decisions
+    assert verdict.predicted_pending == 0 and decision.ram is None

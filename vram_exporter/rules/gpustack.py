@@ -50,10 +50,13 @@ def listed(lines: Iterable[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def requirement_lines(estimate: int, fraction: float, parameter: str = "gpu-memory-utilization") -> list[str]:
-    """The lines every selector's message opens with (``select_candidates``: the default event), the
-    fraction's line only when one is booked."""
-    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM."]
+def requirement_lines(estimate: int, fraction: float, parameter: str = "gpu-memory-utilization",
+                      ram: int = 0) -> list[str]:
+    """The lines every selector's message opens with (``select_candidates``: the default event), the RAM an
+    extended KV cache asks for (``get_model_ram_claim``) only when there is some, the fraction's line only
+    when one is booked."""
+    needs_ram = f" and {byte_to_gib(ram)} of RAM" if ram > 0 else ""
+    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM{needs_ram}."]
     if fraction:
         lines.append(f"With --{parameter}={fraction}, all GPUs combined need to provide at least "
                      f"{byte_to_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
@@ -214,6 +217,31 @@ class Booking:
     world_size: int | None
     fraction_given: bool = True
     note: str | None = None  # said on the model (a repeated flag read differently)
+    ram: int = 0  # the RAM a worker must have left (``KvOffload.fixed``), said in the messages' opening line
+
+
+@dataclass(frozen=True, slots=True)
+class KvOffload:
+    """A model's extended KV cache kept in its worker's RAM (models.py ``ExtendedKVCacheConfig``, enabled and
+    not "shared": a cache service's RAM is the service's own). policies/utils.py, 2.3.0."""
+
+    ram_size: int | None = None  # GiB; wins over ram_ratio
+    ram_ratio: float | None = None  # RAM = ratio x the candidate's VRAM claims
+
+    @property
+    def fixed(self) -> int:
+        """``get_model_ram_claim``: what the vLLM and SGLang selectors require of a worker's allocatable RAM
+        before they look at its GPUs (``ram_not_enough``): ram_size GiB, else 0 (no check)."""
+        return self.ram_size * GIB if self.ram_size and self.ram_size > 0 else 0
+
+    def claim(self, vram: Mapping[int, int]) -> int | None:
+        """``get_computed_ram_claim``: what a candidate writes as its RAM claim, from the VRAM it claims on that
+        worker: ram_size GiB, else int(sum x ram_ratio), else none."""
+        if self.fixed:
+            return self.fixed
+        if self.ram_ratio and self.ram_ratio > 0 and vram:
+            return int(sum(vram.values()) * self.ram_ratio)
+        return None
 
 
 def views_of(gpus: Sequence[GpuReading], claims: Mapping[int, int], system_reserved: int) -> list[GpuView]:

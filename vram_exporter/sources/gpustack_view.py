@@ -278,7 +278,15 @@ def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay
         model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
         "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
         True if distributed is None else distributed,
-        _executor_mp(model), bool(model.cpu_offloading))
+        _executor_mp(model), bool(model.cpu_offloading), _kv_offload(model))
+
+
+def _kv_offload(model: Model) -> gpustack.KvOffload | None:
+    """The model's extended KV cache when it lives in its worker's RAM (enabled, not a shared cache service)."""
+    settings = model.extended_kv_cache
+    if settings is None or not settings.local:
+        return None
+    return gpustack.KvOffload(settings.ram_size, settings.ram_ratio)
 
 
 def _executor_mp(model: Model) -> bool:

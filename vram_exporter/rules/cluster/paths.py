@@ -85,6 +85,7 @@ class Ask:
     parallel: Parallel = field(default_factory=Parallel)
     distributed_workers: frozenset[int] = frozenset()  # workers already holding a distributed vLLM instance
     fraction_flag: str = "gpu-memory-utilization"  # the flag its messages name (SGLang: mem-fraction-static)
+    ram: int = 0  # RAM a worker must have left for the one- and several-GPU paths (an extended KV cache's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,13 @@ def search(nodes: Sequence[Node], ask: Ask) -> Search:
 
 
 def message(ask: Ask, events: Iterable[str | None]) -> str:
-    return selector_message(requirement_lines(ask.estimate, ask.gmu, ask.fraction_flag), events)
+    return selector_message(requirement_lines(ask.estimate, ask.gmu, ask.fraction_flag, ask.ram), events)
+
+
+def _with_ram(nodes: Sequence[Node], ask: Ask) -> list[Node]:
+    """The workers whose RAM covers ``ask.ram`` (``ram_not_enough`` skips a worker before its GPUs are
+    looked at, so they count in no event either)."""
+    return [node for node in nodes if not gpustack.ram_short(ask.ram, node)]
 
 
 def claim(view: GpuView, gmu: float) -> int:
@@ -157,6 +164,7 @@ def claim(view: GpuView, gmu: float) -> int:
 def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size and ask.world_size > 1:
         return [], None
+    nodes = _with_ram(nodes, ask)
     found = [Candidate(node.id, (gpu.index,), {(node.id, gpu.index): gpustack.single_gpu_claim(gpu, ask.gmu, ask.estimate)})
              for node in nodes for gpu in node.gpus
              if gpu.total and _single_passes(gpu, ask)]
@@ -174,6 +182,7 @@ def _single_passes(gpu: GpuView, ask: Ask) -> bool:
 def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size == 1:
         return [], None
+    nodes = _with_ram(nodes, ask)
     found = []
     for node in nodes:
         chosen = vllm_selector.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)

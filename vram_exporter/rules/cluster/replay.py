@@ -63,6 +63,7 @@ class Request:
     distributed: bool = True  # distributed_inference_across_workers (GPUStack's default for vLLM)
     executor_mp: bool = False  # --distributed-executor-backend mp
     cpu_offloading: bool = False  # the model's cpu_offloading: the custom backend then tries a CPU-only placement
+    kv_offload: gpustack.KvOffload | None = None  # its extended KV cache in the worker's RAM (vLLM, SGLang)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,8 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     found = gpustack_paths.search(nodes, ask)
     if not found.candidates:
         return Verdict(inst.id, inst.model, False, reason=found.reason)
-    return _picked(inst, request, nodes, found.candidates, holdings, overcommit_reason=found.reason)
+    return _picked(inst, request, nodes, _with_ram_claims(found.candidates, request), holdings,
+                   overcommit_reason=found.reason)
 
 
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
@@ -222,12 +224,15 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
                                 gpus_per_replica=request.gpus_per_replica)
     except ModelError as exc:
         return Verdict(inst.id, inst.model, False, reason=str(exc))
+    book = replace(book, ram=_fixed_ram(request))
     if request.selection is not None and (refusal := selector.manual_workers_refusal(spec, len(request.selection))):
         return Verdict(inst.id, inst.model, False, reason=refusal)
     if pinned is not None and selector.MANUAL_FRACTION_FLAG is not None:
         return _decide_manual(inst, request, nodes, book, selector.MANUAL_FRACTION_FLAG, holdings)
     if selector.cluster_search is not None:
         return _decide_cluster(inst, request, nodes, book, pinned, holdings)
+    if pinned is None:  # every automatic path skips a worker short of the RAM (``ram_not_enough``)
+        nodes = [node for node in nodes if not gpustack.ram_short(book.ram, node)]
     candidates, reason = _worker_candidates(spec, nodes, scheduler, book, pinned)
     manual = pinned is not None
     if not candidates and not manual and request.distributed:
@@ -241,7 +246,7 @@ def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGp
         return Verdict(inst.id, inst.model, False, reason=reason)
     utilization = selector.claim_utilization(book, manual=manual)
     candidates = [c if c.subordinates else replace(c, utilization=utilization) for c in candidates]
-    return _picked(inst, request, nodes, candidates, holdings)
+    return _picked(inst, request, nodes, _with_ram_claims(candidates, request), holdings)
 
 
 def _decide_cluster(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Node], book: gpustack.Booking,
@@ -317,11 +322,27 @@ def _decide_manual(inst: Instance, request: Request, nodes: Sequence[gpustack_pa
         estimate=gpustack.model_estimate(spec), gmu=max(book.fraction, 0),
         world_size=book.world_size, arch=spec.arch, replicas=spec.replicas, selection=request.selection,
         selected_count=request.selected_count, gpus_per_replica=_per_replica(request, book.world_size, skip),
-        skip_count_check=skip, distributed_workers=_distributed_workers(request, holdings), fraction_flag=flag)
+        skip_count_check=skip, distributed_workers=_distributed_workers(request, holdings), fraction_flag=flag,
+        ram=book.ram)
     found = gpustack_paths.manual(nodes, ask)
     if not found.candidates:
         return Verdict(inst.id, inst.model, False, reason=found.reason)
-    return _picked(inst, request, nodes, found.candidates, holdings, overcommit_reason=found.reason)
+    return _picked(inst, request, nodes, _with_ram_claims(found.candidates, request), holdings,
+                   overcommit_reason=found.reason)
+
+
+def _fixed_ram(request: Request) -> int:
+    return request.kv_offload.fixed if request.kv_offload else 0
+
+
+def _with_ram_claims(candidates: Sequence[gpustack_paths.Candidate], request: Request
+                     ) -> list[gpustack_paths.Candidate]:
+    """Each candidate's RAM claim on its main worker (``get_computed_ram_claim`` of the VRAM it claims there):
+    an extended KV cache's, else none."""
+    if request.kv_offload is None:
+        return list(candidates)
+    return [replace(c, ram=request.kv_offload.claim({i: b for (w, i), b in c.claims.items() if w == c.worker}))
+            for c in candidates]
 
 
 def _per_replica(request: Request, world_size: int | None, skip: bool) -> int | None:
@@ -375,7 +396,8 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
         world_size=params.world_size, arch=gpustack.tp_arch(spec.arch, params), scheduler=scheduler, distributed=request.distributed,
         replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
         gpus_per_replica=per_replica, skip_count_check=skip,
-        parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed)
+        parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed,
+        ram=_fixed_ram(request))
 
 
 _skip_count_check = gpustack.skips_gpu_count_check
