@@ -45,7 +45,8 @@ def answer(request: dict) -> dict:
     if model.name in unknown:
         return {"placed": False, "message": "", "not_modelled": str(unknown[model.name])}
     requests = _requests(state, specs)
-    verdict = replay_state(state, requests)[NEW_INSTANCE]
+    # the workers in the order the test hands GPUStack's scheduler (its patched Worker.all), which decides ties
+    verdict = replay_state(state, requests, listed_order=True)[NEW_INSTANCE]
     fraction = _fraction(specs[model.name], requests[model.name], workers)
     if not verdict.placed:
         return {"placed": False, "message": verdict.reason, "not_modelled": None, "fraction": fraction}

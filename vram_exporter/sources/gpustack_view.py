@@ -117,12 +117,14 @@ def _view(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping
 
 
 def replay_state(state: GpuStackState, requests: Mapping[str, replay.Request], overlay: LoadedManifest | None = None,
-                 *, reverse_order: bool = False) -> dict[int, replay.Verdict]:
-    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed."""
+                 *, reverse_order: bool = False, listed_order: bool = False) -> dict[int, replay.Verdict]:
+    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed (``listed_order``:
+    the workers in the state's order, where that is the order GPUStack's scheduler was handed them)."""
     models = {m.id: m for m in state.models}
     instances = [i for i in (_instance(inst, models) for inst in state.instances) if i is not None]
     return replay.replay([_worker_gpus(w) for w in state.workers], requests, instances,
-                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order)
+                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order,
+                         listed_order=listed_order)
 
 
 def _requests(state: GpuStackState, specs: Mapping[str, ModelSpec]) -> dict[str, replay.Request]:

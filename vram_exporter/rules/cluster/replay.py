@@ -103,12 +103,16 @@ Claims = dict[tuple[int, int], int]
 
 
 def replay(workers: Sequence[WorkerGpus], requests: Mapping[str, Request], instances: Iterable[Instance],
-           scheduler: Scheduler = "gpustack", *, reverse_order: bool = False) -> dict[int, Verdict]:
+           scheduler: Scheduler = "gpustack", *, reverse_order: bool = False,
+           listed_order: bool = False) -> dict[int, Verdict]:
     """Our verdict for every instance whose model has a request (others are skipped, their claims kept).
 
     Workers are taken in id order (``reverse_order``: the other way round), the order GPUStack's
-    unordered ``Worker.all`` query usually returns them in; it decides among equal scores."""
-    ordered_workers = sorted(workers, key=lambda w: w.id, reverse=reverse_order)
+    unordered ``Worker.all`` query usually returns them in; it decides among equal scores. ``listed_order``:
+    in the order given instead, where the caller knows the order GPUStack saw them in."""
+    ordered_workers = list(workers) if listed_order else sorted(workers, key=lambda w: w.id)
+    if reverse_order:
+        ordered_workers.reverse()
     ordered = sorted(instances, key=lambda inst: inst.id)
     claims: Claims = {}
     ram: dict[int, int] = {}  # worker id -> the RAM claims of the instances whose main worker it is
