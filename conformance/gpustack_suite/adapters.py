@@ -118,11 +118,12 @@ def _gpu_type(workers) -> str:
 def _candidate(reply: dict, workers) -> ModelInstanceScheduleCandidate:
     by_id = {w.id: w for w in workers}
     subordinates = [ModelInstanceSubordinateWorker(
-        worker_id=s["worker"], worker_ip=by_id[s["worker"]].ip, total_gpus=len(s["claims"]),
+        worker_id=s["worker"], worker_ip=by_id[s["worker"]].ip, total_gpus=len(s["claims"]), gpu_type=reply["gpu_type"],
         gpu_indexes=sorted(int(g) for g in s["claims"]), computed_resource_claim=_claim(s["claims"], reply["subordinate_utilization"]))
         for s in reply["subordinates"]]
     return ModelInstanceScheduleCandidate(
         worker=by_id[reply["worker"]], gpu_indexes=reply["gpus"] or None,  # none: a CPU-only candidate
+        gpu_type=reply["gpu_type"],
         computed_resource_claim=_claim(reply["claims"], reply["utilization"], reply.get("ram")),
         subordinate_workers=subordinates)
 

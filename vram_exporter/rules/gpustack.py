@@ -322,6 +322,23 @@ class WorkerView:
     gpu_type: str | None = None  # cuda, rocm, ... of the GPUs above (None: not said)
 
 
+def visible_gpu_type(types: Sequence[str | None]) -> str | None:
+    """The one GPU type of a worker that GPUStack 2.3.0's selectors use: the last type its gpu_devices list.
+    ``policies/utils.py::group_workers_by_gpu_type`` gives each type a shallow ``model_copy`` of the worker
+    and sets ``w.status.gpu_devices`` to that type's GPUs: the copies share one status, so the worker (the
+    caller's object too) keeps the last type's GPUs alone, and every path and later call sees only those.
+    A worker of one type is unaffected."""
+    return list(dict.fromkeys(types))[-1] if types else None  # the last key of its grouping: first appearances
+
+
+def counts_on(instance_type: str | None, worker_type: str | None, *, main: bool) -> bool:
+    """``resource_view.py::compute_worker_allocated`` for the worker's visible type: an instance's claims on its
+    main worker count unless it names another type; on a subordinate worker only when it names this one."""
+    if worker_type is None:
+        return True
+    return instance_type == worker_type or (main and instance_type is None)
+
+
 def ram_allocatable(total: int | None, booked: int, reserved_ram: int, *, unified: bool = False,
                     reserved_vram: int = 0, vram_booked: int = 0) -> int | None:
     """``policies/resource_view.py::ResourceView.allocatable``'s RAM: max(total - the RAM claims of the instances

@@ -49,6 +49,7 @@ class Candidate:
     utilization: float | None = None
     subordinate_utilization: float | None = None
     ram: int | None = None  # the RAM claim GPUStack writes on the main worker's claim (None: none written)
+    gpu_type: str | None = None  # the type of its GPUs, on every worker it uses (cuda, rocm, ...)
 
     @property
     def workers(self) -> tuple[int, ...]:
@@ -86,6 +87,7 @@ class Ask:
     distributed_workers: frozenset[int] = frozenset()  # workers already holding a distributed vLLM instance
     fraction_flag: str = "gpu-memory-utilization"  # the flag its messages name (SGLang: mem-fraction-static)
     ram: int = 0  # RAM a worker must have left for the one- and several-GPU paths (an extended KV cache's)
+    selected_types: int = 1  # how many GPU types gpu_selector.gpu_ids name
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,10 +296,16 @@ def topology_problem(gpu_per_node: Sequence[int], parallel: Parallel) -> str | N
 # --- 1. manual selection ------------------------------------------------------------------------
 
 
+HETEROGENEOUS = ("Deployment with heterogeneous GPU types is not supported, please select GPUs of the same type "
+                 "or update GPUs per replica.")
+
+
 def _manual(nodes: Sequence[Node], ask: Ask) -> Search:
     count, refusal = manual_gpu_count(ask)
     if refusal:
         return Search((), "", refusal)
+    if count == ask.selected_count and ask.selected_types > 1:  # one replica over GPUs of several types
+        return Search((), "", message(ask, [listed([HETEROGENEOUS])]))
     selected = _selected_nodes(nodes, ask.selection or {})
     found: list[Candidate] = []
     if count == 1:

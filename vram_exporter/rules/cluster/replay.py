@@ -48,6 +48,7 @@ class WorkerGpus:
     ram_total: int | None = None  # its RAM as it reports it (status.memory.total); None: not judged
     reserved_ram: int = 0  # system_reserved.ram
     unified_memory: bool = False  # status.memory.is_unified_memory: GPU claims come out of its RAM too
+    gpu_type: str | None = None  # cuda, rocm, ... of the GPUs in ``totals`` (gpustack.visible_gpu_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class Request:
     executor_mp: bool = False  # --distributed-executor-backend mp
     cpu_offloading: bool = False  # the model's cpu_offloading: the custom backend then tries a CPU-only placement
     kv_offload: gpustack.KvOffload | None = None  # its extended KV cache in the worker's RAM (vLLM, SGLang)
+    selected_types: frozenset[str] = frozenset()  # the GPU types its gpu_selector.gpu_ids name (cuda, rocm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,15 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
     workers (gpustack_paths.py), then its placement scorer (placement_scorer.py). ``ram_booked``: the RAM
     claims per main worker of the instances placed before (none: no RAM is booked yet)."""
     ram_booked = ram_booked or {}
+    groups = _type_groups(request, workers)
+    if len(groups) > 1:
+        return _decide_mixed(inst, request, groups, claims, scheduler, holdings, ram_booked)
+    return _decide_one_type(inst, request, workers, claims, scheduler, holdings, ram_booked)
+
+
+def _decide_one_type(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
+                     claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                     holdings: Sequence[placement_scorer.Holding], ram_booked: Mapping[int, int]) -> Verdict:
     if backends.of(request.spec.backend).selector is not vllm_selector:  # the vLLM selector's own search: paths.py
         return _decide_backend(inst, request, workers, claims, scheduler, holdings, ram_booked)
     try:
@@ -204,6 +215,62 @@ def decide(inst: Instance, request: Request, workers: Sequence[WorkerGpus], clai
         return Verdict(inst.id, inst.model, False, reason=found.reason)
     return _picked(inst, request, nodes, _with_ram_claims(found.candidates, request), holdings,
                    overcommit_reason=found.reason)
+
+
+def _type_groups(request: Request, workers: Sequence[WorkerGpus]) -> list[list[WorkerGpus]]:
+    """``policies/utils.py::group_workers_by_gpu_type``: the model's workers by the type of their GPUs, the
+    types in the order they first appear (SGLang's selector sorts its workers by GPU count first). Every
+    path of every selector looks at one type at a time; only the custom backend's paths never combine two
+    workers, so its search needs no split, only that order."""
+    selector = backends.of(request.spec.backend).selector
+    eligible = [w for w in workers if w.id in request.workers and w.ready
+                and (request.selection is None or w.name in request.selection)]
+    if selector.WORKERS_BY_GPU_COUNT:
+        eligible.sort(key=lambda w: len(w.totals), reverse=True)
+    groups: dict[str | None, list[WorkerGpus]] = {}
+    for worker in eligible:
+        groups.setdefault(worker.gpu_type, []).append(worker)
+    if selector.cluster_search is not None and len(groups) > 1:
+        return [[w for group in groups.values() for w in group]]
+    return list(groups.values())
+
+
+def _decide_mixed(inst: Instance, request: Request, groups: Sequence[Sequence[WorkerGpus]],
+                  claims: Mapping[tuple[int, int], int], scheduler: Scheduler,
+                  holdings: Sequence[placement_scorer.Holding], ram_booked: Mapping[int, int]) -> Verdict:
+    """Workers with GPUs of several types (NVIDIA beside AMD): each path of GPUStack's selector runs over every
+    type, one type at a time, and the first path with candidates of any type wins; its candidates of every
+    type then go to the placement scorer. Decided here type by type, then merged the same way. A pending
+    instance gets the last type's words (GPUStack keeps each path's last event)."""
+    verdicts = [_decide_one_type(inst, request, group, claims, scheduler, holdings, ram_booked) for group in groups]
+    placed = [v for v in verdicts if v.placed]
+    if not placed:
+        return verdicts[-1]
+    rank = min(_path_rank(c, request) for v in placed for c in v.candidates)
+    pool = [(v, c) for v in placed for c in v.candidates if _path_rank(c, request) == rank]
+    if rank == 2 and backends.of(request.spec.backend).selector is vllm_selector:
+        fewest = min(len(c.gpus) for _, c in pool)  # its several-GPU path keeps the fewest GPUs of all types
+        pool = [(v, c) for v, c in pool if len(c.gpus) == fewest]
+    fitting = [(v, c) for v, c in pool if not c.overcommit]
+    if fitting:
+        pool, reason = fitting, ""
+    elif request.spec.replicas > 1:
+        return Verdict(inst.id, inst.model, False, reason=placed[-1].reason or verdicts[-1].reason)
+    else:  # manual selection in overcommit: the one offering most (the last of equals)
+        best = max(enumerate(pool), key=lambda item: (item[1][1].effective_vram, item[0]))[1]
+        pool, reason = [best], best[0].reason
+    nodes = _nodes(request, [w for group in groups for w in group], claims, ram_booked)
+    return _picked(inst, request, nodes, [c for _, c in pool], holdings, overcommit_reason=reason)
+
+
+def _path_rank(candidate: gpustack_paths.Candidate, request: Request) -> int:
+    """Which of the selector's paths listed it: manual selection, one GPU, several GPUs of one worker, several
+    workers (the first with candidates wins), CPU-only last."""
+    if request.selection is not None:
+        return 0
+    if candidate.subordinates:
+        return 3
+    return {0: 4, 1: 1}.get(len(candidate.gpus), 2)
 
 
 def _decide_backend(inst: Instance, request: Request, workers: Sequence[WorkerGpus],
@@ -275,6 +342,8 @@ def _picked(inst: Instance, request: Request, nodes: Sequence[gpustack_paths.Nod
     """GPUStack's placement scorer picks among every candidate the selector listed; an overcommitted pick
     carries the selector's reason (its own tests fail there)."""
     allocatable = {(node.id, gpu.index): gpu.allocatable for node in nodes for gpu in node.gpus}
+    types = {node.id: node.gpu_type for node in nodes}
+    candidates = [replace(c, gpu_type=types.get(c.worker)) for c in candidates]
     chosen = placement_scorer.pick(candidates, request.strategy, inst.model, holdings, allocatable)
     return Verdict(inst.id, inst.model, True, chosen.worker, chosen.gpus,
                    overcommit_reason if chosen.overcommit else "", chosen.claims, chosen.overcommit,
@@ -327,7 +396,7 @@ def _decide_manual(inst: Instance, request: Request, nodes: Sequence[gpustack_pa
         world_size=book.world_size, arch=spec.arch, replicas=spec.replicas, selection=request.selection,
         selected_count=request.selected_count, gpus_per_replica=_per_replica(request, book.world_size, skip),
         skip_count_check=skip, distributed_workers=_distributed_workers(request, holdings), fraction_flag=flag,
-        ram=book.ram)
+        ram=book.ram, selected_types=len(request.selected_types))
     found = gpustack_paths.manual(nodes, ask)
     if not found.candidates:
         return Verdict(inst.id, inst.model, False, reason=found.reason)
@@ -375,7 +444,7 @@ def _nodes(request: Request, workers: Sequence[WorkerGpus], claims: Mapping[tupl
     """find_candidate's worker filters: its cluster and labels (request.workers), ready, and named by
     its gpu_selector (policies/worker_filters/gpu_matching_filter.py)."""
     return [gpustack_paths.Node(worker.id, worker.name, tuple(worker_views(worker, claims)),
-                                _ram_of(worker, ram_booked, claims))
+                                _ram_of(worker, ram_booked, claims), worker.gpu_type)
             for worker in workers
             if worker.id in request.workers and worker.ready
             and (request.selection is None or worker.name in request.selection)]
@@ -401,7 +470,7 @@ def _ask(request: Request, scheduler: Scheduler, holdings: Sequence[placement_sc
         replicas=spec.replicas, selection=request.selection, selected_count=request.selected_count,
         gpus_per_replica=per_replica, skip_count_check=skip,
         parallel=_parallel(tuple(spec.backend_parameters), request.executor_mp), distributed_workers=distributed,
-        ram=_fixed_ram(request))
+        ram=_fixed_ram(request), selected_types=len(request.selected_types))
 
 
 _skip_count_check = gpustack.skips_gpu_count_check
