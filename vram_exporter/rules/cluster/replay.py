@@ -254,10 +254,8 @@ def _decide_mixed(inst: Instance, request: Request, groups: Sequence[Sequence[Wo
     fitting = [(v, c) for v, c in pool if not c.overcommit]
     if fitting:
         pool, reason = fitting, ""
-    elif request.spec.replicas > 1:
-        return Verdict(inst.id, inst.model, False, reason=placed[-1].reason or verdicts[-1].reason)
-    else:  # manual selection in overcommit: the one offering most (the last of equals)
-        best = max(enumerate(pool), key=lambda item: (item[1][1].effective_vram, item[0]))[1]
+    else:  # one replica, manual selection in overcommit on every type (several replicas stay pending per type):
+        best = max(enumerate(pool), key=lambda item: (item[1][1].effective_vram, item[0]))[1]  # the last of most
         pool, reason = [best], best[0].reason
     nodes = _nodes(request, [w for group in groups for w in group], claims, ram_booked)
     return _picked(inst, request, nodes, [c for _, c in pool], holdings, overcommit_reason=reason)
