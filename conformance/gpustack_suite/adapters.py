@@ -101,9 +101,9 @@ async def _lora_weights(model, workers) -> dict:
     return sizes
 
 
-def _claim(claims: dict, utilization) -> ComputedResourceClaim:
+def _claim(claims: dict, utilization, ram=None) -> ComputedResourceClaim:
     return ComputedResourceClaim(is_unified_memory=False, vram={int(g): b for g, b in claims.items()},
-                                 vram_utilization=utilization)
+                                 vram_utilization=utilization, ram=ram)
 
 
 def _gpu_type(workers) -> str:
@@ -118,12 +118,14 @@ def _gpu_type(workers) -> str:
 def _candidate(reply: dict, workers) -> ModelInstanceScheduleCandidate:
     by_id = {w.id: w for w in workers}
     subordinates = [ModelInstanceSubordinateWorker(
-        worker_id=s["worker"], worker_ip=by_id[s["worker"]].ip, total_gpus=len(s["claims"]),
+        worker_id=s["worker"], worker_ip=by_id[s["worker"]].ip, total_gpus=len(s["claims"]), gpu_type=reply["gpu_type"],
         gpu_indexes=sorted(int(g) for g in s["claims"]), computed_resource_claim=_claim(s["claims"], reply["subordinate_utilization"]))
         for s in reply["subordinates"]]
     return ModelInstanceScheduleCandidate(
-        worker=by_id[reply["worker"]], gpu_indexes=reply["gpus"],
-        computed_resource_claim=_claim(reply["claims"], reply["utilization"]), subordinate_workers=subordinates)
+        worker=by_id[reply["worker"]], gpu_indexes=reply["gpus"] or None,  # none: a CPU-only candidate
+        gpu_type=reply["gpu_type"],
+        computed_resource_claim=_claim(reply["claims"], reply["utilization"], reply.get("ram")),
+        subordinate_workers=subordinates)
 
 
 class OursVLLM(_Ours, vllm_resource_fit_selector.VLLMResourceFitSelector):

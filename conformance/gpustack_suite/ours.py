@@ -45,15 +45,18 @@ def answer(request: dict) -> dict:
     if model.name in unknown:
         return {"placed": False, "message": "", "not_modelled": str(unknown[model.name])}
     requests = _requests(state, specs)
-    verdict = replay_state(state, requests)[NEW_INSTANCE]
+    # the workers in the order the test hands GPUStack's scheduler (its patched Worker.all), which decides ties
+    verdict = replay_state(state, requests, listed_order=True)[NEW_INSTANCE]
     fraction = _fraction(specs[model.name], requests[model.name], workers)
     if not verdict.placed:
         return {"placed": False, "message": verdict.reason, "not_modelled": None, "fraction": fraction}
+    picked = next((c for c in verdict.candidates if c.worker == verdict.worker and c.gpus == verdict.gpus), None)
     chosen = _placement(verdict.worker, verdict.gpus, verdict.claims, verdict.utilization,
-                        verdict.subordinate_utilization)
-    return dict(chosen, placed=True, not_modelled=None, message=verdict.reason, fraction=fraction,
-                candidates=[_placement(c.worker, c.gpus, c.claims, c.utilization, c.subordinate_utilization)
-                            for c in verdict.candidates] or [chosen])
+                        verdict.subordinate_utilization, verdict.ram, picked.gpu_type if picked else None)
+    return dict(chosen, placed=True, not_modelled=None, message=verdict.placed_message or verdict.reason,
+                fraction=fraction,
+                candidates=[_placement(c.worker, c.gpus, c.claims, c.utilization, c.subordinate_utilization, c.ram,
+                                       c.gpu_type) for c in verdict.candidates] or [chosen])
 
 
 def _overlay(request: dict) -> LoadedManifest | None:
@@ -79,14 +82,14 @@ def _fraction(spec, request, workers) -> float | None:
         return None
 
 
-def _placement(worker: int, gpus, claims: dict, utilization, subordinate_utilization) -> dict:
-    """One placement as GPUStack's candidate holds it: the main worker's GPUs and claims, then each
-    subordinate worker's."""
+def _placement(worker: int, gpus, claims: dict, utilization, subordinate_utilization, ram, gpu_type) -> dict:
+    """One placement as GPUStack's candidate holds it: the main worker's GPUs (none: CPU-only), claims and RAM
+    claim, then each subordinate worker's."""
     subordinates: dict[int, dict[int, int]] = {}
     for (owner, gpu), claim in sorted(claims.items()):
         if owner != worker:
             subordinates.setdefault(owner, {})[gpu] = claim
-    return {"worker": worker, "gpus": sorted(gpus), "utilization": utilization,
+    return {"worker": worker, "gpus": sorted(gpus), "utilization": utilization, "ram": ram, "gpu_type": gpu_type,
             "subordinate_utilization": subordinate_utilization,
             "claims": {str(g): c for (w, g), c in claims.items() if w == worker},
             "subordinates": [{"worker": w, "claims": {str(g): c for g, c in by_gpu.items()}}

@@ -25,3 +25,17 @@ def test_a_one_gpu_model_lists_every_gpu_of_every_worker_and_the_chosen_one_is_a
         chosen = [c for c in verdict.candidates if (c.worker, c.gpus) == (verdict.worker, verdict.gpus)]
         assert [c.claims for c in chosen] == [verdict.claims], backend
         assert all(set(c.claims) == {(c.worker, c.gpus[0])} for c in verdict.candidates)
+
+
+def test_ties_go_to_the_worker_listed_first_when_the_order_gpustack_saw_is_known():
+    """Three one-GPU workers for pipeline parallelism over three: the main worker is the first GPUStack lists
+    (its multi-worker path keeps the listed order among equal GPU counts); by default the replay takes them
+    in id order, GPUStack's usual Worker.all order."""
+    spec = ModelSpec("m", 1_000_000_000, QWEN_1_5B, backend_parameters=("--pipeline-parallel-size=3",))
+    workers = [replay.WorkerGpus(i, f"w{i}", {0: CARD}) for i in (103, 2, 12)]
+    request = {"m": replay.Request(spec, frozenset({103, 2, 12}))}
+    pending = [replay.Instance(1, "m", False, {})]
+    listed = replay.replay(workers, request, pending, listed_order=True)[1]
+    assert (listed.worker, [w for w, _ in listed.candidates[0].subordinates]) == (103, [2, 12])
+    by_id = replay.replay(workers, request, pending)[1]
+    assert (by_id.worker, [w for w, _ in by_id.candidates[0].subordinates]) == (2, [12, 103])

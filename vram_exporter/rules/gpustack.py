@@ -50,10 +50,13 @@ def listed(lines: Iterable[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def requirement_lines(estimate: int, fraction: float, parameter: str = "gpu-memory-utilization") -> list[str]:
-    """The lines every selector's message opens with (``select_candidates``: the default event), the
-    fraction's line only when one is booked."""
-    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM."]
+def requirement_lines(estimate: int, fraction: float, parameter: str = "gpu-memory-utilization",
+                      ram: int = 0) -> list[str]:
+    """The lines every selector's message opens with (``select_candidates``: the default event), the RAM an
+    extended KV cache asks for (``get_model_ram_claim``) only when there is some, the fraction's line only
+    when one is booked."""
+    needs_ram = f" and {byte_to_gib(ram)} of RAM" if ram > 0 else ""
+    lines = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM{needs_ram}."]
     if fraction:
         lines.append(f"With --{parameter}={fraction}, all GPUs combined need to provide at least "
                      f"{byte_to_gib(int(estimate / fraction))} of total VRAM and each GPU needs "
@@ -214,6 +217,31 @@ class Booking:
     world_size: int | None
     fraction_given: bool = True
     note: str | None = None  # said on the model (a repeated flag read differently)
+    ram: int = 0  # the RAM a worker must have left (``KvOffload.fixed``), said in the messages' opening line
+
+
+@dataclass(frozen=True, slots=True)
+class KvOffload:
+    """A model's extended KV cache kept in its worker's RAM (models.py ``ExtendedKVCacheConfig``, enabled and
+    not "shared": a cache service's RAM is the service's own). policies/utils.py, 2.3.0."""
+
+    ram_size: int | None = None  # GiB; wins over ram_ratio
+    ram_ratio: float | None = None  # RAM = ratio x the candidate's VRAM claims
+
+    @property
+    def fixed(self) -> int:
+        """``get_model_ram_claim``: what the vLLM and SGLang selectors require of a worker's allocatable RAM
+        before they look at its GPUs (``ram_not_enough``): ram_size GiB, else 0 (no check)."""
+        return self.ram_size * GIB if self.ram_size and self.ram_size > 0 else 0
+
+    def claim(self, vram: Mapping[int, int]) -> int | None:
+        """``get_computed_ram_claim``: what a candidate writes as its RAM claim, from the VRAM it claims on that
+        worker: ram_size GiB, else int(sum x ram_ratio), else none."""
+        if self.fixed:
+            return self.fixed
+        if self.ram_ratio and self.ram_ratio > 0 and vram:
+            return int(sum(vram.values()) * self.ram_ratio)
+        return None
 
 
 def views_of(gpus: Sequence[GpuReading], claims: Mapping[int, int], system_reserved: int) -> list[GpuView]:
@@ -290,6 +318,42 @@ class WorkerView:
     id: int
     name: str
     gpus: tuple[GpuView, ...]
+    ram: int | None = None  # its allocatable RAM (``ram_allocatable``); None: not known, never judged short
+    gpu_type: str | None = None  # cuda, rocm, ... of the GPUs above (None: not said)
+
+
+def visible_gpu_type(types: Sequence[str | None]) -> str | None:
+    """The one GPU type of a worker that GPUStack 2.3.0's selectors use: the last type its gpu_devices list.
+    ``policies/utils.py::group_workers_by_gpu_type`` gives each type a shallow ``model_copy`` of the worker
+    and sets ``w.status.gpu_devices`` to that type's GPUs: the copies share one status, so the worker (the
+    caller's object too) keeps the last type's GPUs alone, and every path and later call sees only those.
+    A worker of one type is unaffected."""
+    return list(dict.fromkeys(types))[-1] if types else None  # the last key of its grouping: first appearances
+
+
+def counts_on(instance_type: str | None, worker_type: str | None, *, main: bool) -> bool:
+    """``resource_view.py::compute_worker_allocated`` for the worker's visible type: an instance's claims on its
+    main worker count unless it names another type; on a subordinate worker only when it names this one."""
+    if worker_type is None:
+        return True
+    return instance_type == worker_type or (main and instance_type is None)
+
+
+def ram_allocatable(total: int | None, booked: int, reserved_ram: int, *, unified: bool = False,
+                    reserved_vram: int = 0, vram_booked: int = 0) -> int | None:
+    """``policies/resource_view.py::ResourceView.allocatable``'s RAM: max(total - the RAM claims of the instances
+    whose main worker it is - system_reserved.ram, 0); with unified memory the GPU reservation and every VRAM
+    claim on the worker come out of it too. None when the worker reports no RAM."""
+    if total is None:
+        return None
+    ram = max(total - booked - reserved_ram, 0)
+    return max(ram - reserved_vram - vram_booked, 0) if unified else ram
+
+
+def ram_short(needed: int | None, node: WorkerView) -> bool:
+    """``policies/utils.py::ram_not_enough`` (and the custom selector's ``allocatable.ram >= ram_claim``):
+    a claim of 0 or none never is; a worker whose RAM is unknown is not judged."""
+    return bool(needed) and node.ram is not None and node.ram < needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +385,9 @@ def combination_lines(names: Sequence[str], booked: int, group_size: int, per_wo
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    gpus: tuple[int, ...]
+    gpus: tuple[int, ...]  # none: a CPU-only placement (the custom backend's cpu_offloading)
     claims: Mapping[int, int]  # GPU index -> bytes booked
-    mode: Literal["single", "multi", "pinned"]
+    mode: Literal["single", "multi", "pinned", "cpu"]
     overcommit: bool = False
 
 

@@ -47,12 +47,19 @@ class GpuDevice(_ApiRecord):
     compute_capability: str | None = None
 
 
+class MemoryInfo(_ApiRecord):
+    total: int | None = None  # the worker's RAM, bytes
+    is_unified_memory: bool | None = False  # RAM and VRAM are one pool (the GPU's claims come out of RAM too)
+
+
 class WorkerStatus(_ApiRecord):
     gpu_devices: list[GpuDevice] | None = None
+    memory: MemoryInfo | None = None
 
 
 class SystemReserved(_ApiRecord):
     vram: int | None = None
+    ram: int | None = None
 
 
 class Worker(_ApiRecord):
@@ -72,6 +79,19 @@ class Worker(_ApiRecord):
     @property
     def reserved_vram(self) -> int:
         return (self.system_reserved.vram or 0) if self.system_reserved else 0
+
+    @property
+    def reserved_ram(self) -> int:
+        return (self.system_reserved.ram or 0) if self.system_reserved else 0
+
+    @property
+    def ram_total(self) -> int | None:
+        """The worker's RAM as it reports it; None when it does not say (its RAM is then not judged)."""
+        return self.status.memory.total if self.status and self.status.memory else None
+
+    @property
+    def unified_memory(self) -> bool:
+        return bool(self.status and self.status.memory and self.status.memory.is_unified_memory)
 
 
 class GpuSelector(_ApiRecord):
@@ -98,6 +118,20 @@ class SpeculativeSettings(_ApiRecord):
     num_draft_tokens: int | None = None
 
 
+class ExtendedKvCacheSettings(_ApiRecord):
+    """models.py ``ExtendedKVCacheConfig``: a KV cache offloaded to the worker's RAM (local) or to a cache
+    service (shared). Only a local one claims RAM (policies/utils.py::get_computed_ram_claim)."""
+
+    enabled: bool | None = False
+    mode: str | None = "local"
+    ram_ratio: float | None = 1.2  # RAM = ratio x the candidate's VRAM claims
+    ram_size: int | None = None  # GiB; wins over ram_ratio
+
+    @property
+    def local(self) -> bool:
+        return bool(self.enabled) and (self.mode or "local") != "shared"
+
+
 class Model(_ApiRecord):
     id: int
     name: str
@@ -122,6 +156,8 @@ class Model(_ApiRecord):
     lora_list: list[LoraEntry] | None = None  # LoRA adapters: GPUStack adds their weights to its estimate
     speculative_config: SpeculativeSettings | None = None
     disaggregation: Any = None
+    cpu_offloading: bool | None = None  # custom backend: a CPU-only placement is tried after the GPU paths
+    extended_kv_cache: ExtendedKvCacheSettings | None = None
 
     @property
     def backend_kind(self) -> str | None:
@@ -132,6 +168,7 @@ class Model(_ApiRecord):
 
 class ResourceClaim(_ApiRecord):
     vram: dict[int, int] | None = None  # JSON keys are strings; pydantic turns them into ints
+    ram: int | None = None  # bytes of the worker's RAM (a CPU-only placement, an extended KV cache)
 
 
 class SubordinateWorker(_ApiRecord):
@@ -162,6 +199,7 @@ class ModelInstance(_ApiRecord):
     ports: list[int] | None = None  # every port its engine listens on (host network): attribution
     pid: int | None = None  # the worker's provisioning process, in the worker's PID namespace (rules/usage.py)
     gpu_indexes: list[int] | None = None
+    gpu_type: str | None = None  # cuda, rocm, ...: whose GPUs of a mixed worker its claims are on (None: any)
     computed_resource_claim: ResourceClaim | None = None
     distributed_servers: DistributedServers | None = None
     backend_version: str | None = None  # the version GPUStack resolved when it deployed it
@@ -181,6 +219,14 @@ class ModelInstance(_ApiRecord):
     @property
     def subordinates(self) -> list[SubordinateWorker]:
         return (self.distributed_servers.subordinate_workers or []) if self.distributed_servers else []
+
+    @property
+    def ram_claim(self) -> int:
+        """The RAM it books on its main worker (subordinates' RAM is not counted: resource_view.py)."""
+        if not self.placed and not self.stuck:
+            return 0
+        claim = self.computed_resource_claim
+        return (claim.ram or 0) if claim else 0
 
     def claims(self) -> dict[tuple[int, int], int]:
         """(worker id, GPU index) -> bytes this instance holds, on its worker and its subordinates. Pending

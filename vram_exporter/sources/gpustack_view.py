@@ -117,12 +117,15 @@ def _view(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping
 
 
 def replay_state(state: GpuStackState, requests: Mapping[str, replay.Request], overlay: LoadedManifest | None = None,
-                 *, reverse_order: bool = False) -> dict[int, replay.Verdict]:
-    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed."""
+                 *, reverse_order: bool = False, listed_order: bool = False) -> dict[int, replay.Verdict]:
+    """Our verdict for every instance of a model with a request: GPUStack's scheduler replayed (``listed_order``:
+    the workers in the state's order, where that is the order GPUStack's scheduler was handed them)."""
     models = {m.id: m for m in state.models}
-    instances = [i for i in (_instance(inst, models) for inst in state.instances) if i is not None]
+    types = {w.id: gpustack.visible_gpu_type([gpu.type for gpu in w.gpus]) for w in state.workers}
+    instances = [i for i in (_instance(inst, models, types) for inst in state.instances) if i is not None]
     return replay.replay([_worker_gpus(w) for w in state.workers], requests, instances,
-                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order)
+                         overlay.cluster.scheduler if overlay else "gpustack", reverse_order=reverse_order,
+                         listed_order=listed_order)
 
 
 def _requests(state: GpuStackState, specs: Mapping[str, ModelSpec]) -> dict[str, replay.Request]:
@@ -278,25 +281,52 @@ def _request(model: Model, spec: ModelSpec, workers: Sequence[Worker]) -> replay
         model.gpu_selector.gpus_per_replica if model.gpu_selector else None,
         "binpack" if (model.placement_strategy or "").lower() == "binpack" else "spread",
         True if distributed is None else distributed,
-        _executor_mp(model))
+        _executor_mp(model), bool(model.cpu_offloading), _kv_offload(model), _selected_types(gpu_ids))
+
+
+def _selected_types(gpu_ids: Sequence[str]) -> frozenset[str]:
+    """The GPU types gpu_selector.gpu_ids ("<worker>:<type>:<index>") name."""
+    return frozenset(parts[-2] for gpu_id in gpu_ids if len(parts := gpu_id.rsplit(":", 2)) == 3)
+
+
+def _kv_offload(model: Model) -> gpustack.KvOffload | None:
+    """The model's extended KV cache when it lives in its worker's RAM (enabled, not a shared cache service)."""
+    settings = model.extended_kv_cache
+    if settings is None or not settings.local:
+        return None
+    return gpustack.KvOffload(settings.ram_size, settings.ram_ratio)
 
 
 def _executor_mp(model: Model) -> bool:
     return executor_is_mp(model.backend_parameters, model.backend_version, model.image_name)
 
 
-def _instance(inst: ModelInstance, models: Mapping[int, Model]) -> replay.Instance | None:
+def _instance(inst: ModelInstance, models: Mapping[int, Model],
+              types: Mapping[int, str | None]) -> replay.Instance | None:
     model = models.get(inst.model_id)
     if model is None:
         return None
-    return replay.Instance(inst.id, model.name, inst.placed, inst.claims(), distributed=bool(inst.subordinates),
-                           worker=inst.worker_id, backend=(model.backend or "").lower(), stuck=inst.stuck)
+    main = gpustack.counts_on(inst.gpu_type, types.get(inst.worker_id), main=True)
+    return replay.Instance(inst.id, model.name, inst.placed, _claims_seen(inst, types),
+                           distributed=bool(inst.subordinates), worker=inst.worker_id,
+                           backend=(model.backend or "").lower(), stuck=inst.stuck, ram=inst.ram_claim if main else 0)
+
+
+def _claims_seen(inst: ModelInstance, types: Mapping[int, str | None]) -> dict[tuple[int, int], int]:
+    """Its claims on the GPUs the selectors see: on a worker of several GPU types, only those of the type they
+    use (gpustack.counts_on); GPU indexes repeat across types there."""
+    return {(worker, index): size for (worker, index), size in inst.claims().items()
+            if gpustack.counts_on(inst.gpu_type, types.get(worker), main=worker == inst.worker_id)}
 
 
 def _worker_gpus(worker: Worker) -> replay.WorkerGpus:
+    """The worker as GPUStack's selectors see it: the GPUs of its visible type only (gpustack.visible_gpu_type)."""
+    kind = gpustack.visible_gpu_type([gpu.type for gpu in worker.gpus])
     return replay.WorkerGpus(
-        worker.id, worker.name, {gpu.index: gpu.memory.total if gpu.memory else 0 for gpu in worker.gpus},
-        worker.reserved_vram, worker.state == "ready")
+        worker.id, worker.name,
+        {gpu.index: gpu.memory.total if gpu.memory else 0 for gpu in worker.gpus if gpu.type == kind},
+        worker.reserved_vram, worker.state == "ready", worker.ram_total, worker.reserved_ram, worker.unified_memory,
+        kind)
 
 
 def _verdicts(state: GpuStackState, specs: Mapping[str, ModelSpec], unknown: Mapping[str, str],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from ...snapshot import GpuReading
 from ..gpustack import Booking, GpuView, Placement, WorkersPlacement, WorkerView
@@ -68,6 +68,10 @@ class Selector(Protocol):
     # Its select_candidates sorts the workers by GPU count, most first (stable), before every path: the
     # order decides among equal scores.
     WORKERS_BY_GPU_COUNT: bool
+    # None: rules/cluster/replay.py asks ``candidates`` worker by worker; else its own search over the whole
+    # cluster, ``cluster_search(spec, workers, book, *, pinned, cpu_offloading)`` -> placements per worker id,
+    # its one message (placed or not) and the RAM claim (custom/selector.py ``ClusterSearch``).
+    cluster_search: Callable[..., Any] | None
 
 
 class Fit(Protocol):

@@ -48,6 +48,8 @@ class Candidate:
     # worker's claim for one worker, on the subordinates' for several); automatic paths leave it None.
     utilization: float | None = None
     subordinate_utilization: float | None = None
+    ram: int | None = None  # the RAM claim GPUStack writes on the main worker's claim (None: none written)
+    gpu_type: str | None = None  # the type of its GPUs, on every worker it uses (cuda, rocm, ...)
 
     @property
     def workers(self) -> tuple[int, ...]:
@@ -84,6 +86,8 @@ class Ask:
     parallel: Parallel = field(default_factory=Parallel)
     distributed_workers: frozenset[int] = frozenset()  # workers already holding a distributed vLLM instance
     fraction_flag: str = "gpu-memory-utilization"  # the flag its messages name (SGLang: mem-fraction-static)
+    ram: int = 0  # RAM a worker must have left for the one- and several-GPU paths (an extended KV cache's)
+    selected_types: int = 1  # how many GPU types gpu_selector.gpu_ids name
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,13 @@ def search(nodes: Sequence[Node], ask: Ask) -> Search:
 
 
 def message(ask: Ask, events: Iterable[str | None]) -> str:
-    return selector_message(requirement_lines(ask.estimate, ask.gmu, ask.fraction_flag), events)
+    return selector_message(requirement_lines(ask.estimate, ask.gmu, ask.fraction_flag, ask.ram), events)
+
+
+def _with_ram(nodes: Sequence[Node], ask: Ask) -> list[Node]:
+    """The workers whose RAM covers ``ask.ram`` (``ram_not_enough`` skips a worker before its GPUs are
+    looked at, so they count in no event either)."""
+    return [node for node in nodes if not gpustack.ram_short(ask.ram, node)]
 
 
 def claim(view: GpuView, gmu: float) -> int:
@@ -156,6 +166,7 @@ def claim(view: GpuView, gmu: float) -> int:
 def _single(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size and ask.world_size > 1:
         return [], None
+    nodes = _with_ram(nodes, ask)
     found = [Candidate(node.id, (gpu.index,), {(node.id, gpu.index): gpustack.single_gpu_claim(gpu, ask.gmu, ask.estimate)})
              for node in nodes for gpu in node.gpus
              if gpu.total and _single_passes(gpu, ask)]
@@ -173,6 +184,7 @@ def _single_passes(gpu: GpuView, ask: Ask) -> bool:
 def _multi_one_worker(nodes: Sequence[Node], ask: Ask) -> tuple[list[Candidate], str | None]:
     if ask.world_size == 1:
         return [], None
+    nodes = _with_ram(nodes, ask)
     found = []
     for node in nodes:
         chosen = vllm_selector.multi_gpu_choice(node.gpus, ask.estimate, ask.gmu, ask.world_size, ask.arch)
@@ -284,10 +296,16 @@ def topology_problem(gpu_per_node: Sequence[int], parallel: Parallel) -> str | N
 # --- 1. manual selection ------------------------------------------------------------------------
 
 
+HETEROGENEOUS = ("Deployment with heterogeneous GPU types is not supported, please select GPUs of the same type "
+                 "or update GPUs per replica.")
+
+
 def _manual(nodes: Sequence[Node], ask: Ask) -> Search:
     count, refusal = manual_gpu_count(ask)
     if refusal:
         return Search((), "", refusal)
+    if count == ask.selected_count and ask.selected_types > 1:  # one replica over GPUs of several types
+        return Search((), "", message(ask, [listed([HETEROGENEOUS])]))
     selected = _selected_nodes(nodes, ask.selection or {})
     found: list[Candidate] = []
     if count == 1:

@@ -17,8 +17,13 @@ Source: ``gpustack/policies/candidate_selectors/custom_backend_resource_fit_sele
 - Multi-GPU, one worker (>= 2 GPUs, only when no single GPU fits): with a fraction, the GPUs with
   ``A >= claim`` and ``sum(A) >= sum(claims)``; without one, every GPU and ``sum(A) >= E``. All of
   them are used, each booking ``max(E // n, claim)``.
-Not modelled: the worker's RAM (the selector also needs ``max(E * 0.1, 2 GiB)`` of it) and CPU-only
-placement (``cpu_offloading``).
+- RAM: every candidate claims ``max(int(E * 0.1), 2 GiB)`` of its worker's RAM, and the single- and
+  multi-GPU paths take a worker only when its allocatable RAM covers that (manual selection does not
+  look). With ``cpu_offloading``, when no GPU path found one, every worker whose RAM covers it is a
+  CPU-only candidate (no GPUs, only the RAM claim); one whose RAM does not adds the "CPU-only inference
+  is supported" line. ``cluster_search`` runs these over the whole cluster, as ``select_candidates``
+  does, and words its one message (``_set_messages``) for a placed instance as for a pending one.
+Not modelled: the router role of a prefill/decode group (``cpu_only=True``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from ....units import GIB
 from ...flags import param_pairs
 from ...gpustack import (MANUAL_MULTI_REPLICA, Booking, GpuView, Placement, WorkersPlacement, WorkerView, byte_to_gib,
-                         model_estimate, listed, selector_message)
+                         model_estimate, listed, ram_short, selector_message)
 from ...model import ModelSpec, Scheduler
 
 FRACTION_FLAGS = ("gpu-memory-utilization", "mem-fraction-static")  # _WHOLE_CARD_FRACTION_PARAMETERS
@@ -136,6 +141,90 @@ def _place_pinned(gpus: Sequence[GpuView], pinned: Sequence[int], estimate: int,
     if overcommit and replica_count > 1:
         return None
     return Placement(tuple(pinned), {index: each for index in pinned}, "pinned", overcommit)
+
+
+def ram_claim(estimate: int) -> int:
+    """What every candidate claims of its worker's RAM: ``max(int(E * 0.1), 2 GiB)``."""
+    return max(int(estimate * 0.1), 2 * GIB)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSearch:
+    """``select_candidates`` over the whole cluster: its candidates and its one message."""
+
+    placements: tuple[tuple[int, Placement], ...]  # (worker id, placement); empty: pending
+    message: str  # ``_set_messages``: written for a placed instance as for a pending one
+    ram: int  # the RAM claim every candidate carries
+
+
+def cluster_search(spec: ModelSpec, nodes: Sequence[WorkerView], book: Booking, *,
+                   pinned: Mapping[int, tuple[int, ...]] | None, cpu_offloading: bool) -> ClusterSearch:
+    """Manual selection alone when GPUs are selected; else one GPU on any worker, else several GPUs of one
+    worker, else (``cpu_offloading``) no GPU; each later path only when the earlier found none."""
+    estimate, fraction = model_estimate(spec), book.fraction
+    ram = ram_claim(estimate)
+    opening = [f"The model requires approximately {byte_to_gib(estimate)} of VRAM and {byte_to_gib(ram)} of RAM."]
+    events: dict[str, str] = {}  # by _set_messages' key; the first in EVENT_ORDER that is set is shown
+    if pinned is not None:
+        found = tuple((node.id, p) for node in nodes if pinned.get(node.id)
+                      and (p := _place_pinned(node.gpus, pinned[node.id], estimate, spec.replicas)))
+        if not found:
+            events["manual"] = MANUAL_MULTI_REPLICA
+        return ClusterSearch(found, _message(opening, events), ram)
+    for path in (_single_path, _multi_path):
+        found = path(nodes, estimate, fraction, ram, events)
+        if found:
+            return ClusterSearch(found, _message(opening, events), ram)
+    if cpu_offloading:
+        found = tuple((node.id, Placement((), {}, "cpu")) for node in nodes if not ram_short(ram, node))
+        if any(ram_short(ram, node) for node in nodes):
+            events["cpu"] = f"CPU-only inference is supported. Requires at least {byte_to_gib(ram)} RAM."
+        if found:
+            return ClusterSearch(found, _message(opening, events), ram)
+    events["estimate"] = (f"No suitable workers found. Required VRAM {round(estimate / GIB, 2):.1f} GiB, "
+                          f"RAM {round(ram / GIB, 2):.1f} GiB.")
+    return ClusterSearch((), _message(opening, events), ram)
+
+
+EVENT_ORDER = ("manual", "cpu", "multi", "single", "estimate")  # _set_messages: manual, CPU-only, multi, single, none
+
+
+def _message(opening: Sequence[str], events: Mapping[str, str]) -> str:
+    return selector_message(opening, [listed([events[key]]) for key in EVENT_ORDER if key in events])
+
+
+def _single_path(nodes: Sequence[WorkerView], estimate: int, fraction: float | None, ram: int,
+                 events: dict[str, str]) -> tuple[tuple[int, Placement], ...]:
+    """``find_single_worker_single_gpu_candidates``: every GPU whose A covers its claim on a worker whose RAM
+    covers the RAM claim; none: the largest A of any GPU, in a line."""
+    found = tuple((node.id, Placement((gpu.index,), {gpu.index: c}, "single")) for node in nodes
+                  if not ram_short(ram, node) for gpu in node.gpus
+                  if gpu.allocatable >= (c := claim_on(gpu, estimate, fraction)))
+    if not found:
+        largest = max((gpu.allocatable for node in nodes for gpu in node.gpus), default=0)
+        events["single"] = f"The current available GPU only has {byte_to_gib(largest)} allocatable VRAM."
+    return found
+
+
+def _multi_path(nodes: Sequence[WorkerView], estimate: int, fraction: float | None, ram: int,
+                events: dict[str, str]) -> tuple[tuple[int, Placement], ...]:
+    """``find_single_worker_multi_gpu_candidates``: each worker of two GPUs or more whose members cover what
+    they must provide and whose RAM covers the RAM claim; none: the worker whose members offer most (the
+    first of equals), in a line, when it has two of them or more."""
+    found, best, best_count = [], 0, 0
+    for node in nodes:
+        if len(node.gpus) < 2:
+            continue
+        members, required = _multi_members(node.gpus, estimate, fraction)
+        offered = sum(gpu.allocatable for gpu in members)
+        if offered >= required and len(members) >= 2 and not ram_short(ram, node):
+            claims = {gpu.index: claim_among(gpu, estimate, fraction, len(members)) for gpu in members}
+            found.append((node.id, Placement(tuple(gpu.index for gpu in members), claims, "multi")))
+        if offered > best:
+            best, best_count = offered, len(members)
+    if not found and best_count >= 2:
+        events["multi"] = f"The largest available worker has {byte_to_gib(best)} allocatable VRAM across {best_count} GPUs."
+    return tuple(found)
 
 
 def pending_message(estimate: int, gpus: Sequence[GpuView], fraction: float | None, pinned: bool = False) -> str:

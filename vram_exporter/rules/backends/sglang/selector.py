@@ -280,10 +280,10 @@ def _place_pinned(gpus, pinned, estimate, fraction, replica_count) -> Placement 
 
 
 def pending_message(estimate: int, fraction: float, gpus: Sequence[GpuView], world_size: int | None,
-                    arch: Architecture, check_vision: bool = True, pinned: bool = False) -> str:
+                    arch: Architecture, check_vision: bool = True, pinned: bool = False, ram: int = 0) -> str:
     """The selector's "No suitable workers" text (``_set_messages``): the requirement lines, then the
     multi-GPU path's event when it ran (two or more GPUs), else the single-GPU one's."""
-    opening = requirement_lines(estimate, fraction if fraction > 0 else 0, "mem-fraction-static")
+    opening = requirement_lines(estimate, fraction if fraction > 0 else 0, "mem-fraction-static", ram)
     # the largest of the fractions and the initial 0: a negative one (tiny card) is not said
     if pinned:  # manual selection is the only path tried; pending only for several replicas in overcommit
         event = MANUAL_MULTI_REPLICA
@@ -400,7 +400,8 @@ def workers_candidates(spec: ModelSpec, workers: Sequence[WorkerView], book: Boo
                                   check_vision=not params_of(spec).language_only)
     if event is None:
         return found, None
-    return None, selector_message(requirement_lines(estimate, max(book.fraction, 0), "mem-fraction-static"), [event])
+    return None, selector_message(requirement_lines(estimate, max(book.fraction, 0), "mem-fraction-static", book.ram),
+                                  [event])
 
 
 
@@ -462,10 +463,13 @@ def pending_message_of(spec: ModelSpec, views: Sequence[GpuView], book: Booking,
                        pinned: Sequence[int] | None = None) -> str:
     assert book.fraction is not None
     return pending_message(model_estimate(spec), book.fraction, views, book.world_size,
-                           spec.arch, not params_of(spec).language_only, pinned=bool(pinned))
+                           spec.arch, not params_of(spec).language_only, pinned=bool(pinned), ram=book.ram)
 
 
 def claims_of(spec: ModelSpec, totals: Mapping[int, int], book: Booking) -> dict[int, int]:
     """What a placed instance books on each of its GPUs when GPUStack's own claims are not known."""
     assert book.fraction is not None
     return {i: claim_bytes(t, book.fraction) for i, t in totals.items()}
+
+
+cluster_search = None  # candidates searched worker by worker (cluster/replay.py) or by cluster/paths.py

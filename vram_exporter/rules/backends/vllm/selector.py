@@ -238,3 +238,6 @@ def multi_gpu_event(workers: Iterable[Sequence[GpuView]], gmu: float, arch: Arch
     else:
         lines.append(f"The largest available worker has {byte_to_gib(largest)} allocatable VRAM.")
     return listed(lines)
+
+
+cluster_search = None  # candidates searched worker by worker (cluster/replay.py) or by cluster/paths.py
