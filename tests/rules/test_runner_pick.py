@@ -107,3 +107,11 @@ def test_choose_follows_gpustacks_order():
     unknown = runner_pick.choose("vllm", cuda_known=False)
     assert unknown.why.startswith("version unknown: the rules of vLLM ")
     assert runner_pick.choose("custom", cuda="13.0").why.startswith("version unknown")
+
+
+def test_a_detected_answer_that_is_no_version_is_said_and_the_next_source_decides():
+    """GPUStack stores whatever the engine answered on /version: "dev" must not become the rules' version."""
+    found = runner_pick.choose("vllm", detected="dev", deployed="0.32.0", cuda="12.8")
+    assert found.version == "0.32.0"
+    assert "'dev': not a version, ignored" in found.why
+    assert runner_pick.choose("vllm", detected="v0.34.0").version == "0.34.0"

@@ -126,8 +126,12 @@ def choose(backend: str, *, detected: str | None = None, deployed: str | None = 
     ``detected``: what the running engine answers; ``deployed``: the instance's backend_version;
     ``chosen``: the model's backend_version; ``cuda``: the worker's CUDA version (``cuda_known`` False:
     nothing says it, and the runner pick is not made)."""
+    if detected and not is_version(detected):  # an engine's own word for a build ("dev"): said, not used
+        found = choose(backend, deployed=deployed, chosen=chosen, cuda=cuda, cuda_known=cuda_known)
+        return EngineVersion(found.version, f"{found.why} (the running engine reports {detected!r}: not a "
+                                            "version, ignored)")
     if detected:
-        return EngineVersion(detected, "the running engine reports it")
+        return EngineVersion(detected.removeprefix("v"), "the running engine reports it")
     if deployed:
         return EngineVersion(deployed, "the version GPUStack deployed the instance with")
     if chosen:
