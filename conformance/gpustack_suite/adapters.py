@@ -62,22 +62,19 @@ def _config_dict(config) -> dict:
 
 class _Ours:
     async def select_candidates(self, workers):
-        await self._init_model_parameters(workers)  # GPUStack's parse: a test may change what it finds
-        config = _config_dict(await base_candidate_selector.get_pretrained_config_with_workers(
-            self._model, workers, trust_remote_code=True))
-        heads = getattr(self, "_num_attention_heads", None)
-        if heads and heads != config.get("num_attention_heads"):
-            config["num_attention_heads"] = heads
-        vocab = getattr(getattr(self, "_model_params", None), "vocab_size", None)
-        if vocab and vocab != config.get("vocab_size"):
-            config["vocab_size"] = vocab
+        if self.BACKEND == BackendEnum.CUSTOM.value and policy_utils.get_vram_claim_from_model_env(self._model) is not None:
+            # GPUStack's custom selector sizes it by the claim alone (estimate_model_vram returns it first) and
+            # reads neither config.json nor the weights: neither is looked up, so neither is handed over
+            config, weights = None, None
+        else:
+            config, weights = await self._model_facts(workers), policy_utils.get_model_weight_size(self._model, None)
         reply = _ours({
             "workers": [w.model_dump(mode="json") for w in workers],
             # a test that builds the selector itself leaves model.backend unset: the selector names it
             "model": dict(self._model.model_dump(mode="json"), backend=self._model.backend or self.BACKEND),
             "instances": [mi.model_dump(mode="json") for mi in self._model_instances],
             "config": config,
-            "weights": policy_utils.get_model_weight_size(self._model, None),
+            "weights": weights,
             "lora_weights": await _lora_weights(self._model, workers),
         })
         if reply.get("not_modelled"):
@@ -89,6 +86,19 @@ class _Ours:
             return []
         self._messages = [reply["message"]] if reply["message"] else []
         return [_candidate(candidate, workers) for candidate in reply["candidates"]]
+
+    async def _model_facts(self, workers) -> dict:
+        """config.json as the selector parsed it, the test's changes included."""
+        await self._init_model_parameters(workers)  # GPUStack's parse: a test may change what it finds
+        config = _config_dict(await base_candidate_selector.get_pretrained_config_with_workers(
+            self._model, workers, trust_remote_code=True))
+        heads = getattr(self, "_num_attention_heads", None)
+        if heads and heads != config.get("num_attention_heads"):
+            config["num_attention_heads"] = heads
+        vocab = getattr(getattr(self, "_model_params", None), "vocab_size", None)
+        if vocab and vocab != config.get("vocab_size"):
+            config["vocab_size"] = vocab
+        return config
 
 
 async def _lora_weights(model, workers) -> dict:

@@ -3,7 +3,8 @@
 Runs in vram-exporter's environment, as a long-lived child of adapters.py (inside the gpustack==2.3.0
 environment): one JSON request per stdin line, one JSON answer per stdout line. A request is what the
 selector was handed, dumped by GPUStack's own schemas (workers, the model, its other instances), plus the
-model's config and weight size as GPUStack resolved them from the hub. The answer comes from the same path
+model's config and weight size as GPUStack resolved them from the hub (both null for a custom-backend model
+whose GPUSTACK_MODEL_VRAM_CLAIM GPUStack takes: it reads neither). The answer comes from the same path
 as the exporter against a live server (sources/gpustack_view.py: the API's objects -> rulebook specs ->
 rules/cluster/replay.py), for one new pending instance of the model:
 {"placed": bool, "worker": id, "gpus": [...], "claims": {"gpu": bytes}, "subordinates": [...],
@@ -39,6 +40,8 @@ def answer(request: dict) -> dict:
     state = GpuStackState(workers, (model,), instances + (pending,))
 
     def read(_: Path) -> tuple[dict, int]:
+        if request["config"] is None:  # the adapter looked neither up: GPUStack judges the model by its claim
+            raise AssertionError("a model judged by GPUSTACK_MODEL_VRAM_CLAIM alone was read")
         return request["config"], int(request["weights"])
 
     specs, unknown = _specs(state.models, _overlay(request), read)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 
+from ..errors import ModelError
 from ..snapshot import GpuReading
 from ..units import GIB, MIB
 from . import categories as model_categories
@@ -103,23 +104,37 @@ def reservations_below(current: int, totals_bytes: Iterable[int]) -> Iterator[in
     yield from islice(range(current - below * GIB, -1, -GIB), MAX_RESERVATION_STEPS)
 
 
-def estimate_bytes(weights_bytes: int, env: Mapping[str, str], categories: Sequence[str] = ()) -> int:
+def env_claim(env: Mapping[str, str]) -> int | None:
+    """GPUSTACK_MODEL_VRAM_CLAIM as GPUStack reads it (policies/utils.py::get_vram_claim_from_model_env:
+    ``int(value)``, anything ``int`` refuses ignored); None where absent or ignored."""
+    value = env.get(ENV_CLAIM)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def estimate_bytes(weights_bytes: int | None, env: Mapping[str, str], categories: Sequence[str] = ()) -> int:
     """E. A GPUSTACK_MODEL_VRAM_CLAIM that is not an integer is ignored, as GPUStack ignores it; else by the
-    model's categories (rules/categories.py ``estimate``: no categories is an LLM)."""
-    override = env.get(ENV_CLAIM)
-    if override is not None:
-        try:
-            return int(override)
-        except ValueError:
-            pass
+    model's categories (rules/categories.py ``estimate``: no categories is an LLM). ``weights_bytes`` None
+    (never read: the claim decides) with no claim is a caller's error."""
+    claim = env_claim(env)
+    if claim is not None:
+        return claim
+    if weights_bytes is None:
+        raise ModelError(f"weights size unknown and no {ENV_CLAIM} to stand for it")
     return model_categories.estimate(weights_bytes, categories)
 
 
 def model_estimate(spec: ModelSpec) -> int:
     """E of one model: its weights and its LoRA adapters' together (policies/utils.py::estimate_model_vram:
     int((weights + estimate_lora_weights_bytes) * factor) + framework, by categories; GPUSTACK_MODEL_VRAM_CLAIM
-    still wins). A
+    still wins, returned before the weights are looked at). A
     draft model for speculative decoding is not counted: GPUStack 2.3.0 ignores it (gpustack #3169)."""
+    if spec.weights_bytes is None:
+        return estimate_bytes(None, spec.env, spec.categories)
     return estimate_bytes(spec.weights_bytes + sum(a.weights_bytes for a in spec.lora_adapters), spec.env,
                           spec.categories)
 

@@ -267,8 +267,10 @@ class ModelSpec:
     """One model of the manifest, resolved: sizes in bytes, parameters parsed."""
 
     name: str
-    weights_bytes: int
-    arch: Architecture
+    # Both None only where GPUStack never reads them: a custom-backend model whose GPUSTACK_MODEL_VRAM_CLAIM
+    # decides (rules/backends/__init__.py ``judged_by_claim``); unknown, never made up.
+    weights_bytes: int | None
+    arch: Architecture | None
     backend_parameters: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     max_model_len: int | None = None  # manifest's value; else from backend_parameters; else the model's
@@ -312,8 +314,13 @@ class ModelSpec:
         """GPUStack's vLLM selector would book this model's estimate, not g x total (rules/categories.py
         ``vllm_books_estimate``: a non-LLM category, no --gpu-memory-utilization given)."""
         return (bool(self.categories) and not self.read(gpustack_params).gmu_given
-                and model_categories.vllm_books_estimate(self.categories, self.arch.architectures,
+                and model_categories.vllm_books_estimate(self.categories, self.architectures,
                                                          self.backend_parameters))
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        """config.json's architectures; () where config.json was not read (``arch`` None)."""
+        return self.arch.architectures if self.arch is not None else ()
 
     @property
     def vllm(self) -> VllmParams:

@@ -89,7 +89,7 @@ class ModelFit:
     name: str
     error: str | None = None  # the model cannot be evaluated (bad world size, bad parameter...)
     placed: bool = False
-    weights: int = 0
+    weights: int | None = 0  # None: not read (GPUStack judges the model by its VRAM claim alone)
     estimate: int = 0
     bytes_per_token: int = 0
     kv_required: int = 0

@@ -157,7 +157,8 @@ def _specs(models: Sequence[Model], overlay: LoadedManifest | None, read_model: 
         except BadInput as exc:  # config.json unreadable or wrong, weights size unknown
             unknown[model.name] = str(exc)
             continue
-        if problem := model_categories.not_modelled(spec.categories):
+        problem = model_categories.not_modelled(spec.categories)
+        if problem and not backends.judged_by_claim(spec.backend, spec.env):
             unknown[model.name] = NotModelled(problem)
             continue
         specs[model.name] = spec
@@ -168,12 +169,13 @@ class NotModelled(str):
     """Why a model is not judged when its size is not the reason (vram_model_size_known stays absent)."""
 
 
-def _categories(model: Model, arch: Architecture) -> tuple[str, ...]:
+def _categories(model: Model, arch: Architecture | None) -> tuple[str, ...]:
     """GPUStack's categories for the model: its own, else what its scheduler fills in from the architectures
-    before it schedules (rules/categories.py ``filled_in``)."""
+    before it schedules (rules/categories.py ``filled_in``; no config.json read: llm, as GPUStack's
+    ``evaluate_pretrained_config`` defaults a custom backend's model it cannot read)."""
     given = model_categories.checked(model.categories or (), f"model {model.name!r}: categories")
     reads_overrides = backends.of(model.backend_kind or backends.VLLM).reads_hf_overrides
-    return model_categories.filled_in(given, arch.architectures,
+    return model_categories.filled_in(given, arch.architectures if arch else (),
                                       (model.backend_parameters or ()) if reads_overrides else ())
 
 
@@ -181,6 +183,9 @@ def _spec(model: Model, given: ModelSpec | None, read_model: ModelReader,
           read_adapter: AdapterReader = read_adapter_directory) -> ModelSpec:
     if given is not None:
         weights, arch, max_len, overhead = given.weights_bytes, given.arch, given.max_model_len, given.runtime_overhead
+    elif backends.judged_by_claim(model.backend_kind or backends.VLLM, model.env or {}):
+        # GPUStack sizes it by its claim and reads neither config.json nor the weights: neither is needed here
+        weights, arch, max_len, overhead = None, None, None, None
     elif model.local_path:
         config, weights = read_model(Path(model.local_path))
         arch, max_len, overhead = Architecture.from_config(config), None, None

@@ -213,8 +213,11 @@ class ModelEntry(Strict):
         inline = self.weights_bytes is not None or self.config is not None
         if self.path is not None and inline:
             raise ValueError("give either path (a local model directory) or weights_bytes with config, not both")
-        if self.path is None and (self.weights_bytes is None or self.config is None):
-            raise ValueError("a model needs path (a local model directory), or both weights_bytes and config")
+        if self.path is None and (self.weights_bytes is None or self.config is None) and not (
+                not inline and backends.judged_by_claim(self.backend, self.env)):
+            raise ValueError(f"a model needs path (a local model directory), or both weights_bytes and config "
+                             f"(only a custom-backend model whose env sets {ENV_CLAIM} needs neither: GPUStack "
+                             f"then reads neither)")
         if self.placed_on is not None and self.pinned_gpus is not None:
             raise ValueError("placed_on (already running) and pinned_gpus (a candidate) exclude each other")
         if self.metrics_url is not None and self.placed_on is None:
@@ -356,15 +359,18 @@ def _resolve(entry: ModelEntry, base: Path, cluster: ClusterSettings) -> ModelSp
         source_field = "path"
     else:
         config, weights, source_field = entry.config, entry.weights_bytes, "config"
-    try:
-        arch = Architecture.from_config(config)
-    except ValueError as exc:
-        raise _FieldError(source_field, str(exc)) from None
+    arch = None  # not read: a custom model GPUStack judges by its claim alone (ModelEntry._one_source)
+    if config is not None:
+        try:
+            arch = Architecture.from_config(config)
+        except ValueError as exc:
+            raise _FieldError(source_field, str(exc)) from None
     max_len = parse_model_len(entry.max_model_len) if isinstance(entry.max_model_len, str) else entry.max_model_len
-    categories = model_categories.filled_in(entry.categories, arch.architectures,
+    categories = model_categories.filled_in(entry.categories, arch.architectures if arch else (),
                                             entry.backend_parameters if backends.of(entry.backend).reads_hf_overrides
                                             else ())
-    if problem := model_categories.not_modelled(categories):
+    problem = model_categories.not_modelled(categories)
+    if problem and not backends.judged_by_claim(entry.backend, entry.env):
         raise _FieldError("categories" if entry.categories else source_field, problem)
     spec = ModelSpec(
         name=entry.name, weights_bytes=weights, arch=arch,

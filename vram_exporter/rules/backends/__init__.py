@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from ...snapshot import GpuReading
+from .. import gpustack
 from ..gpustack import Booking, GpuView, Placement, WorkersPlacement, WorkerView
 from ..model import Cluster, ModelSpec, Scheduler
 from ..verdicts import Context, GpuFit, Knob, ModelFit, NodeFit, Probe
@@ -148,3 +149,11 @@ NAMES = tuple(REGISTRY)  # the backends the rulebooks judge
 def of(name: str) -> Backend:
     """The backend named ``name`` (ModelSpec.backend)."""
     return REGISTRY[name]
+
+
+def judged_by_claim(backend: str, env: Mapping[str, str]) -> bool:
+    """Whether GPUStack judges this model by its GPUSTACK_MODEL_VRAM_CLAIM alone, never reading its config.json
+    or weights: a backend whose engine is not modelled (custom: custom_backend_resource_fit_selector.py reads
+    nothing of the model but ``estimate_model_vram``, which returns a valid claim first, policies/utils.py)
+    with a claim GPUStack accepts. The vLLM and SGLang rules model the engine, which needs both."""
+    return not of(backend).engine_modelled and gpustack.env_claim(env) is not None
