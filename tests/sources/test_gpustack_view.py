@@ -423,3 +423,30 @@ def test_an_image_model_is_not_modelled(tmp_path):
     verdicts = {v.name: v for v in build_view(GpuStackState(state.workers, (state.models[0], image),
                                                             state.instances), worker_name="w1", source="t").verdicts}
     assert verdicts["m2"].predicted_pending is None and "diffusion" in verdicts["m2"].note
+
+
+def _api_model(backend: str, env: dict):
+    from vram_exporter.sources.gpustack_api import Model
+    return Model.model_validate({"id": 1, "name": "omni", "backend": backend, "env": env, "replicas": 1,
+                                 "huggingface_repo_id": "Qwen/Qwen2.5-Omni-7B", "source": "huggingface",
+                                 "cluster_id": 1})
+
+
+def _never_read(path):
+    raise AssertionError(f"{path} read")
+
+
+def test_a_custom_model_with_a_vram_claim_is_judged_without_its_size():
+    """GPUStack's custom selector sizes it by GPUSTACK_MODEL_VRAM_CLAIM alone (policies/utils.py
+    estimate_model_vram returns it first): no "weights size unknown", nothing read, nothing made up."""
+    from vram_exporter.sources.gpustack_view import _specs
+    specs, unknown = _specs((_api_model("custom", {"GPUSTACK_MODEL_VRAM_CLAIM": str(27 * GIB)}),), None, _never_read)
+    assert unknown == {} and specs["omni"].weights_bytes is None and specs["omni"].arch is None
+
+
+@pytest.mark.parametrize("backend, env", [("custom", {"GPUSTACK_MODEL_VRAM_CLAIM": "27GiB"}),  # GPUStack ignores it
+                                          ("custom", {}), ("vllm", {"GPUSTACK_MODEL_VRAM_CLAIM": str(27 * GIB)})])
+def test_without_a_claim_gpustack_takes_a_model_still_needs_its_size(backend, env):
+    from vram_exporter.sources.gpustack_view import _specs
+    specs, unknown = _specs((_api_model(backend, env),), None, _never_read)
+    assert specs == {} and unknown["omni"].startswith("weights size unknown")

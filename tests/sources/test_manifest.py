@@ -235,3 +235,27 @@ def test_a_selection_gpustack_splits_per_replica_is_refused_on_one_nodes_view(tm
         assert ":5: models[0].pinned_gpus:" in message and "Describe this node under `workers:`" in message
     else:
         load_manifest(write(tmp_path, text))
+
+
+CLAIMED = "    backend: custom\n    env: {GPUSTACK_MODEL_VRAM_CLAIM: 28991029248}\n"
+
+
+def test_a_custom_model_with_a_vram_claim_needs_no_config_or_weights(tmp_path):
+    """GPUStack's custom selector takes the claim as its estimate and reads neither (policies/utils.py
+    estimate_model_vram): the model is judged with both unknown, not made up."""
+    from vram_exporter.rules import gpustack
+    (model,) = load_manifest(write(tmp_path, "models:\n  - name: omni\n" + CLAIMED)).models
+    assert model.arch is None and model.weights_bytes is None
+    assert gpustack.model_estimate(model) == 28991029248
+
+
+@pytest.mark.parametrize("text", [
+    "models:\n  - name: omni\n    backend: custom\n",  # no claim: the estimate needs the weights
+    "models:\n  - name: omni\n    backend: custom\n    env: {OTHER: 1}\n",
+    "models:\n  - name: omni\n    env: {GPUSTACK_MODEL_VRAM_CLAIM: 28991029248}\n",  # vLLM's engine needs both
+    "models:\n  - name: omni\n    backend: sglang\n    env: {GPUSTACK_MODEL_VRAM_CLAIM: 28991029248}\n",
+    "models:\n  - name: omni\n" + CLAIMED + "    weights_bytes: 1GiB\n",  # half a source is still refused
+])
+def test_without_a_claim_a_custom_model_still_needs_config_and_weights(tmp_path, text):
+    said = errors(tmp_path, text)
+    assert ":2: models[0]:" in said and "both weights_bytes and config" in said
