@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 
 import pytest
+
+from vram_exporter.app.exporter import Exporter
+from vram_exporter.sources.fake_nvml import FakeNvml
+from vram_exporter.sources.fixture import load as load_fixture
+from vram_exporter.sources.manifest import load_manifest
+from vram_exporter.sources.nvml import NvmlReader
 
 from conftest import FIXTURES, ROOT, ExporterProcess, RecordedGpuStack, exporter_command
 
@@ -255,3 +262,23 @@ def test_check_manifest_shows_booked_against_used_as_the_exporters_fit_document(
 
 def test_check_manifest_without_processes_has_no_usage():
     assert "usage" not in json.loads(check(*SEED, "--format", "json").stdout)
+
+
+def test_a_custom_model_judged_by_its_claim_alone_is_checked_and_served(tmp_path):
+    """GPUStack reads nothing of a custom-backend model whose env gives GPUSTACK_MODEL_VRAM_CLAIM: neither
+    does the exporter, and every output copes with a weights size it never read."""
+    manifest = tmp_path / "claim.yaml"
+    manifest.write_text("models:\n  - name: omni\n    backend: custom\n"
+                        "    env: {GPUSTACK_MODEL_VRAM_CLAIM: '2147483648'}\n")
+    fixture = ROOT / "examples/seed/fixture.yaml"
+    result = check("--manifest", str(manifest), "--nvml.fixture", str(fixture), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (model,) = json.loads(result.stdout)["models"]
+    assert model["name"] == "omni" and model["estimate_bytes"] == 2**31
+    exporter = Exporter(NvmlReader(FakeNvml(load_fixture(fixture)), proc_root=None), manifest=load_manifest(manifest))
+    try:
+        body = asyncio.run(exporter.scrape()).content.decode()
+    finally:
+        exporter.close()
+    assert 'vram_model_estimate_bytes{model="omni"} 2147483648' in body
+    assert 'vram_model_weights_bytes{model="omni"}' not in body

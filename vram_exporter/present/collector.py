@@ -163,7 +163,8 @@ class ModelFamilies:
                                              [1])
         if fit.error:
             return out
-        out["vram_model_weights_bytes"] = ([(m,)], [fit.weights])
+        if fit.weights is not None:  # a custom model judged by its GPUSTACK_MODEL_VRAM_CLAIM alone: not read
+            out["vram_model_weights_bytes"] = ([(m,)], [fit.weights])
         out["vram_model_estimate_bytes"] = ([(m,)], [fit.estimate])
         out["vram_model_kv_cache_bytes_per_token"] = ([(m,)], [fit.bytes_per_token])
         out["vram_model_kv_cache_required_bytes"] = ([(m,)], [fit.kv_required])
