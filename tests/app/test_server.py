@@ -217,15 +217,39 @@ def test_gzip_compresses_the_unchanged_part_once_and_stays_one_stream():
 
     exporter = Exporter(NoNvmlReader())
     snap = NodeSnapshot(driver_version="")
-    gzipped = lambda content, tail: b"".join(asyncio.run(exporter.gzipped(Scrape(content, tail, "", snap))))  # noqa: E731
+    gzipped = lambda parts, tail: b"".join(asyncio.run(exporter.gzipped(Scrape(parts, tail, "", snap))))  # noqa: E731
     content = b"".join(b'vram_gpu_memory_free_bytes{gpu="%d"} %d\n' % (i, i * 7919) for i in range(5000))
+    parts = (content[:1000], content[1000:90_000], content[90_000:])  # the content comes in parts
     try:
         for n in range(3):
             tail = b"vram_exporter_collect_duration_seconds %f\n" % (n / 7)
             reader = zlib.decompressobj(31)
-            assert reader.decompress(gzipped(content, tail)) == content + tail
+            assert reader.decompress(gzipped(parts, tail)) == content + tail
             assert reader.eof and reader.unused_data == b""
-        changed = content.replace(b"7919", b"7907", 1)
-        assert zlib.decompress(gzipped(changed, b"x\n"), 31) == changed + b"x\n"
+        changed = (parts[0], parts[1].replace(b"7919", b"7907", 1), parts[2])
+        assert zlib.decompress(gzipped(changed, b"x\n"), 31) == b"".join(changed) + b"x\n"
     finally:
         exporter.close()
+
+
+def test_a_body_in_parts_is_sent_whole_and_in_order_small_parts_together():
+    """/metrics' content comes in parts (the plan's prepared bytes between small rendered runs): what
+    goes out is every byte in order, large parts in slices, runs of small ones in few writes."""
+    import asyncio
+
+    from vram_exporter.app.server import GATHER, WRITE_SLICE, _Parts
+
+    class Writer:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        async def write(self, chunk) -> None:
+            self.writes.append(bytes(chunk))
+
+    sizes = [10, GATHER - 1, 3, 2 * WRITE_SLICE + 5, 7, *[GATHER - 1] * 9, WRITE_SLICE, 1, GATHER, 0, 11]
+    parts = tuple(bytes([i % 251]) * size for i, size in enumerate(sizes))
+    writer = Writer()
+    asyncio.run(_Parts(parts).write(writer))
+    assert b"".join(writer.writes) == b"".join(parts)
+    assert all(0 < len(w) <= WRITE_SLICE for w in writer.writes)
+    assert len(writer.writes) <= 10  # 17 parts, two of them sliced: small neighbours went together

@@ -44,14 +44,22 @@ FIXES_WAIT_SECONDS = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Scrape:
-    content: bytes  # every family but the exporter's own: the same object while nothing changed
+    # Every family but the exporter's own, in parts (exposition.Renderer.render_parts: the plan's prepared
+    # bytes among them, never joined): the same object while nothing changed.
+    content: tuple[bytes, ...]
     tail: bytes  # the exporter's own series, new at every scrape
     content_type: str
     snapshot: NodeSnapshot
 
     @property
+    def parts(self) -> tuple[bytes, ...]:
+        """The body as it is sent (app/server.py), in parts."""
+        return (*self.content, self.tail)
+
+    @property
     def body(self) -> bytes:
-        return self.content + self.tail
+        """The body in one piece (tests, benchmarks): the server sends ``parts``."""
+        return b"".join(self.parts)
 
 
 class Exporter:
@@ -113,7 +121,7 @@ class Exporter:
         usage = await self.usage(snap, view)
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
         key = (openmetrics, plan.version if plan else None, fixes_known, view, snap, usage)
-        content = self._planner.last_body.of(key, lambda: self._renderer.render(
+        content = self._planner.last_body.of(key, lambda: self._renderer.render_parts(
             self._content(snap, plan, view, usage), openmetrics, eof=False))
         pending = None
         if plan is not None and plan.specs:
@@ -184,9 +192,9 @@ class Exporter:
 
     async def gzipped(self, scrape: Scrape) -> tuple[bytes, bytes]:
         """The gzip stream of the scrape's body, in two parts. The content (every family but the
-        exporter's own) is compressed once per value, the compressor's state after it kept: each
-        scrape compresses only its tail, from a copy of that state. Level 1: most of the size gain for
-        little CPU (exposition text compresses well)."""
+        exporter's own, in parts) is compressed once per value, the compressor's state after it kept:
+        each scrape compresses only its tail, from a copy of that state. Level 1: most of the size gain
+        for little CPU (exposition text compresses well)."""
         started = self._planner.last_gzip.get(scrape.content)
         if started is None:
             # zlib lets go of the interpreter while it compresses: the megabytes go to a thread.
@@ -264,6 +272,6 @@ class Exporter:
         self._sampler.close()
 
 
-def _gzip_start(content: bytes) -> tuple[bytes, object]:
+def _gzip_start(content: tuple[bytes, ...]) -> tuple[bytes, object]:
     state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
-    return state.compress(content), state
+    return b"".join([state.compress(part) for part in content]), state

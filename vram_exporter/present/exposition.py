@@ -3,8 +3,10 @@
 prometheus_client's ``generate_latest`` spends about 12 us per sample; a node with 8 GPUs and 200
 models has tens of thousands. Here a family's samples come in *segments* (one GPU, one model, one
 model's check...), and a segment that only changes with the plan comes rendered already
-(``Segment.text``, made in the planner's thread): a scrape renders only what moved. Escaping and number formatting follow the
-exposition formats exactly (tests check them against prometheus_client's own parsers).
+(``Segment.text``, made in the planner's thread, encoded already): a scrape renders only what moved,
+and hands the body on as parts (``Renderer.render_parts``), the prepared bytes among them as they are,
+never joined into one copy. Escaping and number formatting follow the exposition formats exactly
+(tests check them against prometheus_client's own parsers).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class Segment:
     key: Hashable
     labels: Sequence[tuple[str, ...]]
     values: Sequence[float]
-    text: str | None = None  # already rendered by its producer (with sample_prefix): used as it is
+    # Already rendered by its producer (with sample_prefix), used as it is: bytes where it is made once
+    # per plan (sent as its own part, never copied again), str where it is made at a scrape.
+    text: str | bytes | None = None
 
 
 @dataclass(slots=True)
@@ -74,17 +78,34 @@ class Renderer:
     def render(self, families: Iterable[Family], openmetrics: bool = False, eof: bool = True) -> bytes:
         """The exposition of ``families``; ``eof=False`` leaves out OpenMetrics' closing line (for a
         body assembled from several renders, the last of which closes it)."""
-        parts: list[str] = []
+        return b"".join(self.render_parts(families, openmetrics, eof))
+
+    def render_parts(self, families: Iterable[Family], openmetrics: bool = False, eof: bool = True) -> tuple[bytes, ...]:
+        """``render``'s bytes in parts: each segment already encoded (``Segment.text`` as bytes) is a part
+        of its own, what is rendered here between two of them one encoded part. At 8 GPUs x 200 models
+        the prepared parts are about 80% of a 1.7 MB body; joining them with the rest and encoding the
+        whole at every change of a reading was about half a millisecond (benchmarks/RESULTS.md, "A
+        drifted scrape in parts")."""
+        parts: list[bytes] = []
+        pending: list[str] = []  # rendered since the last prepared part
         for family in families:
             if not family.segments:
                 continue
-            parts.append(_header(family, openmetrics))
+            pending.append(_header(family, openmetrics))
             for segment in family.segments:
-                parts.append(segment.text if segment.text is not None
-                             else render_samples(family.name, family.label_names, segment.labels, segment.values))
+                text = segment.text
+                if text is None:
+                    pending.append(render_samples(family.name, family.label_names, segment.labels, segment.values))
+                elif type(text) is bytes:
+                    parts.append("".join(pending).encode())
+                    pending.clear()
+                    parts.append(text)
+                else:
+                    pending.append(text)
         if openmetrics and eof:
-            parts.append("# EOF\n")
-        return "".join(parts).encode()
+            pending.append("# EOF\n")
+        parts.append("".join(pending).encode())
+        return tuple(part for part in parts if part)
 
 
 def _header(family: Family, openmetrics: bool) -> str:
