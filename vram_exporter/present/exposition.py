@@ -88,6 +88,7 @@ class Renderer:
         drifted scrape in parts")."""
         parts: list[bytes] = []
         pending: list[str] = []  # rendered since the last prepared part
+        pairs_of: dict = {}  # for this render only: the GPU families say each GPU's labels a dozen times
         for family in families:
             if not family.segments:
                 continue
@@ -95,7 +96,7 @@ class Renderer:
             for segment in family.segments:
                 text = segment.text
                 if text is None:
-                    pending.append(render_samples(family.name, family.label_names, segment.labels, segment.values))
+                    pending.append(_lines(family.name, family.label_names, segment.labels, segment.values, pairs_of))
                 elif type(text) is bytes:
                     parts.append("".join(pending).encode())
                     pending.clear()
@@ -121,14 +122,31 @@ def _header(family: Family, openmetrics: bool) -> str:
 def render_samples(name: str, label_names: Sequence[str], labels: Sequence[tuple[str, ...]],
                    values: Sequence[float]) -> str:
     """Sample lines, the same in both formats: for a producer that renders ahead (Segment.text)."""
-    return "".join(f"{sample_prefix(name, label_names, l)} {format_value(v)}\n"
-                   for l, v in zip(labels, values, strict=True))
+    return _lines(name, label_names, labels, values, {})
 
 
 def sample_prefix(name: str, label_names: Sequence[str], labels: Sequence[str]) -> str:
     """A sample's line up to its value, without the space: ``name{a="1",b="x"}``."""
-    pairs = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(label_names, labels, strict=True))
+    pairs = _pairs(label_names, labels)
     return f"{name}{{{pairs}}}" if pairs else name
+
+
+def _lines(name: str, label_names: Sequence[str], labels: Sequence[tuple[str, ...]], values: Sequence[float],
+           pairs_of: dict) -> str:
+    """``render_samples``, each set of label values rendered once for all the lines that ``pairs_of``
+    (label names and values -> pairs) is kept for."""
+    lines = []
+    for label_values, value in zip(labels, values, strict=True):
+        key = (label_names, label_values)
+        pairs = pairs_of.get(key)
+        if pairs is None:
+            pairs = pairs_of[key] = _pairs(label_names, label_values)
+        lines.append(f"{name}{{{pairs}}} {format_value(value)}\n" if pairs else f"{name} {format_value(value)}\n")
+    return "".join(lines)
+
+
+def _pairs(label_names: Sequence[str], labels: Sequence[str]) -> str:
+    return ",".join([f'{n}="{escape_label_value(v)}"' for n, v in zip(label_names, labels, strict=True)])
 
 
 def wants_openmetrics(accept: str | None) -> bool:
