@@ -38,7 +38,6 @@ CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("connections", Connections
 SWITCH_INTERVAL_SECONDS = 0.001
 HTML = "text/html; charset=utf-8"
 WRITE_SLICE = 512 * 1024  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
-GATHER = 64 * 1024  # parts smaller than this go to aiohttp together with their small neighbours
 MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
 MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
 
@@ -210,31 +209,28 @@ class _Parts(payload.Payload):
     async def write(self, writer) -> None:
         # In slices: aiohttp joins the headers with the first write, and asyncio copies what the socket
         # does not take at once; a whole body's copy would be a fresh mapping each time (app/memory.py
-        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. Small parts
-        # (the families rendered at this scrape between two prepared ones, a few KiB to 200 KiB at 8
-        # GPUs x 200 models) go together, one write for a run of them, at most a slice's worth copied.
-        gathered: list[memoryview] = []
+        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. Slices of a
+        # whole WRITE_SLICE each, across the parts (/metrics has about 30): each write can hand the
+        # interpreter to a busy thread for a switch interval, and one per part made the scrapes
+        # meanwhile a new plan's fixes are searched 1.4x slower (benchmarks/RESULTS.md, "A drifted
+        # scrape in parts").
+        pending: list[memoryview] = []
         size = 0
         for part in self._value:
             view = memoryview(part)
-            for start in range(0, len(view), WRITE_SLICE):
-                piece = view[start:start + WRITE_SLICE]
-                if len(piece) < GATHER and size + len(piece) <= WRITE_SLICE:
-                    gathered.append(piece)
-                    size += len(piece)
-                    continue
-                if gathered:
-                    await writer.write(_joined(gathered))
-                    gathered, size = [], 0
-                if len(piece) < GATHER:
-                    gathered, size = [piece], len(piece)
-                else:
-                    await writer.write(piece)
-        if gathered:
-            await writer.write(_joined(gathered))
+            while view:
+                piece, view = view[:WRITE_SLICE - size], view[WRITE_SLICE - size:]
+                pending.append(piece)
+                size += len(piece)
+                if size == WRITE_SLICE:
+                    await writer.write(_joined(pending))
+                    pending, size = [], 0
+        if pending:
+            await writer.write(_joined(pending))
 
 
 def _joined(pieces: list[memoryview]) -> bytes | memoryview:
+    """One slice's pieces as one object: the piece itself when the slice lies in one part."""
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 

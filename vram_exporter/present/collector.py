@@ -219,14 +219,15 @@ class _Lines:
     @classmethod
     def of(cls, lines: Sequence[tuple[str, str | None]]) -> _Lines:
         """From (prefix, value) per line, a prefix up to and with the space; value None: a place."""
-        frame: list[str | None] = [""]
+        frame: list[str | None] = []
+        text: list[str] = []  # since the last place
         for prefix, value in lines:
             if value is None:
-                frame[-1] += prefix
-                frame += [None, "\n"]
+                frame += ["".join(text) + prefix, None]
+                text = ["\n"]
             else:
-                frame[-1] += f"{prefix}{value}\n"
-        return cls(tuple(frame))
+                text.append(f"{prefix}{value}\n")
+        return cls((*frame, "".join(text)))
 
     def filled(self, values: Iterable[str]) -> str:
         """The lines with ``values`` in their places, in order (as many as there are places)."""
