@@ -209,29 +209,21 @@ class _Parts(payload.Payload):
     async def write(self, writer) -> None:
         # In slices: aiohttp joins the headers with the first write, and asyncio copies what the socket
         # does not take at once; a whole body's copy would be a fresh mapping each time (app/memory.py
-        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. Slices of a
-        # whole WRITE_SLICE each, across the parts (/metrics has about 30): each write can hand the
-        # interpreter to a busy thread for a switch interval, and one per part made the scrapes
-        # meanwhile a new plan's fixes are searched 1.4x slower (benchmarks/RESULTS.md, "A drifted
-        # scrape in parts").
-        pending: list[memoryview] = []
-        size = 0
+        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. Each part goes
+        # as it is, but the writer is drained only once a slice's worth is written: a wait for the
+        # socket hands the interpreter to a busy thread for a switch interval, and a drain per part
+        # (/metrics has about 30) made the scrapes meanwhile a new plan's fixes are searched 1.4x
+        # slower (benchmarks/RESULTS.md, "A drifted scrape in parts").
+        unflushed = 0
         for part in self._value:
             view = memoryview(part)
-            while view:
-                piece, view = view[:WRITE_SLICE - size], view[WRITE_SLICE - size:]
-                pending.append(piece)
-                size += len(piece)
-                if size == WRITE_SLICE:
-                    await writer.write(_joined(pending))
-                    pending, size = [], 0
-        if pending:
-            await writer.write(_joined(pending))
-
-
-def _joined(pieces: list[memoryview]) -> bytes | memoryview:
-    """One slice's pieces as one object: the piece itself when the slice lies in one part."""
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            for start in range(0, len(view), WRITE_SLICE):
+                piece = view[start:start + WRITE_SLICE]
+                await writer.write(piece, drain=False)
+                unflushed += len(piece)
+                if unflushed >= WRITE_SLICE:
+                    await writer.drain()
+                    unflushed = 0
 
 
 def _guard(web_config: WebConfig | None):
