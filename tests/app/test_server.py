@@ -232,31 +232,14 @@ def test_gzip_compresses_the_unchanged_part_once_and_stays_one_stream():
         exporter.close()
 
 
-def test_a_body_in_parts_is_sent_whole_and_in_order_drained_once_a_slice():
-    """/metrics' content comes in parts (the plan's prepared bytes between rendered runs): what goes
-    out is every byte in order, no write over a slice, and the writer drained only when a slice's
-    worth is waiting, however many parts (about 30 at 8 GPUs x 200 models)."""
-    import asyncio
+def test_the_content_comes_in_whole_slices_whatever_its_parts():
+    """The renderer's parts (the plan's prepared bytes between rendered runs, about 30) are cut into
+    whole slices once per content: every byte in order, each slice but the last exactly the size."""
+    from vram_exporter.app.exporter import in_slices
 
-    from vram_exporter.app.server import WRITE_SLICE, _Parts
-
-    class Writer:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-            self.waiting: list[int] = []  # bytes written since the last drain, at each drain
-
-        async def write(self, chunk, *, drain: bool = True) -> None:
-            assert not drain
-            self.writes.append(bytes(chunk))
-
-        async def drain(self) -> None:
-            self.waiting.append(sum(map(len, self.writes)) - sum(self.waiting))
-
-    sizes = [10, 7000, 3, 2 * WRITE_SLICE + 5, 7, *[60_000] * 9, WRITE_SLICE, 1, 0, WRITE_SLICE - 1, 11]
-    parts = tuple(bytes([i % 251]) * size for i, size in enumerate(sizes))
-    writer = Writer()
-    asyncio.run(_Parts(parts).write(writer))
-    assert b"".join(writer.writes) == b"".join(parts)
-    assert max(map(len, writer.writes)) == WRITE_SLICE
-    assert all(WRITE_SLICE <= waiting < 2 * WRITE_SLICE for waiting in writer.waiting)
-    assert sum(sizes) - sum(writer.waiting) < WRITE_SLICE  # the rest: drained by aiohttp at the end
+    size = 1000
+    for sizes in ([], [0], [10, 999, 3, 2 * size + 5, 7, *[600] * 9, size, 1, 0, size - 1, 11], [size], [size + 1]):
+        parts = tuple(bytes([i % 251]) * n for i, n in enumerate(sizes))
+        slices = in_slices(parts, size)
+        assert b"".join(slices) == b"".join(parts)
+        assert [len(s) for s in slices] == [size] * (sum(sizes) // size) + ([sum(sizes) % size] if sum(sizes) % size else [])

@@ -16,7 +16,7 @@ import sys
 from aiohttp import payload, web
 
 from ..errors import FlagError
-from .exporter import Exporter
+from .exporter import SLICE_BYTES, Exporter
 from ..present.pages import explain_page
 from . import whatif
 from ..filestamp import file_stamp
@@ -37,7 +37,7 @@ CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("connections", Connections
 
 SWITCH_INTERVAL_SECONDS = 0.001
 HTML = "text/html; charset=utf-8"
-WRITE_SLICE = 512 * 1024  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
+WRITE_SLICE = SLICE_BYTES  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
 MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
 MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
 
@@ -209,21 +209,12 @@ class _Parts(payload.Payload):
     async def write(self, writer) -> None:
         # In slices: aiohttp joins the headers with the first write, and asyncio copies what the socket
         # does not take at once; a whole body's copy would be a fresh mapping each time (app/memory.py
-        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. Each part goes
-        # as it is, but the writer is drained only once a slice's worth is written: a wait for the
-        # socket hands the interpreter to a busy thread for a switch interval, and a drain per part
-        # (/metrics has about 30) made the scrapes meanwhile a new plan's fixes are searched 1.4x
-        # slower (benchmarks/RESULTS.md, "A drifted scrape in parts").
-        unflushed = 0
+        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. /metrics'
+        # content comes in such slices already (Exporter.scrape).
         for part in self._value:
             view = memoryview(part)
             for start in range(0, len(view), WRITE_SLICE):
-                piece = view[start:start + WRITE_SLICE]
-                await writer.write(piece, drain=False)
-                unflushed += len(piece)
-                if unflushed >= WRITE_SLICE:
-                    await writer.drain()
-                    unflushed = 0
+                await writer.write(view[start:start + WRITE_SLICE])
 
 
 def _guard(web_config: WebConfig | None):
