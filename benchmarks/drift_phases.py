@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 import scenarios  # noqa: E402
 
 from vram_exporter.app.exporter import Exporter  # noqa: E402
+from vram_exporter.app.memory import give_large_buffers_back  # noqa: E402
 from vram_exporter.rules.node import free_memory  # noqa: E402
 from vram_exporter.sources.fake_nvml import FakeNvml  # noqa: E402
 from vram_exporter.sources.manifest import load_manifest  # noqa: E402
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
+    give_large_buffers_back()  # malloc as the server sets it: a body's copy is a fresh mapping, as there
     with tempfile.TemporaryDirectory() as tmp:
         fixture, manifest = scenarios.write(Path(tmp), args.gpus, args.models, 0)
         exporter = Exporter(NvmlReader(FakeNvml.watching(fixture), proc_root=None), manifest=load_manifest(manifest))

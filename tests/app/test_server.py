@@ -217,29 +217,15 @@ def test_gzip_compresses_the_unchanged_part_once_and_stays_one_stream():
 
     exporter = Exporter(NoNvmlReader())
     snap = NodeSnapshot(driver_version="")
-    gzipped = lambda parts, tail: b"".join(asyncio.run(exporter.gzipped(Scrape(parts, tail, "", snap))))  # noqa: E731
+    gzipped = lambda content, tail: b"".join(asyncio.run(exporter.gzipped(Scrape(content, tail, "", snap))))  # noqa: E731
     content = b"".join(b'vram_gpu_memory_free_bytes{gpu="%d"} %d\n' % (i, i * 7919) for i in range(5000))
-    parts = (content[:1000], content[1000:90_000], content[90_000:])  # the content comes in parts
     try:
         for n in range(3):
             tail = b"vram_exporter_collect_duration_seconds %f\n" % (n / 7)
             reader = zlib.decompressobj(31)
-            assert reader.decompress(gzipped(parts, tail)) == content + tail
+            assert reader.decompress(gzipped(content, tail)) == content + tail
             assert reader.eof and reader.unused_data == b""
-        changed = (parts[0], parts[1].replace(b"7919", b"7907", 1), parts[2])
-        assert zlib.decompress(gzipped(changed, b"x\n"), 31) == b"".join(changed) + b"x\n"
+        changed = content.replace(b"7919", b"7907", 1)
+        assert zlib.decompress(gzipped(changed, b"x\n"), 31) == changed + b"x\n"
     finally:
         exporter.close()
-
-
-def test_the_content_comes_in_whole_slices_whatever_its_parts():
-    """The renderer's parts (the plan's prepared bytes between rendered runs, about 30) are cut into
-    whole slices once per content: every byte in order, each slice but the last exactly the size."""
-    from vram_exporter.app.exporter import in_slices
-
-    size = 1000
-    for sizes in ([], [0], [10, 999, 3, 2 * size + 5, 7, *[600] * 9, size, 1, 0, size - 1, 11], [size], [size + 1]):
-        parts = tuple(bytes([i % 251]) * n for i, n in enumerate(sizes))
-        slices = in_slices(parts, size)
-        assert b"".join(slices) == b"".join(parts)
-        assert [len(s) for s in slices] == [size] * (sum(sizes) // size) + ([sum(sizes) % size] if sum(sizes) % size else [])

@@ -40,29 +40,18 @@ log = logging.getLogger(__name__)
 
 # How long a page or /api/v1/fit waits for a new plan's fixes before answering without them.
 FIXES_WAIT_SECONDS = 10.0
-# The content of /metrics comes in slices of this many bytes, each written at once (app/server.py):
-# under malloc's mmap threshold with the headers (app/memory.py).
-SLICE_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Scrape:
-    # Every family but the exporter's own, in whole slices of SLICE_BYTES (the last one shorter): the
-    # same object while nothing changed.
-    content: tuple[bytes, ...]
+    content: bytes  # every family but the exporter's own: the same object while nothing changed
     tail: bytes  # the exporter's own series, new at every scrape
     content_type: str
     snapshot: NodeSnapshot
 
     @property
-    def parts(self) -> tuple[bytes, ...]:
-        """The body as it is sent (app/server.py), in parts."""
-        return (*self.content, self.tail)
-
-    @property
     def body(self) -> bytes:
-        """The body in one piece (tests, benchmarks): the server sends ``parts``."""
-        return b"".join(self.parts)
+        return self.content + self.tail
 
 
 class Exporter:
@@ -124,8 +113,8 @@ class Exporter:
         usage = await self.usage(snap, view)
         # Nothing read or decided has changed since the last scrape: its bytes are the answer.
         key = (openmetrics, plan.version if plan else None, fixes_known, view, snap, usage)
-        content = self._planner.last_body.of(key, lambda: in_slices(self._renderer.render_parts(
-            self._content(snap, plan, view, usage), openmetrics, eof=False), SLICE_BYTES))
+        content = self._planner.last_body.of(key, lambda: self._renderer.render(
+            self._content(snap, plan, view, usage), openmetrics, eof=False))
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
@@ -195,9 +184,9 @@ class Exporter:
 
     async def gzipped(self, scrape: Scrape) -> tuple[bytes, bytes]:
         """The gzip stream of the scrape's body, in two parts. The content (every family but the
-        exporter's own, in parts) is compressed once per value, the compressor's state after it kept:
-        each scrape compresses only its tail, from a copy of that state. Level 1: most of the size gain
-        for little CPU (exposition text compresses well)."""
+        exporter's own) is compressed once per value, the compressor's state after it kept: each
+        scrape compresses only its tail, from a copy of that state. Level 1: most of the size gain for
+        little CPU (exposition text compresses well)."""
         started = self._planner.last_gzip.get(scrape.content)
         if started is None:
             # zlib lets go of the interpreter while it compresses: the megabytes go to a thread.
@@ -275,31 +264,6 @@ class Exporter:
         self._sampler.close()
 
 
-def in_slices(parts: tuple[bytes, ...], size: int) -> tuple[bytes, ...]:
-    """``parts`` as one run of bytes cut into slices of ``size`` (the last one shorter). The renderer's
-    parts (about 30 at 8 GPUs x 200 models, the plan's prepared bytes among them) are copied once here,
-    when the content changes, not joined with the rest and encoded as one 1.7 MB text: a scrape then
-    writes as many slices as a body in one piece makes, and each write can hand the interpreter to a
-    busy thread for a switch interval (a write per part made the scrapes meanwhile a new plan's fixes
-    are searched 1.4-1.8x slower; joining at each write cost every scrape 0.15 ms: benchmarks/RESULTS.md,
-    "A drifted scrape in parts")."""
-    slices: list[bytes] = []
-    pending: list[memoryview] = []
-    filled = 0
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            piece, view = view[:size - filled], view[size - filled:]
-            pending.append(piece)
-            filled += len(piece)
-            if filled == size:
-                slices.append(b"".join(pending))
-                pending, filled = [], 0
-    if pending:
-        slices.append(b"".join(pending))
-    return tuple(slices)
-
-
-def _gzip_start(content: tuple[bytes, ...]) -> tuple[bytes, object]:
+def _gzip_start(content: bytes) -> tuple[bytes, object]:
     state = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
-    return b"".join([state.compress(part) for part in content]), state
+    return state.compress(content), state

@@ -16,7 +16,7 @@ import sys
 from aiohttp import payload, web
 
 from ..errors import FlagError
-from .exporter import SLICE_BYTES, Exporter
+from .exporter import Exporter
 from ..present.pages import explain_page
 from . import whatif
 from ..filestamp import file_stamp
@@ -37,7 +37,7 @@ CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("connections", Connections
 
 SWITCH_INTERVAL_SECONDS = 0.001
 HTML = "text/html; charset=utf-8"
-WRITE_SLICE = SLICE_BYTES  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
+WRITE_SLICE = 512 * 1024  # bytes handed to aiohttp at once: under malloc's mmap threshold with the headers
 MAX_BODY = 64 * 1024  # only GETs are served: a large body is an error, not a scrape
 MAX_LINE = 8190  # request line and each header line, as most Go and nginx servers allow
 
@@ -74,7 +74,7 @@ def create_app(
             parts = await exporter.gzipped(scrape)
             headers["Content-Encoding"] = "gzip"
         else:
-            parts = scrape.parts
+            parts = (scrape.content, scrape.tail)
         return web.Response(body=_Parts(parts), headers=headers)
 
     # Both build a document of every model: off the event loop, so /metrics and /-/healthy never wait.
@@ -209,8 +209,7 @@ class _Parts(payload.Payload):
     async def write(self, writer) -> None:
         # In slices: aiohttp joins the headers with the first write, and asyncio copies what the socket
         # does not take at once; a whole body's copy would be a fresh mapping each time (app/memory.py
-        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape. /metrics'
-        # content comes in such slices already (Exporter.scrape).
+        # keeps malloc's mmap threshold at 1 MiB), its pages faulted in at every scrape.
         for part in self._value:
             view = memoryview(part)
             for start in range(0, len(view), WRITE_SLICE):

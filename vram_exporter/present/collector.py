@@ -113,7 +113,7 @@ class ModelFamilies:
             shown_all.append((fit, shown))
         # Per family, every model's samples as one text: a scrape hands the renderer one part per family,
         # not one per model (3,400 parts at 8 GPUs x 200 models, about 1 ms of each scrape that renders);
-        # encoded here, so that a scrape sends these bytes as they are (exposition.Renderer.render_parts).
+        # encoded here, so that a scrape encodes only what it renders (exposition.Renderer.render).
         self._static = {name: [Segment(name, (), (), "".join(parts).encode())] for name, parts in texts.items()}
         self._layout = _LiveLayout.of(shown_all)
 
