@@ -250,7 +250,7 @@ class _LiveLayout:
     # Each distinct (GPU, window_top's numbers after free) of the tops free memory moves, with its edge
     # (free_for_static_top: from that free memory on, the top is ``static``, given written out). They
     # are few: the numbers but ``static`` are the GPU's, and many models share a ``static`` (23 for
-    # 1,572 tops at 8 GPUs x 200 models), so ``window_top`` runs once for each of them.
+    # 1,568 such tops at 8 GPUs x 200 models), so ``window_top`` runs once for each of them.
     top_inputs: tuple[tuple[int, float, str, tuple], ...]
     top_of_line: Callable[[tuple[str, ...]], tuple[str, ...]]  # each place's value among them
 

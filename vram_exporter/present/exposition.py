@@ -77,7 +77,7 @@ class Renderer:
     def render(self, families: Iterable[Family], openmetrics: bool = False, eof: bool = True) -> bytes:
         """The exposition of ``families``; ``eof=False`` leaves out OpenMetrics' closing line (for a
         body assembled from several renders, the last of which closes it). One join of ``render_parts``:
-        at 8 GPUs x 200 models the plan's prepared bytes are 77% of a 1.7 MB body, and joining them as
+        at 8 GPUs x 200 models the plan's prepared bytes are 76% of a 1.7 MB body, and joining them as
         text with the rest, then encoding the whole, copied it twice at every change of a reading (1.2
         against 0.6 ms, benchmarks/RESULTS.md, "A drifted scrape in parts")."""
         return b"".join(self.render_parts(families, openmetrics, eof))

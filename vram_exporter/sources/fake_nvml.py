@@ -187,8 +187,8 @@ class FakeNvml:
 def _load(path: Path) -> Fixture:
     """``fixture.load``, with a JSON fixture that YAML's loader reads the same way read by ``json``: at
     every change of the file a drifted scrape waits for this (the benchmarks rewrite it twice a second),
-    and YAML's loader took 0.4 ms of it at 8 GPUs, ten times a real NVML read (json: 0.01 ms,
-    benchmarks/RESULTS.md, "A drifted scrape in parts"). Anything else, an invalid fixture included,
+    and with YAML's loader the load took 0.4 ms at 8 GPUs, ten times a real NVML read (with json: 0.04
+    ms, benchmarks/RESULTS.md, "A drifted scrape in parts"). Anything else, an invalid fixture included,
     goes to YAML's loader, whose errors name the line."""
     try:
         text = path.read_text(encoding="utf-8")
