@@ -4,10 +4,10 @@ The exporter of this checkout (or of ``PYTHONPATH``) serves N GPUs x M models fr
 (``--nvml.fixture``, the fake NVML follows it); after its fixes are known, each round rewrites the
 fixture (every GPU's used/free memory a few MiB off, as drift_tail.py's drifting process does) and
 times one whole ``Exporter.scrape``; then rewrites it again and times the phases of the same work one
-by one: the NVML read (the fake re-reading its YAML fixture), the live part (``Plan.live``: start-up
-headrooms, window tops, ``startable``), the fix picks (``Plan.fix_segments``) and the rest of the
-scrape (GPU families, the join and encoding of the body; the live part and picks then come from the
-plan's memo). Medians and minima of ``--rounds``:
+by one: the NVML read (the fake re-reading its fixture, written as JSON: drift_tail.py says why), the
+live part (``Plan.live``: start-up headrooms, window tops, ``startable``), the fix picks
+(``Plan.fix_segments``) and the rest of the scrape (GPU families, the render of the body; the live
+part and picks then come from the plan's memo). Medians and minima of ``--rounds``:
 
     .venv/bin/python benchmarks/drift_phases.py
     PYTHONPATH=/tmp/before .venv/bin/python benchmarks/drift_phases.py      # another checkout
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -32,6 +33,7 @@ sys.path.insert(0, str(HERE))
 import scenarios  # noqa: E402
 
 from vram_exporter.app.exporter import Exporter  # noqa: E402
+from vram_exporter.app.memory import give_large_buffers_back  # noqa: E402
 from vram_exporter.rules.node import free_memory  # noqa: E402
 from vram_exporter.sources.fake_nvml import FakeNvml  # noqa: E402
 from vram_exporter.sources.manifest import load_manifest  # noqa: E402
@@ -54,7 +56,7 @@ class Drift:
             shift = self.rng.randrange(0, 8) * MIB
             gpu["memory"]["used"], gpu["memory"]["free"] = used + shift, free - shift
         scratch = self.fixture.with_suffix(".tmp")
-        scratch.write_text(yaml.safe_dump(self.doc))
+        scratch.write_text(json.dumps(self.doc))
         os.replace(scratch, self.fixture)
         time.sleep(0.01)  # a new file stamp
 
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
+    give_large_buffers_back()  # malloc as the server sets it: a body's copy is a fresh mapping, as there
     with tempfile.TemporaryDirectory() as tmp:
         fixture, manifest = scenarios.write(Path(tmp), args.gpus, args.models, 0)
         exporter = Exporter(NvmlReader(FakeNvml.watching(fixture), proc_root=None), manifest=load_manifest(manifest))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import platform
 import random
@@ -42,7 +43,8 @@ MIB = 2**20
 def drift(path: Path, interval: float = 0.5) -> None:
     """Run as its own process (``--drift PATH``): rewrite the fixture every ``interval`` seconds, each
     GPU's used memory 0-7 MiB off its start, free memory the opposite; replaced whole (rename), so
-    that no reader meets half a file."""
+    that no reader meets half a file. Written as JSON (a fixture may be YAML or JSON): the fake NVML
+    reads it with json, nearer a real NVML read's cost than YAML's loader (0.4 ms at 8 GPUs)."""
     doc = yaml.safe_load(path.read_text())
     base = [(g["memory"]["used"], g["memory"]["free"]) for g in doc["gpus"]]
     rng = random.Random(1)
@@ -52,7 +54,7 @@ def drift(path: Path, interval: float = 0.5) -> None:
         for gpu, (used, free) in zip(doc["gpus"], base):
             shift = rng.randrange(0, 8) * MIB
             gpu["memory"]["used"], gpu["memory"]["free"] = used + shift, free - shift
-        scratch.write_text(yaml.safe_dump(doc))
+        scratch.write_text(json.dumps(doc))
         os.replace(scratch, path)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import platform
 import random
 import subprocess
@@ -85,7 +86,8 @@ def sequential(port: int, seconds: float, path: str = "/metrics") -> list[float]
 
 
 class Drift:
-    """Rewrites the fixture twice a second, every GPU's used memory a few MiB off."""
+    """Rewrites the fixture twice a second, every GPU's used memory a few MiB off (as JSON: drift_tail.py
+    ``drift`` says why)."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.doc = path, yaml.safe_load(path.read_text())
@@ -107,7 +109,7 @@ class Drift:
             for gpu, (used, free) in zip(self.doc["gpus"], base):
                 shift = rng.randrange(0, 8) * MIB
                 gpu["memory"]["used"], gpu["memory"]["free"] = used + shift, free - shift
-            self.path.write_text(yaml.safe_dump(self.doc))
+            self.path.write_text(json.dumps(self.doc))
 
 
 def jump(path: Path, port: int, seconds: float) -> list[float]:
@@ -116,7 +118,7 @@ def jump(path: Path, port: int, seconds: float) -> list[float]:
     memory = doc["gpus"][0]["memory"]
     shift = min(3 * 2**30, memory["free"])
     memory["used"], memory["free"] = memory["used"] + shift, memory["free"] - shift
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(json.dumps(doc))
     return sequential(port, seconds)
 
 

@@ -11,7 +11,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from fitcases import GIB, MIB, gpu, node, seed_model
-from vram_exporter.present.exposition import Family, Renderer, format_value, render_samples, wants_openmetrics
+from vram_exporter.present.exposition import (Family, Renderer, Segment, format_value, render_samples,
+                                              wants_openmetrics)
 from vram_exporter.rules.model import Cluster
 from vram_exporter.present.catalogue import MODEL_GPU
 from vram_exporter.present.collector import ModelFamilies
@@ -74,6 +75,33 @@ def test_each_render_shows_the_values_it_is_given():
     family3 = Family("vram_x", "x", "gauge", ("model", "gpu"))
     family3.add("m", labels, [2])  # a new value: shown
     assert samples(renderer.render([family3]).decode()) == [("vram_x", {"model": "m", "gpu": "0"}, 2)]
+
+
+@given(st.lists(st.tuples(LABEL_TEXT, NUMBERS), min_size=1, max_size=4), st.booleans())
+def test_prepared_bytes_are_sent_as_they_are_among_the_rendered_parts(rows, openmetrics):
+    """A segment prepared as bytes (once per plan) is a part of the body by itself, the same object,
+    and the parts say what rendering every sample afresh says, in both formats."""
+    def families(prepare: bool) -> list[Family]:
+        out = []
+        for n, (label, value) in enumerate(rows):
+            family = Family(f"vram_f{n}_info" if n % 2 else f"vram_f{n}", "h", "info" if n % 2 else "gauge", ("a",))
+            family.sample(label, value)
+            if prepare and n % 2 == 0:
+                text = render_samples(family.name, ("a",), [(label,)], [value]).encode()
+                family.segments = [family.segments[0], Segment("prepared", (), (), text)]
+                family.sample("last", 1)
+            elif n % 2 == 0:
+                family.sample(label, value)
+                family.sample("last", 1)
+            out.append(family)
+        return out
+
+    prepared = families(True)
+    parts = Renderer().render_parts(prepared, openmetrics)
+    assert b"".join(parts) == Renderer().render(families(False), openmetrics)
+    kept = [f.segments[1].text for f in prepared[::2]]
+    assert all(any(part is text for part in parts) for text in kept)
+    assert all(parts)
 
 
 def test_content_negotiation():

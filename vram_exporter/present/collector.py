@@ -8,8 +8,9 @@ with the plan (app/plan.py) are built once, with it, in the planner's thread (``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter, sub
 from typing import Literal
 
 from .. import __version__
@@ -111,25 +112,28 @@ class ModelFamilies:
                 texts.setdefault(name, []).append(render_samples(name, CATALOGUE[name].label_names, labels, values))
             shown_all.append((fit, shown))
         # Per family, every model's samples as one text: a scrape hands the renderer one part per family,
-        # not one per model (3,400 parts at 8 GPUs x 200 models, about 1 ms of each scrape that renders).
-        self._static = {name: [Segment(name, (), (), "".join(parts))] for name, parts in texts.items()}
+        # not one per model (3,400 parts at 8 GPUs x 200 models, about 1 ms of each scrape that renders);
+        # encoded here, so that a scrape encodes only what it renders (exposition.Renderer.render).
+        self._static = {name: [Segment(name, (), (), "".join(parts).encode())] for name, parts in texts.items()}
         self._layout = _LiveLayout.of(shown_all)
 
     def live(self, free: Mapping[int, int]) -> LivePart:
         """The free-memory dependent samples (vLLM's start-up headroom, the window's top, ``startable``),
-        from numbers and line prefixes taken out of the fit once per plan (``_LiveLayout``): at every
-        change of a reading they are most of a scrape's work, about 3,000 lines at 8 GPUs x 200 models,
-        so each line is one subtraction or one ``window_top`` and one format."""
+        from line frames and numbers taken out of the fit once per plan (``_LiveLayout``): at every change
+        of a reading they are the biggest part of a scrape's own work, about 3,000 lines at 8 GPUs x 200
+        models, so each family's values are made in as few steps as there are (a subtraction per
+        headroom, ``window_top`` once per distinct set of its numbers) and set into its frame."""
         layout = self._layout
         starts = [starts_on(needs, free) for needs in layout.start_needs]
-        segments = {
-            "vram_model_headroom_bytes": Segment("live", (), (), "".join(
-                [f"{p}{free[i] - need}\n" for p, i, need in layout.headroom])),  # free_headroom
-            "vram_model_gpu_memory_utilization_max": Segment("live", (), (), "".join(
-                [line if free[i] >= edge else f"{p}{format_value(window_top(free[i], *numbers))}\n"
-                 for p, i, edge, line, numbers in layout.top])),
-            "vram_model_startable": Segment("live", (), (), "".join(
-                [p + (" 1\n" if s else " 0\n") for p, s in zip(layout.startable, starts)])),
+        tops = tuple([static if free[i] >= edge else format_value(window_top(free[i], *numbers))
+                      for i, edge, static, numbers in layout.top_inputs])
+        segments = {  # free_headroom: free - free_need
+            "vram_model_headroom_bytes": Segment("live", (), (), layout.headroom.filled(
+                map(str, map(sub, layout.headroom_gpus(free), layout.headroom_needs)))),
+            "vram_model_gpu_memory_utilization_max": Segment("live", (), (), layout.top.filled(
+                layout.top_of_line(tops))),
+            "vram_model_startable": Segment("live", (), (), layout.startable.filled(
+                ["1" if s else "0" for s in starts])),
         }
         return LivePart(dict(zip(layout.models, starts)), segments)
 
@@ -207,38 +211,85 @@ def fix_segment(model: str, fixes: Sequence[Fix]) -> Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class _Lines:
+    """A family's live lines with a place for each value: ``frame`` holds the text before the first
+    value, None for each value, and the text after each (its newline, the next line's prefix)."""
+
+    frame: tuple[str | None, ...]
+
+    @classmethod
+    def of(cls, lines: Sequence[tuple[str, str | None]]) -> _Lines:
+        """From (prefix, value) per line, a prefix up to and with the space; value None: a place."""
+        frame: list[str | None] = []
+        text: list[str] = []  # since the last place
+        for prefix, value in lines:
+            if value is None:
+                frame += ["".join(text) + prefix, None]
+                text = ["\n"]
+            else:
+                text.append(f"{prefix}{value}\n")
+        return cls((*frame, "".join(text)))
+
+    def filled(self, values: Iterable[str]) -> str:
+        """The lines with ``values`` in their places, in order (as many as there are places)."""
+        parts = list(self.frame)
+        parts[1::2] = values
+        return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
 class _LiveLayout:
-    """Each live line's prefix (up to and with the space before the value) and what its value is made
-    of: the GPU whose free memory it reads and the fit's numbers, in the order the lines are served."""
+    """The live families' lines (``_Lines``) and what their values are made of, in the order served."""
 
     models: tuple[str, ...]
     start_needs: tuple[tuple[tuple[int, int], ...] | None, ...]  # per model: rules/node.py ``start_needs``
-    startable: tuple[str, ...]  # per model: its line's prefix, without the space
-    headroom: tuple[tuple[str, int, int], ...]  # (prefix, GPU, free_need): free - free_need
-    # (prefix, GPU, edge, line, window_top's numbers after free): from ``edge`` free memory on, the top
-    # is the window's static one and the sample is ``line`` (a top free memory does not move: edge -inf)
-    top: tuple[tuple[str, int, float, str, tuple], ...]
+    startable: _Lines  # a place per model: its ``starts_on``
+    headroom: _Lines  # a place per line: free - free_need
+    headroom_gpus: Callable[[Mapping[int, int]], tuple[int, ...]]  # each line's GPU's free memory
+    headroom_needs: tuple[int, ...]  # each line's free_need
+    top: _Lines  # the tops free memory does not move written out, a place for each other one
+    # Each distinct (GPU, window_top's numbers after free) of the tops free memory moves, with its edge
+    # (free_for_static_top: from that free memory on, the top is ``static``, given written out). They
+    # are few: the numbers but ``static`` are the GPU's, and many models share a ``static`` (23 for
+    # 1,568 such tops at 8 GPUs x 200 models), so ``window_top`` runs once for each of them.
+    top_inputs: tuple[tuple[int, float, str, tuple], ...]
+    top_of_line: Callable[[tuple[str, ...]], tuple[str, ...]]  # each place's value among them
 
     @classmethod
     def of(cls, shown) -> _LiveLayout:
-        headroom, top, startable = [], [], []
+        headroom, headroom_gpus, headroom_needs, top, top_of_line = [], [], [], [], []
+        inputs: dict[tuple[int, tuple], int] = {}  # (GPU, numbers) -> its place in top_inputs
         for fit, gpus in shown:
-            startable.append(sample_prefix("vram_model_startable", ("model",), (fit.name,)))
             for f in gpus:
                 labels = (fit.name, str(f.index), f.uuid)
                 prefix = sample_prefix("vram_model_gpu_memory_utilization_max", MODEL_GPU_LABELS, labels) + " "
                 if top_moves(f):
+                    top.append((prefix, None))
                     numbers = (f.free_need - f.budget, f.cuda_total, f.gmu_max_static)
-                    edge = free_for_static_top(*numbers)
-                    top.append((prefix, f.index, math.inf if edge is None else edge,
-                                f"{prefix}{format_value(f.gmu_max_static)}\n", numbers))
+                    top_of_line.append(inputs.setdefault((f.index, numbers), len(inputs)))
                 else:
-                    top.append((prefix, f.index, -math.inf, f"{prefix}{format_value(f.gmu_max)}\n", ()))
+                    top.append((prefix, format_value(f.gmu_max)))
                 if f.free_need is not None:
                     headroom.append((sample_prefix("vram_model_headroom_bytes", (*MODEL_GPU_LABELS, "check"),
-                                                   (*labels, f.free_check)) + " ", f.index, f.free_need))
+                                                   (*labels, f.free_check)) + " ", None))
+                    headroom_gpus.append(f.index)
+                    headroom_needs.append(f.free_need)
+        startable = [(sample_prefix("vram_model_startable", ("model",), (fit.name,)) + " ", None) for fit, _ in shown]
         return cls(tuple(fit.name for fit, _ in shown), tuple(start_needs(fit) for fit, _ in shown),
-                   tuple(startable), tuple(headroom), tuple(top))
+                   _Lines.of(startable), _Lines.of(headroom), _getter(headroom_gpus), tuple(headroom_needs),
+                   _Lines.of(top), tuple(_top_input(index, numbers) for index, numbers in inputs), _getter(top_of_line))
+
+
+def _top_input(index: int, numbers: tuple) -> tuple[int, float, str, tuple]:
+    edge = free_for_static_top(*numbers)
+    return index, math.inf if edge is None else edge, format_value(numbers[-1]), numbers
+
+
+def _getter(keys: list) -> Callable[[Sequence | Mapping], tuple]:
+    """``itemgetter(*keys)`` that always gives a tuple (itemgetter of one key gives the item)."""
+    if len(keys) > 1:
+        return itemgetter(*keys)
+    return lambda items: tuple(items[key] for key in keys)
 
 
 _STATIC_PER_GPU = ("vram_model_vllm_budget_bytes", "vram_model_headroom_bytes",
