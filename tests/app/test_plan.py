@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,8 @@ from fitcases import GIB, MIB, gpu, node, seed_cluster, seed_model
 from vram_exporter.rules.node import fit_node, with_free
 from vram_exporter.app.plan import LastOne, NodeInputs, Planner
 from vram_exporter.present.report import plan_report
+from vram_exporter.sources.manifest import LoadedManifest
+from vram_exporter.sources.vllm_instance import VersionAnswer
 
 
 def _plan(planner: Planner, inputs: NodeInputs, snap):
@@ -154,6 +157,31 @@ def test_what_is_remembered_is_keyed_by_value():
     plan = _plan(planner, NodeInputs.of(seed_cluster(), (seed_model(),), {}, snap), snap)
     assert plan.live({0: GIB, 1: 2 * GIB}) is plan.live(dict([(1, 2 * GIB), (0, GIB)]))
     assert plan.live({0: GIB, 1: 3 * GIB}) is not plan.live({0: GIB, 1: 2 * GIB})
+    planner.close()
+
+
+def test_inputs_are_built_again_only_when_what_they_are_made_of_changes():
+    """A running model whose engine answered /version: equal answers (read again at each poll, new objects)
+    give the same inputs and the same plan; another answer, or other GPUs, new inputs that say it."""
+    planner = Planner()
+    snap = node(gpu(0), gpu(1, 12288 * MIB))
+    url = "http://127.0.0.1:8000/metrics"
+    model = replace(seed_model(), placed_on=(0,), metrics_url=url)
+    manifest = LoadedManifest(Path("manifest.yaml"), seed_cluster(), (model,))
+    answer = lambda version: {model.name: VersionAnswer(url, url.replace("metrics", "version"), version=version)}  # noqa: E731
+
+    first = planner.inputs(manifest, snap, answer("0.34.0"))
+    assert first.models[0].engine_version.version == "0.34.0"
+    assert planner.inputs(manifest, snap, answer("0.34.0")) is first
+    plan = _plan(planner, first, snap)
+    assert _plan(planner, planner.inputs(manifest, snap, answer("0.34.0")), snap) is plan
+
+    other = planner.inputs(manifest, snap, answer("0.17.1"))
+    assert other.models[0].engine_version.version == "0.17.1"
+    assert _plan(planner, other, snap).version > plan.version
+    bigger = node(gpu(0), gpu(1, 24576 * MIB))
+    assert planner.inputs(manifest, bigger, answer("0.17.1")).gpus != other.gpus
+    assert planner.inputs(manifest, bigger, None).models[0].engine_version == model.engine_version
     planner.close()
 
 

@@ -23,7 +23,7 @@ from ..rules.node import free_memory
 from ..sources.gpustack_view import GpuStackSource, GpuStackView
 from ..sources.nvml import NvmlReader
 from ..sources.sampler import NoNvmlReader, NvmlSampler
-from .inputs import NodeInputs, node_inputs
+from .inputs import NodeInputs
 from .plan import LastOne, Plan, Planner
 from ..present import vllm_instances
 from ..present.usage_families import usage_families
@@ -118,10 +118,11 @@ class Exporter:
         pending = None
         if plan is not None and plan.specs:
             pending = 0 if fixes_known else len(plan.specs)
-        tail = self._renderer.render(chain(
-            exporter_families(results, self._manifest_status, pending,
-                              self._gpustack.last_success_timestamp if self._gpustack else None),
-            self._instance_families(plan), *(extra() for extra in self.extra_families)), openmetrics)
+        own = self._renderer.render(exporter_families(results, self._manifest_status, pending,
+                                    self._gpustack.last_success_timestamp if self._gpustack else None),
+                                    openmetrics, eof=False)
+        tail = own + self._instances_part(plan, openmetrics) + self._renderer.render(
+            chain(*(extra() for extra in self.extra_families)), openmetrics)
         return Scrape(content, tail, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, snap)
 
     @property
@@ -159,7 +160,7 @@ class Exporter:
 
     def inputs(self, manifest: LoadedManifest | NodeModels | None, snap: NodeSnapshot) -> NodeInputs:
         """What the plan is derived from (app/inputs.py, the same for ``check``, which asks no vLLM its version)."""
-        return node_inputs(manifest, snap, self.instances.versions if self.instances is not None else None)
+        return self._planner.inputs(manifest, snap, self.instances.versions if self.instances is not None else None)
 
     async def start_planning(self) -> None:
         """Plan for the first readings before any scrape asks: the first one then finds it made."""
@@ -251,11 +252,18 @@ class Exporter:
         if plan is not None and plan.specs:
             yield from plan.model_families(free_memory(snap))
 
-    def _instance_families(self, plan: Plan | None) -> list[Family]:
-        """Prediction beside reality for the running models whose vLLM was read (sources/vllm_instance.py)."""
+    def _instances_part(self, plan: Plan | None, openmetrics: bool) -> bytes:
+        """Prediction beside reality for the running models whose vLLM was read (sources/vllm_instance.py),
+        rendered once per plan and readings."""
         readings = self.instances.readings if self.instances is not None else {}
         if not readings:
-            return []
+            return b""
+        key = (openmetrics, plan.version if plan is not None else None, readings)
+        return self._planner.last_instances.of(key, lambda: self._renderer.render(
+            self._instance_families(plan, readings), openmetrics, eof=False))
+
+    @staticmethod
+    def _instance_families(plan: Plan | None, readings) -> list[Family]:
         comparisons = vllm_instance.node_comparisons(plan.node, readings) if plan is not None else []
         return [vllm_instances.up_family(readings), *vllm_instances.families(comparisons)]
 

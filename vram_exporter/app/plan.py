@@ -40,6 +40,8 @@ from ..rules.fixes import FixPlan, plan_fixes
 from ..rules.model import ModelSpec
 from ..rules.node import NodeFit, free_memory, start_needs, static_fit
 from ..snapshot import GpuReading, NodeSnapshot
+from ..sources.manifest import LoadedManifest, NodeModels
+from ..sources.vllm_instance import VersionAnswer
 from .cooperative import yielding
 from .inputs import GpuSize, NodeInputs, gpu_sizes, node_inputs
 
@@ -197,12 +199,27 @@ class Planner:
         # takes 12 ms at level 1 (benchmarks/RESULTS.md, "Issue 26, the memo layers"); a scrape then
         # compresses only its tail.
         self.last_gzip: LastOne[tuple[bytes, object]] = LastOne()
+        # The last inputs, by what they are built from (the models' source, the GPUs' sizes, the engines'
+        # answers on /version): a model whose engine answered is a new ``ModelSpec`` at each build, and
+        # comparing 200 of them field by field with the current plan's cost 1.1 ms a scrape, a steady
+        # scrape's 0.3 ms becoming 1.5 (benchmarks/RESULTS.md, "Answered versions").
+        self.last_inputs: LastOne[NodeInputs] = LastOne()
+        # The running models' prediction-beside-reality series, rendered, by the plan and the vLLM readings
+        # they compare: the readings change once a poll, and rendering 200 instances' series took 2.5 ms of
+        # a scrape's 3.2 (benchmarks/RESULTS.md, "Answered versions").
+        self.last_instances: LastOne[bytes] = LastOne()
         self._lock = threading.Lock()
         self._version = 0
         self._current: Plan | None = None
         self._building: tuple[NodeInputs, Future[Plan]] | None = None
         self.closed = False  # close() was called: the worker thread is gone
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+
+    def inputs(self, models: LoadedManifest | NodeModels | None, snapshot: NodeSnapshot,
+               answers: Mapping[str, VersionAnswer] | None = None) -> NodeInputs:
+        """``node_inputs`` of these, the same object while what they are built from compares equal."""
+        key = (models, gpu_sizes(snapshot), dict(answers or {}))
+        return self.last_inputs.of(key, lambda: node_inputs(models, snapshot, answers))
 
     def submit(self, inputs: NodeInputs, snapshot: NodeSnapshot) -> Future[Plan]:
         """The plan for ``inputs``: done at once when it is the current one, else being built."""
