@@ -30,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import scenarios  # noqa: E402
-from conftest import exporter_command, free_port  # noqa: E402
-from harness import quantile, wait_for_fixes, wait_port  # noqa: E402
+from conftest import free_port  # noqa: E402
+from harness import quantile, served, wait_for_fixes, wait_port  # noqa: E402
 
 METRICS = ('vllm:cache_config_info{block_size="16",cache_dtype="auto",gpu_memory_utilization="0.9",'
            'num_gpu_blocks="1000"} 1.0\n')
@@ -73,30 +73,19 @@ def get(connection: http.client.HTTPConnection) -> tuple[float, bytes]:
 
 
 def exporter_run(pythonpath: str, fixture: Path, manifest: Path, models: int, seconds: float) -> list[float]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(pythonpath)}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([*exporter_command(), "--nvml.fixture", str(fixture), "--manifest", str(manifest),
-                                 "--log.level", "warn", "--web.listen-address", f"127.0.0.1:{port}"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_port(port)
-            wait_for_fixes(port)
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            deadline = time.monotonic() + 120
-            while get(connection)[1].count(ANSWERED) < models:  # every engine asked, every answer taken
-                if time.monotonic() > deadline:
-                    raise RuntimeError("not every model's answer taken in 120 s")
-                time.sleep(0.2)
-            wait_for_fixes(port)  # the answers made a new plan: its fixes first
-            times = []
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                times.append(get(connection)[0])
-            return times
-        finally:
-            proc.terminate()
-            proc.wait()
+    with served(pythonpath, fixture, manifest) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        deadline = time.monotonic() + 120
+        while get(connection)[1].count(ANSWERED) < models:  # every engine asked, every answer taken
+            if time.monotonic() > deadline:
+                raise RuntimeError("not every model's answer taken in 120 s")
+            time.sleep(0.2)
+        wait_for_fixes(port)  # the answers made a new plan: its fixes first
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            times.append(get(connection)[0])
+        return times
 
 
 def main() -> None:

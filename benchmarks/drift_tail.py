@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import scenarios  # noqa: E402
-from conftest import exporter_command, free_port  # noqa: E402
-from harness import quantile, wait_for_fixes, wait_port  # noqa: E402
+from conftest import free_port  # noqa: E402
+from harness import quantile, served, wait_port  # noqa: E402
 
 MIB = 2**20
 
@@ -91,21 +91,9 @@ class Drifting:
 
 
 def exporter_run(pythonpath: str, fixture: Path, manifest: Path, rate: float, seconds: float) -> tuple[list, bytes]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(pythonpath)}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([*exporter_command(), "--nvml.fixture", str(fixture), "--manifest", str(manifest),
-                                 "--log.level", "warn", "--web.listen-address", f"127.0.0.1:{port}"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_port(port)
-            wait_for_fixes(port)
-            with Drifting(fixture):
-                paced(port, rate, 2.0)  # warm: the first drifts
-                return paced(port, rate, seconds)
-        finally:
-            proc.terminate()
-            proc.wait()
+    with served(pythonpath, fixture, manifest) as port, Drifting(fixture):
+        paced(port, rate, 2.0)  # warm: the first drifts
+        return paced(port, rate, seconds)
 
 
 def floor_run(body: bytes, work: Path, fixture: Path, rate: float, seconds: float) -> list[float]:

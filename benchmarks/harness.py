@@ -27,6 +27,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -39,7 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 import scenarios  # noqa: E402
-from conftest import ExporterProcess, free_port  # noqa: E402
+from conftest import ExporterProcess, exporter_command, free_port  # noqa: E402
 
 from vram_exporter.sources.manifest import load_manifest  # noqa: E402
 from vram_exporter.app.exporter import Exporter  # noqa: E402
@@ -173,6 +175,25 @@ def run_scenario(work: Path, gpus: int, models: int, procs: int, scrapes: int, c
         "rate": ours_rate, "floor_rate": floor_rate, "rss_mib": rss,
         "ours_inproc_ms": our_render * 1e3, "client_render_ms": client_render * 1e3,
     }
+
+
+@contextmanager
+def served(pythonpath: str, fixture: Path, manifest: Path) -> Iterator[int]:
+    """The real exporter of the checkout at ``pythonpath`` serving ``--nvml.fixture fixture --manifest
+    manifest`` on a free port, yielded once its first plan's fixes are known; stopped after."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(pythonpath)}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([*exporter_command(), "--nvml.fixture", str(fixture), "--manifest", str(manifest),
+                                 "--log.level", "warn", "--web.listen-address", f"127.0.0.1:{port}"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_port(port)
+            wait_for_fixes(port)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait()
 
 
 def wait_for_fixes(port: int, timeout: float = 180) -> None:
