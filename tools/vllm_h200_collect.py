@@ -2,6 +2,7 @@
 """Turn one device run of ../shared/vllm-h200 (setup.txt, results.jsonl, log.txt) into one data file.
 
     python3 tools/vllm_h200_collect.py /work/.device/1 tests/data/vllm-h200/run-1.json
+    python3 tools/vllm_h200_collect.py /work/.device/4 tests/data/vllm34-h100/run-1.json "tools/vllm34-kit, ..."
 
 Adds per case what the probe did not record itself but vLLM printed: whether torch.compile
 compiled afresh or loaded its cache (the activation peak differs), and the engine's max_seq_len.
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 
-def main(src: str, dest: str) -> None:
+def main(src: str, dest: str, source: str = "../shared/vllm-h200 kit, run_probe.py on the device tool's nvidia-h200") -> None:
     src_dir, out = Path(src), Path(dest)
     setup = (src_dir / "setup.txt").read_text()
     log = (src_dir / "log.txt").read_text()
@@ -35,11 +36,15 @@ def main(src: str, dest: str) -> None:
             rec["engine_max_seq_len"] = int(m.group(1))
         cases.append(rec)
     smoke = re.search(r"vllm (\S+) torch (\S+) (.+?) \|", setup)
+    # A later call on a warm machine skips the smoke test: the engine's own banner and the setup's torch line say it.
+    engine = re.search(r"LLM engine \(v(\S+?)\)", log)
+    torch = re.search(r"\btorch (\S+)", setup)
     nv = machine.get("nvml", {})
     doc = {
-        "source": "../shared/vllm-h200 kit, run_probe.py on the device tool's nvidia-h200",
+        "source": source,
         "gpu": nv.get("name"), "driver": nv.get("driver"),
-        "vllm": smoke.group(1) if smoke else None, "torch": smoke.group(2) if smoke else None,
+        "vllm": smoke.group(1) if smoke else engine.group(1) if engine else None,
+        "torch": smoke.group(2) if smoke else torch.group(1) if torch else None,
         "python": machine.get("python"),
         "nvml_idle": {k: nv.get(k) for k in ("total", "reserved", "free", "used")},
         "setup": setup, "cases": cases,
@@ -50,4 +55,4 @@ def main(src: str, dest: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import types
 
 TARGET = "vllm.v1.worker.extensible_kv_cache"
 
@@ -88,7 +89,24 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
+MINIMAX_WARMUP = "vllm.model_executor.warmup.minimax_m3_msa_warmup"
+
+
+def _stand_in_minimax_warmup():
+    """vLLM 0.34's kernel_warmup imports the MiniMax M3 warm-up on every CUDA start, and that module imports
+    the CuTe DSL (``cutlass``, nvidia-cutlass-dsl), which the packs leave out: the first run (2026-12-05)
+    stopped there in every case. For a model without MiniMaxM3SparseAttention, and on any card but SM100,
+    ``minimax_m3_msa_warmup`` returns at once (minimax_m3_msa_warmup.py): a module with that no-op stands in,
+    only where ``cutlass`` cannot be imported."""
+    if MINIMAX_WARMUP in sys.modules or importlib.util.find_spec("cutlass") is not None:
+        return
+    stand_in = types.ModuleType(MINIMAX_WARMUP)
+    stand_in.minimax_m3_msa_warmup = lambda worker: None
+    sys.modules[MINIMAX_WARMUP] = stand_in
+
+
 def register():
+    _stand_in_minimax_warmup()
     if not os.environ.get("PROBE_MEASURE_LOG"):
         return
     if TARGET in sys.modules:
