@@ -33,6 +33,8 @@ def documents(draw) -> str:
                      "processes": [{"pid": 7, "name": draw(names), "used": draw(st.none() | st.integers(0, 2**33))}]})
     doc = {"driver_version": draw(names), "call_delay_seconds": "DELAY", "gpus": gpus}
     text = json.dumps(doc, ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, 2])))
+    # json takes white space, line breaks too, on either side of a colon; YAML's loader not a break before it
+    text = text.replace('"index": ', draw(st.sampled_from(['"index": ', '"index"\n: ', '"index":\n  ', '"index" \n  : '])))
     return text.replace('"DELAY"', draw(st.sampled_from(NUMBER_TEXTS)))
 
 

@@ -207,6 +207,9 @@ def _load(path: Path) -> Fixture:
 # tab, and no number but integers and floats of YAML's form (a dot; an exponent with its sign). YAML
 # reads 1e5 or 1.5e10 as strings, NaN as a string, and its reader refuses some characters json takes.
 _PLAIN = re.compile(r"[\n\r ]*\{[\n\r\x20-\x5b\x5d-\x7e]*")
+# A line break between a key and its colon: json takes it, YAML's flow mapping refuses it (no string holds a
+# raw line break, so a break followed by blanks and a colon can only stand there).
+_BREAK_BEFORE_COLON = re.compile(r"[\r\n][\r\n ]*:")
 _YAML_FLOAT = re.compile(r"-?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")
 
 
@@ -216,7 +219,7 @@ class _NotPlain(ValueError):
 
 def _plain_json(text: str) -> dict | None:
     """The document json reads from ``text`` where YAML's loader reads the same; else None."""
-    if not _PLAIN.fullmatch(text):
+    if not _PLAIN.fullmatch(text) or _BREAK_BEFORE_COLON.search(text):
         return None
     try:
         data = json.loads(text, parse_float=_yaml_float, parse_constant=_not_plain)
