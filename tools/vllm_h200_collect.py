@@ -2,7 +2,11 @@
 """Turn one device run of ../shared/vllm-h200 (setup.txt, results.jsonl, log.txt) into one data file.
 
     python3 tools/vllm_h200_collect.py /work/.device/1 tests/data/vllm-h200/run-1.json
-    python3 tools/vllm_h200_collect.py /work/.device/4 tests/data/vllm34-h100/run-1.json "tools/vllm34-kit, ..."
+    python3 tools/vllm_h200_collect.py /work/.device/4 tests/data/vllm34-h100/run-1.json "tools/vllm34-kit, ..." \
+        tools/vllm34-kit/payload/plan-1.json
+
+With a plan, each case keeps what it was asked to run (``planned``): a replay then reads the arguments the
+run had, not those of a plan file edited since.
 
 Adds per case what the probe did not record itself but vLLM printed: whether torch.compile
 compiled afresh or loaded its cache (the activation peak differs), and the engine's max_seq_len.
@@ -15,11 +19,13 @@ import sys
 from pathlib import Path
 
 
-def main(src: str, dest: str, source: str = "../shared/vllm-h200 kit, run_probe.py on the device tool's nvidia-h200") -> None:
+def main(src: str, dest: str, source: str = "../shared/vllm-h200 kit, run_probe.py on the device tool's nvidia-h200",
+         plan: str | None = None) -> None:
     src_dir, out = Path(src), Path(dest)
     setup = (src_dir / "setup.txt").read_text()
     log = (src_dir / "log.txt").read_text()
     sections = dict(re.findall(r"\n?===== (\S+) \(rc=[^)]*\) =====\n(.*?)(?=\n===== |\Z)", log, re.S))
+    planned = {c["name"]: c for c in json.loads(Path(plan).read_text())["cases"]} if plan else {}
     machine, cases = {}, []
     for line in (src_dir / "results.jsonl").read_text().splitlines():
         rec = json.loads(line)
@@ -34,6 +40,8 @@ def main(src: str, dest: str, source: str = "../shared/vllm-h200 kit, run_probe.
         m = re.search(r"max_seq_len=(\d+)", text)
         if m:
             rec["engine_max_seq_len"] = int(m.group(1))
+        if rec["name"] in planned:
+            rec["planned"] = planned[rec["name"]]
         cases.append(rec)
     smoke = re.search(r"vllm (\S+) torch (\S+) (.+?) \|", setup)
     # A later call on a warm machine skips the smoke test: the engine's own banner and the setup's torch line say it.
@@ -55,4 +63,4 @@ def main(src: str, dest: str, source: str = "../shared/vllm-h200 kit, run_probe.
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -20,6 +20,7 @@ vLLM does not find.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -36,16 +37,16 @@ MIB = 2**20
 ROUNDING = 10 * MIB  # vLLM prints GiB with two decimals: each printed figure is within 5.12 MiB
 
 RUNS = [json.loads(p.read_text()) for p in sorted(DATA.glob("run-*.json"))]
-PLANNED = {c["name"]: c for p in sorted(KIT.glob("plan-*.json")) for c in json.loads(p.read_text())["cases"]}
 PROFILED = [(run, case) for run in RUNS for case in run["cases"] if "kv_available_gib" in case.get("log", {})]
 
 
 def _arch(case) -> Architecture:
-    return Architecture.from_config(json.loads((KIT / PLANNED[case["name"]]["model"] / "config.json").read_text()))
+    return Architecture.from_config(json.loads((KIT / case["planned"]["model"] / "config.json").read_text()))
 
 
 def _flags(case) -> dict:
-    return PLANNED[case["name"]]["llm"]
+    """The arguments the case ran with, as its plan said then (kept in the run's file at collection)."""
+    return case["planned"]["llm"]
 
 
 def _budget(run, case) -> int:
@@ -71,6 +72,13 @@ def _predicted_kv(run, case) -> int:
 
 def test_the_runs_are_vllm_034_on_an_h100():
     assert RUNS and all(run["vllm"] == "0.34.0" and "H100" in run["gpu"] for run in RUNS)
+    printed = {}  # each case's "non-default args" line, from the run's whole log
+    for log_file in sorted(DATA.glob("run-*.log.gz")):
+        for name, section in re.findall(r"===== (\S+) \(rc=[^)]*\) =====\n(.*?)(?=\n===== |\Z)",
+                                         gzip.decompress(log_file.read_bytes()).decode(), re.S):
+            printed[name] = re.search(r"non-default args: (\{.*\})", section).group(1)
+    for _, case in PROFILED:  # the arguments kept are the ones vLLM printed as its non-default ones
+        assert all(f"'{k}': {v}" in printed[case["name"]] for k, v in _flags(case).items()), case["name"]
     assert len(PROFILED) == 9  # every single-engine case but the one whose KV its flag sizes
 
 
