@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from urllib.parse import parse_qsl
 
 import pytest
@@ -53,6 +54,25 @@ def test_apply_changes_one_model_and_leaves_the_live_inputs_alone():
     assert live.cluster.system_reserved_vram == 2**30
     with pytest.raises(WhatIfError, match="'other' is not one of this node's models"):
         WhatIf("other").apply(live)
+
+
+def test_the_kv_caches_own_flags_are_set_or_removed_in_every_spelling():
+    plan, _ = seed()
+    live = plan.inputs
+    given = ("--gpu_memory_utilization", "0.5", "--kv-cache-memory-bytes=2G", "--num_gpu_blocks_override=100",
+             "--max-num-seqs=8")
+    live = replace(live, models=(replace(live.models[0], backend_parameters=given),))
+    assert live.models[0].vllm.kv_cache_memory_bytes == 2 * 2**30
+    [unset] = parse([("model", MODEL), ("unset_gpu_memory_utilization", "YES")]).apply(live).models
+    assert unset.backend_parameters == ("--max-num-seqs=8",)
+    assert (unset.vllm.gpu_memory_utilization, unset.vllm.kv_cache_memory_bytes, unset.vllm.num_gpu_blocks_override) == \
+        (None, None, None)
+    [sized] = parse([("model", MODEL), ("kv_cache_memory_bytes", "8589934592")]).apply(live).models
+    assert sized.vllm.kv_cache_memory_bytes == 8 * 2**30 and "--kv-cache-memory-bytes=8192M" in sized.backend_parameters
+    assert sized.vllm.num_gpu_blocks_override == 100  # only the size given changes
+    with pytest.raises(WhatIfError) as caught:
+        parse([("model", MODEL), ("unset_gpu_memory_utilization", "on"), ("kv_cache_memory_bytes", "1.5G")])
+    assert [field for field, _ in caught.value.problems] == ["kv_cache_memory_bytes", "unset_gpu_memory_utilization"]
 
 
 def test_one_what_if_at_a_time_and_the_last_ones_kept():

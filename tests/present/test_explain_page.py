@@ -224,8 +224,8 @@ class _Forms(html.parser.HTMLParser):
         a = dict(attrs)
         if tag == "form":
             self.forms.append({"action": a.get("action"), "method": a.get("method"), "fields": {}})
-        elif tag == "input" and self.forms:
-            self.forms[-1]["fields"][a["name"]] = a.get("value", "")
+        elif tag == "input" and self.forms and (a.get("type") != "checkbox" or "checked" in a):
+            self.forms[-1]["fields"][a["name"]] = a.get("value", "")  # an unticked box is not sent
         elif tag == "select":
             self._select = a["name"]
             self.forms[-1]["fields"][self._select] = None
@@ -420,3 +420,55 @@ def test_a_refused_what_if_costs_one_models_section(start_exporter):
     assert status == 400
     assert [name for name in names if f'<div class="model" id="{name}">' in page] == ["deepseek-v2-lite-chat"]
     assert f"{len(names) - 1} more models: see" in page
+
+
+VLLM_034_SHORT = """\
+cluster: {scheduler: gpustack, system_reserved_vram: 0GiB}
+models:
+  - name: llama-034-small-share
+    engine_version: 0.34.0
+    weights_bytes: 16060522496
+    config: {num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 8, hidden_size: 4096,
+             intermediate_size: 14336, vocab_size: 128256, torch_dtype: bfloat16, max_position_embeddings: 131072}
+    max_model_len: 32768
+    backend_parameters: ["--gpu-memory-utilization=0.22", "--kv-cache-memory-bytes=2G"]
+"""
+
+
+def test_vllm_034s_own_knobs_have_what_if_links_and_fields(start_exporter, tmp_path):
+    """vLLM 0.34 at 0.22 of an H100 with 2 GiB of KV cache asked: the fix that removes the KV cache's sizing
+    flags links to a what-if where the model fits (the extensible cache takes what is free); the form offers
+    that and --kv-cache-memory-bytes, and a size typed there is what the model's vLLM then reads."""
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(VLLM_034_SHORT)
+    exporter = start_exporter("--nvml.fixture", "examples/node-8xh100/fixture.yaml", "--manifest", str(manifest))
+    (model,) = json.loads(exporter.text("/api/v1/fit"))["models"]
+    unset = next(f for f in model["fixes"] if f["knob"] == "unset_gpu_memory_utilization")
+    assert unset["works"] and unset["change"] == {"unset_gpu_memory_utilization": True}
+    assert "remove --gpu-memory-utilization and --kv-cache-memory-bytes" in unset["action"]
+    page = exporter.text("/")
+    parser = _Links()
+    parser.feed(page)
+    link = next(href.replace("&amp;", "&") for href in parser.tries if "unset_gpu_memory_utilization=yes" in href)
+    status, after = status_and_text(exporter, link)
+    assert status == 200, after
+    assert "<li>llama-034-small-share: no --gpu-memory-utilization, --kv-cache-memory-bytes or " \
+           "--num-gpu-blocks-override</li>" in after
+    assert table_rows(after, "")[0][2].startswith("fits"), table_rows(after, "")[0]
+    # The form: the box and the size field, each a what-if of its own
+    status, sized = submit(exporter, page, "llama-034-small-share", kv_cache_memory_bytes="8G")
+    assert status == 200 and "<li>llama-034-small-share: --kv-cache-memory-bytes=8192M</li>" in sized
+    assert 'name="kv_cache_memory_bytes" value="8192M"' in sized  # kept to change further, normalised
+    status, refused = submit(exporter, page, "llama-034-small-share", unset_gpu_memory_utilization="yes",
+                             gpu_memory_utilization="0.5")
+    assert status == 400 and "removed by unset_gpu_memory_utilization" in refused
+
+
+def test_an_sglang_model_has_no_kv_cache_bytes_knob(start_exporter):
+    exporter = start_exporter("--nvml.fixture", "examples/mixed-backends/fixture.yaml",
+                              "--manifest", "examples/mixed-backends/manifest.yaml")
+    models = {m["name"]: m["backend"] for m in json.loads(exporter.text("/api/v1/fit"))["models"]}
+    sglang = next(name for name, backend in models.items() if backend == "sglang")
+    status, page = status_and_text(exporter, "/what-if?" + urllib.parse.urlencode(
+        {"model": sglang, "kv_cache_memory_bytes": "8G"}))
+    assert status == 400 and "runs on SGLang, which has no such flag" in page

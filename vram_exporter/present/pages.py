@@ -20,7 +20,7 @@ from ..rules import backends
 from ..rules.node import CHECKS
 from .report import EXPLAIN, engine_version_words
 from ..units import GIB, gib
-from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, from_fix
+from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, YES, from_fix
 from .page_demand import demand_chart
 from .page_usage import at_a_glance, by_attention, running_words
 
@@ -54,7 +54,9 @@ REFUSED_MODELS = 10  # models shown beside a refused what-if when its model is n
 _KNOB_NAMES = {"system_reserved_vram": "--system-reserved vram", "gpu_memory_utilization": "--gpu-memory-utilization",
                "vram_claim": "GPUSTACK_MODEL_VRAM_CLAIM", "max_model_len": "--max-model-len",
                "kv_cache_dtype": "--kv-cache-dtype", "tensor_parallel_size": "--tensor-parallel-size",
-               "gpu_selector": "pinning a GPU", "other_processes": "freeing memory"}
+               "gpu_selector": "pinning a GPU", "other_processes": "freeing memory",
+               "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
+               "unset_gpu_memory_utilization": "removing --gpu-memory-utilization"}
 
 
 def explain_page(report: dict[str, Any], telemetry_path: str, manifest: str | None,
@@ -163,6 +165,15 @@ def _what_if_form(model: dict[str, Any], report: dict[str, Any], what_if: dict[s
         return (f'<label>{label}<input name="{name}" value="{escape(values.get(name, ""))}" '
                 f'placeholder="now: {escape(placeholder)}" size="{size}" maxlength="128"></label>')
 
+    kv_sizing = ""
+    if backends.of(model.get("backend", backends.VLLM)).kv_bytes_flag is not None:
+        kv_now = now.get("kv_cache_memory_bytes")
+        checked = " checked" if values.get("unset_gpu_memory_utilization") else ""
+        kv_sizing = (field("kv_cache_memory_bytes", "--kv-cache-memory-bytes (8192M, 8G)",
+                           "unset" if kv_now is None else str(kv_now), 10)
+                     + f'<label><span><input type="checkbox" name="unset_gpu_memory_utilization" value="{YES}"{checked}> '
+                     "no --gpu-memory-utilization, --kv-cache-memory-bytes, --num-gpu-blocks-override</span>"
+                     '<span class="dim">vLLM 0.34: the KV cache takes what is free after warm-up</span></label>')
     is_open = " open" if what_if else ""
     return f"""<details class="try"{is_open}><summary>Try a change (what-if): every verdict recomputed, nothing applied</summary>
 <form class="whatif" method="get" action="{WHAT_IF_PATH}">
@@ -172,6 +183,7 @@ def _what_if_form(model: dict[str, Any], report: dict[str, Any], what_if: dict[s
 {field("max_model_len", "--max-model-len (tokens, 4k, auto)", str(max_len), 10)}
 <label>--kv-cache-dtype<select name="kv_cache_dtype">{options}</select></label>
 {field("vram_claim", "GPUSTACK_MODEL_VRAM_CLAIM (bytes, 4GiB, none)", str(claim), 14)}
+{kv_sizing}
 <button type="submit">Recompute</button>
 </form><p class="dim">Empty fields stay as they are.</p></details>"""
 

@@ -65,7 +65,8 @@ def model_settings(spec: ModelSpec) -> dict[str, Any]:
         return {}
     return {"gpu_memory_utilization": gs.gpu_memory_utilization if gs.gmu_given else vp.gpu_memory_utilization,
             "max_model_len": spec.max_model_len if spec.max_model_len is not None else vp.max_model_len,
-            "kv_cache_dtype": vp.kv_cache_dtype, "vram_claim": spec.env.get(ENV_CLAIM)}
+            "kv_cache_dtype": vp.kv_cache_dtype, "vram_claim": spec.env.get(ENV_CLAIM),
+            "kv_cache_memory_bytes": vp.kv_cache_memory_bytes}
 
 
 def fit_report(snapshot: NodeSnapshot, node: NodeFit, fixes: Mapping[str, Sequence[Fix]],

@@ -17,15 +17,16 @@ from urllib.parse import urlencode
 
 from ..errors import BadInput
 from ..rules import backends
-from ..rules.flags import parse_model_len, with_param
+from ..rules.flags import human_readable_int, parse_model_len, with_param, without_param
 from ..rules.gpustack import ENV_CLAIM
-from ..units import GIB, parse_size
+from ..units import GIB, MIB, parse_size
 
 Inputs = TypeVar("Inputs")  # a plan's inputs (app/inputs.py NodeInputs): a dataclass with cluster and models
 
 PATH = "/what-if"
 FIELDS = ("model", "gpu_memory_utilization", "system_reserved_vram", "max_model_len", "kv_cache_dtype",
-          "vram_claim")
+          "vram_claim", "kv_cache_memory_bytes", "unset_gpu_memory_utilization")
+YES = "yes"  # unset_gpu_memory_utilization=yes: the flags that size the KV cache removed
 # vLLM's --kv-cache-dtype values whose bytes per element the rulebook knows (vllm/config/cache.py
 # ``CacheDType``: fp8* is one byte; auto, float16 and bfloat16 keep two). fp8_inc, fp8_ds_mla and the
 # turboquant formats are not modelled, so they are not offered.
@@ -54,6 +55,8 @@ class WhatIf:
     max_model_len: int | None = None  # tokens; -1: auto (the longest that fits)
     kv_cache_dtype: str | None = None
     vram_claim: int | str | None = None  # bytes, or NO_CLAIM
+    kv_cache_memory_bytes: int | None = None  # bytes (vLLM: --kv-cache-memory-bytes)
+    unset_gpu_memory_utilization: bool | None = None  # True: the flags that size the KV cache removed (vLLM 0.34)
 
     def query(self) -> str:
         """The canonical query string that reproduces this what-if."""
@@ -67,7 +70,9 @@ class WhatIf:
                  else str(self.system_reserved_vram // GIB)),
                 ("max_model_len", "auto" if self.max_model_len == -1 else _text(self.max_model_len)),
                 ("kv_cache_dtype", self.kv_cache_dtype or ""),
-                ("vram_claim", _text(self.vram_claim))]
+                ("vram_claim", _text(self.vram_claim)),
+                ("kv_cache_memory_bytes", _bytes_text(self.kv_cache_memory_bytes)),
+                ("unset_gpu_memory_utilization", YES if self.unset_gpu_memory_utilization else "")]
 
     def changes(self) -> list[str]:
         """What is changed, for a person."""
@@ -84,6 +89,10 @@ class WhatIf:
             out.append(f"{self.model}: no {ENV_CLAIM}")
         elif self.vram_claim is not None:
             out.append(f"{self.model}: {ENV_CLAIM}={self.vram_claim}")
+        if self.unset_gpu_memory_utilization:
+            out.append(f"{self.model}: no --gpu-memory-utilization, --kv-cache-memory-bytes or --num-gpu-blocks-override")
+        if self.kv_cache_memory_bytes is not None:
+            out.append(f"{self.model}: --kv-cache-memory-bytes={_bytes_text(self.kv_cache_memory_bytes)}")
         return out
 
     def apply(self, inputs: Inputs) -> Inputs:
@@ -101,7 +110,10 @@ class WhatIf:
     def _model(self, spec):
         parameters, env, max_len = tuple(spec.backend_parameters), dict(spec.env), spec.max_model_len
         # Each engine's own flags for the same knobs (its booked fraction, its context; rules/backends/__init__.py).
-        fraction, length = backends.of(spec.backend).what_if_flags
+        backend = backends.of(spec.backend)
+        fraction, length = backend.what_if_flags
+        if self.unset_gpu_memory_utilization or self.kv_cache_memory_bytes is not None:
+            parameters = self._kv_sizing(backend, parameters)
         if self.gpu_memory_utilization is not None:
             # Written with dashes: GPUStack and vLLM both read it (rules/flags.py).
             parameters = with_param(parameters, fraction, self.gpu_memory_utilization)
@@ -116,6 +128,18 @@ class WhatIf:
             env[ENV_CLAIM] = str(self.vram_claim)
         return replace(spec, backend_parameters=parameters, env=env, max_model_len=max_len)
 
+    def _kv_sizing(self, backend, parameters: tuple[str, ...]) -> tuple[str, ...]:
+        """The KV cache's own flags: removed (the engine then sizes it from what is free), or its size given."""
+        field = "kv_cache_memory_bytes" if self.kv_cache_memory_bytes is not None else "unset_gpu_memory_utilization"
+        if backend.kv_bytes_flag is None:
+            raise WhatIfError([(field, f"{self.model} runs on {backend.display_name}, which has no such flag")])
+        if self.unset_gpu_memory_utilization:
+            for name in backend.kv_sizing_flags:
+                parameters = without_param(parameters, name)
+        if self.kv_cache_memory_bytes is not None:
+            parameters = with_param(parameters, backend.kv_bytes_flag, _bytes_text(self.kv_cache_memory_bytes))
+        return parameters
+
 
 def from_fix(model: str, change: Mapping[str, object]) -> WhatIf | None:
     """The what-if that makes a fix's change (present/report.py's ``change``, in the knobs' own terms and
@@ -127,6 +151,13 @@ def from_fix(model: str, change: Mapping[str, object]) -> WhatIf | None:
 
 def _text(value) -> str:
     return "" if value is None else str(value)
+
+
+def _bytes_text(value: int | None) -> str:
+    """Bytes as vLLM's human_readable_int reads them: whole MiB as ``<n>M`` (the fixes' own spelling)."""
+    if value is None:
+        return ""
+    return f"{value // MIB}M" if value % MIB == 0 else str(value)
 
 
 def parse(items: Iterable[tuple[str, str]]) -> WhatIf:
@@ -160,6 +191,10 @@ def parse(items: Iterable[tuple[str, str]]) -> WhatIf:
             problems.append((name, str(exc)))
     if not given.get("model"):
         problems.append(("model", "choose the model to change"))
+    if values.get("unset_gpu_memory_utilization"):
+        for other in ("gpu_memory_utilization", "kv_cache_memory_bytes"):
+            if other in values:
+                problems.append((other, "removed by unset_gpu_memory_utilization: give one or the other"))
     if problems:
         raise WhatIfError(problems)
     return WhatIf(model=given["model"], **values)
@@ -208,5 +243,22 @@ def _claim(text: str) -> int | str:
     return value
 
 
+def _kv_bytes(text: str) -> int:
+    try:
+        value = human_readable_int(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: bytes as vLLM reads them (e.g. 8589934592, 8192M, 8G)") from None
+    if not 0 < value <= MAX_CLAIM:
+        raise ValueError(f"{text}: expected 1 byte to 1 PiB")
+    return value
+
+
+def _yes(text: str) -> bool:
+    if text.lower() != YES:
+        raise ValueError(f"{text!r}: {YES}, or leave it empty")
+    return True
+
+
 _PARSERS = {"gpu_memory_utilization": _utilization, "system_reserved_vram": _reserved,
-            "max_model_len": _model_len, "kv_cache_dtype": _kv_cache_dtype, "vram_claim": _claim}
+            "max_model_len": _model_len, "kv_cache_dtype": _kv_cache_dtype, "vram_claim": _claim,
+            "kv_cache_memory_bytes": _kv_bytes, "unset_gpu_memory_utilization": _yes}

@@ -381,6 +381,11 @@ def with_param(parameters: Sequence[str], name: str, value: object) -> tuple[str
     return _with_param(tuple(parameters), name, value)
 
 
+def without_param(parameters: Sequence[str], name: str) -> tuple[str, ...]:
+    """``parameters`` without any spelling of ``--name``."""
+    return _with_param(tuple(parameters), name, "")[:-1]
+
+
 @lru_cache(maxsize=8192, typed=True)  # the fix search writes the same few values into the same lists
 def _with_param(parameters: tuple[str, ...], name: str, value: object) -> tuple[str, ...]:
     tokens = argv_tokens(parameters)

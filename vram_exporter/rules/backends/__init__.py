@@ -25,7 +25,7 @@ from ..model import Cluster, ModelSpec, Scheduler
 from ..verdicts import Context, GpuFit, Knob, ModelFit, NodeFit, Probe
 from .custom import fit as custom_fit, fixes as custom_fixes, selector as custom_selector
 from .sglang import fit as sglang_fit, fixes as sglang_fixes, selector as sglang_selector
-from .vllm import fit as vllm_fit, fixes as vllm_fixes, selector as vllm_selector
+from .vllm import fit as vllm_fit, fixes as vllm_fixes, selector as vllm_selector, versions as vllm_versions
 
 
 class Selector(Protocol):
@@ -123,6 +123,10 @@ class Backend:
     # GPUStack takes its --hf-overrides' architectures to fill in the model's categories
     # (scheduler.py::get_vllm_override_architectures)
     reads_hf_overrides: bool = False
+    # The flag that sizes its KV cache in bytes, and the flags removed to let the engine size it from what is
+    # free (vLLM 0.34's extensible cache): the fixes' knobs, which the explain page's what-if also tries.
+    kv_bytes_flag: str | None = None
+    kv_sizing_flags: tuple[str, ...] = ()
 
     @property
     def engine_modelled(self) -> bool:
@@ -134,7 +138,8 @@ REGISTRY: Mapping[str, Backend] = {b.name: b for b in (
     Backend(VLLM, "vLLM", "vLLM", "gpu_memory_utilization", "--gpu-memory-utilization", "vllm", ("gpu-memory-utilization", "max-model-len"),
             engine_sizes_own_fraction=False, fraction_spelling_matters=True, checks_shown_always=True,
             reads_run_command=False, selector=vllm_selector, fit=vllm_fit, fixes=vllm_fixes, draft_modelled=True,
-            reads_hf_overrides=True),
+            reads_hf_overrides=True, kv_bytes_flag=vllm_versions.KV_BYTES_FLAG,
+            kv_sizing_flags=vllm_versions.KV_SIZING_FLAGS),
     Backend("sglang", "SGLang", "SGLang", "--mem-fraction-static (GPUStack's tests)", "--mem-fraction-static", "sglang", ("mem-fraction-static", "context-length"),
             engine_sizes_own_fraction=True, fraction_spelling_matters=False, checks_shown_always=False,
             reads_run_command=False, selector=sglang_selector, fit=sglang_fit.FIT, fixes=sglang_fixes),

@@ -27,7 +27,7 @@ from dataclasses import replace
 from ....snapshot import GpuReading
 from ....units import GIB, MIB, gib
 from ... import gpustack
-from ...flags import with_param
+from ...flags import with_param, without_param
 from ...model import Cluster, ModelSpec
 from ...verdicts import BOOKING_CHECK, BOOKING_TOLERANCE, Fix, GpuFit, Knob, ModelFit, NodeFit, Option, Probe
 from . import engine as vllm, fit as vllm_fit, selector, versions
@@ -305,15 +305,13 @@ class _Search:
         vp = self.model.vllm
         if not self._extensible_version or self.cluster.vllm_default_gpu_memory_utilization is not None:
             return None
-        removed = [name for name, value in (("gpu-memory-utilization", vp.gpu_memory_utilization),
-                                            ("kv-cache-memory-bytes", vp.kv_cache_memory_bytes),
-                                            ("num-gpu-blocks-override", vp.num_gpu_blocks_override))
-                   if value is not None]
+        given = (vp.gpu_memory_utilization, vp.kv_cache_memory_bytes, vp.num_gpu_blocks_override)
+        removed = [name for name, value in zip(versions.KV_SIZING_FLAGS, given, strict=True) if value is not None]
         if not removed:
             return None
         parameters = tuple(self.model.backend_parameters)
         for name in removed:
-            parameters = _without(parameters, name)
+            parameters = without_param(parameters, name)
         model = replace(self.model, backend_parameters=parameters)
         spelled = {"gpu-memory-utilization": "gpu_memory_utilization"} if vp.spelled_with_underscore else {}
         flags = " and ".join(f"--{spelled.get(name, name)}" for name in removed)
@@ -463,7 +461,3 @@ class _Search:
 def _gmu(model: ModelSpec, g: float) -> ModelSpec:
     return replace(model, backend_parameters=with_param(model.backend_parameters, "gpu-memory-utilization", g))
 
-
-def _without(parameters: tuple[str, ...], name: str) -> tuple[str, ...]:
-    """``parameters`` without any spelling of ``--name`` (with_param removes them all, then appends its own)."""
-    return with_param(parameters, name, "")[:-1]

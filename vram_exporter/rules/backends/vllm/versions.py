@@ -83,6 +83,14 @@ class VllmRules:
         return 1.0 if self.extensible_kv_cache else self.default_gmu
 
 
+# The flags that size vLLM's KV cache; with none of them, 0.34's extensible cache takes what is free after warm-up
+# (--gpu-memory-utilization unset is 1.0: vllm/config/cache.py resolved_gpu_memory_utilization; the other two
+# turn the extensible cache off: vllm/config/vllm.py::_resolve_extensible_kv_cache). The fix that removes them
+# (fixes.py) and the explain page's what-if that tries it remove the same ones.
+KV_SIZING_FLAGS = ("gpu-memory-utilization", "kv-cache-memory-bytes", "num-gpu-blocks-override")
+KV_BYTES_FLAG = "kv-cache-memory-bytes"
+
+
 VLLM_RULES = {
     # vllm/config/cache.py: gpu_memory_utilization = 0.9; vllm/platforms/cuda.py: block_size 16;
     # vllm/v1/core/kv_cache_utils.py::get_kv_cache_configs checks the whole memory (no null block held
