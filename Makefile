@@ -20,7 +20,7 @@ VLLM_LORA_FILES := $(addprefix vllm/lora/,layers/base_linear.py layers/column_pa
                    vllm/v1/worker/gpu/lora_utils.py vllm/v1/spec_decode/draft_model.py
 VLLM_FILES    := vllm/v1/kv_cache_interface.py vllm/v1/core/kv_cache_utils.py vllm/v1/core/kv_cache_planning.py \
                  vllm/v1/worker/extensible_kv_cache.py vllm/v1/worker/utils.py vllm/config/cache.py \
-                 $(VLLM_LORA_FILES)
+                 vllm/config/vllm.py $(VLLM_LORA_FILES)
 # the stamp names the file list, so a longer list extracts again
 VLLM_STAMP    := .extracted-$(shell echo '$(VLLM_FILES)' | cksum | cut -d' ' -f1)
 VLLM_SOURCES  := $(foreach v,$(VLLM_VERSIONS),.cache/vllm/$(v)/$(VLLM_STAMP))

@@ -310,3 +310,19 @@ def test_interleaved_longest_context_is_vllms(grouped):
                                     held_back=o["held"], batch_tokens=o["in_flight"], rules=o["rules"])
         assert ours == theirs, case
         checked += 1
+
+
+def test_the_flags_the_unset_fix_removes_are_those_that_size_vllm_034s_kv_cache():
+    """versions.KV_SIZING_FLAGS (what the fix "remove --gpu-memory-utilization" and its what-if remove): the
+    utilization, whose unset value is the extensible cache's 1.0, and every CacheConfig field whose being set
+    turns the extensible cache off in vLLM 0.34's ``VllmConfig._resolve_extensible_kv_cache``."""
+    resolver = next(node for node in ast.walk(source("0.34.0", "config/vllm.py"))
+                    if isinstance(node, ast.FunctionDef) and node.name == "_resolve_extensible_kv_cache")
+    turning_off = {node.left.attr for node in ast.walk(resolver)
+                   if isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute)
+                   and isinstance(node.left.value, ast.Name) and node.left.value.id == "cache_config"
+                   and isinstance(node.ops[0], ast.IsNot) and isinstance(node.comparators[0], ast.Constant)
+                   and node.comparators[0].value is None}
+    assert turning_off == {"kv_cache_memory_bytes", "num_gpu_blocks_override"}
+    assert set(versions.KV_SIZING_FLAGS) == {"gpu-memory-utilization", *(f.replace("_", "-") for f in turning_off)}
+    assert versions.KV_BYTES_FLAG.replace("-", "_") in turning_off

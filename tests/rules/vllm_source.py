@@ -28,7 +28,7 @@ VERSIONS = ("0.17.1", "0.32.0", "0.33.0", "0.34.0")
 PLANNING = {"0.17.1": "v1/core/kv_cache_utils.py", "0.32.0": "v1/core/kv_cache_utils.py",
             "0.33.0": "v1/core/kv_cache_planning.py", "0.34.0": "v1/core/kv_cache_planning.py"}
 FILES = ("v1/kv_cache_interface.py", "v1/core/kv_cache_utils.py", "v1/core/kv_cache_planning.py",
-         "v1/worker/extensible_kv_cache.py", "v1/worker/utils.py", "config/cache.py")
+         "v1/worker/extensible_kv_cache.py", "v1/worker/utils.py", "config/cache.py", "config/vllm.py")
 
 
 def source(version: str, module: str) -> ast.Module:
