@@ -452,7 +452,7 @@ def test_vllm_034s_own_knobs_have_what_if_links_and_fields(start_exporter, tmp_p
     link = next(href.replace("&amp;", "&") for href in parser.tries if "unset_gpu_memory_utilization=yes" in href)
     status, after = status_and_text(exporter, link)
     assert status == 200, after
-    assert "<li>llama-034-small-share: no --gpu-memory-utilization, --kv-cache-memory-bytes or " \
+    assert "<li>llama-034-small-share: none of --gpu-memory-utilization, --kv-cache-memory-bytes, " \
            "--num-gpu-blocks-override</li>" in after
     assert table_rows(after, "")[0][2].startswith("fits"), table_rows(after, "")[0]
     # The form: the box and the size field, each a what-if of its own

@@ -20,7 +20,7 @@ from ..rules import backends
 from ..rules.node import CHECKS
 from .report import EXPLAIN, engine_version_words
 from ..units import GIB, gib
-from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, YES, from_fix
+from .what_if_query import KV_CACHE_DTYPES, PATH as WHAT_IF_PATH, SIZING_FLAGS_WORDS, YES, from_fix
 from .page_demand import demand_chart
 from .page_usage import at_a_glance, by_attention, running_words
 
@@ -172,7 +172,7 @@ def _what_if_form(model: dict[str, Any], report: dict[str, Any], what_if: dict[s
         kv_sizing = (field("kv_cache_memory_bytes", "--kv-cache-memory-bytes (8192M, 8G)",
                            "unset" if kv_now is None else str(kv_now), 10)
                      + f'<label><span><input type="checkbox" name="unset_gpu_memory_utilization" value="{YES}"{checked}> '
-                     "no --gpu-memory-utilization, --kv-cache-memory-bytes, --num-gpu-blocks-override</span>"
+                     f"none of {SIZING_FLAGS_WORDS}</span>"
                      '<span class="dim">vLLM 0.34: the KV cache takes what is free after warm-up</span></label>')
     is_open = " open" if what_if else ""
     return f"""<details class="try"{is_open}><summary>Try a change (what-if): every verdict recomputed, nothing applied</summary>

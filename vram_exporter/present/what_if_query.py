@@ -32,6 +32,8 @@ YES = "yes"  # unset_gpu_memory_utilization=yes: the flags that size the KV cach
 # turboquant formats are not modelled, so they are not offered.
 KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2")
 NO_CLAIM = "none"  # vram_claim=none: drop the model's GPUSTACK_MODEL_VRAM_CLAIM
+# What unset_gpu_memory_utilization removes, in words (rules/backends/vllm/versions.py KV_SIZING_FLAGS)
+SIZING_FLAGS_WORDS = ", ".join(f"--{name}" for name in backends.KV_SIZING_FLAGS)
 MAX_VALUE_CHARS = 128
 MAX_PROBLEMS = 20  # listed on the page; a query of a thousand unknown fields gets the first ones
 MAX_RESERVED_GIB = 1024
@@ -90,7 +92,7 @@ class WhatIf:
         elif self.vram_claim is not None:
             out.append(f"{self.model}: {ENV_CLAIM}={self.vram_claim}")
         if self.unset_gpu_memory_utilization:
-            out.append(f"{self.model}: no --gpu-memory-utilization, --kv-cache-memory-bytes or --num-gpu-blocks-override")
+            out.append(f"{self.model}: none of {SIZING_FLAGS_WORDS}")
         if self.kv_cache_memory_bytes is not None:
             out.append(f"{self.model}: --kv-cache-memory-bytes={_bytes_text(self.kv_cache_memory_bytes)}")
         return out

@@ -149,6 +149,8 @@ REGISTRY: Mapping[str, Backend] = {b.name: b for b in (
             selector=custom_selector, fit=custom_fit.FIT, fixes=custom_fixes),
 )}
 NAMES = tuple(REGISTRY)  # the backends the rulebooks judge
+# Every backend's KV-sizing flags (vLLM's alone today): what the what-if's "unset" removes, said in words
+KV_SIZING_FLAGS = tuple(dict.fromkeys(name for backend in REGISTRY.values() for name in backend.kv_sizing_flags))
 
 
 def of(name: str) -> Backend:
